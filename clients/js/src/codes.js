@@ -1,0 +1,93 @@
+// Close codes and error codes of the wirepipe protocol (PROTOCOL.md section 7)
+// and what each close code means for a reconnect.
+// mirrored from protocol/errors.py; keep both in step.
+
+/** WebSocket close codes the gateway uses, and the standard ones a client sees. */
+export const CloseCode = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001, // `shutdown`: the gateway is going away
+  ABNORMAL: 1006, // no close frame: the connection dropped (never sent on the wire)
+  MESSAGE_TOO_BIG: 1009, // `too_big`
+  INTERNAL_ERROR: 1011, // `internal`
+  SERVICE_RESTART: 1012,
+  TRY_AGAIN_LATER: 1013,
+  BAD_FRAME: 4400, // `bad_frame`
+  UNAUTHORIZED: 4401, // `unauthorized`, `bad_token`
+  NOT_FOUND: 4404, // `no_session`, `no_app`
+  NO_HELLO: 4408, // `no_hello`
+  CONFLICT: 4409, // `sid_taken`
+  RATE_LIMITED: 4429, // `rate_limited`
+});
+
+/** The `code` of an `error` frame (and the `err` of a `replied` frame). */
+export const ErrorCode = Object.freeze({
+  BAD_FRAME: 'bad_frame',
+  TOO_BIG: 'too_big',
+  NO_HELLO: 'no_hello',
+  UNAUTHORIZED: 'unauthorized',
+  BAD_TOKEN: 'bad_token',
+  NO_SESSION: 'no_session',
+  RATE_LIMITED: 'rate_limited',
+  FORBIDDEN: 'forbidden',
+  NO_APP: 'no_app',
+  SID_TAKEN: 'sid_taken',
+  UNKNOWN_ASK: 'unknown_ask',
+  ASK_CLOSED: 'ask_closed',
+  BAD_VALUE: 'bad_value',
+  LAGGED: 'lagged',
+  SHUTDOWN: 'shutdown',
+  INTERNAL: 'internal',
+});
+
+/** The close code the server sends after a fatal error frame with this code (section 7). */
+export const ERROR_CLOSE = Object.freeze({
+  bad_frame: CloseCode.BAD_FRAME,
+  too_big: CloseCode.MESSAGE_TOO_BIG,
+  no_hello: CloseCode.NO_HELLO,
+  unauthorized: CloseCode.UNAUTHORIZED,
+  bad_token: CloseCode.UNAUTHORIZED,
+  no_session: CloseCode.NOT_FOUND,
+  rate_limited: CloseCode.RATE_LIMITED,
+  no_app: CloseCode.NOT_FOUND,
+  sid_taken: CloseCode.CONFLICT,
+  shutdown: CloseCode.GOING_AWAY,
+  internal: CloseCode.INTERNAL_ERROR,
+});
+
+/** What a client does after a close: reconnect with backoff, stop, or wait for new credentials. */
+export const CloseAction = Object.freeze({ RETRY: 'retry', STOP: 'stop', REAUTH: 'reauth' });
+
+const RETRY = new Set([
+  CloseCode.GOING_AWAY,
+  CloseCode.ABNORMAL,
+  CloseCode.INTERNAL_ERROR,
+  CloseCode.SERVICE_RESTART,
+  CloseCode.TRY_AGAIN_LATER,
+  CloseCode.NO_HELLO,
+  CloseCode.RATE_LIMITED,
+]);
+
+/**
+ * What to do after the connection closed with `code`.
+ *
+ * 'retry' for 1001, 1006, 1011, 1012, 1013, 4408, 4429; 'reauth' for 4401
+ * (stop until new credentials are given); 'stop' for everything else,
+ * including 4400, 4404, 4409, 1009 and 1000. Codes the protocol does not name
+ * stop too: retrying on a close we do not understand could loop for ever.
+ *
+ * @param {number} code
+ * @returns {'retry' | 'stop' | 'reauth'}
+ */
+export function closeAction(code) {
+  if (RETRY.has(code)) return CloseAction.RETRY;
+  if (code === CloseCode.UNAUTHORIZED) return CloseAction.REAUTH;
+  return CloseAction.STOP;
+}
+
+/**
+ * @param {number} code
+ * @returns {boolean} true if a client reconnects (with backoff) after this close code.
+ */
+export function isRetryableClose(code) {
+  return RETRY.has(code);
+}

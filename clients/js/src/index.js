@@ -1,0 +1,18 @@
+// @wirepipe/client: everything public, from one place.
+export {
+  Client,
+  ClientClosedError,
+  DEFAULT_CLIENT,
+  PROTOCOL,
+  State,
+  backoffDelay,
+  connect,
+} from './wirepipe.js';
+export {
+  CloseAction,
+  CloseCode,
+  ERROR_CLOSE,
+  ErrorCode,
+  closeAction,
+  isRetryableClose,
+} from './codes.js';

@@ -1,0 +1,324 @@
+"""One client connection: handshake, a cursor that reads the log, acks, requests.
+
+Theory of operation
+-------------------
+After ``hello`` and ``welcome`` two tasks serve a client.  The *reader*
+decodes frames and answers them (``replied``, ``pong``; acks open the
+window).  The *pump* owns a cursor, a seq: it reads what the store holds
+after the cursor (everything ready, up to the window and a byte budget),
+sends it as one ``ev`` or ``batch`` frame, and waits on the socket's drain.
+Nothing is queued per client, so a slow client costs a cursor and the
+socket's bounded write buffer, and the producer and the other clients never
+wait for it.  When the cursor falls behind the log's retained window, or the
+log is replaced by a new epoch, the pump restarts the client: ``lagged``
+(for the first case) then a fresh ``welcome`` with a snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from protocol import (
+    Ack,
+    Cancel,
+    ConnState,
+    Error,
+    ErrorCode,
+    FlowWindow,
+    Grant,
+    Hello,
+    Ping,
+    Pong,
+    ProtocolError,
+    Replied,
+    Reply,
+    ResumeToken,
+    Send,
+    Welcome,
+    decode_client,
+    encode,
+    frame_for,
+    sign,
+    verify,
+)
+from protocol.state import transition
+
+if TYPE_CHECKING:
+    from .server import Gateway
+    from .sessions import Session
+
+log = logging.getLogger("wirepipe.connection")
+
+#: A batch frame stays under this many bytes (Python's websockets client
+#: refuses messages over 1 MiB by default).
+BATCH_BYTES = 512 * 1024
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` frames a second, bursts of ``burst``."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp", "strikes")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+        self.strikes = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.strikes += 1
+        return False
+
+
+class Connection:
+    """Serves one WebSocket client for its whole life."""
+
+    def __init__(self, gw: Gateway, ws: ServerConnection) -> None:
+        self.gw = gw
+        self.ws = ws
+        self.state = ConnState.AWAIT_HELLO
+        self.sid = ""
+        self.epoch = ""
+        self.grant = Grant.VIEWER
+        self.session: Session | None = None
+        self.flow = FlowWindow(None, 0)
+        self.cursor = 0
+        self._acked = asyncio.Event()
+        self._limiter = RateLimiter(gw.config.rate, gw.config.burst)
+
+    # --- life -----------------------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            hello = await self._handshake()
+            await self._open(hello)
+            await self._run_tasks()
+        except ProtocolError as exc:
+            await self._fail(exc)
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("connection for sid %r failed", self.sid)
+            await self._fail(ProtocolError(ErrorCode.INTERNAL, "internal error"))
+        finally:
+            self.state = ConnState.CLOSED
+
+    async def _run_tasks(self) -> None:
+        tasks = {
+            asyncio.create_task(self._read(), name="wirepipe-read"),
+            asyncio.create_task(self._pump(), name="wirepipe-pump"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            t.result()  # re-raise ProtocolError / ConnectionClosed
+
+    async def _fail(self, exc: ProtocolError) -> None:
+        """Tell the client, and close if fatal.  Never raises."""
+        try:
+            await self.ws.send(encode(Error(exc.code.value, exc.msg, exc.fatal)))
+            if exc.fatal and exc.close_code is not None:
+                self.state = ConnState.CLOSING
+                await self.ws.close(exc.close_code, exc.code.value)
+        except ConnectionClosed:
+            pass
+
+    async def shutdown(self) -> None:
+        """The gateway is going away: ``shutdown`` then close 1001."""
+        await self._fail(ProtocolError(ErrorCode.SHUTDOWN, "the gateway is shutting down"))
+
+    # --- handshake ------------------------------------------------------------
+
+    async def _handshake(self) -> Hello:
+        cfg = self.gw.config
+        try:
+            msg = await asyncio.wait_for(self.ws.recv(), cfg.handshake_timeout)
+        except TimeoutError:
+            raise ProtocolError(ErrorCode.NO_HELLO, "no hello within the handshake timeout") from None
+        frame = decode_client(msg, cfg.max_frame)
+        if not isinstance(frame, Hello):
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"the first frame must be hello, not {frame.t}")
+        return frame
+
+    async def _authorize(self, hello: Hello) -> tuple[Grant, ResumeToken | None]:
+        gw = self.gw
+        token = None
+        if hello.resume is not None:
+            token = verify(gw.secret, hello.resume, sid=hello.sid, now=time.time())
+            return token.grant, token
+        if gw.auth is None:
+            return gw.config.default_grant, None
+        grant = gw.auth(hello.auth, hello.sid)
+        if asyncio.iscoroutine(grant):
+            grant = await grant
+        if grant is None:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing or bad credentials")
+        return Grant(grant), None
+
+    async def _open(self, hello: Hello) -> None:
+        gw = self.gw
+        self.sid = hello.sid
+        self.grant, token = await self._authorize(hello)
+        if hello.start is not None:
+            if self.grant is not Grant.OPERATOR:
+                await self._fail(ProtocolError(ErrorCode.FORBIDDEN, "a viewer cannot start a run"))
+            else:
+                gw.start_run(hello.sid, hello.start["app"], hello.start.get("input"))
+        self.session = await gw.await_session(hello.sid, self.ws)
+        info = await gw.store.info(hello.sid)
+        if info is None:  # expired between the two awaits
+            raise ProtocolError(ErrorCode.NO_SESSION, f"no session {hello.sid!r}")
+        recovered = (
+            token is not None
+            and hello.epoch == info.epoch
+            and hello.after is not None
+            and info.first <= hello.after + 1
+            and hello.after <= info.head
+        )
+        self.flow = FlowWindow(hello.window, 0)
+        self.state = transition(self.state, ConnState.OPEN)
+        if recovered:
+            assert hello.after is not None
+            await self._welcome(info.epoch, hello.after, info.first, info.head, None)
+        else:
+            await self._restart(live=hello.live)
+
+    async def _restart(self, *, live: bool = False) -> None:
+        """A welcome with ``recovered: false``: snapshot, then events from ``first``."""
+        sid = self.sid
+        snapshot, at = await self.gw.store.snapshot(sid)
+        info = await self.gw.store.info(sid)
+        if info is None:
+            raise ProtocolError(ErrorCode.NO_SESSION, f"session {sid!r} expired")
+        cursor = at if live else info.first - 1
+        self.session = self.gw.local_session(sid, info.epoch)
+        await self._welcome(info.epoch, cursor, info.first, at, snapshot)
+
+    async def _welcome(
+        self, epoch: str, cursor: int, first: int, head: int, snapshot: dict[str, Any] | None
+    ) -> None:
+        gw = self.gw
+        self.epoch = epoch
+        self.cursor = cursor
+        self.flow.restart(cursor)
+        tok = ResumeToken(self.sid, epoch, self.grant, time.time() + gw.config.token_ttl)
+        await self.ws.send(
+            encode(
+                Welcome(
+                    sid=self.sid,
+                    epoch=epoch,
+                    resume=sign(gw.secret, tok),
+                    head=head,
+                    first=first,
+                    recovered=snapshot is None,
+                    grant=self.grant,
+                    snapshot=snapshot,
+                    window=self.flow.size,
+                    heartbeat=int(gw.config.heartbeat * 1000),
+                )
+            )
+        )
+
+    # --- the pump -------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        store = self.gw.store
+        sid = self.sid
+        flow = self.flow
+        limit = self.gw.config.batch_max
+        while True:
+            info = await store.info(sid)
+            if info is None:
+                # Expired: idle until a new run of this sid appears.
+                await self.gw.await_session(sid, self.ws)
+                await self._restart()
+                continue
+            if info.epoch != self.epoch:
+                await self._restart()
+                continue
+            if self.cursor + 1 < info.first:
+                await self._fail(
+                    ProtocolError(ErrorCode.LAGGED, "fell out of the retention window", fatal=False)
+                )
+                await self._restart()
+                continue
+            room = flow.room()
+            if room == 0:
+                self._acked.clear()
+                await self._acked.wait()
+                continue
+            raws = await store.read(
+                sid, self.cursor, limit=limit if room is None else min(room, limit),
+                max_bytes=BATCH_BYTES,
+            )
+            if not raws:
+                await store.wait(sid, self.cursor)
+                continue
+            await self.ws.send(frame_for(raws))
+            self.cursor += len(raws)
+            flow.on_sent(self.cursor)
+            self.gw.metrics.sent(len(raws))
+
+    # --- the reader -----------------------------------------------------------
+
+    async def _read(self) -> None:
+        cfg = self.gw.config
+        async for msg in self.ws:
+            frame = decode_client(msg, cfg.max_frame)
+            if not self._limiter.allow():
+                fatal = self._limiter.strikes > cfg.rate_strikes
+                raise_or_tell = ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    "too many frames: slow down and re-send (requests are idempotent by rid)",
+                    fatal=fatal,
+                )
+                if fatal:
+                    raise raise_or_tell
+                await self._fail(raise_or_tell)
+                continue
+            reply = self._handle(frame)
+            if reply is not None:
+                await self.ws.send(encode(reply))
+
+    def _handle(self, frame: Any) -> Replied | Pong | None:
+        if isinstance(frame, Ack):
+            if self.flow.on_ack(frame.seq):
+                self._acked.set()
+            return None
+        if isinstance(frame, Ping):
+            return Pong(frame.n)
+        if isinstance(frame, Hello):
+            raise ProtocolError(ErrorCode.BAD_FRAME, "hello may be sent only once")
+        s = self.session
+        if s is None or s.epoch != self.epoch:
+            # The run is not in this process (ended and gone, or replaced).
+            err = ErrorCode.ASK_CLOSED if isinstance(frame, Reply) else ErrorCode.ENDED
+            if self.grant is not Grant.OPERATOR:
+                err = ErrorCode.FORBIDDEN
+            return Replied(frame.rid, False, err)
+        if isinstance(frame, Reply):
+            return s.request(frame.rid, self.grant, lambda: s.answer(frame.ask, frame.value))
+        if isinstance(frame, Send):
+            return s.request(frame.rid, self.grant, lambda: s.deliver(frame.data))
+        if isinstance(frame, Cancel):
+            return s.request(frame.rid, self.grant, lambda: s.cancel(frame.reason))
+        raise AssertionError(f"unhandled frame {frame!r}")  # pragma: no cover

@@ -1,0 +1,249 @@
+"""The Pipe: what an agent writes to (PROTOCOL.md section 9).
+
+``WebPipe`` has the interface of MetaGPT's ``StreamPipe`` and of the design
+note's ``WebPipe``: ``set_message``, ``get_message``, ``msg2stream``, plus
+``ask`` for a human's answer and ``close`` for the end of the run.  Every
+write is safe from the event loop and from any thread, and never waits for a
+client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from protocol import Kind, RunState, check_event, encode_event, ev_frame
+
+from .sessions import Session, _on_loop
+
+_pipe_ids = itertools.count(1)
+
+
+class WebPipe:
+    """The agent's end of one session.  Get one from ``Gateway.pipe(sid)``."""
+
+    def __init__(self, session: Session) -> None:
+        self._s = session
+        self._text_lock = threading.Lock()
+        self._text_id: str | None = None
+        self._texts = itertools.count(1)
+        self._prefix = f"p{next(_pipe_ids)}t"
+
+    # --- identity -------------------------------------------------------------
+
+    @property
+    def sid(self) -> str:
+        return self._s.sid
+
+    @property
+    def epoch(self) -> str:
+        return self._s.epoch
+
+    @property
+    def head(self) -> int:
+        """The seq of the last event written."""
+        return self._s.head
+
+    @property
+    def closed(self) -> bool:
+        """True once the final ``status`` was written."""
+        return self._s.ended
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when a client sends ``cancel``; a long-running agent should check it."""
+        return self._s.cancelled
+
+    @property
+    def cancel_reason(self) -> str | None:
+        return self._s.cancel_reason
+
+    def on_cancel(self, fn: Any) -> None:
+        """Call ``fn(reason)`` (on the event loop) when a client cancels the run."""
+        self._s.on_cancel.append(fn)
+
+    # --- writing ----------------------------------------------------------------
+
+    def emit(self, k: str, d: Any) -> int:
+        """Append one event of kind ``k``; returns its seq (0 if the run has ended).
+
+        Raises:
+            ValueError: ``k`` is not a non-empty string, or a known kind's
+                payload lacks a required key (nothing is appended).
+        """
+        why = check_event(k, d)
+        if why is not None:
+            raise ValueError(why)
+        return self._s.emit(k, d)
+
+    def set_message(self, msg: Any) -> int:
+        """Append ``msg`` as an event; returns its seq.
+
+        A ``str`` becomes a ``text`` delta on the current text stream; a dict
+        ``{"k": kind, "d": payload}`` (or an object with ``k`` and ``d``)
+        becomes that event; an object with ``role`` and ``content`` (such as
+        MetaGPT's ``Message``) becomes a ``message`` event.
+
+        Raises:
+            TypeError: ``msg`` is none of those.
+            ValueError: a known kind's payload lacks a required key.
+        """
+        if isinstance(msg, str):
+            return self.text(msg)
+        if isinstance(msg, dict):
+            if "k" not in msg:
+                raise TypeError("set_message takes a str or a {'k': kind, 'd': payload} dict")
+            return self.emit(msg["k"], msg.get("d"))
+        k, d = getattr(msg, "k", None), getattr(msg, "d", None)
+        if isinstance(k, str):
+            return self.emit(k, d)
+        role, content = getattr(msg, "role", None), getattr(msg, "content", None)
+        if role is not None and content is not None:
+            m: dict[str, Any] = {"role": str(role), "content": content}
+            for key in ("name", "cause_by", "sent_from"):
+                v = getattr(msg, key, None)
+                if v:
+                    m["cause" if key == "cause_by" else key] = str(v)
+            return self.emit(Kind.MESSAGE, m)
+        raise TypeError(f"set_message cannot send a {type(msg).__name__}")
+
+    def text(self, delta: str, *, id: str | None = None, end: bool = False) -> int:
+        """Append a ``text`` delta to stream ``id`` (default: the current stream)."""
+        with self._text_lock:
+            if id is None:
+                if self._text_id is None:
+                    self._text_id = f"{self._prefix}{next(self._texts)}"
+                id = self._text_id
+                if end:
+                    self._text_id = None
+        d: dict[str, Any] = {"id": id, "delta": delta}
+        if end:
+            d["end"] = True
+        return self._s.emit(Kind.TEXT, d)
+
+    def end_text(self) -> int:
+        """End the current text stream; the next ``str`` starts a new one.  0 if none is open."""
+        with self._text_lock:
+            if self._text_id is None:
+                return 0
+        return self.text("", end=True)
+
+    def msg2stream(self, msg: Any) -> bytes:
+        """The ``ev`` frame bytes ``msg`` would become, without appending it.
+
+        The seq in it is the next one; the real event may get a later one.
+        """
+        if isinstance(msg, str):
+            k, d = Kind.TEXT.value, {"id": self._text_id or f"{self._prefix}0", "delta": msg}
+        elif isinstance(msg, dict) and "k" in msg:
+            k, d = msg["k"], msg.get("d")
+        else:
+            k, d = Kind.MESSAGE.value, {"role": "agent", "content": msg}
+        return ev_frame(encode_event(self._s.head + 1, k, time.time(), d))
+
+    # --- reading what clients send -----------------------------------------------
+
+    def get_message(self, timeout: float | None = 3) -> Any:
+        """The ``data`` of the next client ``send``, or None after ``timeout`` seconds.
+
+        Blocks the calling thread.  On the event loop's own thread it never
+        blocks (that would stop the gateway): it returns what is queued, or None.
+        """
+        inbox = self._s.inbox
+        if _on_loop(self._s.loop):
+            return None if inbox.empty() else inbox.get_nowait()
+        fut = asyncio.run_coroutine_threadsafe(self.aget_message(timeout), self._s.loop)
+        return fut.result()
+
+    async def aget_message(self, timeout: float | None = None) -> Any:
+        """The ``data`` of the next client ``send``; None after ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(self._s.inbox.get(), timeout)
+        except TimeoutError:
+            return None
+
+    # --- asking a human ---------------------------------------------------------
+
+    async def ask(
+        self,
+        prompt: str,
+        choices: list[Any] | None = None,
+        default: Any = None,
+        timeout: float | None = None,
+        *,
+        other: bool = False,
+        **extra: Any,
+    ) -> Any:
+        """Ask every client; the first valid ``reply`` wins and is returned.
+
+        With ``choices``, a reply must be one of them unless ``other`` is true.
+        After ``timeout`` seconds the ask settles to ``default``.  If the run
+        has ended, returns ``default`` at once.
+        """
+        return await self._s.ask(
+            prompt, choices=choices, default=default, timeout=timeout, other=other, **extra
+        )
+
+    def ask_sync(
+        self,
+        prompt: str,
+        choices: list[Any] | None = None,
+        default: Any = None,
+        timeout: float | None = None,
+        *,
+        other: bool = False,
+        **extra: Any,
+    ) -> Any:
+        """Blocking ``ask`` for agent threads.
+
+        Raises:
+            RuntimeError: called on the event loop's thread (it would
+                deadlock the gateway; use ``await pipe.ask(...)``).
+        """
+        if _on_loop(self._s.loop):
+            raise RuntimeError("ask_sync() on the event loop would block it; await pipe.ask()")
+        coro = self.ask(prompt, choices, default, timeout, other=other, **extra)
+        return asyncio.run_coroutine_threadsafe(coro, self._s.loop).result()
+
+    # --- the end ------------------------------------------------------------------
+
+    def close(self, state: str = RunState.DONE, detail: str | None = None) -> None:
+        """Append the final ``status`` (``done``, ``failed`` or ``cancelled``); idempotent.
+
+        Raises:
+            ValueError: ``state`` is not a final state.
+        """
+        self.end_text()
+        self._s.close(state, detail)
+
+    async def drained(self) -> None:
+        """Wait until everything written so far is in the store (readable by clients)."""
+        await self._s.drained()
+
+    def __enter__(self) -> WebPipe:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._finish(et)
+
+    async def __aenter__(self) -> WebPipe:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._finish(et)
+
+    def _finish(self, et: type[BaseException] | None) -> None:
+        if et is None:
+            self.close(RunState.DONE)
+        elif issubclass(et, (asyncio.CancelledError, KeyboardInterrupt)):
+            self.close(RunState.CANCELLED)
+        else:
+            self.close(RunState.FAILED, detail=et.__name__)

@@ -1,0 +1,365 @@
+"""The gateway: accept loop, sessions, static files, lifespan.
+
+``Gateway`` is the one object a user makes::
+
+    async with Gateway(host="127.0.0.1", port=0) as gw:
+        pipe = gw.pipe("run-1")     # hand it to an agent
+        print(gw.url)               # clients connect here
+
+Closing it (leaving the ``async with``) tells every client ``shutdown``,
+closes them with 1001, then stops; closing twice is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import mimetypes
+import secrets
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from protocol import (
+    DEFAULT_MAX_FRAME,
+    SUBPROTOCOL,
+    ErrorCode,
+    Grant,
+    ProtocolError,
+    RunState,
+)
+
+from .connection import Connection
+from .metrics import Metrics
+from .pipe import WebPipe
+from .sessions import Session, _on_loop
+from .stores import MemoryStore, Store
+
+log = logging.getLogger("wirepipe")
+
+#: An app: ``async def app(pipe, input)`` (or a plain function, run in a thread).
+App = Callable[[WebPipe, Any], Any]
+#: An auth hook: ``(credential, sid) -> "viewer" | "operator" | None`` (may be async).
+Auth = Callable[[str | None, str], "str | None | Awaitable[str | None]"]
+
+STATIC = Path(__file__).parent / "static"
+
+
+def _client_dir() -> Path:
+    """The JS client's sources: packaged beside the UI, or in a source checkout."""
+    packaged = STATIC / "client"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "clients" / "js" / "src"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Limits and knobs; every one has a ``wirepipe serve`` flag."""
+
+    max_frame: int = DEFAULT_MAX_FRAME
+    handshake_timeout: float = 10.0
+    heartbeat: float = 20.0
+    compression: bool = True
+    write_limit: int = 64 * 1024
+    batch_max: int = 1000
+    token_ttl: float = 24 * 3600.0
+    default_grant: Grant = Grant.OPERATOR
+    wait_for_run: bool = True
+    rate: float = 200.0
+    burst: float = 400.0
+    rate_strikes: int = 20
+    serve_ui: bool = True
+
+
+class Gateway:
+    """A wirepipe gateway: a WebSocket server over a store of session logs."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        *,
+        store: Store | None = None,
+        secret: str | bytes | None = None,
+        apps: dict[str, App] | None = None,
+        auth: Auth | None = None,
+        config: Config | None = None,
+        **knobs: Any,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.store: Store = store if store is not None else MemoryStore()
+        if secret is None:
+            secret = secrets.token_bytes(32)
+        self.secret = secret.encode() if isinstance(secret, str) else secret
+        self.apps: dict[str, App] = dict(apps or {})
+        self.auth = auth
+        self.config = config or Config(**knobs)
+        self.metrics = Metrics()
+        self._sessions: dict[str, Session] = {}
+        self._born: dict[str, asyncio.Future[Session]] = {}
+        self._conns: set[Connection] = set()
+        self._server: Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._closed = asyncio.Event()
+
+    # --- lifespan ---------------------------------------------------------------
+
+    async def start(self) -> Gateway:
+        """Bind and start serving.  Returns self."""
+        self._loop = asyncio.get_running_loop()
+        cfg = self.config
+        self._server = await serve(
+            self._handler,
+            self.host,
+            self.port,
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            process_request=self._process_request,
+            # Over max_frame we answer too_big ourselves; websockets guards far beyond.
+            max_size=max(cfg.max_frame * 4, cfg.max_frame + 65536),
+            compression="deflate" if cfg.compression else None,
+            ping_interval=cfg.heartbeat,
+            ping_timeout=cfg.heartbeat,
+            write_limit=cfg.write_limit,
+            server_header="wirepipe",
+        )
+        sock = next(iter(self._server.sockets))
+        self.port = sock.getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        """Tell every client ``shutdown``, close them with 1001, stop runs, stop.  Idempotent."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            await asyncio.gather(*(c.shutdown() for c in list(self._conns)), return_exceptions=True)
+            for s in list(self._sessions.values()):
+                if s.task is not None and not s.task.done():
+                    s.task.cancel()
+            tasks = [s.task for s in self._sessions.values() if s.task is not None]
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+            for fut in self._born.values():
+                fut.cancel()
+            await self.store.close()
+        finally:
+            self._closed.set()
+
+    async def __aenter__(self) -> Gateway:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def serve_forever(self) -> None:
+        """Run until cancelled (or until ``close``)."""
+        if self._server is None:
+            await self.start()
+        await self._closed.wait()
+
+    @property
+    def url(self) -> str:
+        """The ``ws://`` URL clients connect to."""
+        return f"ws://{_hostport(self.host, self.port)}/"
+
+    @property
+    def http_url(self) -> str:
+        """The ``http://`` URL of the web UI."""
+        return f"http://{_hostport(self.host, self.port)}/"
+
+    # --- sessions -----------------------------------------------------------------
+
+    def pipe(self, sid: str) -> WebPipe:
+        """The Pipe of session ``sid``: the open run's, or a new run's.
+
+        A new run gets a new epoch; clients still on an ended run of the same
+        sid are moved to it with a fresh ``welcome``.  Callable from any thread.
+
+        Raises:
+            ValueError: ``sid`` is not 1-128 chars of ``[A-Za-z0-9._:-]``.
+            RuntimeError: the gateway is not started or is closing.
+        """
+        from protocol.codec import SID_RE
+
+        if not SID_RE.fullmatch(sid):
+            raise ValueError(f"invalid sid {sid!r}: 1-128 chars of [A-Za-z0-9._:-]")
+        loop = self._loop
+        if loop is None or self._closing:
+            raise RuntimeError("the gateway is not running")
+        if not _on_loop(loop):
+            async def make() -> WebPipe:
+                return self.pipe(sid)
+
+            return asyncio.run_coroutine_threadsafe(make(), loop).result()
+        s = self._sessions.get(sid)
+        if s is None or s.ended:
+            s = Session(sid, self.store, loop)
+            s.pipe = WebPipe(s)  # type: ignore[attr-defined]
+            self._sessions[sid] = s
+            fut = self._born.pop(sid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(s)
+        return s.pipe  # type: ignore[attr-defined, no-any-return]
+
+    def local_session(self, sid: str, epoch: str) -> Session | None:
+        s = self._sessions.get(sid)
+        return s if s is not None and s.epoch == epoch else None
+
+    async def await_session(self, sid: str, ws: ServerConnection) -> Session | None:
+        """The session a new client of ``sid`` joins; waits for a run if there is none.
+
+        Returns None for a log served from the store alone (its run is not
+        in this process).
+
+        Raises:
+            ProtocolError: ``no_session`` when the gateway does not wait for runs.
+            ConnectionClosed: the client left while waiting.
+        """
+        while True:
+            s = self._sessions.get(sid)
+            if s is not None:
+                await s.ready
+                return s
+            if await self.store.info(sid) is not None:
+                return None
+            if not self.config.wait_for_run:
+                raise ProtocolError(ErrorCode.NO_SESSION, f"no session {sid!r}")
+            fut = self._born.get(sid)
+            if fut is None or fut.done():
+                fut = self._born[sid] = asyncio.get_running_loop().create_future()
+            closed = asyncio.ensure_future(ws.wait_closed())
+            try:
+                await asyncio.wait({fut, closed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+            if not fut.done():
+                await ws.recv()  # raises ConnectionClosed: the client left
+
+    def start_run(self, sid: str, app_name: str, value: Any) -> WebPipe:
+        """Start a run of the registered app ``app_name`` under ``sid``.
+
+        Raises:
+            ProtocolError: ``no_app`` if no such app, ``sid_taken`` if ``sid``
+                has a run that has not ended.
+        """
+        app = self.apps.get(app_name)
+        if app is None:
+            raise ProtocolError(ErrorCode.NO_APP, f"no app {app_name!r}")
+        s = self._sessions.get(sid)
+        if s is not None and not s.ended:
+            raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {sid!r} already has a run")
+        pipe = self.pipe(sid)
+        session = self._sessions[sid]
+        session.task = asyncio.ensure_future(self._run_app(app, pipe, value))
+        self.metrics.runs_started += 1
+        return pipe
+
+    async def _run_app(self, app: App, pipe: WebPipe, value: Any) -> None:
+        pipe.emit("status", {"state": RunState.RUNNING})
+        try:
+            if inspect.iscoroutinefunction(app):
+                await app(pipe, value)
+            else:
+                result = await asyncio.to_thread(app, pipe, value)
+                if inspect.isawaitable(result):
+                    await result
+        except asyncio.CancelledError:
+            pipe.close(RunState.CANCELLED, detail=pipe.cancel_reason or "cancelled")
+            return
+        except Exception as exc:
+            log.exception("app run %s failed", pipe.sid)
+            pipe.close(RunState.FAILED, detail=f"{type(exc).__name__}: {exc}")
+            return
+        if pipe.cancelled.is_set():
+            pipe.close(RunState.CANCELLED, detail=pipe.cancel_reason or "cancelled")
+        else:
+            pipe.close(RunState.DONE)
+
+    def drop_connections(self, sid: str | None = None) -> int:
+        """Abort the TCP connections of ``sid`` (all if None), abruptly.  For tests and ops."""
+        n = 0
+        for c in list(self._conns):
+            if sid is None or c.sid == sid:
+                c.ws.transport.abort()
+                n += 1
+        return n
+
+    # --- serving --------------------------------------------------------------------
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        conn = Connection(self, ws)
+        self._conns.add(conn)
+        self.metrics.connections_total += 1
+        self.metrics.connections_open += 1
+        try:
+            await conn.serve()
+        finally:
+            self._conns.discard(conn)
+            self.metrics.connections_open -= 1
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            if self._closing:
+                return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+            return None
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return ws.respond(HTTPStatus.OK, "ok\n")
+        if path == "/metrics":
+            body = self.metrics.render({"wirepipe_sessions": len(self._sessions)})
+            return _response(HTTPStatus.OK, body.encode(), "text/plain; version=0.0.4")
+        if not self.config.serve_ui:
+            return ws.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        return _static(path)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _response(status: HTTPStatus, body: bytes, ctype: str) -> Response:
+    headers = Headers()
+    headers["Content-Type"] = ctype
+    headers["Content-Length"] = str(len(body))
+    headers["Cache-Control"] = "no-cache"
+    headers["X-Content-Type-Options"] = "nosniff"
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _static(path: str) -> Response:
+    if path in ("", "/"):
+        path = "/index.html"
+    if path.startswith("/client/"):
+        root, rel = _client_dir(), path[len("/client/") :]
+    else:
+        root, rel = STATIC, path.lstrip("/")
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root.resolve()) or not target.is_file():
+        return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+    ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    if target.suffix in (".js", ".mjs"):
+        ctype = "text/javascript"
+    if ctype.startswith("text/"):
+        ctype += "; charset=utf-8"
+    return _response(HTTPStatus.OK, target.read_bytes(), ctype)
+
+
+def run_in_thread(coro: Awaitable[Any]) -> threading.Thread:  # pragma: no cover - helper
+    """Run ``coro`` on a new event loop in a daemon thread (queue-relay style)."""
+    t = threading.Thread(target=asyncio.run, args=(coro,), daemon=True)
+    t.start()
+    return t

@@ -1,0 +1,487 @@
+// The run view: turns a snapshot and the event stream into DOM.
+//
+// Every event that reaches apply() ends up as exactly ONE element carrying
+// data-seq and data-k (a text delta is a <span> inside its stream's block, an
+// output chunk a <span> inside its code cell, a log a row in the log panel,
+// everything else an entry in the feed). Panels derived from events (the plan,
+// the open-ask cards, the status badge) carry no data-seq, so
+// `document.querySelectorAll('[data-seq]')` lists each event once.
+// Things rebuilt from a snapshot carry data-snapshot instead.
+
+import { clock, el, formatValue, shortValue, str, token } from './dom.js';
+
+const FINAL_STATES = new Set(['done', 'failed', 'cancelled']);
+const TASK_STATES = new Set(['pending', 'running', 'done', 'failed', 'skipped']);
+
+// Log level -> rank used by the level filter (CSS hides .lvl-N below the
+// selected rank). Loguru (MetaGPT) and stdlib names, and stdlib numbers.
+const LEVEL_RANK = {
+  TRACE: 0, DEBUG: 0, INFO: 1, SUCCESS: 1, NOTICE: 1,
+  WARNING: 2, WARN: 2, ERROR: 3, CRITICAL: 3, FATAL: 3, EXCEPTION: 3,
+};
+
+export function levelRank(level) {
+  if (typeof level === 'number') {
+    if (level >= 40) return 3;
+    if (level >= 30) return 2;
+    if (level >= 20) return 1;
+    return 0;
+  }
+  const rank = LEVEL_RANK[str(level).toUpperCase()];
+  return rank === undefined ? 1 : rank;
+}
+
+function isObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+let uid = 0;
+const nextId = (prefix) => `${prefix}-${++uid}`;
+
+export class View {
+  /**
+   * elements: {feed, planGoal, planTasks, planProgress, asks, asksPanel, logs,
+   * runStatus}; onReply(askId, value) -> Promise<{ok, err}>.
+   */
+  constructor(elements, { onReply } = {}) {
+    this.e = elements;
+    this.onReply = onReply || (async () => ({ ok: false, err: 'not_connected' }));
+    this.readOnly = false;
+    this.stats = { events: 0, duplicates: 0, gaps: 0, errors: 0 };
+    this.onStatus = () => {};
+    this.clear();
+  }
+
+  clear() {
+    this.lastSeq = null;          // seq of the last event applied, null after a reset
+    this.texts = new Map();       // stream id -> {block, body}
+    this.codes = new Map();       // code id -> {cell, outputs}
+    this.asks = new Map();        // ask id -> {card, entry}
+    this.askEntries = new Map();  // ask id -> feed entry of its ask event
+    this.taskRows = new Map();    // task id -> <li>
+    this.plan = null;
+    this.status = null;
+    this.snapshotHead = 0;
+    this.e.feed.replaceChildren();
+    this.e.logs.replaceChildren();
+    this.e.asks.replaceChildren();
+    this.renderPlan();
+    this.setStatus(null);
+    this.syncAsksPanel();
+  }
+
+  /**
+   * Drop everything and rebuild from a snapshot map (PROTOCOL.md section 4).
+   *
+   * The snapshot reflects the log up to welcome.head, and unless the client
+   * asked for `live` the events from welcome.first follow, so they overlap
+   * it. Replaying plan, task, status, ask and answer events over the snapshot
+   * is harmless (they set state, and the replay ends where the snapshot is),
+   * but text deltas append: for a stream the snapshot already holds, each
+   * replayed delta (seq <= head) is taken off the end of the snapshot's text
+   * instead, so what shows once the replay has passed the head is the
+   * snapshot's text exactly, with the retained deltas as their own spans.
+   */
+  reset(snapshot, welcome) {
+    this.clear();
+    this.snapshotHead = welcome && typeof welcome.head === 'number' ? welcome.head : 0;
+    if (!isObject(snapshot)) return;
+    if (isObject(snapshot.status)) this.setStatus(snapshot.status);
+    if (isObject(snapshot.plan)) {
+      this.plan = this.normalisePlan(snapshot.plan);
+      this.renderPlan();
+    }
+    if (Array.isArray(snapshot.texts)) {
+      for (const t of snapshot.texts) {
+        if (!isObject(t)) continue;
+        const stream = this.textStream(str(t.id), null);
+        const span = el('span', { dataset: { snapshot: '' } }, str(t.text));
+        stream.body.append(span);
+        stream.base = { span, text: str(t.text), replayed: 0 };
+      }
+    }
+    if (Array.isArray(snapshot.asks)) {
+      for (const a of snapshot.asks) if (isObject(a)) this.openAsk(a, null);
+    }
+  }
+
+  /** Apply one event {seq, k, ts, d}. Never throws. */
+  apply(ev) {
+    const seq = ev && typeof ev.seq === 'number' ? ev.seq : null;
+    if (seq !== null && this.lastSeq !== null) {
+      // The client delivers in order without duplicates; count (and skip) any
+      // slip so the tests can see it, rather than show an event twice.
+      if (seq <= this.lastSeq) { this.stats.duplicates += 1; return; }
+      if (seq !== this.lastSeq + 1) this.stats.gaps += 1;
+    }
+    if (seq !== null) this.lastSeq = seq;
+    this.stats.events += 1;
+    const k = str(ev && ev.k, '?');
+    const d = ev ? ev.d : undefined;
+    try {
+      const handler = HANDLERS[k];
+      if (handler && isObject(d)) handler.call(this, ev, d);
+      else this.generic(ev, k, d);
+    } catch (err) {
+      // A payload of an unexpected shape: show it raw instead of failing.
+      this.stats.errors += 1;
+      console.warn('wirepipe: cannot render event', ev, err);
+      if (seq !== null) {
+        for (const node of document.querySelectorAll(`[data-seq="${seq}"]`)) node.remove();
+      }
+      this.generic(ev, k, d);
+    }
+  }
+
+  // ---- building blocks -------------------------------------------------
+
+  marks(ev, k) {
+    return { seq: ev.seq, k };
+  }
+
+  entry(ev, k, cls, ...children) {
+    const node = el('article', { class: `ev ev-${token(k)} ${cls || ''}`.trim(), dataset: this.marks(ev, k) },
+      ...children);
+    this.e.feed.append(node);
+    return node;
+  }
+
+  head(label, ...extra) {
+    return el('header', { class: 'ev-head' }, el('span', { class: 'ev-kind' }, label), ...extra);
+  }
+
+  time(ev) {
+    const t = clock(ev.ts);
+    return t ? el('time', { class: 'ev-time' }, t) : null;
+  }
+
+  line(ev, k, ...children) {
+    const node = el('div', { class: `ev line ev-${token(k)}`, dataset: this.marks(ev, k) },
+      el('span', { class: 'ev-kind' }, k), el('span', { class: 'line-body' }, ...children),
+      this.time(ev));
+    this.e.feed.append(node);
+    return node;
+  }
+
+  generic(ev, k, d) {
+    this.entry(ev, k, 'ev-generic',
+      this.head(k, this.time(ev)),
+      el('pre', { class: 'ev-value' }, formatValue(d)));
+  }
+
+  // ---- text streams -----------------------------------------------------
+
+  textStream(id, ev) {
+    let stream = this.texts.get(id);
+    if (!stream) {
+      const body = el('div', { class: 'text-body' });
+      const block = el('article', { class: 'ev ev-text stream', dataset: { stream: id } },
+        this.head('LLM', el('span', { class: 'ev-id' }, id)), body);
+      this.e.feed.append(block);
+      stream = { block, body };
+      this.texts.set(id, stream);
+    }
+    return stream;
+  }
+
+  // ---- plan ---------------------------------------------------------------
+
+  normalisePlan(d) {
+    const tasks = Array.isArray(d.tasks) ? d.tasks.filter(isObject).map((t) => ({ ...t })) : [];
+    return { goal: d.goal, tasks, current: d.current };
+  }
+
+  renderPlan() {
+    const { planGoal, planTasks, planProgress } = this.e;
+    this.taskRows.clear();
+    planTasks.replaceChildren();
+    if (!this.plan) {
+      planGoal.textContent = 'No plan yet.';
+      planGoal.classList.add('muted');
+      planProgress.textContent = '';
+      return;
+    }
+    planGoal.classList.remove('muted');
+    planGoal.textContent = str(this.plan.goal, '(no goal)');
+    for (const task of this.plan.tasks) this.renderTask(task);
+    this.updateProgress();
+  }
+
+  renderTask(task) {
+    const id = str(task.id);
+    const status = TASK_STATES.has(task.status) ? task.status : 'pending';
+    const deps = Array.isArray(task.deps) && task.deps.length
+      ? el('span', { class: 'task-deps' }, `after ${task.deps.map((x) => str(x)).join(', ')}`) : null;
+    const row = el('li', { class: 'task', dataset: { taskId: id, status } },
+      el('span', { class: `pill st-${token(status)}` }, status),
+      el('div', { class: 'task-main' },
+        el('span', { class: 'task-text' }, str(task.instruction, `task ${id}`)),
+        el('span', { class: 'task-meta' },
+          el('span', { class: 'task-id' }, `#${id}`),
+          task.type ? el('span', { class: 'task-type' }, str(task.type)) : null,
+          deps)));
+    if (task.result !== undefined && task.result !== null && task.result !== '') {
+      row.querySelector('.task-main').append(this.resultDetails(task.result));
+    }
+    if (this.plan && this.plan.current !== undefined && this.plan.current !== null
+        && str(this.plan.current) === id) {
+      row.setAttribute('aria-current', 'step');
+    }
+    const old = this.taskRows.get(id);
+    if (old) old.replaceWith(row); else this.e.planTasks.append(row);
+    this.taskRows.set(id, row);
+  }
+
+  resultDetails(result) {
+    return el('details', { class: 'task-result' },
+      el('summary', {}, 'result'), el('pre', {}, formatValue(result)));
+  }
+
+  updateProgress() {
+    if (!this.plan) return;
+    const total = this.plan.tasks.length;
+    const done = this.plan.tasks.filter((t) => t.status === 'done' || t.status === 'skipped').length;
+    this.e.planProgress.textContent = total ? `${done}/${total} done` : '';
+  }
+
+  // ---- asks -----------------------------------------------------------------
+
+  openAsk(d, entry) {
+    const id = str(d.id);
+    if (entry) this.askEntries.set(id, entry);
+    if (this.asks.has(id)) return;
+    const promptId = nextId('ask-prompt');
+    const errorLine = el('p', { class: 'ask-error', role: 'alert' });
+    const card = el('div', { class: 'ask-card', role: 'group', 'aria-labelledby': promptId,
+      dataset: { askId: id } },
+    el('p', { class: 'ask-prompt', id: promptId }, str(d.prompt, '(no prompt)')));
+
+    const hasDefault = d.default !== undefined && d.default !== null;
+    const send = async (value, controls) => {
+      for (const c of controls) c.disabled = true;
+      errorLine.textContent = '';
+      card.classList.add('pending');
+      let result;
+      try {
+        result = await this.onReply(id, value);
+      } catch (err) {
+        result = { ok: false, err: err && err.message ? err.message : String(err) };
+      }
+      card.classList.remove('pending');
+      if (result && result.ok) return;  // the answer event removes the card
+      const code = result && result.err;
+      if (code === 'ask_closed' || code === 'unknown_ask') { this.closeAsk(id); return; }
+      errorLine.textContent = code === 'forbidden'
+        ? 'Read-only: this connection may not answer.'
+        : `Reply failed: ${code || 'unknown error'}`;
+      for (const c of controls) c.disabled = this.readOnly;
+    };
+
+    const controls = [];
+    const hasChoices = Array.isArray(d.choices) && d.choices.length > 0;
+    if (hasChoices) {
+      const row = el('div', { class: 'choices' });
+      for (const choice of d.choices) {
+        const isDefault = hasDefault && formatValue(choice) === formatValue(d.default);
+        const button = el('button', { type: 'button', class: isDefault ? 'choice default' : 'choice',
+          dataset: { value: formatValue(choice, 0) } }, shortValue(choice, 60));
+        if (isDefault) button.append(el('span', { class: 'visually-hidden' }, ' (default)'));
+        button.addEventListener('click', () => send(choice, controls));
+        controls.push(button);
+        row.append(button);
+      }
+      card.append(row);
+    }
+    // Free text: when there are no choices, or the ask also takes other answers.
+    if (!hasChoices || d.other === true) {
+      const inputId = nextId('ask-input');
+      const input = el('input', { id: inputId, type: 'text', autocomplete: 'off',
+        placeholder: hasDefault && !hasChoices ? formatValue(d.default, 0) : '',
+        required: !hasDefault || hasChoices });
+      const button = el('button', { type: 'submit' }, 'Send');
+      const form = el('form', { class: 'ask-form' },
+        el('label', { for: inputId }, hasChoices ? 'Or another answer' : 'Your answer'), input, button);
+      form.addEventListener('submit', (event) => {
+        event.preventDefault();
+        send(input.value === '' && hasDefault && !hasChoices ? d.default : input.value, controls);
+      });
+      controls.push(input, button);
+      card.append(form);
+    }
+    const hints = [];
+    if (hasDefault) hints.push(`Default: ${shortValue(d.default, 60)}`);
+    if (typeof d.timeout === 'number' && d.timeout > 0) hints.push(`times out after ${d.timeout} s`);
+    if (hints.length) card.append(el('p', { class: 'ask-hint' }, hints.join(' · ')));
+    card.append(errorLine);
+    for (const c of controls) c.disabled = this.readOnly;
+    this.asks.set(id, { card, controls });
+    this.e.asks.append(card);
+    this.syncAsksPanel();
+  }
+
+  closeAsk(id) {
+    const ask = this.asks.get(id);
+    if (ask) {
+      ask.card.remove();
+      this.asks.delete(id);
+    }
+    this.syncAsksPanel();
+  }
+
+  syncAsksPanel() {
+    this.e.asksPanel.hidden = this.asks.size === 0;
+  }
+
+  setReadOnly(readOnly) {
+    this.readOnly = readOnly;
+    for (const ask of this.asks.values()) for (const c of ask.controls) c.disabled = readOnly;
+  }
+
+  // ---- status -----------------------------------------------------------
+
+  setStatus(d) {
+    this.status = d;
+    const badge = this.e.runStatus;
+    const state = d ? str(d.state, '?') : '';
+    badge.dataset.state = d ? token(state) : 'none';
+    badge.querySelector('b').textContent = d ? state : '—';
+    badge.title = d && d.detail !== undefined ? formatValue(d.detail, 0) : '';
+    this.onStatus(d);
+  }
+
+  get finished() {
+    return !!(this.status && FINAL_STATES.has(this.status.state));
+  }
+}
+
+// One handler per known kind; `this` is the View, d is a plain object.
+const HANDLERS = {
+  text(ev, d) {
+    const stream = this.textStream(str(d.id), ev);
+    const delta = str(d.delta);
+    const base = stream.base;
+    if (base && ev.seq <= this.snapshotHead) {
+      // Already inside the snapshot's text (see reset): move it out of there.
+      base.replayed += delta.length;
+      base.span.textContent = base.text.slice(0, Math.max(0, base.text.length - base.replayed));
+    }
+    stream.body.append(el('span', { dataset: this.marks(ev, 'text') }, delta));
+    if (d.end) stream.block.classList.add('ended');
+  },
+
+  message(ev, d) {
+    const role = str(d.role, 'message');
+    const node = this.entry(ev, 'message', `role-${token(role)}`,
+      this.head(role, d.name ? el('span', { class: 'ev-id' }, str(d.name)) : null, this.time(ev)),
+      el('div', { class: 'message-body' }, formatValue(d.content)));
+    if (d.cause !== undefined && d.cause !== null && d.cause !== '') {
+      node.append(el('p', { class: 'ev-cause' }, `cause: ${shortValue(d.cause)}`));
+    }
+  },
+
+  plan(ev, d) {
+    this.plan = this.normalisePlan(d);
+    this.renderPlan();
+    const n = this.plan.tasks.length;
+    this.line(ev, 'plan', `${str(d.goal, '(no goal)')} — ${n} task${n === 1 ? '' : 's'}`);
+  },
+
+  task(ev, d) {
+    const id = str(d.id);
+    const status = str(d.status, '?');
+    if (!this.plan) this.plan = { goal: undefined, tasks: [], current: undefined };
+    let task = this.plan.tasks.find((t) => str(t.id) === id);
+    if (!task) {
+      task = { id, instruction: undefined, deps: [], type: undefined, status };
+      this.plan.tasks.push(task);
+      if (this.e.planGoal.classList.contains('muted')) this.e.planGoal.textContent = '';
+    }
+    task.status = status;
+    if (d.result !== undefined) task.result = d.result;
+    if (status === 'running') {
+      this.plan.current = id;
+      for (const row of this.taskRows.values()) row.removeAttribute('aria-current');
+    }
+    this.renderTask(task);
+    this.updateProgress();
+    const node = this.line(ev, 'task', `#${id} `, el('span', { class: `pill st-${token(status)}` }, status),
+      task.instruction ? el('span', { class: 'muted' }, ` ${shortValue(task.instruction, 80)}`) : null);
+    if (d.result !== undefined && d.result !== null && d.result !== '') {
+      node.append(this.resultDetails(d.result));
+    }
+  },
+
+  code(ev, d) {
+    const id = str(d.id);
+    const lang = str(d.lang, 'code');
+    const outputs = el('div', { class: 'outputs' });
+    const cell = this.entry(ev, 'code', '',
+      this.head('code', el('span', { class: 'ev-id' }, `${lang} · ${id}`), this.time(ev)),
+      el('pre', { class: 'source', dataset: { lang: token(lang) } }, el('code', {}, str(d.source))),
+      outputs);
+    cell.dataset.codeId = id;
+    this.codes.set(id, { cell, outputs });  // a re-run with the same id takes over
+  },
+
+  output(ev, d) {
+    const id = str(d.id);
+    let code = this.codes.get(id);
+    if (!code) {
+      // Output of code we never saw (before a snapshot): a cell without source.
+      const outputs = el('div', { class: 'outputs' });
+      const cell = el('article', { class: 'ev ev-code orphan', dataset: { codeId: id } },
+        this.head('output', el('span', { class: 'ev-id' }, id)), outputs);
+      this.e.feed.append(cell);
+      code = { cell, outputs };
+      this.codes.set(id, code);
+    }
+    const stream = token(d.stream || 'stdout');
+    let block = code.outputs.lastElementChild;
+    if (!block || block.dataset.stream !== stream) {
+      block = el('pre', { class: `out out-${stream}`, dataset: { stream } });
+      code.outputs.append(block);
+    }
+    block.append(el('span', { dataset: this.marks(ev, 'output') }, str(d.text)));
+  },
+
+  tool(ev, d) {
+    const type = d.type !== undefined && d.type !== null ? ` (${str(d.type)})` : '';
+    this.entry(ev, 'tool', '',
+      this.head('tool', el('span', { class: 'ev-id' }, `${str(d.name, '?')}${type}`), this.time(ev)),
+      el('pre', { class: 'ev-value' }, formatValue(d.value)));
+  },
+
+  log(ev, d) {
+    const level = str(d.level, 'INFO').toUpperCase();
+    const row = el('div', { class: `log lvl-${levelRank(d.level)}`,
+      dataset: { ...this.marks(ev, 'log'), level: token(level) } },
+    el('time', {}, clock(ev.ts)),
+    el('span', { class: 'log-level' }, level),
+    d.logger ? el('span', { class: 'log-logger' }, str(d.logger)) : null,
+    el('span', { class: 'log-msg' }, str(d.msg)));
+    this.e.logs.append(row);
+  },
+
+  ask(ev, d) {
+    const entry = this.line(ev, 'ask', str(d.prompt, '(no prompt)'));
+    entry.classList.add('open');
+    this.openAsk(d, entry);
+  },
+
+  answer(ev, d) {
+    const id = str(d.id);
+    this.closeAsk(id);
+    const entry = this.askEntries.get(id);
+    if (entry) entry.classList.replace('open', 'answered');
+    this.line(ev, 'answer', el('b', {}, shortValue(d.value, 200)),
+      el('span', { class: 'muted' }, ` by ${str(d.by, '?')}`));
+  },
+
+  status(ev, d) {
+    this.setStatus(d);
+    const state = str(d.state, '?');
+    this.line(ev, 'status',
+      el('span', { class: `pill st-${token(state)}` }, state),
+      d.detail !== undefined && d.detail !== null ? el('span', { class: 'muted' }, ` ${shortValue(d.detail)}`) : null);
+  },
+};

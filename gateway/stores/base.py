@@ -1,0 +1,95 @@
+"""The Store protocol: where session logs live.
+
+A *log* is the ordered list of one session's encoded events (see
+``protocol.codec.encode_event``) with its epoch.  The store never assigns
+sequence numbers: the one writer of a session (the node that holds its Pipe)
+does, and hands the store consecutive events.  That is what lets a Redis
+Streams backend fit without change (explicit stream ids), and what lets any
+node serve any reader.
+
+Readers never get a queue: they hold a cursor (a seq) and ``read`` from it,
+``wait``-ing when they are at the head.  A slow reader costs a cursor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """One event handed to ``Store.append``: its seq, kind, payload and encoding."""
+
+    seq: int
+    k: str
+    d: Any
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LogInfo:
+    """Where a log stands.  ``first`` is the oldest retained seq (``head + 1`` if empty)."""
+
+    epoch: str
+    first: int
+    head: int
+    ended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of a log is kept: by count, by bytes, and for how long after its run ended."""
+
+    max_events: int = 100_000
+    max_bytes: int = 64 * 1024 * 1024
+    ttl_after_end: float = 3600.0
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where logs live.  Every method is safe to call concurrently on one event loop."""
+
+    retention: Retention
+
+    async def create(self, sid: str, epoch: str) -> None:
+        """Start a new, empty log for ``sid`` under ``epoch``, replacing any older one."""
+
+    async def append(self, sid: str, events: Sequence[Appended]) -> None:
+        """Append consecutive events (the first has seq ``head + 1``) and wake waiters.
+
+        Raises:
+            KeyError: no log for ``sid``.
+            ValueError: the seqs do not follow the head.
+        """
+
+    async def read(
+        self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20
+    ) -> list[bytes]:
+        """Encoded events with seq > ``after``, ascending, at most ``limit`` (at least one).
+
+        Returns [] if there is nothing newer or no such log.  If ``after + 1``
+        is older than ``first``, reading starts at ``first``: callers compare
+        with ``info`` to detect that they lagged.
+        """
+
+    async def wait(self, sid: str, after: int, timeout: float | None = None) -> bool:
+        """Wait until the log has an event with seq > ``after``, ends, or is replaced.
+
+        True if it has such an event now.  Spurious False returns are allowed:
+        callers re-check ``info`` and wait again.  A missing log returns False
+        at once.
+        """
+
+    async def info(self, sid: str) -> LogInfo | None:
+        """Where the log stands, or None if there is none (never created, or expired)."""
+
+    async def snapshot(self, sid: str) -> tuple[dict[str, Any], int]:
+        """The compacted state (PROTOCOL.md section 4) and the seq it reflects."""
+
+    async def end(self, sid: str) -> None:
+        """Mark the run ended; the log expires ``retention.ttl_after_end`` seconds later."""
+
+    async def close(self) -> None:
+        """Release resources."""

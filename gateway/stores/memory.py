@@ -1,0 +1,149 @@
+"""MemoryStore: the embedded default.  Logs live in this process and die with it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from protocol import Snapshot
+
+from .base import Appended, LogInfo, Retention, Store
+
+
+class _Log:
+    __slots__ = ("epoch", "events", "skip", "first", "nbytes", "snap", "ended_at", "changed")
+
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
+        # A list, not a deque: readers index into the middle.  Trimmed events
+        # are skipped by offset and compacted away in bulk.
+        self.events: list[bytes] = []
+        self.skip = 0  # events[:skip] are trimmed
+        self.first = 1  # seq of events[skip]
+        self.nbytes = 0
+        self.snap = Snapshot()
+        self.ended_at: float | None = None
+        # One future shared by every waiter: an append wakes them all at once.
+        self.changed: asyncio.Future[None] | None = None
+
+    @property
+    def head(self) -> int:
+        return self.first + len(self.events) - self.skip - 1
+
+    def trim(self, retention: Retention) -> None:
+        events = self.events
+        while len(events) - self.skip > 1 and (
+            len(events) - self.skip > retention.max_events or self.nbytes > retention.max_bytes
+        ):
+            self.nbytes -= len(events[self.skip])
+            self.skip += 1
+            self.first += 1
+        if self.skip > 1024 and self.skip * 2 > len(events):
+            del events[: self.skip]
+            self.skip = 0
+
+    def wake(self) -> None:
+        if self.changed is not None and not self.changed.done():
+            self.changed.set_result(None)
+        self.changed = None
+
+
+class MemoryStore:
+    """Session logs in memory, trimmed by count, bytes and time after the run ended."""
+
+    def __init__(self, retention: Retention | None = None) -> None:
+        self.retention = retention or Retention()
+        self._logs: dict[str, _Log] = {}
+
+    def _get(self, sid: str) -> _Log | None:
+        log = self._logs.get(sid)
+        if log is not None and log.ended_at is not None:
+            if time.time() - log.ended_at > self.retention.ttl_after_end:
+                del self._logs[sid]
+                log.wake()
+                return None
+        return log
+
+    async def create(self, sid: str, epoch: str) -> None:
+        old = self._logs.get(sid)
+        self._logs[sid] = _Log(epoch)
+        if old is not None:
+            old.wake()
+
+    async def append(self, sid: str, events: Sequence[Appended]) -> None:
+        log = self._logs.get(sid)
+        if log is None:
+            raise KeyError(sid)
+        if events and events[0].seq != log.head + 1:
+            raise ValueError(f"seq {events[0].seq} does not follow head {log.head}")
+        for ev in events:
+            log.events.append(ev.raw)
+            log.nbytes += len(ev.raw)
+            log.snap.apply(ev.k, ev.d)
+        log.trim(self.retention)
+        log.wake()
+
+    async def read(
+        self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20
+    ) -> list[bytes]:
+        log = self._get(sid)
+        if log is None or after >= log.head:
+            return []
+        i = log.skip + max(0, after + 1 - log.first)
+        out = log.events[i : i + limit]
+        size = 0
+        for n, raw in enumerate(out):
+            size += len(raw)
+            if size > max_bytes and n:
+                return out[:n]
+        return out
+
+    async def wait(self, sid: str, after: int, timeout: float | None = None) -> bool:
+        log = self._get(sid)
+        if log is None:
+            return False
+        if log.head > after:
+            return True
+        # An ended log still waits: a new run under the same sid replaces it
+        # (and wakes us), and nothing else can happen to it.
+        if log.changed is None:
+            log.changed = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(log.changed), timeout)
+        except TimeoutError:
+            return False
+        current = self._logs.get(sid)
+        return current is log and log.head > after
+
+    async def info(self, sid: str) -> LogInfo | None:
+        log = self._get(sid)
+        if log is None:
+            return None
+        return LogInfo(log.epoch, log.first, log.head, log.ended_at is not None)
+
+    async def snapshot(self, sid: str) -> tuple[dict[str, Any], int]:
+        log = self._get(sid)
+        if log is None:
+            return Snapshot().as_map(), 0
+        return log.snap.as_map(), log.head
+
+    async def end(self, sid: str) -> None:
+        log = self._logs.get(sid)
+        if log is not None and log.ended_at is None:
+            log.ended_at = time.time()
+            log.wake()
+
+    async def close(self) -> None:
+        for log in self._logs.values():
+            log.wake()
+        self._logs.clear()
+
+    def sweep(self) -> int:
+        """Drop expired logs now; returns how many.  (Access also expires them lazily.)"""
+        expired = [sid for sid in list(self._logs) if self._get(sid) is None]
+        return len(expired)
+
+
+_: type[Store] = MemoryStore

@@ -1,0 +1,337 @@
+"""MessagePack <-> frames, with strict validation and size limits.
+
+``decode_client`` and ``decode_server`` turn one WebSocket message into one
+frame, or raise :class:`~protocol.errors.ProtocolError`; nothing else ever
+escapes them, whatever the bytes.  ``encode`` turns a frame into bytes.
+
+Events are stored encoded (one MessagePack map ``{seq, k, ts, d}`` each) so
+that the hot path never encodes an event twice: :func:`ev_frame` and
+:func:`batch_frame` splice stored events into ``ev`` and ``batch`` frames
+without decoding them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+import msgpack  # type: ignore[import-untyped]  # ships no stubs or py.typed
+
+from .errors import ErrorCode, ProtocolError
+from .frames import (
+    Ack,
+    Batch,
+    Cancel,
+    ClientFrame,
+    Error,
+    Event,
+    Frame,
+    FrameType,
+    Grant,
+    Hello,
+    Ping,
+    Pong,
+    Replied,
+    Reply,
+    Send,
+    ServerFrame,
+    Welcome,
+)
+
+DEFAULT_MAX_FRAME: Final = 1024 * 1024
+SID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+#: Longest id (rid, ask id, epoch) a peer may send; longer is a bad frame.
+MAX_ID: Final = 256
+
+_ANY: Final = object()
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_id(v: object) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= MAX_ID
+
+
+def _is_sid(v: object) -> bool:
+    return isinstance(v, str) and SID_RE.fullmatch(v) is not None
+
+
+def _is_count(v: object) -> bool:
+    return _is_int(v) and v >= 0  # type: ignore[operator]
+
+
+def _is_window(v: object) -> bool:
+    return _is_int(v) and 0 < v <= 1_000_000  # type: ignore[operator]
+
+
+def _is_start(v: object) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("app"), str) and bool(v["app"])
+
+
+def _is(t: type | tuple[type, ...]) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, t)
+
+
+_is_str = _is(str)
+_is_bool = _is(bool)
+_is_map = _is(dict)
+
+# key -> (check, required).  A required key must be present; an optional key
+# may be absent or nil (JavaScript's undefined encodes as nil).  Unknown keys
+# are ignored: that is how the protocol grows additively.
+Schema = dict[str, tuple[Callable[[object], bool] | object, bool]]
+
+_CLIENT: Final[dict[str, tuple[Callable[..., ClientFrame], Schema]]] = {
+    "hello": (
+        Hello,
+        {
+            "sid": (_is_sid, True),
+            "auth": (_is_str, False),
+            "resume": (_is_str, False),
+            "epoch": (_is_str, False),
+            "after": (_is_count, False),
+            "live": (_is_bool, False),
+            "window": (_is_window, False),
+            "client": (_is_str, False),
+            "start": (_is_start, False),
+        },
+    ),
+    "ack": (Ack, {"seq": (_is_count, True)}),
+    "reply": (Reply, {"ask": (_is_id, True), "rid": (_is_id, True), "value": (_ANY, True)}),
+    "send": (Send, {"data": (_ANY, True), "rid": (_is_id, True)}),
+    "cancel": (Cancel, {"rid": (_is_id, True), "reason": (_is_str, False)}),
+    "ping": (Ping, {"n": (_ANY, False)}),
+}
+
+_EVENT: Final[Schema] = {
+    "seq": (_is_count, True),
+    "k": (_is_str, True),
+    "ts": (_is_num, True),
+    "d": (_ANY, True),
+}
+
+
+def _event(**kw: Any) -> Event:
+    return Event(seq=kw["seq"], k=kw["k"], ts=float(kw["ts"]), d=kw["d"])
+
+
+def _batch(evs: list[Any]) -> Batch:
+    return Batch(tuple(_event(**_check("event", e, _EVENT)) for e in evs))
+
+
+def _welcome(**kw: Any) -> Welcome:
+    kw["grant"] = Grant(kw["grant"])
+    return Welcome(**kw)
+
+
+_SERVER: Final[dict[str, tuple[Callable[..., ServerFrame], Schema]]] = {
+    "welcome": (
+        _welcome,
+        {
+            "sid": (_is_sid, True),
+            "epoch": (_is_str, True),
+            "resume": (_is_str, True),
+            "head": (_is_count, True),
+            "first": (_is_count, True),
+            "recovered": (_is_bool, True),
+            "grant": (lambda v: v in ("viewer", "operator"), True),
+            "snapshot": (_is_map, False),
+            "window": (_is_window, False),
+            "heartbeat": (_is_count, False),
+        },
+    ),
+    "ev": (_event, _EVENT),
+    "batch": (
+        _batch,
+        {"evs": (lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v), True)},
+    ),
+    "replied": (Replied, {"rid": (_is_id, True), "ok": (_is_bool, True), "err": (_is_str, False)}),
+    "pong": (Pong, {"n": (_ANY, False)}),
+    "error": (Error, {"code": (_is_str, True), "msg": (_is_str, True), "fatal": (_is_bool, True)}),
+}
+
+
+def _bad(msg: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_FRAME, msg)
+
+
+def _check(t: str, m: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    for key, (check, required) in schema.items():
+        if key not in m or (m[key] is None and check is not _ANY):
+            if required:
+                raise _bad(f"{t}: missing key {key!r}")
+            continue
+        v = m[key]
+        if check is not _ANY and not check(v):  # type: ignore[operator]
+            raise _bad(f"{t}: bad value for {key!r}")
+        kw[key] = v
+    return kw
+
+
+def _unpack(data: bytes | str, max_size: int) -> tuple[str, dict[str, Any]]:
+    if isinstance(data, str):
+        raise _bad("text messages are not allowed; send binary MessagePack")
+    if len(data) > max_size:
+        raise ProtocolError(
+            ErrorCode.TOO_BIG, f"frame of {len(data)} bytes over the {max_size} limit"
+        )
+    try:
+        m = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises a zoo of types; all mean the same here
+        raise _bad(f"undecodable MessagePack ({type(exc).__name__})") from None
+    if not isinstance(m, dict):
+        raise _bad("a frame must be a MessagePack map")
+    t = m.get("t")
+    if not isinstance(t, str):
+        raise _bad("a frame needs a string 't'")
+    return t, m
+
+
+def decode_client(data: bytes | str, max_size: int = DEFAULT_MAX_FRAME) -> ClientFrame:
+    """Decode one client -> server message.
+
+    Raises:
+        ProtocolError: ``too_big`` over ``max_size``; ``bad_frame`` for
+            anything else that is not a valid client frame.
+    """
+    t, m = _unpack(data, max_size)
+    try:
+        cls, schema = _CLIENT[t]
+    except KeyError:
+        raise _bad(f"unknown frame type {t[:32]!r}") from None
+    return cls(**_check(t, m, schema))
+
+
+def decode_server(data: bytes | str, max_size: int = 64 * DEFAULT_MAX_FRAME) -> ServerFrame:
+    """Decode one server -> client message (for Python clients).
+
+    Raises:
+        ProtocolError: ``too_big`` or ``bad_frame``.
+    """
+    t, m = _unpack(data, max_size)
+    try:
+        cls, schema = _SERVER[t]
+    except KeyError:
+        raise _bad(f"unknown frame type {t[:32]!r}") from None
+    return cls(**_check(t, m, schema))
+
+
+def _fallback(obj: object) -> object:
+    """Make agent objects packable instead of failing the agent's write."""
+    dump = getattr(obj, "model_dump", None)  # pydantic models (MetaGPT's Message, Plan, ...)
+    if callable(dump):
+        return dump(mode="json")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    return repr(obj)
+
+
+_packer_default: Final = _fallback
+
+
+def packb(obj: object) -> bytes:
+    """MessagePack-encode ``obj`` the way wirepipe does everywhere."""
+    return msgpack.packb(obj, use_bin_type=True, default=_packer_default)  # type: ignore[no-any-return]
+
+
+def encode(frame: Frame) -> bytes:
+    """Encode a frame; optional fields that are None are left out."""
+    m: dict[str, Any] = {"t": frame.t.value}
+    for f in dataclasses.fields(frame):
+        if f.name == "t":
+            continue
+        v = getattr(frame, f.name)
+        if f.name == "evs":
+            v = [{"seq": e.seq, "k": e.k, "ts": e.ts, "d": e.d} for e in v]
+        elif v is None and f.name not in ("snapshot", "window", "value", "data", "d"):
+            continue
+        m[f.name] = v
+    return packb(m)
+
+
+# --- stored events ----------------------------------------------------------
+
+_EV_HEAD: Final = b"\x85" + packb("t") + packb("ev")
+_BATCH_HEAD: Final = b"\x82" + packb("t") + packb("batch") + packb("evs")
+
+
+def encode_event(seq: int, k: str, ts: float, d: object) -> bytes:
+    """Encode one event as stored: a four-key map ``{seq, k, ts, d}``."""
+    return packb({"seq": seq, "k": k, "ts": ts, "d": d})
+
+
+def ev_frame(raw: bytes) -> bytes:
+    """The ``ev`` frame for one stored event, without decoding it."""
+    # raw starts with 0x84 (fixmap of 4); the frame is the same map plus "t".
+    return _EV_HEAD + raw[1:]
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + struct.pack(">H", n)
+    return b"\xdd" + struct.pack(">I", n)
+
+
+def batch_frame(raws: Sequence[bytes]) -> bytes:
+    """The ``batch`` frame for consecutive stored events, without decoding them."""
+    return _BATCH_HEAD + _array_header(len(raws)) + b"".join(raws)
+
+
+def frame_for(raws: Sequence[bytes]) -> bytes:
+    """``ev`` for one stored event, ``batch`` for several."""
+    return ev_frame(raws[0]) if len(raws) == 1 else batch_frame(raws)
+
+
+def decode_event(raw: bytes) -> Event:
+    """Decode one stored event.
+
+    Raises:
+        ProtocolError: ``bad_frame`` if ``raw`` is not a stored event.
+    """
+    try:
+        m = msgpack.unpackb(raw, raw=False)
+    except Exception as exc:
+        raise _bad(f"undecodable event ({type(exc).__name__})") from None
+    if not isinstance(m, dict):
+        raise _bad("an event must be a map")
+    return _event(**_check("event", m, _EVENT))
+
+
+def events_of(frame: ServerFrame) -> Iterable[Event]:
+    """The events an ``ev`` or ``batch`` frame carries (none for other frames)."""
+    if isinstance(frame, Event):
+        return (frame,)
+    if isinstance(frame, Batch):
+        return frame.evs
+    return ()
+
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "SID_RE",
+    "FrameType",
+    "batch_frame",
+    "decode_client",
+    "decode_event",
+    "decode_server",
+    "encode",
+    "encode_event",
+    "ev_frame",
+    "events_of",
+    "frame_for",
+    "packb",
+]

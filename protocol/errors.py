@@ -1,0 +1,143 @@
+"""Every error wirepipe can name, and what each one means on the wire.
+
+The exception tree::
+
+    WirepipeError                 base of everything raised by wirepipe
+    ├── ProtocolError             a local verdict on bytes or frames from the peer;
+    │                             carries a section-7 ``ErrorCode`` (and so a close code)
+    └── RemoteError               the peer told us about a problem (an ``error`` frame,
+                                  or a ``replied`` with ``ok: false``)
+
+Local and remote errors are kept apart: a ``ProtocolError`` is something *we*
+decided, a ``RemoteError`` is something we were *told*.  Close codes and what
+they mean for a retry are written here once and mirrored in
+``clients/js/src/codes.js``; keep both in step.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+
+class ErrorCode(StrEnum):
+    """The error codes of PROTOCOL.md section 7 (additions documented in docs/protocol.md)."""
+
+    BAD_FRAME = "bad_frame"
+    TOO_BIG = "too_big"
+    NO_HELLO = "no_hello"
+    UNAUTHORIZED = "unauthorized"
+    BAD_TOKEN = "bad_token"
+    NO_SESSION = "no_session"
+    RATE_LIMITED = "rate_limited"
+    FORBIDDEN = "forbidden"
+    NO_APP = "no_app"
+    SID_TAKEN = "sid_taken"
+    UNKNOWN_ASK = "unknown_ask"
+    ASK_CLOSED = "ask_closed"
+    BAD_VALUE = "bad_value"
+    LAGGED = "lagged"
+    SHUTDOWN = "shutdown"
+    INTERNAL = "internal"
+    # Additive: a `send` or `cancel` for a session whose run has already ended.
+    ENDED = "ended"
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes used by wirepipe."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    ABNORMAL = 1006
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_FRAME = 4400
+    UNAUTHORIZED = 4401
+    NOT_FOUND = 4404
+    HANDSHAKE_TIMEOUT = 4408
+    CONFLICT = 4409
+    RATE_LIMITED = 4429
+
+
+#: The close code that follows a fatal error of each code (None: never fatal).
+CLOSE_FOR: dict[ErrorCode, CloseCode | None] = {
+    ErrorCode.BAD_FRAME: CloseCode.BAD_FRAME,
+    ErrorCode.TOO_BIG: CloseCode.MESSAGE_TOO_BIG,
+    ErrorCode.NO_HELLO: CloseCode.HANDSHAKE_TIMEOUT,
+    ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
+    ErrorCode.BAD_TOKEN: CloseCode.UNAUTHORIZED,
+    ErrorCode.NO_SESSION: CloseCode.NOT_FOUND,
+    ErrorCode.RATE_LIMITED: CloseCode.RATE_LIMITED,
+    ErrorCode.FORBIDDEN: None,
+    ErrorCode.NO_APP: CloseCode.NOT_FOUND,
+    ErrorCode.SID_TAKEN: CloseCode.CONFLICT,
+    ErrorCode.UNKNOWN_ASK: None,
+    ErrorCode.ASK_CLOSED: None,
+    ErrorCode.BAD_VALUE: None,
+    ErrorCode.LAGGED: None,
+    ErrorCode.SHUTDOWN: CloseCode.GOING_AWAY,
+    ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
+    ErrorCode.ENDED: None,
+}
+
+#: Close codes after which a client reconnects (exponential backoff, full jitter).
+RETRY_CLOSE_CODES: frozenset[int] = frozenset(
+    {
+        CloseCode.GOING_AWAY,
+        CloseCode.ABNORMAL,
+        CloseCode.INTERNAL_ERROR,
+        CloseCode.SERVICE_RESTART,
+        CloseCode.TRY_AGAIN_LATER,
+        CloseCode.HANDSHAKE_TIMEOUT,
+        CloseCode.RATE_LIMITED,
+    }
+)
+
+#: Close codes after which a client reconnects only once given new credentials.
+REAUTH_CLOSE_CODES: frozenset[int] = frozenset({CloseCode.UNAUTHORIZED})
+
+
+def close_action(code: int) -> str:
+    """What a client does after the connection closed with ``code``.
+
+    Returns ``"retry"``, ``"reauth"`` or ``"stop"``.
+    """
+    if code in RETRY_CLOSE_CODES:
+        return "retry"
+    if code in REAUTH_CLOSE_CODES:
+        return "reauth"
+    return "stop"
+
+
+class WirepipeError(Exception):
+    """Base class of every exception wirepipe raises."""
+
+
+class ProtocolError(WirepipeError):
+    """The peer broke the protocol, or a request cannot be honoured.
+
+    ``code`` is the section-7 error code; ``fatal`` says whether the
+    connection must then be closed, with ``close_code``.
+    """
+
+    def __init__(self, code: ErrorCode, msg: str, *, fatal: bool | None = None) -> None:
+        super().__init__(f"{code.value}: {msg}")
+        self.code = code
+        self.msg = msg
+        self.fatal = CLOSE_FOR[code] is not None if fatal is None else fatal
+
+    @property
+    def close_code(self) -> CloseCode | None:
+        """The close code that follows this error when it is fatal."""
+        return CLOSE_FOR[self.code] if self.fatal else None
+
+
+class RemoteError(WirepipeError):
+    """The peer reported an error (an ``error`` frame or a failed ``replied``)."""
+
+    def __init__(self, code: str, msg: str = "", *, fatal: bool = False) -> None:
+        super().__init__(f"{code}: {msg}" if msg else code)
+        self.code = code
+        self.msg = msg
+        self.fatal = fatal

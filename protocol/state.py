@@ -1,0 +1,144 @@
+"""State that lives in one place: the session snapshot and a connection's state machine.
+
+``Snapshot`` is the reducer of PROTOCOL.md section 4: fold every event of a
+log into it, in order, and ``as_map()`` is what a ``welcome`` carries when it
+cannot recover a client.  ``ConnState`` and ``TRANSITIONS`` are the whole
+life of one client connection on the server; ``FlowWindow`` is the
+section-6 window arithmetic.  Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+from enum import Enum
+from typing import Any, Final
+
+from .events import Kind, check_event
+
+
+class Snapshot:
+    """The compacted state of a session: status, plan, open asks, open texts."""
+
+    __slots__ = ("status", "plan", "asks", "texts")
+
+    def __init__(self) -> None:
+        self.status: dict[str, Any] | None = None
+        self.plan: dict[str, Any] | None = None
+        self.asks: dict[str, dict[str, Any]] = {}
+        self.texts: dict[str, list[str]] = {}
+
+    def apply(self, k: str, d: Any) -> None:
+        """Fold one event in.  Malformed payloads are ignored, never raised."""
+        if not isinstance(d, dict):
+            return
+        if k == Kind.TEXT:
+            sid = d.get("id")
+            if not isinstance(sid, str):
+                return
+            delta = d.get("delta")
+            if d.get("end"):
+                self.texts.pop(sid, None)
+            elif isinstance(delta, str):
+                self.texts.setdefault(sid, []).append(delta)
+        elif k == Kind.STATUS:
+            if check_event(Kind.STATUS, d) is None:
+                self.status = copy.deepcopy(d)
+        elif k == Kind.PLAN:
+            plan = copy.deepcopy(d)
+            if not isinstance(plan.get("tasks"), list):
+                plan["tasks"] = []
+            self.plan = plan
+        elif k == Kind.TASK:
+            self._apply_task(d)
+        elif k == Kind.ASK:
+            if isinstance(d.get("id"), str):
+                self.asks[d["id"]] = copy.deepcopy(d)
+        elif k == Kind.ANSWER:
+            ask_id = d.get("id")
+            if isinstance(ask_id, str):  # an unhashable id must not raise from dict.pop
+                self.asks.pop(ask_id, None)
+
+    def _apply_task(self, d: dict[str, Any]) -> None:
+        task_id, status = d.get("id"), d.get("status")
+        # Without a string id, an update would match a plan task that has no id.
+        if self.plan is None or not isinstance(task_id, str) or not isinstance(status, str):
+            return
+        for task in self.plan["tasks"]:
+            if isinstance(task, dict) and task.get("id") == task_id:
+                task["status"] = status
+                if "result" in d:
+                    task["result"] = copy.deepcopy(d["result"])
+                if status == "running":
+                    self.plan["current"] = task["id"]
+                return
+
+    def as_map(self) -> dict[str, Any]:
+        """The ``snapshot`` map of a ``welcome``."""
+        return {
+            "status": self.status,
+            "plan": self.plan,
+            "asks": list(self.asks.values()),
+            "texts": [{"id": i, "text": "".join(parts)} for i, parts in self.texts.items()],
+        }
+
+
+class ConnState(Enum):
+    """The life of one client connection, on the server."""
+
+    AWAIT_HELLO = "await_hello"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+#: Every allowed transition; anything else is a bug.
+TRANSITIONS: Final[dict[ConnState, frozenset[ConnState]]] = {
+    ConnState.AWAIT_HELLO: frozenset({ConnState.OPEN, ConnState.CLOSING, ConnState.CLOSED}),
+    ConnState.OPEN: frozenset({ConnState.CLOSING, ConnState.CLOSED}),
+    ConnState.CLOSING: frozenset({ConnState.CLOSED}),
+    ConnState.CLOSED: frozenset(),
+}
+
+
+def transition(src: ConnState, dst: ConnState) -> ConnState:
+    """Return ``dst`` if ``src -> dst`` is allowed.
+
+    Raises:
+        RuntimeError: the transition is not in ``TRANSITIONS`` (a bug).
+    """
+    if dst not in TRANSITIONS[src]:
+        raise RuntimeError(f"connection cannot go from {src.value} to {dst.value}")
+    return dst
+
+
+class FlowWindow:
+    """Section 6: never more than ``size`` events sent and not acked.
+
+    ``size`` None means no window (the socket's own backpressure rules).
+    """
+
+    __slots__ = ("size", "sent", "acked")
+
+    def __init__(self, size: int | None, start: int) -> None:
+        self.size = size
+        self.sent = start
+        self.acked = start
+
+    def room(self) -> int | None:
+        """How many more events may be sent now (None: unbounded)."""
+        if self.size is None:
+            return None
+        return max(0, self.size - (self.sent - self.acked))
+
+    def on_sent(self, seq: int) -> None:
+        self.sent = max(self.sent, seq)
+
+    def on_ack(self, seq: int) -> bool:
+        """Record a cumulative ack; False if it acks what was never sent."""
+        if seq > self.sent:
+            return False
+        self.acked = max(self.acked, seq)
+        return True
+
+    def restart(self, start: int) -> None:
+        self.sent = self.acked = start
