@@ -29,7 +29,6 @@ CHROMIUM = os.environ.get("WIREPIPE_CHROMIUM") or shutil.which("chromium") or "/
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -39,6 +38,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    """``tests/e2e/artifacts/`` (gitignored), created: screenshots for people to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
 
 
 @pytest.fixture
@@ -88,7 +94,18 @@ async def open_page(
         log = PageLog(name or f"page{len(opened) + 1}")
         page.on("console", lambda m: log.console.append(f"{m.type}: {m.text}"))
         page.on("pageerror", lambda e: log.errors.append(str(e)))
+        page.on(
+            "response",
+            lambda r: r.status >= 400 and log.console.append(f"http {r.status}: {r.url}"),
+        )
         opened.append((context, page, log))
+        # TEMPORARY (dev only, remove): vendor/ not built yet.
+        _vendor = Path(__file__).parents[2] / "clients/js/node_modules/@msgpack/msgpack/dist.esm"
+        if not (Path(__file__).parents[2] / "gateway/static/vendor/msgpack/index.mjs").exists():
+            async def _route(route: Any) -> None:
+                name = route.request.url.split("/vendor/msgpack/", 1)[1]
+                await route.fulfill(path=_vendor / name, content_type="text/javascript")
+            await context.route("**/vendor/msgpack/**", _route)
         await page.goto(url)
         return page
 

@@ -34,7 +34,7 @@ SETTINGS = settings(
     derandomize=True,
     database=None,
     deadline=None,
-    max_examples=150,
+    max_examples=100,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
@@ -62,7 +62,9 @@ sids = st.text(alphabet=SID_ALPHABET, min_size=1, max_size=128)
 ids = st.text(min_size=1, max_size=256)
 texts = st.text(max_size=20)
 windows = st.integers(min_value=1, max_value=1_000_000)
-starts = st.fixed_dictionaries({"app": st.text(min_size=1, max_size=10)}, optional={"input": values})
+starts = st.fixed_dictionaries(
+    {"app": st.text(min_size=1, max_size=10)}, optional={"input": values}
+)
 
 # --- frames ------------------------------------------------------------------
 

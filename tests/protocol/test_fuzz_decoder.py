@@ -5,7 +5,8 @@
 ``ProtocolError`` with code ``bad_frame`` or ``too_big``; and what they return
 encodes to bytes that decode to the same frame again.
 
-Run it for longer with atheris (not a dependency)::
+Run it for longer with atheris (not a dependency), from the repository root
+with the project installed (``pip install -e .``)::
 
     pip install atheris
     python tests/protocol/test_fuzz_decoder.py -max_total_time=60
@@ -14,7 +15,6 @@ Run it for longer with atheris (not a dependency)::
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import msgpack
 from hypothesis import example, given
@@ -36,7 +36,7 @@ def fuzz_one(data: bytes) -> None:
         (decode_server, {"max_size": small}),
     ):
         try:
-            frame = decode(data, **kw)  # type: ignore[operator]
+            frame = decode(data, **kw)
         except ProtocolError as exc:
             assert exc.code in _ALLOWED, exc
             if len(data) > kw.get("max_size", len(data)):
@@ -44,7 +44,7 @@ def fuzz_one(data: bytes) -> None:
             continue
         # Whatever decodes re-encodes to a stable form (bytes, not ==: NaN != NaN).
         again = encode(frame)
-        assert encode(decode(again, max_size=2**31)) == again  # type: ignore[operator]
+        assert encode(decode(again, max_size=2**31)) == again
     try:
         ev = decode_event(data)
     except ProtocolError as exc:
@@ -82,10 +82,9 @@ def test_fuzz_one_on_mutated_valid_frames(frame: object, data: st.DataObject) ->
 
 if __name__ == "__main__":
     try:
-        import atheris  # type: ignore[import-not-found]
+        import atheris  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         sys.exit("atheris is not installed: pip install atheris")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     atheris.instrument_all()
     atheris.Setup(sys.argv, fuzz_one)
     atheris.Fuzz()

@@ -135,8 +135,8 @@ def test_plan_without_a_task_list_gets_an_empty_one(tasks: Any) -> None:
 def test_snapshot_deep_copies_what_it_keeps() -> None:
     p = plan("1")
     result = {"rows": [1]}
-    status = {"state": "running", "detail": {"step": 1}}
-    ask = {"id": "a", "prompt": "ok?", "choices": ["y", "n"]}
+    status: dict[str, Any] = {"state": "running", "detail": {"step": 1}}
+    ask: dict[str, Any] = {"id": "a", "prompt": "ok?", "choices": ["y", "n"]}
     snap = fold(
         ("plan", p),
         ("task", {"id": "1", "status": "done", "result": result}),

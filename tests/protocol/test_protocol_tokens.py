@@ -82,9 +82,11 @@ def test_tampered_payload() -> None:
     text = sign(SECRET, TOKEN)
     _, payload, mac = text.split(".")
     body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    for change in ({"g": "operator", "s": "other"}, {"x": NOW + 10**6}, {"e": "ep.2"}):
+    changes: list[dict[str, object]] = [{"g": "operator", "s": "other"}, {"x": NOW + 10**6},
+                                         {"e": "ep.2"}]
+    for change in changes:
         forged = b64(json.dumps({**body, **change}, separators=(",", ":")).encode())
-        rejected(f"v1.{forged}.{mac}", sid=change.get("s", "sess-1"))
+        rejected(f"v1.{forged}.{mac}", sid=str(change.get("s", "sess-1")))
 
 
 def test_viewer_cannot_become_operator() -> None:

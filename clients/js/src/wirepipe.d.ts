@@ -188,7 +188,7 @@ export declare class Client implements AsyncIterable<WirepipeEvent> {
   readonly state: StateName;
   readonly sid: string;
   readonly epoch: string | null;
-  /** Last seq delivered in the current epoch; 0 after a reset. */
+  /** Last seq delivered in the current epoch; after a reset, welcome.first - 1 (welcome.head with `live`). */
   readonly lastSeq: number;
   readonly grant: 'viewer' | 'operator' | null;
   /** Snapshot of the latest welcome that carried one. */

@@ -12,11 +12,13 @@
 //
 // Position. The client remembers (epoch, lastSeq) and the resume token of the
 // last welcome, and sends them in the hello of every reconnect. Events with
-// seq <= lastSeq are duplicates and are dropped. A welcome that is the first
-// one, says `recovered: false`, changes the epoch, or follows a `lagged` error
-// starts over: lastSeq goes back to 0 and `reset` fires with the snapshot, so
-// a UI drops what it showed and rebuilds. Events of two epochs are never
-// spliced: the `reset` sits between them.
+// seq <= lastSeq are duplicates and are dropped. A welcome that says
+// `recovered: false`, changes the epoch, or follows a `lagged` error starts
+// over: lastSeq goes back to welcome.first - 1 (welcome.head with `live`),
+// where the events that follow begin, and `reset` fires with the snapshot, so
+// a UI drops what it showed and rebuilds. The very first welcome fires `reset`
+// too, so that a UI builds its first view and every later one by the same
+// code. Events of two epochs are never spliced: a `reset` sits between them.
 //
 // Requests. reply/send/cancel get a fresh rid and stay pending until their
 // `replied` frame arrives. Pending frames are (re)sent after every welcome
@@ -204,7 +206,7 @@ export class Client {
   get epoch() {
     return this._epoch;
   }
-  /** The seq of the last event delivered in the current epoch (0 after a reset). */
+  /** The seq of the last event delivered in the current epoch; after a reset, welcome.first - 1 (welcome.head with `live`). */
   get lastSeq() {
     return this._lastSeq;
   }
@@ -567,8 +569,12 @@ export class Client {
     this._resume = w.resume ?? null;
     this._lagged = false;
     if (reset) {
-      this._lastSeq = 0;
+      // Events follow from `first`, or from head + 1 with `live`: that is our
+      // position now, and the `after` of the next hello.
+      const base = this._opts.live ? w.head : w.first - 1;
+      this._lastSeq = Number.isInteger(base) && base > 0 ? base : 0;
       this._gen++;
+      // 0, not lastSeq: at worst one early ack, never a window that stays shut.
       this._ackedSeq = 0;
       this._snapshot = w.snapshot ?? null;
     } else {

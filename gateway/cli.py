@@ -1,0 +1,231 @@
+"""The ``wirepipe`` command: ``serve``, ``demo`` and ``watch``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from protocol import Grant
+
+from .server import App, Config, Gateway
+from .stores import MemoryStore, Retention
+
+
+def _load_app(spec: str) -> tuple[str, App]:
+    name, sep, target = spec.partition("=")
+    module, colon, attr = target.partition(":")
+    if not sep or not colon or not name or not module or not attr:
+        raise argparse.ArgumentTypeError(f"--app takes NAME=module:callable, not {spec!r}")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot load app {spec!r}: {exc}") from exc
+    return name, obj
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=port, help="port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--secret", default=os.environ.get("WIREPIPE_SECRET"),
+                   help="HMAC secret for resume tokens (env WIREPIPE_SECRET); default: random per process")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback bind without --secret")
+    p.add_argument("--operator-token", action="append", default=[], metavar="TOKEN",
+                   help="a credential (hello.auth) that grants operator; repeatable")
+    p.add_argument("--viewer-token", action="append", default=[], metavar="TOKEN",
+                   help="a credential that grants viewer; repeatable.  With any token set, "
+                        "a hello without a valid one is refused (4401)")
+    p.add_argument("--max-frame", type=int, default=Config().max_frame, help="largest client frame, bytes")
+    p.add_argument("--handshake-timeout", type=float, default=Config().handshake_timeout,
+                   help="seconds a client has to send hello")
+    p.add_argument("--heartbeat", type=float, default=Config().heartbeat, help="ping interval, seconds")
+    p.add_argument("--no-compression", action="store_true", help="turn permessage-deflate off")
+    p.add_argument("--retain-events", type=int, default=Retention().max_events,
+                   help="events kept per session")
+    p.add_argument("--retain-bytes", type=int, default=Retention().max_bytes, help="bytes kept per session")
+    p.add_argument("--retain-seconds", type=float, default=Retention().ttl_after_end,
+                   help="seconds a session is kept after its run ended")
+    p.add_argument("--app", action="append", default=[], type=_load_app, metavar="NAME=module:callable",
+                   help="register an app that hello.start can run; repeatable")
+    p.add_argument("--no-ui", action="store_true", help="do not serve the web UI")
+    p.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
+
+
+def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None) -> Gateway:
+    if not _is_loopback(args.host) and not args.secret and not args.insecure:
+        raise SystemExit(
+            f"wirepipe: refusing to bind {args.host} without --secret (or WIREPIPE_SECRET); "
+            "pass --insecure to do it anyway"
+        )
+    tokens = {t: Grant.OPERATOR for t in args.operator_token}
+    tokens.update({t: Grant.VIEWER for t in args.viewer_token})
+    auth = (lambda cred, sid: tokens.get(cred or "")) if tokens else None
+    store = MemoryStore(Retention(args.retain_events, args.retain_bytes, args.retain_seconds))
+    apps = dict(extra_apps or {})
+    apps.update(dict(args.app))
+    return Gateway(
+        args.host, args.port, store=store, secret=args.secret, apps=apps, auth=auth,
+        config=Config(
+            max_frame=args.max_frame, handshake_timeout=args.handshake_timeout,
+            heartbeat=args.heartbeat, compression=not args.no_compression, serve_ui=not args.no_ui,
+        ),
+    )
+
+
+async def _serve(gw: Gateway, banner: str = "") -> None:
+    await gw.start()
+    print(f"wirepipe serving {gw.url} (web UI: {gw.http_url})", flush=True)
+    if gw.apps:
+        print(f"apps: {', '.join(sorted(gw.apps))}", flush=True)
+    if banner:
+        print(banner.replace("{port}", str(gw.port)), flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on this platform
+            pass
+    await stop.wait()
+    print("wirepipe: shutting down", flush=True)
+    await gw.close()
+
+
+def _demo_apps() -> tuple[dict[str, App], str]:
+    from .demo_agent import app as demo
+
+    apps: dict[str, App] = {"demo": demo}
+    try:
+        mg = importlib.import_module("gateway.metagpt_apps")
+        for name in ("data_interpreter", "team"):
+            if hasattr(mg, name):
+                apps[name] = getattr(mg, name)
+    except ImportError as exc:  # MetaGPT not installed: the scripted demo agent only
+        logging.getLogger("wirepipe").info("MetaGPT apps unavailable: %s", exc)
+    default = "data_interpreter" if "data_interpreter" in apps else "demo"
+    return apps, default
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    from .client import Client
+
+    start = None
+    if args.start:
+        value: Any = args.input
+        if args.input is not None:
+            try:
+                value = json.loads(args.input)
+            except json.JSONDecodeError:
+                value = args.input
+        start = {"app": args.start, "input": value}
+    async with Client(args.url, args.sid, auth=args.auth, start=start) as c:
+        assert c.welcome is not None
+        print(f"# session {c.sid} epoch {c.epoch} grant {c.welcome.grant.value} "
+              f"head {c.welcome.head}", flush=True)
+        async for ev in c:
+            print(_render(ev.seq, ev.k, ev.d), end="", flush=True)
+            if ev.k == "ask" and not args.no_input:
+                answer = await asyncio.to_thread(input, "> ")
+                choices = ev.d.get("choices") or []
+                if answer == "" and "default" in ev.d:
+                    answer = ev.d["default"]
+                elif answer.isdigit() and 0 < int(answer) <= len(choices):
+                    answer = choices[int(answer) - 1]
+                r = await c.reply(ev.d["id"], answer)
+                if not r.ok:
+                    print(f"# reply refused: {r.err}", flush=True)
+            if ev.k == "status" and ev.d.get("state") in ("done", "failed", "cancelled"):
+                if not args.follow:
+                    return 0 if ev.d["state"] == "done" else 1
+    return 0
+
+
+def _render(seq: int, k: str, d: Any) -> str:
+    if k == "text":
+        return d.get("delta", "") + ("\n" if d.get("end") else "")
+    if k == "ask":
+        choices = d.get("choices") or []
+        opts = "  ".join(f"[{i}] {c}" for i, c in enumerate(choices, 1))
+        default = f" (default: {d['default']})" if "default" in d else ""
+        return f"\n? {d.get('prompt')}{default}\n  {opts}\n" if opts else f"\n? {d.get('prompt')}{default}\n"
+    if k == "log":
+        return f"[{d.get('level')}] {d.get('msg')}\n"
+    if k == "code":
+        return f"--- code {d.get('id')} ({d.get('lang')})\n{d.get('source')}\n---\n"
+    if k == "output":
+        return f"{d.get('text')}" if str(d.get("text", "")).endswith("\n") else f"{d.get('text')}\n"
+    if k == "plan":
+        lines = [f"plan: {d.get('goal')}"]
+        lines += [f"  [{t.get('status')}] {t.get('id')}. {t.get('instruction')}" for t in d.get("tasks", [])]
+        return "\n".join(lines) + "\n"
+    if k == "status":
+        return f"## status: {d.get('state')}" + (f" ({d['detail']})" if d.get("detail") else "") + "\n"
+    return f"#{seq} {k}: {json.dumps(d, default=str, ensure_ascii=False)}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="wirepipe",
+        description="Stream an AI agent's run to web pages, terminals and notebooks, and answer it.",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_serve = sub.add_parser("serve", help="run a gateway", description="Run a wirepipe gateway.")
+    _add_server_args(p_serve, 8765)
+    p_demo = sub.add_parser(
+        "demo", help="run the gateway with an offline example agent and its web UI",
+        description="Run the gateway with offline example agents (MetaGPT's DataInterpreter on a "
+                    "scripted LLM when MetaGPT is installed) and print where to watch them.",
+    )
+    _add_server_args(p_demo, 8765)
+    p_watch = sub.add_parser("watch", help="watch a session in the terminal and answer its asks",
+                             description="A terminal client: print a session's events, answer asks.")
+    p_watch.add_argument("url", help="the gateway's ws:// URL")
+    p_watch.add_argument("--sid", required=True, help="the session id")
+    p_watch.add_argument("--auth", help="credential (hello.auth)")
+    p_watch.add_argument("--start", metavar="APP", help="start a run of this app under --sid")
+    p_watch.add_argument("--input", help="the run's input (JSON, or a plain string)")
+    p_watch.add_argument("--no-input", action="store_true", help="never prompt; only watch")
+    p_watch.add_argument("--follow", action="store_true", help="keep watching after the run ends")
+    args = parser.parse_args(argv)
+
+    if args.cmd == "watch":
+        try:
+            return asyncio.run(_watch(args))
+        except KeyboardInterrupt:
+            return 130
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    extra: dict[str, App] = {}
+    banner = ""
+    if args.cmd == "demo":
+        extra, default = _demo_apps()
+        banner = (
+            f"open   http://{args.host}:{{port}}/?app={default}   in a browser to start and watch a run,\n"
+            f"or run wirepipe watch ws://{args.host}:{{port}}/ --sid demo-1 --start {default}"
+        )
+    gw = _gateway(args, extra)
+    try:
+        asyncio.run(_serve(gw, banner))
+    except KeyboardInterrupt:  # pragma: no cover
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
