@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-import msgpack  # type: ignore[import-untyped]  # ships no stubs or py.typed
+import msgpack  # ships no stubs or py.typed
 
 from .errors import ErrorCode, ProtocolError
 from .frames import (

@@ -14,7 +14,7 @@ export const CloseCode = Object.freeze({
   BAD_FRAME: 4400, // `bad_frame`
   UNAUTHORIZED: 4401, // `unauthorized`, `bad_token`
   NOT_FOUND: 4404, // `no_session`, `no_app`
-  NO_HELLO: 4408, // `no_hello`
+  HANDSHAKE_TIMEOUT: 4408, // `no_hello`
   CONFLICT: 4409, // `sid_taken`
   RATE_LIMITED: 4429, // `rate_limited`
 });
@@ -37,21 +37,29 @@ export const ErrorCode = Object.freeze({
   LAGGED: 'lagged',
   SHUTDOWN: 'shutdown',
   INTERNAL: 'internal',
+  // Additive (docs/protocol.md): a `send` or `cancel` for a session whose run has already ended.
+  ENDED: 'ended',
 });
 
-/** The close code the server sends after a fatal error frame with this code (section 7). */
-export const ERROR_CLOSE = Object.freeze({
+/** The close code that follows a fatal error of each code (null: never fatal). */
+export const CLOSE_FOR = Object.freeze({
   bad_frame: CloseCode.BAD_FRAME,
   too_big: CloseCode.MESSAGE_TOO_BIG,
-  no_hello: CloseCode.NO_HELLO,
+  no_hello: CloseCode.HANDSHAKE_TIMEOUT,
   unauthorized: CloseCode.UNAUTHORIZED,
   bad_token: CloseCode.UNAUTHORIZED,
   no_session: CloseCode.NOT_FOUND,
   rate_limited: CloseCode.RATE_LIMITED,
+  forbidden: null,
   no_app: CloseCode.NOT_FOUND,
   sid_taken: CloseCode.CONFLICT,
+  unknown_ask: null,
+  ask_closed: null,
+  bad_value: null,
+  lagged: null,
   shutdown: CloseCode.GOING_AWAY,
   internal: CloseCode.INTERNAL_ERROR,
+  ended: null,
 });
 
 /** What a client does after a close: reconnect with backoff, stop, or wait for new credentials. */
@@ -63,7 +71,7 @@ const RETRY = new Set([
   CloseCode.INTERNAL_ERROR,
   CloseCode.SERVICE_RESTART,
   CloseCode.TRY_AGAIN_LATER,
-  CloseCode.NO_HELLO,
+  CloseCode.HANDSHAKE_TIMEOUT,
   CloseCode.RATE_LIMITED,
 ]);
 

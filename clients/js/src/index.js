@@ -11,7 +11,7 @@ export {
 export {
   CloseAction,
   CloseCode,
-  ERROR_CLOSE,
+  CLOSE_FOR,
   ErrorCode,
   closeAction,
   isRetryableClose,

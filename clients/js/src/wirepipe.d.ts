@@ -14,7 +14,7 @@ export declare const CloseCode: Readonly<{
   BAD_FRAME: 4400;
   UNAUTHORIZED: 4401;
   NOT_FOUND: 4404;
-  NO_HELLO: 4408;
+  HANDSHAKE_TIMEOUT: 4408;
   CONFLICT: 4409;
   RATE_LIMITED: 4429;
 }>;
@@ -22,7 +22,7 @@ export declare const CloseCode: Readonly<{
 export type ErrorCodeName =
   | 'bad_frame' | 'too_big' | 'no_hello' | 'unauthorized' | 'bad_token' | 'no_session'
   | 'rate_limited' | 'forbidden' | 'no_app' | 'sid_taken' | 'unknown_ask' | 'ask_closed'
-  | 'bad_value' | 'lagged' | 'shutdown' | 'internal';
+  | 'bad_value' | 'lagged' | 'shutdown' | 'internal' | 'ended';
 
 export declare const ErrorCode: Readonly<{
   BAD_FRAME: 'bad_frame';
@@ -41,10 +41,11 @@ export declare const ErrorCode: Readonly<{
   LAGGED: 'lagged';
   SHUTDOWN: 'shutdown';
   INTERNAL: 'internal';
+  ENDED: 'ended';
 }>;
 
-/** Close code the server uses after a fatal error frame with that code. */
-export declare const ERROR_CLOSE: Readonly<Partial<Record<ErrorCodeName, number>>>;
+/** The close code that follows a fatal error of each code (null: never fatal). */
+export declare const CLOSE_FOR: Readonly<Record<ErrorCodeName, number | null>>;
 
 export type CloseActionName = 'retry' | 'stop' | 'reauth';
 export declare const CloseAction: Readonly<{ RETRY: 'retry'; STOP: 'stop'; REAUTH: 'reauth' }>;
@@ -131,7 +132,7 @@ export interface CloseInfo {
 export interface Replied {
   rid: string;
   ok: boolean;
-  /** Error code when not ok: 'forbidden', 'unknown_ask', 'ask_closed', 'bad_value', ... */
+  /** Error code when not ok: 'forbidden', 'unknown_ask', 'ask_closed', 'bad_value', 'ended', ... */
   err?: string;
 }
 

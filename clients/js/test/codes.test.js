@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFile, readdir } from 'node:fs/promises';
 import { describe, it } from 'node:test';
 
-import { CloseCode, ERROR_CLOSE, ErrorCode, closeAction, isRetryableClose } from '../src/index.js';
+import { CloseCode, CLOSE_FOR, ErrorCode, closeAction, isRetryableClose } from '../src/index.js';
 
 describe('codes', () => {
   it('maps every close code of section 7 to its action', () => {
@@ -33,15 +33,16 @@ describe('codes', () => {
   });
 
   it('names each fatal error code with its close code', () => {
-    assert.equal(ERROR_CLOSE[ErrorCode.BAD_FRAME], CloseCode.BAD_FRAME);
-    assert.equal(ERROR_CLOSE[ErrorCode.TOO_BIG], 1009);
-    assert.equal(ERROR_CLOSE[ErrorCode.BAD_TOKEN], 4401);
-    assert.equal(ERROR_CLOSE[ErrorCode.SID_TAKEN], 4409);
-    assert.equal(ERROR_CLOSE[ErrorCode.NO_APP], 4404);
-    assert.equal(ERROR_CLOSE[ErrorCode.SHUTDOWN], 1001);
-    assert.equal(ERROR_CLOSE[ErrorCode.INTERNAL], 1011);
-    assert.equal(ERROR_CLOSE[ErrorCode.FORBIDDEN], undefined);
-    assert.equal(Object.keys(ErrorCode).length, 16);
+    assert.equal(CLOSE_FOR[ErrorCode.BAD_FRAME], CloseCode.BAD_FRAME);
+    assert.equal(CLOSE_FOR[ErrorCode.TOO_BIG], 1009);
+    assert.equal(CLOSE_FOR[ErrorCode.BAD_TOKEN], 4401);
+    assert.equal(CLOSE_FOR[ErrorCode.SID_TAKEN], 4409);
+    assert.equal(CLOSE_FOR[ErrorCode.NO_APP], 4404);
+    assert.equal(CLOSE_FOR[ErrorCode.SHUTDOWN], 1001);
+    assert.equal(CLOSE_FOR[ErrorCode.INTERNAL], 1011);
+    assert.equal(CLOSE_FOR[ErrorCode.FORBIDDEN], null);
+    assert.equal(CLOSE_FOR[ErrorCode.ENDED], null);
+    assert.deepEqual(Object.keys(CLOSE_FOR).sort(), Object.values(ErrorCode).sort());
   });
 });
 
