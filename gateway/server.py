@@ -18,7 +18,7 @@ import logging
 import mimetypes
 import secrets
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import NegotiationError
 from websockets.http11 import Request, Response
 
 from protocol import (
@@ -124,6 +125,7 @@ class Gateway:
             self.host,
             self.port,
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            select_subprotocol=_select_subprotocol,
             process_request=self._process_request,
             # Over max_frame we answer too_big ourselves; websockets guards far beyond.
             max_size=max(cfg.max_frame * 4, cfg.max_frame + 65536),
@@ -325,6 +327,15 @@ class Gateway:
         if not self.config.serve_ui:
             return ws.respond(HTTPStatus.NOT_FOUND, "not found\n")
         return _static(path)
+
+
+def _select_subprotocol(ws: ServerConnection, offered: Sequence[str]) -> str | None:
+    """``wirepipe.v1`` if offered; none offered is v1 too; only unknown ones: HTTP 400."""
+    if not offered:
+        return None
+    if SUBPROTOCOL in offered:
+        return SUBPROTOCOL
+    raise NegotiationError(f"unsupported subprotocols {', '.join(offered)}; this is {SUBPROTOCOL}")
 
 
 def _hostport(host: str, port: int) -> str:

@@ -263,8 +263,9 @@ async function start() {
   client.on('state', (state) => setConn(state));
   client.on('welcome', (welcome) => {
     grant = welcome.grant || null;
-    ui.grant.hidden = !grant;
-    ui.grant.textContent = grant || '';
+    // Only worth a badge when it takes something away.
+    ui.grant.hidden = grant === 'operator' || !grant;
+    ui.grant.textContent = grant === 'viewer' ? 'viewer · read-only' : grant || '';
     ui.grant.dataset.grant = grant || '';
     syncControls();
   });

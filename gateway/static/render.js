@@ -223,8 +223,8 @@ export class View {
     if (task.result !== undefined && task.result !== null && task.result !== '') {
       row.querySelector('.task-main').append(this.resultDetails(task.result));
     }
-    if (this.plan && this.plan.current !== undefined && this.plan.current !== null
-        && str(this.plan.current) === id) {
+    if (status === 'running' && this.plan && this.plan.current !== undefined
+        && this.plan.current !== null && str(this.plan.current) === id) {
       row.setAttribute('aria-current', 'step');
     }
     const old = this.taskRows.get(id);
@@ -361,7 +361,10 @@ const HANDLERS = {
     const delta = str(d.delta);
     const base = stream.base;
     if (base && ev.seq <= this.snapshotHead) {
-      // Already inside the snapshot's text (see reset): move it out of there.
+      // Already inside the snapshot's text (see reset): move it out of there,
+      // and the block to where its first retained delta belongs in the feed.
+      if (base.replayed === 0 && !base.moved) this.e.feed.append(stream.block);
+      base.moved = true;
       base.replayed += delta.length;
       base.span.textContent = base.text.slice(0, Math.max(0, base.text.length - base.replayed));
     }

@@ -134,7 +134,9 @@ async def test_run_from_url_answer_ask_by_click(gw: Gateway, store: MemoryStore,
 
     card = page.locator(".ask-card")
     await expect(card).to_have_count(1)
-    await expect(card.get_by_role("button", name="no", exact=True)).to_be_visible()
+    # The default choice says so to assistive tech as well as by its look.
+    await expect(card.get_by_role("button", name="no (default)", exact=True)).to_be_visible()
+    await expect(card.locator(".ask-hint")).to_have_text("Default: no")
     await card.get_by_role("button", name="yes", exact=True).click()
 
     await expect(card).to_have_count(0)
@@ -289,6 +291,32 @@ async def test_forms_start_watch_and_cancel(gw: Gateway, store: MemoryStore, ope
         await wait_done(p, "cancelled")
         await expect(p.locator(".ask-card")).to_have_count(0)
         await assert_each_event_once(p, store, sid)
+
+
+async def test_viewer_is_read_only(store: MemoryStore, open_page: Any) -> None:
+    from gateway.demo_agent import app as demo_app
+
+    def auth(credential: str | None, sid: str) -> str:
+        return "operator" if credential == "op-secret" else "viewer"
+
+    async with Gateway(host="127.0.0.1", port=0, store=store, apps={"demo": demo_app},
+                       auth=auth) as gw:
+        query = urlencode({"app": "demo", "input": '{"steps": 1, "delay": 0}', "auth": "op-secret"})
+        operator = await open_page(f"{gw.http_url}?{query}", name="operator")
+        sid = await sid_of(operator)  # the credential left the address bar too
+        viewer = await open_page(f"{gw.http_url}?sid={sid}", name="viewer")
+
+        await expect(viewer.locator("#grant")).to_have_text("viewer · read-only")
+        await expect(viewer.get_by_role("button", name="yes", exact=True)).to_be_disabled()
+        await expect(viewer.get_by_role("button", name="Cancel run")).to_be_disabled()
+        await expect(viewer.locator("#send-form")).to_be_hidden()
+        await expect(operator.locator("#grant")).to_be_hidden()
+        await expect(operator.get_by_role("button", name="Cancel run")).to_be_enabled()
+
+        await operator.get_by_role("button", name="yes", exact=True).click()
+        await expect(viewer.locator(".ask-card")).to_have_count(0)
+        await wait_done(viewer)
+        await assert_each_event_once(viewer, store, sid)
 
 
 async def test_unknown_app_is_reported(gw: Gateway, open_page: Any) -> None:

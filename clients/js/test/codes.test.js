@@ -1,9 +1,14 @@
-// The close-code table of PROTOCOL.md section 7, and the rule that src/ imports
-// nothing a browser without a build step could not load.
+// The close-code table of PROTOCOL.md section 7 (and its mirror in
+// protocol/errors.py), and the rule that src/ imports nothing a browser
+// without a build step could not load.
 
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { readFile, readdir } from 'node:fs/promises';
 import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 import { CloseCode, CLOSE_FOR, ErrorCode, closeAction, isRetryableClose } from '../src/index.js';
 
@@ -64,6 +69,35 @@ describe('src/ for the browser', () => {
           `${f} imports ${spec}`,
         );
       }
+    }
+  });
+});
+
+// codes.js mirrors protocol/errors.py: compare the two tables when the Python side is there.
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const PYTHON = process.env.WIREPIPE_PYTHON ?? `${ROOT}.venv/bin/python`;
+const ERRORS_PY = `${ROOT}protocol/errors.py`;
+const pySkip =
+  existsSync(ERRORS_PY) && existsSync(PYTHON) ? false : `no ${ERRORS_PY} or no ${PYTHON}`;
+
+describe('codes.js and protocol/errors.py', { skip: pySkip }, () => {
+  it('agree on error codes, close codes and retry actions', async () => {
+    const script = `
+import json
+from protocol import errors as e
+print(json.dumps({
+  "errors": sorted(c.value for c in e.ErrorCode),
+  "closes": {c.name: int(c) for c in e.CloseCode},
+  "close_for": {k.value: (None if v is None else int(v)) for k, v in e.CLOSE_FOR.items()},
+  "actions": {str(int(c)): e.close_action(int(c)) for c in e.CloseCode},
+}))`;
+    const { stdout } = await promisify(execFile)(PYTHON, ['-c', script], { cwd: ROOT });
+    const py = JSON.parse(stdout);
+    assert.deepEqual(Object.values(ErrorCode).sort(), py.errors);
+    assert.deepEqual({ ...CloseCode }, py.closes);
+    assert.deepEqual({ ...CLOSE_FOR }, py.close_for);
+    for (const [code, action] of Object.entries(py.actions)) {
+      assert.equal(closeAction(Number(code)), action, `close ${code}`);
     }
   });
 });

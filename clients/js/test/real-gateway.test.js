@@ -143,4 +143,19 @@ describe('real gateway', { skip: SKIP, timeout: GUARD_MS }, () => {
     assert.equal(got[got.length - 1].k, 'status');
     assert.equal(got[got.length - 1].d.state, 'done');
   });
+
+  it('a windowed for-await consumer gets the whole run (acks keep the window open)', async () => {
+    const sid = `js-win-${process.pid}-${Date.now()}`;
+    const c = connect(url, { sid, window: 4, start: { app: 'demo', input: { steps: 2, ask: false, delay: 0 } } });
+    clients.push(c);
+    const seqs = [];
+    // The iterator sees the events delivered after it is made: make it now.
+    for await (const ev of c) {
+      seqs.push(ev.seq);
+      if (ev.k === 'status' && ev.d.state === 'done') break;
+    }
+    assert.equal(c.welcome.window, 4);
+    assert.deepEqual(seqs, seqs.map((_, i) => i + 1));
+    assert.ok(seqs.length > 8, `a whole run, got ${seqs.length} events`);
+  });
 });

@@ -1,0 +1,195 @@
+"""Section 7 over real sockets: each error gets its code and close code, and
+nothing else suffers: the server lives on and other clients lose no event."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from conftest import MS, final
+from protocol import Grant, ResumeToken, packb, sign
+
+
+async def _expect_error(r, code: str, close: int) -> None:
+    got_close, frames = await r.closed()
+    errors = [f for f in frames if f.t == "error"]
+    assert errors and errors[-1].code == code and errors[-1].fatal is True, frames
+    assert got_close == close
+
+
+BAD_FRAMES = {
+    "text message": "hello",
+    "non-map": packb([1, 2, 3]),
+    "garbage bytes": b"\xc1\xff\x00garbage",
+    "truncated map": packb({"t": "hello", "sid": "abc"})[:-2],
+    "unknown t": packb({"t": "launch", "sid": "x"}),
+    "no t": packb({"sid": "x"}),
+    "wrong key type": packb({"t": "hello", "sid": 42}),
+    "bad sid chars": packb({"t": "hello", "sid": "a b/c"}),
+    "sid too long": packb({"t": "hello", "sid": "a" * 129}),
+    "frame before hello": packb({"t": "ack", "seq": 1}),
+}
+
+
+@pytest.mark.parametrize("payload", list(BAD_FRAMES.values()), ids=list(BAD_FRAMES))
+async def test_bad_frame_in_handshake(gw, raw, payload):
+    async with raw(gw.url) as r:
+        await r.ws.send(payload)
+        await _expect_error(r, "bad_frame", 4400)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "text after hello",
+        {"t": "ack", "seq": "ten"},
+        {"t": "ack", "seq": -1},
+        {"t": "reply", "ask": "a1", "rid": 7, "value": 1},
+        {"t": "send", "rid": "r"},  # no data key
+        {"t": "hello", "sid": "errs"},  # a second hello
+        {"t": "nope"},
+    ],
+    ids=["text", "ack-str", "ack-neg", "reply-rid-int", "send-no-data", "second-hello", "unknown-t"],
+)
+async def test_bad_frame_after_welcome_spares_other_clients(gw, raw, frame):
+    pipe = gw.pipe("errs")
+    async with raw(gw.url) as good, raw(gw.url) as bad:
+        await good.hello("errs")
+        await bad.hello("errs")
+        pipe.set_message("before")
+        await bad.ws.send(frame if isinstance(frame, str) else packb(frame))
+        await _expect_error(bad, "bad_frame", 4400)
+        pipe.set_message("after")
+        pipe.close()
+        evs = await good.events(final)
+    assert [e.seq for e in evs] == [1, 2, 3, 4]  # text, text, end-of-text, status
+
+
+async def test_too_big(make_gw, raw):
+    g = await make_gw(max_frame=1024)
+    g.pipe("big")
+    async with raw(g.url) as r:
+        await r.hello("big")
+        await r.send({"t": "send", "rid": "r1", "data": "x" * 2048})
+        await _expect_error(r, "too_big", 1009)
+
+
+async def test_no_hello(make_gw, raw):
+    g = await make_gw(handshake_timeout=50 * MS)
+    async with raw(g.url) as r:
+        await _expect_error(r, "no_hello", 4408)
+
+
+def _token(secret: bytes, sid: str, epoch: str, exp: float) -> str:
+    return sign(secret, ResumeToken(sid, epoch, Grant.OPERATOR, exp))
+
+
+@pytest.mark.parametrize("kind", ["forged", "expired", "other-sid", "garbage"])
+async def test_bad_token(gw, raw, kind):
+    pipe = gw.pipe("tok")
+    now = time.time()
+    token = {
+        "forged": _token(b"not the secret", "tok", pipe.epoch, now + 60),
+        "expired": _token(gw.secret, "tok", pipe.epoch, now - 1),
+        "other-sid": _token(gw.secret, "other", pipe.epoch, now + 60),
+        "garbage": "v1.!!!.???",
+    }[kind]
+    async with raw(gw.url) as r:
+        await r.send({"t": "hello", "sid": "tok", "resume": token, "epoch": pipe.epoch, "after": 0})
+        await _expect_error(r, "bad_token", 4401)
+
+
+async def test_a_valid_token_is_accepted(gw, raw):
+    pipe = gw.pipe("tok2")
+    async with raw(gw.url) as r:
+        token = _token(gw.secret, "tok2", pipe.epoch, time.time() + 60)
+        w = await r.hello("tok2", resume=token, epoch=pipe.epoch, after=0)
+        assert w.recovered is True
+
+
+async def test_unauthorized(make_gw, raw):
+    g = await make_gw(auth=lambda cred, sid: "operator" if cred == "s3cret" else None)
+    g.pipe("au")
+    async with raw(g.url) as r:
+        await r.send({"t": "hello", "sid": "au", "auth": "wrong"})
+        await _expect_error(r, "unauthorized", 4401)
+    async with raw(g.url) as r:
+        assert (await r.hello("au", auth="s3cret")).grant == "operator"
+
+
+async def test_start_errors(make_gw, raw):
+    from gateway.demo_agent import app
+
+    g = await make_gw(apps={"demo": app})
+    async with raw(g.url) as r:
+        await r.send({"t": "hello", "sid": "st", "start": {"app": "nope"}})
+        await _expect_error(r, "no_app", 4404)
+    g.pipe("st")  # a run that has not ended
+    async with raw(g.url) as r:
+        await r.send({"t": "hello", "sid": "st", "start": {"app": "demo"}})
+        await _expect_error(r, "sid_taken", 4409)
+
+
+async def test_no_session_when_the_gateway_does_not_wait(make_gw, raw):
+    g = await make_gw(wait_for_run=False)
+    async with raw(g.url) as r:
+        await r.send({"t": "hello", "sid": "ghost"})
+        await _expect_error(r, "no_session", 4404)
+
+
+async def test_rate_limited_first_warns_then_closes(make_gw, raw):
+    g = await make_gw(rate=0.001, burst=2, rate_strikes=3)
+    g.pipe("rl")
+    async with raw(g.url) as r:
+        await r.hello("rl")
+        for i in range(10):
+            await r.send({"t": "ping", "n": i})
+        code, frames = await r.closed()
+    errors = [f for f in frames if f.t == "error"]
+    assert [e.fatal for e in errors][:3] == [False, False, False]
+    assert errors[-1].fatal is True and errors[-1].code == "rate_limited"
+    assert code == 4429
+    assert [f.n for f in frames if f.t == "pong"] == [0, 1]
+
+
+async def test_subprotocol_negotiation(gw):
+    gw.pipe("sp")
+    async with connect(gw.url) as ws:  # none offered: accepted as v1
+        assert ws.subprotocol is None
+    async with connect(gw.url, subprotocols=["other", "wirepipe.v1"]) as ws:
+        assert ws.subprotocol == "wirepipe.v1"
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(gw.url, subprotocols=["wirepipe.v9"]):
+            pass
+    assert info.value.response.status_code == 400
+
+
+async def test_shutdown_sends_1001_to_every_client(make_gw, raw):
+    g = await make_gw()
+    g.pipe("sd")
+    async with raw(g.url) as a, raw(g.url) as b:
+        await a.hello("sd")
+        await b.hello("sd")
+        closing = asyncio.ensure_future(g.close())
+        for r in (a, b):
+            code, frames = await r.closed()
+            assert code == 1001
+            assert frames[-1].t == "error" and frames[-1].code == "shutdown"
+        await closing
+    await g.close()  # idempotent
+
+
+async def test_internal_errors_never_show_a_traceback(make_gw, raw):
+    def broken_auth(cred, sid):
+        raise RuntimeError("secret internals")
+
+    g = await make_gw(auth=broken_auth)
+    async with raw(g.url) as r:
+        await r.send({"t": "hello", "sid": "ie", "auth": "x"})
+        code, frames = await r.closed()
+    assert code == 1011
+    assert frames[-1].code == "internal" and "secret" not in frames[-1].msg

@@ -1,0 +1,210 @@
+"""Asks, replies, flow control and concurrency over real sockets (sections 3, 5, 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from conftest import TIMEOUT, final
+from gateway.client import Client
+
+
+async def test_ask_answered_once_when_two_clients_reply_at_once(gw, raw):
+    pipe = gw.pipe("ask")
+    asking = asyncio.ensure_future(pipe.ask("Proceed?", choices=["yes", "no"]))
+    async with raw(gw.url) as a, raw(gw.url) as b:
+        await a.hello("ask")
+        await b.hello("ask")
+        ev = (await a.events(lambda e: e.k == "ask"))[-1]
+        await b.events(lambda e: e.k == "ask")
+        ask_id = ev.d["id"]
+        await asyncio.gather(
+            a.send({"t": "reply", "ask": ask_id, "rid": "ra", "value": "yes"}),
+            b.send({"t": "reply", "ask": ask_id, "rid": "rb", "value": "no"}),
+        )
+        ra, rb = await a.recv(), await b.recv()
+        assert ra.t == rb.t == "replied"
+        assert sorted([ra.ok, rb.ok]) == [False, True]
+        loser = rb if ra.ok else ra
+        assert loser.err == "ask_closed"
+        value = await asyncio.wait_for(asking, TIMEOUT)
+        assert value == ("yes" if ra.ok else "no")
+        # the same rid again gets the first outcome, identically
+        await a.send({"t": "reply", "ask": ask_id, "rid": "ra", "value": "no"})
+        again = await a.events(lambda e: e.k == "answer")
+        assert again[-1].d == {"id": ask_id, "value": value, "by": "client"}
+        assert await a.recv() == ra
+        # every client sees one answer event
+        answers = (await b.events(lambda e: e.k == "answer"))
+        assert [e.d["value"] for e in answers if e.k == "answer"] == [value]
+
+
+async def test_unknown_ask_and_bad_value(gw):
+    pipe = gw.pipe("ask2")
+    asking = asyncio.ensure_future(pipe.ask("Pick", choices=[1, 2]))
+    async with Client(gw.url, "ask2") as c:
+        ev = (await c.until(lambda e: e.k == "ask"))[-1]
+        assert (await c.reply("nope", 1)).err == "unknown_ask"
+        assert (await c.reply(ev.d["id"], 3)).err == "bad_value"
+        assert (await c.reply(ev.d["id"], 2)).ok
+        assert await asyncio.wait_for(asking, TIMEOUT) == 2
+
+
+async def test_ask_timeout_gives_the_default_and_is_settled_for_everyone(gw):
+    pipe = gw.pipe("ask3")
+    async with Client(gw.url, "ask3") as c:
+        value = await pipe.ask("Quick?", choices=["a", "b"], default="b", timeout=0.01)
+        assert value == "b"
+        evs = await c.until(lambda e: e.k == "answer")
+        assert evs[-1].d["by"] == "timeout" and evs[-1].d["value"] == "b"
+        assert (await c.reply(evs[0].d["id"], "a")).err == "ask_closed"
+
+
+async def test_open_asks_are_in_the_snapshot_until_answered(gw, raw):
+    pipe = gw.pipe("ask4")
+    asking = asyncio.ensure_future(pipe.ask("Still there?"))
+    await pipe.drained()
+    async with raw(gw.url) as r:
+        w = await r.hello("ask4")
+        assert [a["prompt"] for a in w.snapshot["asks"]] == ["Still there?"]
+        await r.send({"t": "reply", "ask": w.snapshot["asks"][0]["id"], "rid": "x", "value": "yes"})
+        await r.events(lambda e: e.k == "answer")
+    assert await asyncio.wait_for(asking, TIMEOUT) == "yes"
+    async with raw(gw.url) as r:
+        assert (await r.hello("ask4")).snapshot["asks"] == []
+
+
+async def test_ask_sync_from_an_agent_thread(gw):
+    pipe = gw.pipe("ask5")
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(pipe.ask_sync("From a thread?")))
+    t.start()
+    async with Client(gw.url, "ask5") as c:
+        ev = (await c.until(lambda e: e.k == "ask"))[-1]
+        assert (await c.reply(ev.d["id"], {"free": "form"})).ok
+        await asyncio.to_thread(t.join, TIMEOUT)
+    assert result == [{"free": "form"}]
+
+
+async def test_window_never_exceeded_and_acks_open_it(gw, raw):
+    pipe = gw.pipe("win")
+    for i in range(100):
+        pipe.set_message(str(i))
+    await pipe.drained()
+    async with raw(gw.url) as r:
+        w = await r.hello("win", window=10)
+        assert w.window == 10
+        got = await r.events(lambda e: e.seq == 10)
+        await r.send({"t": "ping", "n": 1})
+        pong = await r.recv()
+        assert pong.t == "pong"  # the pump had every chance to overrun meanwhile
+        (conn,) = [c for c in gw._conns if c.sid == "win"]
+        assert conn.flow.sent == 10 and conn.cursor == 10
+        await r.send({"t": "ack", "seq": 10})
+        got += await r.events(lambda e: e.seq == 20)
+        assert conn.flow.sent - conn.flow.acked <= 10
+    assert [e.seq for e in got] == list(range(1, 21))
+
+
+async def test_python_client_with_window_gets_everything(gw):
+    pipe = gw.pipe("win2")
+    for i in range(500):
+        pipe.set_message(str(i))
+    pipe.close()
+    async with Client(gw.url, "win2", window=16) as c:
+        evs = await c.until(final)
+    assert [e.seq for e in evs] == list(range(1, 503))
+
+
+async def test_eight_producer_threads_keep_one_gap_free_order(gw):
+    pipe = gw.pipe("threads")
+    n_threads, per = 8, 1500
+    barrier = threading.Barrier(n_threads)
+
+    def producer(i: int) -> None:
+        barrier.wait()
+        for j in range(per):
+            pipe.emit("log", {"level": "INFO", "msg": f"{i}:{j}"})
+
+    async with Client(gw.url, "threads") as c1, Client(gw.url, "threads", window=64) as c2:
+        threads = [threading.Thread(target=producer, args=(i,)) for i in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            await asyncio.to_thread(t.join, TIMEOUT)
+        pipe.close()
+        a, b = await c1.until(final), await c2.until(final)
+    total = n_threads * per + 1
+    assert [e.seq for e in a] == list(range(1, total + 1))
+    assert [(e.seq, e.d) for e in a] == [(e.seq, e.d) for e in b]
+    for i in range(n_threads):  # each thread's own order is kept
+        mine = [int(e.d["msg"].split(":")[1]) for e in a[:-1] if e.d["msg"].startswith(f"{i}:")]
+        assert mine == list(range(per))
+
+
+async def test_a_stalled_client_does_not_slow_the_others(gw, raw):
+    import os
+
+    pipe = gw.pipe("slow")
+    n = 20_000
+    async with raw(gw.url, max_queue=1, compression=None) as stalled, \
+            Client(gw.url, "slow") as fast:
+        await stalled.hello("slow")  # then never reads again
+        for i in range(n):
+            pipe.emit("output", {"id": "c", "stream": "stdout", "text": os.urandom(500).hex()})
+        pipe.close()
+        evs = await fast.until(final)
+        assert len(evs) == n + 1
+        (conn,) = [c for c in gw._conns if c.ws.remote_address == stalled.ws.local_address]
+        # the stalled client's server side holds a cursor, not a queue of the rest
+        assert conn.cursor < n
+
+
+async def test_send_reaches_get_message_and_cancel_stops_an_app_run(make_gw):
+    got: list[object] = []
+    ready = asyncio.Event()
+
+    async def app(pipe, value):
+        ready.set()
+        got.append(await pipe.aget_message(timeout=TIMEOUT))
+        await asyncio.Event().wait()  # run until cancelled
+
+    g = await make_gw(apps={"waiter": app})
+    async with Client(g.url, "cx", start={"app": "waiter", "input": None}) as c:
+        await asyncio.wait_for(ready.wait(), TIMEOUT)
+        assert (await c.send({"hello": "agent"})).ok
+        evs = await c.until(lambda e: e.k == "status")
+        assert evs[-1].d["state"] == "running"
+        r = await c.cancel("enough")
+        assert r.ok
+        evs = await c.until(final)
+        assert evs[-1].d == {"state": "cancelled", "detail": "enough"}
+        assert (await c.cancel()).err == "ended"
+    assert got == [{"hello": "agent"}]
+
+
+async def test_a_failing_app_ends_failed(make_gw):
+    async def boom(pipe, value):
+        pipe.set_message("about to fail")
+        raise ValueError("bad input")
+
+    g = await make_gw(apps={"boom": boom})
+    async with Client(g.url, "bm", start={"app": "boom", "input": 1}) as c:
+        evs = await c.until(final)
+    assert evs[-1].d["state"] == "failed" and "bad input" in evs[-1].d["detail"]
+
+
+async def test_a_sync_app_runs_in_a_thread(make_gw):
+    def relay(pipe, value):  # the design note's queue relay: plain blocking code
+        for i in range(value):
+            pipe.set_message(f"{i} ")
+        answer = pipe.ask_sync("More?", choices=["no"])
+        pipe.set_message(answer)
+
+    g = await make_gw(apps={"relay": relay})
+    async with Client(g.url, "sy", start={"app": "relay", "input": 50}) as c:
+        ask = (await c.until(lambda e: e.k == "ask"))[-1]
+        await c.reply(ask.d["id"], "no")
+        evs = await c.until(final)
+    assert evs[-1].d["state"] == "done"
+    assert any(e.k == "text" and e.d["delta"] == "no" for e in evs)
