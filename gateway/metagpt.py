@@ -555,14 +555,15 @@ def _patch(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
 
 
 def _install() -> None:
+    # Roles first: importing metagpt.environment first is a circular import.
+    from metagpt.roles.role import Role  # isort: skip
+    from metagpt.roles.di.data_interpreter import DataInterpreter  # isort: skip
     import metagpt.logs as mlogs
     from metagpt.actions.di import ask_review
     from metagpt.actions.di.execute_nb_code import ExecuteNbCode
     from metagpt.environment.base_env import Environment
     from metagpt.provider.base_llm import BaseLLM
     from metagpt.provider.human_provider import HumanProvider
-    from metagpt.roles.di.data_interpreter import DataInterpreter
-    from metagpt.roles.role import Role
     from metagpt.strategy import planner as planner_mod
     from metagpt.strategy.planner import Planner
 

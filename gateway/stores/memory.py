@@ -76,8 +76,11 @@ class MemoryStore:
         log = self._logs.get(sid)
         if log is None:
             raise KeyError(sid)
-        if events and events[0].seq != log.head + 1:
-            raise ValueError(f"seq {events[0].seq} does not follow head {log.head}")
+        # Check the whole batch before touching the log: a gap inside it would
+        # put raws at positions that no longer match their seqs.
+        for i, ev in enumerate(events):
+            if ev.seq != log.head + 1 + i:
+                raise ValueError(f"seq {ev.seq} does not follow seq {log.head + i}")
         for ev in events:
             log.events.append(ev.raw)
             log.nbytes += len(ev.raw)

@@ -99,13 +99,6 @@ async def open_page(
             lambda r: r.status >= 400 and log.console.append(f"http {r.status}: {r.url}"),
         )
         opened.append((context, page, log))
-        # TEMPORARY (dev only, remove): vendor/ not built yet.
-        _vendor = Path(__file__).parents[2] / "clients/js/node_modules/@msgpack/msgpack/dist.esm"
-        if not (Path(__file__).parents[2] / "gateway/static/vendor/msgpack/index.mjs").exists():
-            async def _route(route: Any) -> None:
-                name = route.request.url.split("/vendor/msgpack/", 1)[1]
-                await route.fulfill(path=_vendor / name, content_type="text/javascript")
-            await context.route("**/vendor/msgpack/**", _route)
         await page.goto(url)
         return page
 

@@ -114,6 +114,15 @@ async def assert_each_event_once(page: Any, store: MemoryStore, sid: str) -> lis
     return seqs
 
 
+async def full_screenshot(page: Any, path: Any) -> None:
+    """The whole page as one tall viewport, so sticky parts sit where they belong."""
+    size = page.viewport_size
+    height = await page.evaluate("() => document.documentElement.scrollHeight")
+    await page.set_viewport_size({"width": size["width"], "height": height})
+    await page.screenshot(path=path)
+    await page.set_viewport_size(size)
+
+
 async def wait_done(page: Any, state: str = "done") -> None:
     await expect(page.locator("#run-status")).to_have_attribute("data-state", state)
 
@@ -348,10 +357,14 @@ async def test_screenshots_desktop_and_phone(
     assert await desktop.evaluate("() => document.documentElement.scrollWidth") <= DESKTOP["width"]
 
     for page, name in ((desktop, "desktop"), (phone, "phone")):
+        await full_screenshot(page, artifacts / f"ui-{name}-full.png")
         await page.evaluate("() => window.scrollTo(0, document.documentElement.scrollHeight)")
         await page.screenshot(path=artifacts / f"ui-{name}.png")
-        await page.screenshot(path=artifacts / f"ui-{name}-full.png", full_page=True)
     await desktop.get_by_role("button", name="yes", exact=True).click()
     await wait_done(phone)
     await phone.evaluate("() => window.scrollTo(0, 0)")
     await phone.screenshot(path=artifacts / "ui-phone-done.png")
+
+    kinds = await open_page(run_url(gw, "zoo", None), name="kinds")
+    await expect(kinds.locator(".ask-card")).to_have_count(1)
+    await full_screenshot(kinds, artifacts / "ui-kinds-full.png")

@@ -1,0 +1,407 @@
+"""The shared store suite: one set of tests, run against every backend.
+
+Fixtures come from ``tests/stores/conftest.py``: ``make_store`` (parametrized
+by backend id), ``store`` (a fresh one with the default retention) and ``sid``
+(a unique session id).  Nothing here knows which backend it is testing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import pytest
+
+from gateway.stores import Appended, LogInfo, Retention, Store
+from protocol import decode_event, encode_event
+
+# The timing unit of tests/conftest.py (same env var).  Not imported from there:
+# every conftest.py in this tree is the module "conftest", and which one
+# ``import conftest`` finds depends on what pytest loaded last.
+MS = float(os.environ.get("WIREPIPE_TEST_MS", "1")) / 1000
+TIMEOUT = 10_000 * MS
+
+# --- helpers --------------------------------------------------------------------
+
+
+def ev(seq: int, k: str = "log", d: Any = None) -> Appended:
+    """One event; the default payloads all encode to the same size (for seq < 128)."""
+    if d is None:
+        d = {"level": "INFO", "msg": f"event {seq:04d}"}
+    return Appended(seq, k, d, encode_event(seq, k, 1.0, d))
+
+
+def evs(first: int, n: int) -> list[Appended]:
+    return [ev(s) for s in range(first, first + n)]
+
+
+def seqs(raws: list[bytes]) -> list[int]:
+    return [decode_event(r).seq for r in raws]
+
+
+async def filled(store: Store, sid: str, n: int, epoch: str = "e1") -> list[Appended]:
+    await store.create(sid, epoch)
+    batch = evs(1, n)
+    if batch:
+        await store.append(sid, batch)
+    return batch
+
+
+def past(t: float) -> None:
+    """Return once the wall clock reads later than ``t`` (no sleeping: it is a few ns away)."""
+    while time.time() <= t:
+        pass
+
+
+async def started(task: asyncio.Task[Any]) -> None:
+    """Let ``task`` run to its first suspension, and check it did suspend."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not task.done(), "wait() returned while there was nothing to wait for"
+
+
+# --- the basics -------------------------------------------------------------------
+
+
+async def test_store_satisfies_protocol(store: Store) -> None:
+    assert isinstance(store, Store)
+    assert isinstance(store.retention, Retention)
+
+
+async def test_missing_log(store: Store, sid: str) -> None:
+    assert await store.info(sid) is None
+    assert await store.read(sid, 0) == []
+    snap, at = await store.snapshot(sid)
+    assert at == 0
+    assert snap == {"status": None, "plan": None, "asks": [], "texts": []}
+    assert await asyncio.wait_for(store.wait(sid, 0, timeout=TIMEOUT), TIMEOUT) is False
+    await store.end(sid)  # harmless
+    assert await store.info(sid) is None
+
+
+async def test_create_makes_an_empty_log(store: Store, sid: str) -> None:
+    await store.create(sid, "e1")
+    assert await store.info(sid) == LogInfo(epoch="e1", first=1, head=0, ended=False)
+    assert await store.read(sid, 0) == []
+    assert (await store.snapshot(sid))[1] == 0
+
+
+async def test_append_then_read_returns_the_raw_events(store: Store, sid: str) -> None:
+    await store.create(sid, "e1")
+    a, b = evs(1, 3), evs(4, 2)
+    await store.append(sid, a)
+    await store.append(sid, b)
+    assert await store.info(sid) == LogInfo("e1", 1, 5, False)
+    assert await store.read(sid, 0) == [e.raw for e in a + b]
+    assert seqs(await store.read(sid, 2)) == [3, 4, 5]
+    assert seqs(await store.read(sid, 4)) == [5]
+
+
+async def test_logs_are_separate(store: Store, sid: str) -> None:
+    other = sid + "-other"
+    await filled(store, sid, 3, epoch="e1")
+    await filled(store, other, 1, epoch="e2")
+    assert (await store.info(sid)) == LogInfo("e1", 1, 3, False)
+    assert (await store.info(other)) == LogInfo("e2", 1, 1, False)
+    assert seqs(await store.read(other, 0)) == [1]
+
+
+@pytest.mark.parametrize(
+    ("head", "batch"),
+    [
+        (0, [2]),  # the first event is not seq 1
+        (2, [2]),  # reuses the head
+        (2, [1, 2, 3]),  # starts in the past
+        (2, [4]),  # leaves a gap
+        (2, [3, 5]),  # a gap inside the batch
+        (2, [3, 3]),  # a duplicate inside the batch
+    ],
+)
+async def test_append_seqs_must_follow_head(
+    store: Store, sid: str, head: int, batch: list[int]
+) -> None:
+    await filled(store, sid, head)
+    before = await store.read(sid, 0)
+    with pytest.raises(ValueError):
+        await store.append(sid, [ev(s) for s in batch])
+    info = await store.info(sid)
+    assert info is not None and info.head == head
+    assert await store.read(sid, 0) == before
+    await store.append(sid, [ev(head + 1)])  # the log is still usable
+    assert seqs(await store.read(sid, head)) == [head + 1]
+
+
+async def test_append_to_missing_log_raises_keyerror(store: Store, sid: str) -> None:
+    with pytest.raises(KeyError):
+        await store.append(sid, [ev(1)])
+    assert await store.info(sid) is None
+
+
+# --- read limits --------------------------------------------------------------------
+
+
+async def test_read_limit(store: Store, sid: str) -> None:
+    await filled(store, sid, 10)
+    assert seqs(await store.read(sid, 0, limit=3)) == [1, 2, 3]
+    assert seqs(await store.read(sid, 3, limit=3)) == [4, 5, 6]
+    assert seqs(await store.read(sid, 8, limit=5)) == [9, 10]
+    assert seqs(await store.read(sid, 0, limit=1)) == [1]
+
+
+async def test_read_max_bytes(store: Store, sid: str) -> None:
+    batch = await filled(store, sid, 6)
+    size = len(batch[0].raw)
+    assert all(len(e.raw) == size for e in batch)
+    assert seqs(await store.read(sid, 0, max_bytes=2 * size)) == [1, 2]
+    assert seqs(await store.read(sid, 0, max_bytes=3 * size - 1)) == [1, 2]
+    assert seqs(await store.read(sid, 2, max_bytes=3 * size)) == [3, 4, 5]
+    # at least one event, even when it alone is over the budget
+    assert seqs(await store.read(sid, 0, max_bytes=1)) == [1]
+    # both limits: the tighter one wins
+    assert seqs(await store.read(sid, 0, limit=2, max_bytes=10 * size)) == [1, 2]
+
+
+async def test_read_returns_one_event_bigger_than_max_bytes(store: Store, sid: str) -> None:
+    await store.create(sid, "e1")
+    big = ev(1, "log", {"level": "INFO", "msg": "x" * 10_000})
+    await store.append(sid, [big, ev(2)])
+    assert await store.read(sid, 0, max_bytes=100) == [big.raw]
+    assert seqs(await store.read(sid, 1, max_bytes=1)) == [2]
+
+
+async def test_read_at_or_after_head_is_empty(store: Store, sid: str) -> None:
+    await filled(store, sid, 4)
+    assert await store.read(sid, 4) == []
+    assert await store.read(sid, 5) == []
+    assert await store.read(sid, 1000) == []
+
+
+# --- retention -------------------------------------------------------------------------
+
+
+async def test_retention_by_count(make_store: Any, sid: str) -> None:
+    async with make_store(Retention(max_events=5)) as store:
+        await store.create(sid, "e1")
+        for first in (1, 5, 9):
+            await store.append(sid, evs(first, 4))
+        info = await store.info(sid)
+        assert info is not None and (info.first, info.head) == (8, 12)
+        # a reader from before the window starts at first
+        assert seqs(await store.read(sid, 0)) == [8, 9, 10, 11, 12]
+        assert seqs(await store.read(sid, 6)) == [8, 9, 10, 11, 12]
+        assert seqs(await store.read(sid, 9)) == [10, 11, 12]
+
+
+async def test_retention_by_bytes(make_store: Any, sid: str) -> None:
+    size = len(ev(1).raw)
+    async with make_store(Retention(max_bytes=3 * size)) as store:
+        await store.create(sid, "e1")
+        for s in range(1, 11):
+            await store.append(sid, [ev(s)])
+        info = await store.info(sid)
+        assert info is not None and (info.first, info.head) == (8, 10)
+        raws = await store.read(sid, 0)
+        assert seqs(raws) == [8, 9, 10]
+        assert sum(map(len, raws)) <= 3 * size
+
+
+async def test_retention_keeps_the_newest_event_even_if_over_max_bytes(
+    make_store: Any, sid: str
+) -> None:
+    async with make_store(Retention(max_bytes=10)) as store:
+        await filled(store, sid, 1)
+        assert await store.info(sid) == LogInfo("e1", 1, 1, False)
+        await store.append(sid, [ev(2)])
+        assert await store.info(sid) == LogInfo("e1", 2, 2, False)
+        assert seqs(await store.read(sid, 0)) == [2]
+
+
+async def test_ttl_after_end_expires_the_log(make_store: Any, sid: str) -> None:
+    async with make_store(Retention(ttl_after_end=0)) as store:
+        await filled(store, sid, 3)
+        await store.end(sid)
+        past(time.time())
+        assert await store.info(sid) is None
+        assert await store.read(sid, 0) == []
+        assert await store.snapshot(sid) == ({"status": None, "plan": None, "asks": [], "texts": []}, 0)
+        assert await asyncio.wait_for(store.wait(sid, 0, timeout=TIMEOUT), TIMEOUT) is False
+        # the sid is free for a new run
+        await filled(store, sid, 1, epoch="e2")
+        assert await store.info(sid) == LogInfo("e2", 1, 1, False)
+
+
+async def test_ttl_runs_only_after_end(make_store: Any, sid: str) -> None:
+    async with make_store(Retention(ttl_after_end=0)) as store:
+        await filled(store, sid, 2)
+        past(time.time())
+        assert await store.info(sid) == LogInfo("e1", 1, 2, False)
+    async with make_store(Retention(ttl_after_end=3600)) as store:
+        await filled(store, sid, 2)
+        await store.end(sid)
+        assert await store.info(sid) == LogInfo("e1", 1, 2, True)
+        assert seqs(await store.read(sid, 0)) == [1, 2]
+
+
+# --- create replaces ------------------------------------------------------------------
+
+
+async def test_create_replaces_the_log(store: Store, sid: str) -> None:
+    await filled(store, sid, 3, epoch="e1")
+    await store.append(sid, [ev(4, "status", {"state": "done"})])
+    await store.end(sid)
+    await store.create(sid, "e2")
+    assert await store.info(sid) == LogInfo("e2", 1, 0, False)
+    assert await store.read(sid, 0) == []
+    snap, at = await store.snapshot(sid)
+    assert at == 0 and snap["status"] is None
+    await store.append(sid, [ev(1)])  # seqs start again
+    assert seqs(await store.read(sid, 0)) == [1]
+
+
+async def test_create_wakes_waiters(store: Store, sid: str) -> None:
+    await filled(store, sid, 2, epoch="e1")
+    task = asyncio.create_task(store.wait(sid, 2))
+    await started(task)
+    await store.create(sid, "e2")
+    # the new log has nothing after seq 2
+    assert await asyncio.wait_for(task, TIMEOUT) is False
+    assert (await store.info(sid)) == LogInfo("e2", 1, 0, False)
+
+
+# --- wait ------------------------------------------------------------------------------
+
+
+async def test_wait_returns_true_at_once_when_data_is_there(store: Store, sid: str) -> None:
+    await filled(store, sid, 2)
+    assert await asyncio.wait_for(store.wait(sid, 0), TIMEOUT) is True
+    assert await asyncio.wait_for(store.wait(sid, 1), TIMEOUT) is True
+
+
+async def test_wait_wakes_on_append(store: Store, sid: str) -> None:
+    await filled(store, sid, 2)
+    task = asyncio.create_task(store.wait(sid, 2))
+    await started(task)
+    await store.append(sid, [ev(3)])
+    assert await asyncio.wait_for(task, TIMEOUT) is True
+    assert seqs(await store.read(sid, 2)) == [3]
+
+
+async def test_wait_wakes_on_end(store: Store, sid: str) -> None:
+    await filled(store, sid, 1)
+    task = asyncio.create_task(store.wait(sid, 1))
+    await started(task)
+    await store.end(sid)
+    assert await asyncio.wait_for(task, TIMEOUT) is False
+    info = await store.info(sid)
+    assert info is not None and info.ended
+
+
+async def test_wait_times_out(store: Store, sid: str) -> None:
+    await filled(store, sid, 1)
+    assert await asyncio.wait_for(store.wait(sid, 1, timeout=20 * MS), TIMEOUT) is False
+    # a timed-out wait leaves nothing behind that breaks the next one
+    task = asyncio.create_task(store.wait(sid, 1))
+    await started(task)
+    await store.append(sid, [ev(2)])
+    assert await asyncio.wait_for(task, TIMEOUT) is True
+
+
+async def test_many_waiters_all_wake_on_one_append(store: Store, sid: str) -> None:
+    await filled(store, sid, 1)
+    tasks = [asyncio.create_task(store.wait(sid, 1)) for _ in range(50)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not any(t.done() for t in tasks)
+    await store.append(sid, [ev(2)])
+    results = await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert results == [True] * 50
+
+
+async def test_cancelled_waiter_does_not_break_others(store: Store, sid: str) -> None:
+    await filled(store, sid, 1)
+    victim = asyncio.create_task(store.wait(sid, 1))
+    other = asyncio.create_task(store.wait(sid, 1))
+    await started(victim)
+    victim.cancel()
+    await asyncio.gather(victim, return_exceptions=True)
+    assert not other.done()
+    await store.append(sid, [ev(2)])
+    assert await asyncio.wait_for(other, TIMEOUT) is True
+
+
+# --- snapshot ------------------------------------------------------------------------------
+
+
+async def test_snapshot_reflects_state(store: Store, sid: str) -> None:
+    await store.create(sid, "e1")
+    plan = {
+        "goal": "g",
+        "tasks": [
+            {"id": "1", "instruction": "a", "deps": [], "type": "t", "status": "pending"},
+            {"id": "2", "instruction": "b", "deps": ["1"], "type": "t", "status": "pending"},
+        ],
+        "current": None,
+    }
+    script: list[tuple[str, Any]] = [
+        ("status", {"state": "running"}),
+        ("plan", plan),
+        ("task", {"id": "1", "status": "running"}),
+        ("task", {"id": "1", "status": "done", "result": "r1"}),
+        ("task", {"id": "2", "status": "running"}),
+        ("text", {"id": "t1", "delta": "hel"}),
+        ("text", {"id": "t2", "delta": "gone"}),
+        ("text", {"id": "t1", "delta": "lo"}),
+        ("text", {"id": "t2", "delta": "", "end": True}),
+        ("ask", {"id": "a1", "prompt": "first?"}),
+        ("ask", {"id": "a2", "prompt": "second?", "choices": ["y", "n"]}),
+        ("answer", {"id": "a1", "value": "ok", "by": "client"}),
+        ("status", {"state": "waiting"}),
+    ]
+    await store.append(sid, [ev(i, k, d) for i, (k, d) in enumerate(script, 1)])
+    snap, at = await store.snapshot(sid)
+    assert at == len(script)
+    assert snap["status"] == {"state": "waiting"}
+    assert snap["plan"]["goal"] == "g"
+    assert snap["plan"]["current"] == "2"
+    assert [(t["id"], t["status"]) for t in snap["plan"]["tasks"]] == [("1", "done"), ("2", "running")]
+    assert snap["plan"]["tasks"][0]["result"] == "r1"
+    assert snap["asks"] == [{"id": "a2", "prompt": "second?", "choices": ["y", "n"]}]
+    assert snap["texts"] == [{"id": "t1", "text": "hello"}]
+
+    # later events move the seq; a new plan replaces the old one
+    n = len(script)
+    await store.append(
+        sid,
+        [
+            ev(n + 1),
+            ev(n + 2, "plan", {"goal": "g2", "tasks": [], "current": None}),
+            ev(n + 3, "answer", {"id": "a2", "value": "y", "by": "timeout"}),
+        ],
+    )
+    snap, at = await store.snapshot(sid)
+    assert at == n + 3
+    assert snap["plan"] == {"goal": "g2", "tasks": [], "current": None}
+    assert snap["asks"] == []
+    assert snap["texts"] == [{"id": "t1", "text": "hello"}]
+
+
+async def test_snapshot_survives_retention(make_store: Any, sid: str) -> None:
+    async with make_store(Retention(max_events=2)) as store:
+        await store.create(sid, "e1")
+        await store.append(sid, [ev(1, "ask", {"id": "a1", "prompt": "p"})])
+        await store.append(sid, evs(2, 5))
+        info = await store.info(sid)
+        assert info is not None and info.first == 5
+        snap, at = await store.snapshot(sid)
+        assert at == 6
+        assert [a["id"] for a in snap["asks"]] == ["a1"]
+
+
+async def test_end_marks_the_log_ended(store: Store, sid: str) -> None:
+    await filled(store, sid, 2)
+    await store.end(sid)
+    await store.end(sid)  # idempotent
+    assert await store.info(sid) == LogInfo("e1", 1, 2, True)
+    assert seqs(await store.read(sid, 0)) == [1, 2]
