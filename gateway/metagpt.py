@@ -801,7 +801,8 @@ def _install() -> None:
 def _make_ask_review(ask_review: Any) -> Callable[[Any], Any]:
     """AskReview.run as in MetaGPT 0.8.2, awaiting the pipe instead of calling ``input()``."""
     ReviewConst = ask_review.ReviewConst
-    mlogger = ask_review.logger
+    # Records keep MetaGPT's module name, as if AskReview had logged them.
+    mlogger = ask_review.logger.patch(lambda r: r.update(name=ask_review.__name__))
 
     def make(orig: Any) -> Any:
         async def run(

@@ -288,7 +288,7 @@ class DemoScript:
             )
         if "## Draft request" in prompt:
             idea = _section(prompt, "Idea:") or "the idea"
-            if "Critique:" in prompt:
+            if "\n## Critique\n" in prompt:
                 return (
                     f"Revised draft on {idea}: state the goal in one line, "
                     "list two steps, and name the first concrete step: write the test."

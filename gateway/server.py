@@ -55,8 +55,8 @@ STATIC = Path(__file__).parent / "static"
 
 
 def _client_dir() -> Path:
-    """The JS client's sources: packaged beside the UI, or in a source checkout."""
-    packaged = STATIC / "client"
+    """The JS client's sources: packaged as ``gateway/_jsclient``, or in a source checkout."""
+    packaged = Path(__file__).parent / "_jsclient"
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parent.parent / "clients" / "js" / "src"
