@@ -1,0 +1,1 @@
+"""wirepipe's benchmark suite: ``python -m bench`` (or ``./run bench``)."""
