@@ -113,6 +113,9 @@ class Client:
         if not self._welcomed.is_set():
             waiter.cancel()
             self._task.result()
+            err = self.errors[-1] if self.errors else None
+            if err is not None:  # say why (unauthorized, no_app, ...), not just "closed"
+                raise RemoteError(err.code, err.msg, fatal=err.fatal)
             raise RemoteError("closed", "connection ended before welcome")
 
     async def close(self) -> None:

@@ -9,8 +9,9 @@ A client starts one with ``hello.start = {"app": "data_interpreter", "input": ..
 - ``idea``: what to do.
 - ``review``: ask a human to review the plan and each task (``data_interpreter``,
   default true) or let a human be the critic (``team``, default false).
-- ``review_timeout`` (seconds) and ``review_default`` (default ``"confirm"``):
-  an unanswered review settles to the default after that long.
+- ``review_timeout`` (seconds) and ``review_default`` (``"confirm"``; the
+  team's human critic: ``"No critique."``): an unanswered ask settles to the
+  default after that long.
 - ``llm``: ``"offline"`` (default: the scripted LLM of ``gateway.offline_llm``)
   or ``"config"`` (the LLM of MetaGPT's ``config2.yaml``; see docs/metagpt.md).
 - ``log_level``: the lowest loguru level sent as ``log`` events (``"INFO"``).
@@ -129,7 +130,7 @@ async def team(pipe: Any, input: Any = None) -> None:
     With ``review``, the Critic is a human (MetaGPT's ``is_human``): its
     critique is an ``ask``.  Runs on the gateway's loop (no blocking step).
     """
-    opts = Options.parse(input, review=False)
+    opts = Options.parse(input, review=False, review_default="No critique.")
     await asyncio.to_thread(prepare)
     from metagpt.team import Team
 

@@ -16,7 +16,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from protocol import Kind, RunState, check_event, encode_event, ev_frame
+from protocol import FINAL_STATES, Kind, RunState, check_event, encode_event, ev_frame
 
 from .sessions import Session, _on_loop
 
@@ -94,22 +94,12 @@ class WebPipe:
         """
         if isinstance(msg, str):
             return self.text(msg)
-        if isinstance(msg, dict):
-            if "k" not in msg:
-                raise TypeError("set_message takes a str or a {'k': kind, 'd': payload} dict")
-            return self.emit(msg["k"], msg.get("d"))
-        k, d = getattr(msg, "k", None), getattr(msg, "d", None)
-        if isinstance(k, str):
-            return self.emit(k, d)
-        role, content = getattr(msg, "role", None), getattr(msg, "content", None)
-        if role is not None and content is not None:
-            m: dict[str, Any] = {"role": str(role), "content": content}
-            for key in ("name", "cause_by", "sent_from"):
-                v = getattr(msg, key, None)
-                if v:
-                    m["cause" if key == "cause_by" else key] = str(v)
-            return self.emit(Kind.MESSAGE, m)
-        raise TypeError(f"set_message cannot send a {type(msg).__name__}")
+        if isinstance(msg, dict) and "k" not in msg:
+            raise TypeError("set_message takes a str or a {'k': kind, 'd': payload} dict")
+        ev = _as_event(msg)
+        if ev is None:
+            raise TypeError(f"set_message cannot send a {type(msg).__name__}")
+        return self.emit(*ev)
 
     def text(self, delta: str, *, id: str | None = None, end: bool = False) -> int:
         """Append a ``text`` delta to stream ``id`` (default: the current stream)."""
@@ -137,12 +127,13 @@ class WebPipe:
 
         The seq in it is the next one; the real event may get a later one.
         """
+        ev: tuple[str, Any] | None
         if isinstance(msg, str):
-            k, d = Kind.TEXT.value, {"id": self._text_id or f"{self._prefix}0", "delta": msg}
-        elif isinstance(msg, dict) and "k" in msg:
-            k, d = msg["k"], msg.get("d")
+            ev = Kind.TEXT.value, {"id": self._text_id or f"{self._prefix}0", "delta": msg}
         else:
-            k, d = Kind.MESSAGE.value, {"role": "agent", "content": msg}
+            # The same event set_message would append; anything else is wrapped.
+            ev = _as_event(msg) or (Kind.MESSAGE.value, {"role": "agent", "content": msg})
+        k, d = ev
         return ev_frame(encode_event(self._s.head + 1, k, time.time(), d))
 
     # --- reading what clients send -----------------------------------------------
@@ -217,6 +208,8 @@ class WebPipe:
         Raises:
             ValueError: ``state`` is not a final state.
         """
+        if state not in FINAL_STATES:  # before end_text: a refused close appends nothing
+            raise ValueError(f"close state must be one of {sorted(FINAL_STATES)}, not {state!r}")
         self.end_text()
         self._s.close(state, detail)
 
@@ -247,3 +240,21 @@ class WebPipe:
             self.close(RunState.CANCELLED)
         else:
             self.close(RunState.FAILED, detail=et.__name__)
+
+
+def _as_event(msg: Any) -> tuple[str, Any] | None:
+    """The (kind, payload) a non-str ``set_message`` argument becomes, or None."""
+    if isinstance(msg, dict):
+        return (msg["k"], msg.get("d")) if "k" in msg else None
+    k = getattr(msg, "k", None)
+    if isinstance(k, str):
+        return k, getattr(msg, "d", None)
+    role, content = getattr(msg, "role", None), getattr(msg, "content", None)
+    if role is not None and content is not None:
+        m: dict[str, Any] = {"role": str(role), "content": content}
+        for key in ("name", "cause_by", "sent_from"):
+            v = getattr(msg, key, None)
+            if v:
+                m["cause" if key == "cause_by" else key] = str(v)
+        return Kind.MESSAGE.value, m
+    return None

@@ -534,8 +534,8 @@ async def test_a_viewer_watches_but_cannot_act(make_gw: Any) -> None:
         assert await asyncio.wait_for(asking, TIMEOUT) == "no"
         pipe.close()
         evs = await asyncio.wait_for(viewer.until(final), TIMEOUT)
-        assert [e.k for e in evs] == ["answer", "status"]
-        assert evs[0].d["by"] == "client"
+        assert [e.k for e in evs] == ["answer", "text", "status"]  # the text stream is ended
+        assert evs[0].d == {"id": ask.d["id"], "value": "no", "by": "client"}
 
 
 @pytest.mark.parametrize("cred", [None, "", "wrong"])
