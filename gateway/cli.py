@@ -159,7 +159,7 @@ async def _watch(args: argparse.Namespace) -> int:
 
 def _render(seq: int, k: str, d: Any) -> str:
     if k == "text":
-        return d.get("delta", "") + ("\n" if d.get("end") else "")
+        return str(d.get("delta", "")) + ("\n" if d.get("end") else "")
     if k == "ask":
         choices = d.get("choices") or []
         opts = "  ".join(f"[{i}] {c}" for i, c in enumerate(choices, 1))

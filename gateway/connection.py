@@ -17,6 +17,7 @@ log is replaced by a new epoch, the pump restarts the client: ``lagged``
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -167,9 +168,8 @@ class Connection:
             return token.grant, token
         if gw.auth is None:
             return gw.config.default_grant, None
-        grant = gw.auth(hello.auth, hello.sid)
-        if asyncio.iscoroutine(grant):
-            grant = await grant
+        verdict = gw.auth(hello.auth, hello.sid)
+        grant = await verdict if inspect.isawaitable(verdict) else verdict
         if grant is None:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing or bad credentials")
         return Grant(grant), None

@@ -26,7 +26,7 @@ async def app(pipe: WebPipe, input: Any = None) -> None:
     delay = float(opts.get("delay", 0.02) or 0)
     ask = opts.get("ask", True)
     goal = str(opts.get("goal") or "Summarise a small data set")
-    tasks = [
+    tasks: list[dict[str, Any]] = [
         {
             "id": str(i),
             "instruction": f"Step {i}: " + ("load the data" if i == 1 else f"analyse part {i}"),

@@ -33,7 +33,8 @@ class Metrics:
             f"wirepipe_runs_started_total {self.runs_started}",
             "# TYPE wirepipe_errors_total counter",
         ]
-        lines += [f'wirepipe_errors_total{{code="{c}"}} {n}' for c, n in sorted(self.errors.items())]
+        for code, n in sorted(self.errors.items()):
+            lines.append(f'wirepipe_errors_total{{code="{code}"}} {n}')
         for name, value in (extra or {}).items():
             lines += [f"# TYPE {name} gauge", f"{name} {value}"]
         return "\n".join(lines) + "\n"

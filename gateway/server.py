@@ -28,6 +28,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import NegotiationError
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from protocol import (
     DEFAULT_MAX_FRAME,
@@ -243,9 +244,10 @@ class Gateway:
             fut = self._born.get(sid)
             if fut is None or fut.done():
                 fut = self._born[sid] = asyncio.get_running_loop().create_future()
-            closed = asyncio.ensure_future(ws.wait_closed())
+            closed: asyncio.Future[Any] = asyncio.ensure_future(ws.wait_closed())
+            waiting: set[asyncio.Future[Any]] = {fut, closed}
             try:
-                await asyncio.wait({fut, closed}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 closed.cancel()
             if not fut.done():
@@ -329,12 +331,14 @@ class Gateway:
         return _static(path)
 
 
-def _select_subprotocol(ws: ServerConnection, offered: Sequence[str]) -> str | None:
+def _select_subprotocol(
+    ws: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
     """``wirepipe.v1`` if offered; none offered is v1 too; only unknown ones: HTTP 400."""
     if not offered:
         return None
     if SUBPROTOCOL in offered:
-        return SUBPROTOCOL
+        return Subprotocol(SUBPROTOCOL)
     raise NegotiationError(f"unsupported subprotocols {', '.join(offered)}; this is {SUBPROTOCOL}")
 
 

@@ -7,10 +7,10 @@ import asyncio
 import time
 
 import pytest
+from conftest import MS, final
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from conftest import MS, final
 from protocol import Grant, ResumeToken, packb, sign
 
 

@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 from conftest import TIMEOUT, final
+
 from gateway.client import Client
 
 
@@ -150,7 +151,7 @@ async def test_a_stalled_client_does_not_slow_the_others(gw, raw):
     async with raw(gw.url, max_queue=1, compression=None) as stalled, \
             Client(gw.url, "slow", compression=False) as fast:
         await stalled.hello("slow")  # then never reads again
-        for i in range(n):
+        for _i in range(n):
             pipe.emit("output", {"id": "c", "stream": "stdout", "text": os.urandom(1000).hex()})
         pipe.close()
         evs = await fast.until(final)

@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 from conftest import TIMEOUT, final
+
 from protocol import Welcome
 
 

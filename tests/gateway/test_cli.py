@@ -1,0 +1,198 @@
+"""The ``wirepipe`` command: help, refusals, and a real serve + watch round trip.
+
+Subprocesses run the installed ``wirepipe`` script (or ``python -m
+gateway.cli`` when it is missing) from the repository root; each one is
+killed in a ``finally`` so a failing test leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from asyncio.subprocess import PIPE, Process
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.cli import main
+
+# The timing unit of tests/conftest.py (same env var).  Not imported from there:
+# every conftest.py in this tree is the module "conftest", and which one
+# ``import conftest`` finds depends on what pytest loaded last.
+MS = float(os.environ.get("WIREPIPE_TEST_MS", "1")) / 1000
+TIMEOUT = 10_000 * MS
+
+ROOT = Path(__file__).resolve().parents[2]
+_SCRIPT = Path(sys.executable).parent / "wirepipe"
+WIREPIPE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "gateway.cli"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("WIREPIPE_SECRET", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+async def spawn(*args: str, stdin: int | None = None) -> Process:
+    return await asyncio.create_subprocess_exec(
+        *WIREPIPE, *args, stdin=stdin, stdout=PIPE, stderr=PIPE, cwd=ROOT, env=_env()
+    )
+
+
+async def reap(*procs: Process | None) -> None:
+    """Kill whatever is still running, and wait for it."""
+    for p in procs:
+        if p is not None and p.returncode is None:
+            p.kill()
+            await p.wait()
+
+
+async def run(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """Run ``wirepipe args`` to completion (bounded by TIMEOUT)."""
+    p = await spawn(*args, stdin=PIPE if stdin is not None else None)
+    try:
+        out, err = await asyncio.wait_for(p.communicate(stdin), TIMEOUT)
+    finally:
+        await reap(p)
+    assert p.returncode is not None
+    return p.returncode, out.decode(), err.decode()
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[Any, str, str]:
+    """``gateway.cli.main(argv)`` in-process; returns (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    cap = capsys.readouterr()
+    return exc.value.code, cap.out, cap.err
+
+
+# --- help ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect"),
+    [
+        (["--help"], ["serve", "demo", "watch"]),
+        (["serve", "--help"], ["--port", "--secret", "--app", "--retain-events"]),
+        (["demo", "--help"], ["--port", "--host"]),
+        (["watch", "--help"], ["--sid", "--start", "--input", "--no-input"]),
+    ],
+)
+def test_help_exits_0(argv: list[str], expect: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(argv, capsys)
+    assert code == 0
+    assert out.startswith("usage: wirepipe")
+    for flag in expect:
+        assert flag in out
+
+
+async def test_installed_script_help() -> None:
+    code, out, err = await run("--help")
+    assert code == 0, err
+    assert "usage: wirepipe" in out and "watch" in out
+
+
+def test_no_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main([], capsys)
+    assert code == 2 and "usage: wirepipe" in err
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+
+async def test_serve_on_a_public_address_needs_a_secret() -> None:
+    code, out, err = await run("serve", "--host", "0.0.0.0", "--port", "0")
+    assert code != 0
+    assert "refusing to bind 0.0.0.0 without --secret" in err
+    assert "Traceback" not in err
+    assert "serving" not in out  # it exited before binding anything
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("nonsense", "--app takes NAME=module:callable"),
+        ("=gateway.demo_agent:app", "--app takes NAME=module:callable"),
+        ("demo=gateway.demo_agent", "--app takes NAME=module:callable"),
+        ("demo=no_such_module_for_wirepipe:app", "cannot load app"),
+        ("demo=gateway.demo_agent:no_such_attr", "cannot load app"),
+    ],
+)
+def test_bad_app_spec_is_a_clear_error(
+    spec: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_main(["serve", "--port", "0", "--app", spec], capsys)
+    assert code == 2
+    assert "argument --app" in err and why in err
+    assert "serving" not in out
+
+
+# --- serve + watch ------------------------------------------------------------------------------
+
+
+async def start_server() -> tuple[Process, str]:
+    server = await spawn("serve", "--port", "0", "--app", "demo=gateway.demo_agent:app")
+    assert server.stdout is not None
+    line = (await asyncio.wait_for(server.stdout.readline(), TIMEOUT)).decode()
+    m = re.search(r"(ws://127\.0\.0\.1:\d+/)", line)
+    assert m, f"no ws:// URL in the first line: {line!r}"
+    return server, m.group(1)
+
+
+async def stop_server(server: Process) -> tuple[int, str, str]:
+    server.send_signal(signal.SIGTERM)
+    out, err = await asyncio.wait_for(server.communicate(), TIMEOUT)
+    assert server.returncode is not None
+    return server.returncode, out.decode(), err.decode()
+
+
+async def test_serve_and_watch_a_demo_run() -> None:
+    server = watch = None
+    try:
+        server, url = await start_server()
+        watch = await spawn(
+            "watch", url, "--sid", "s1", "--start", "demo",
+            "--input", json.dumps({"steps": 1, "delay": 0}),
+            stdin=PIPE,
+        )
+        out_b, err_b = await asyncio.wait_for(watch.communicate(b"1\n"), TIMEOUT)
+        out, err = out_b.decode(), err_b.decode()
+        assert watch.returncode == 0, err
+        assert out.startswith("# session s1 epoch ")
+        assert "grant operator" in out
+        assert "plan: Summarise a small data set" in out
+        assert "[pending] 1. Step 1: load the data" in out
+        assert "? Ship the result? (default: no)" in out
+        assert "[1] yes  [2] no" in out
+        answer = re.search(r"#\d+ answer: (\{.*\})", out)
+        assert answer, out
+        assert json.loads(answer.group(1)) == {"id": "a1", "value": "yes", "by": "client"}
+        assert "The human said 'yes'." in out
+        assert out.rstrip().endswith("## status: done")
+        # the order a human reads it in
+        assert out.index("plan:") < out.index("? Ship") < answer.start() < out.index("status: done")
+
+        code, rest, server_err = await stop_server(server)
+        assert code == 0, server_err
+        assert "shutting down" in rest
+    finally:
+        await reap(watch, server)
+
+
+async def test_watch_a_refused_start_is_a_clear_error() -> None:
+    server = None
+    try:
+        server, url = await start_server()
+        code, out, err = await run("watch", url, "--sid", "s2", "--start", "no-such-app")
+        assert code == 1
+        assert "no_app" in err and "Traceback" not in err
+        code, _, server_err = await stop_server(server)
+        assert code == 0, server_err
+    finally:
+        await reap(server)
