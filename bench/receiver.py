@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import sys
 import time
 
@@ -40,7 +41,7 @@ async def receive(url: str, sid: str, n: int) -> None:
             if frame.get("t") in ("ev", "batch"):
                 frames += 1
                 seq = max(seq, count(frame))
-        say(done=time.time(), frames=frames)
+        say(done=time.time(), frames=frames, rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 async def replay(url: str, sid: str, n: int) -> None:

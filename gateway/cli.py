@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Any
 
-from protocol import Grant
+from protocol import Grant, RemoteError
 
 from .server import App, Config, Gateway
 from .stores import MemoryStore, Retention
@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_watch(args))
         except KeyboardInterrupt:
             return 130
+        except RemoteError as exc:  # refused for good (unauthorized, no_app, ...)
+            print(f"wirepipe watch: {exc}", file=sys.stderr)
+            return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     extra: dict[str, App] = {}
     banner = ""
