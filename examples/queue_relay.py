@@ -26,7 +26,9 @@ from gateway.metagpt import attach, new_executor, prepare
 from gateway.offline_llm import use
 
 
-def agent_thread(pipe, loop: asyncio.AbstractEventLoop, idea: str, offline: bool) -> None:
+def agent_thread(
+    pipe, loop: asyncio.AbstractEventLoop, idea: str, offline: bool, delay: float
+) -> None:
     """The producer: a DataInterpreter run on this thread's own event loop."""
 
     async def agent() -> None:
@@ -34,7 +36,7 @@ def agent_thread(pipe, loop: asyncio.AbstractEventLoop, idea: str, offline: bool
 
         # loop=: the pipe's loop, where asks would be answered (none here: auto_run).
         async with attach(pipe, loop=loop):
-            with use(delay=0.005) if offline else contextlib.nullcontext():
+            with use(delay=delay) if offline else contextlib.nullcontext():
                 di = DataInterpreter(auto_run=True, execute_code=new_executor())
                 await di.run(idea)
 
@@ -50,6 +52,7 @@ async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--idea", default="Count the words of this sentence and report the top one")
     ap.add_argument("--llm", choices=("offline", "config"), default="offline")
+    ap.add_argument("--delay", type=float, default=0.005, help="offline LLM: seconds per token")
     args = ap.parse_args()
     await asyncio.to_thread(prepare)  # MetaGPT's first import takes seconds
 
@@ -60,7 +63,7 @@ async def main() -> int:
         pipe = gw.pipe("queue-relay")
         producer = threading.Thread(
             target=agent_thread,
-            args=(pipe, asyncio.get_running_loop(), args.idea, args.llm == "offline"),
+            args=(pipe, asyncio.get_running_loop(), args.idea, args.llm == "offline", args.delay),
             name="metagpt-agent",
         )
         producer.start()

@@ -91,6 +91,7 @@ class Client:
         self._pongs: dict[Any, asyncio.Future[None]] = {}
         self._unacked = 0
         self._stopping = False
+        self._welcomed_now = False
 
     # --- life -------------------------------------------------------------------
 
@@ -162,8 +163,10 @@ class Client:
                     err = self.errors[-1] if self.errors else None
                     raise RemoteError(err.code if err else str(code), err.msg if err else "")
                 base, cap = self.backoff
+                if self._welcomed_now:  # that connection worked: start the backoff over
+                    attempt = 0
                 await asyncio.sleep(random.uniform(0, min(cap, base * 2**attempt)))
-                attempt = 0 if self._welcomed.is_set() and self.connects > attempt else attempt + 1
+                attempt += 1
         except RemoteError as exc:
             self._finish(exc)
             return
@@ -177,6 +180,7 @@ class Client:
             compression="deflate" if self.compression else None,
         ) as ws:
             self._ws = ws
+            self._welcomed_now = False
             first = self.connects == 0
             self.connects += 1
             hello = Hello(
@@ -206,6 +210,7 @@ class Client:
             self.epoch = frame.epoch
             self._resume = frame.resume
             self._unacked = 0
+            self._welcomed_now = True
             self._welcomed.set()
             for raw, _ in list(self._pending.values()):  # re-send, same rid
                 await ws.send(raw)

@@ -153,6 +153,8 @@ class Gateway:
                     s.task.cancel()
             tasks = [s.task for s in self._sessions.values() if s.task is not None]
             await asyncio.gather(*tasks, return_exceptions=True)
+            # what the runs wrote last (their final status) reaches the store first
+            await asyncio.gather(*(s.drained() for s in self._sessions.values()), return_exceptions=True)
             if self._server is not None:
                 self._server.close()
                 await self._server.wait_closed()

@@ -7,7 +7,7 @@ import asyncio
 import time
 
 import pytest
-from conftest import MS, final
+from support import MS, final
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from conftest import TIMEOUT, final
+from support import TIMEOUT, final
 
 from protocol import Welcome
 

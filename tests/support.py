@@ -1,0 +1,62 @@
+"""Helpers shared by the test suite (import as ``from support import ...``).
+
+``MS`` scales every timeout in the suite (set WIREPIPE_TEST_MS to slow the
+whole suite down on a loaded machine); no test sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from protocol import Event, decode_server, events_of, packb
+
+MS = float(os.environ.get("WIREPIPE_TEST_MS", "1")) / 1000
+#: The longest any single wait in a test may take before it is a failure.
+TIMEOUT = 10_000 * MS
+
+
+class Raw:
+    """A bare protocol client: send frames as maps, receive decoded frames."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send(packb(frame))
+
+    async def recv(self) -> Any:
+        return decode_server(await asyncio.wait_for(self.ws.recv(), TIMEOUT))
+
+    async def hello(self, sid: str, **kw: Any) -> Any:
+        await self.send({"t": "hello", "sid": sid, **kw})
+        return await self.recv()
+
+    async def events(self, until: Callable[[Event], bool]) -> list[Event]:
+        """Receive events until one satisfies ``until`` (included); other frames are skipped."""
+        out: list[Event] = []
+        while True:
+            frame = await self.recv()
+            for ev in events_of(frame):
+                out.append(ev)
+                if until(ev):
+                    return out
+
+    async def closed(self) -> tuple[int | None, list[Any]]:
+        """Read until the server closes; returns (close code, frames seen)."""
+        frames = []
+        try:
+            while True:
+                frames.append(decode_server(await asyncio.wait_for(self.ws.recv(), TIMEOUT)))
+        except ConnectionClosed as exc:
+            return (exc.rcvd.code if exc.rcvd else None), frames
+
+
+def final(ev: Event) -> bool:
+    """True for the run's final status event."""
+    return ev.k == "status" and ev.d.get("state") in ("done", "failed", "cancelled")
