@@ -127,7 +127,7 @@ def prepare(root: str | os.PathLike[str] | None = None) -> Path:
     import importlib.util
     import sys
 
-    if "metagpt" not in sys.modules:
+    if sys.modules.get("metagpt") is None:
         if importlib.util.find_spec("metagpt") is None:
             raise ImportError("MetaGPT is not installed: see docs/metagpt.md")
         where = (

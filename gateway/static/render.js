@@ -11,7 +11,6 @@
 import { clock, el, formatValue, shortValue, str, token } from './dom.js';
 
 const FINAL_STATES = new Set(['done', 'failed', 'cancelled']);
-const TASK_STATES = new Set(['pending', 'running', 'done', 'failed', 'skipped']);
 
 // Log level -> rank used by the level filter (CSS hides .lvl-N below the
 // selected rank). Loguru (MetaGPT) and stdlib names, and stdlib numbers.
@@ -56,7 +55,7 @@ export class View {
     this.lastSeq = null;          // seq of the last event applied, null after a reset
     this.texts = new Map();       // stream id -> {block, body}
     this.codes = new Map();       // code id -> {cell, outputs}
-    this.asks = new Map();        // ask id -> {card, entry}
+    this.asks = new Map();        // open ask id -> {card, controls}
     this.askEntries = new Map();  // ask id -> feed entry of its ask event
     this.taskRows = new Map();    // task id -> <li>
     this.plan = null;
@@ -94,7 +93,7 @@ export class View {
     if (Array.isArray(snapshot.texts)) {
       for (const t of snapshot.texts) {
         if (!isObject(t)) continue;
-        const stream = this.textStream(str(t.id), null);
+        const stream = this.textStream(str(t.id));
         const span = el('span', { dataset: { snapshot: '' } }, str(t.text));
         stream.body.append(span);
         stream.base = { span, text: str(t.text), replayed: 0 };
@@ -171,7 +170,7 @@ export class View {
 
   // ---- text streams -----------------------------------------------------
 
-  textStream(id, ev) {
+  textStream(id) {
     let stream = this.texts.get(id);
     if (!stream) {
       const body = el('div', { class: 'text-body' });
@@ -209,7 +208,8 @@ export class View {
 
   renderTask(task) {
     const id = str(task.id);
-    const status = TASK_STATES.has(task.status) ? task.status : 'pending';
+    // An unknown status shows as it is, in the neutral style.
+    const status = token(str(task.status, 'pending'));
     const deps = Array.isArray(task.deps) && task.deps.length
       ? el('span', { class: 'task-deps' }, `after ${task.deps.map((x) => str(x)).join(', ')}`) : null;
     const row = el('li', { class: 'task', dataset: { taskId: id, status } },
@@ -357,7 +357,7 @@ export class View {
 // One handler per known kind; `this` is the View, d is a plain object.
 const HANDLERS = {
   text(ev, d) {
-    const stream = this.textStream(str(d.id), ev);
+    const stream = this.textStream(str(d.id));
     const delta = str(d.delta);
     const base = stream.base;
     if (base && ev.seq <= this.snapshotHead) {
@@ -476,8 +476,14 @@ const HANDLERS = {
     this.closeAsk(id);
     const entry = this.askEntries.get(id);
     if (entry) entry.classList.replace('open', 'answered');
-    this.line(ev, 'answer', el('b', {}, shortValue(d.value, 200)),
-      el('span', { class: 'muted' }, ` by ${str(d.by, '?')}`));
+    const by = str(d.by, '?');
+    if (by === 'closed') {
+      // The run ended (or the asking code stopped) before anyone answered.
+      this.line(ev, 'answer', el('span', { class: 'muted' }, 'closed without an answer'));
+    } else {
+      this.line(ev, 'answer', el('b', {}, shortValue(d.value, 200)),
+        el('span', { class: 'muted' }, ` by ${by}`));
+    }
   },
 
   status(ev, d) {

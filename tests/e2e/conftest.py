@@ -7,7 +7,7 @@ from the server side while the page keeps running.
 
 Every wait is a playwright wait on a page condition; ``TIMEOUT_MS`` only
 bounds how long a broken run takes to fail (raise it on a slow machine with
-``WIREPIPE_E2E_TIMEOUT_MS``). On a failure, each page's screenshot and
+``WIREPIPE_TEST_MS``, as for the whole suite). On a failure, each page's screenshot and
 console go to ``tests/e2e/artifacts/``.
 """
 
@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import MS
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
-TIMEOUT_MS = float(os.environ.get("WIREPIPE_E2E_TIMEOUT_MS", "20000"))
+#: Playwright takes milliseconds; MS (WIREPIPE_TEST_MS) scales it like every other timeout.
+TIMEOUT_MS = 20_000 * MS * 1000
 CHROMIUM = os.environ.get("WIREPIPE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -54,9 +56,7 @@ async def browser() -> AsyncIterator[Any]:
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
     playwright_api = pytest.importorskip("playwright.async_api")
     async with playwright_api.async_playwright() as pw:
-        chromium = await pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             yield chromium
         finally:
@@ -73,9 +73,7 @@ class PageLog:
 
 
 @pytest.fixture
-async def open_page(
-    browser: Any, request: pytest.FixtureRequest
-) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+async def open_page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """``await open_page(url, viewport=DESKTOP, name=...)`` -> a loaded playwright Page.
 
     Each page gets its own browser context (no shared storage, like two
@@ -105,8 +103,7 @@ async def open_page(
     yield make
 
     failed = any(
-        getattr(request.node, f"rep_{when}", None) is not None
-        and getattr(request.node, f"rep_{when}").failed
+        getattr(request.node, f"rep_{when}", None) is not None and getattr(request.node, f"rep_{when}").failed
         for when in ("setup", "call")
     )
     try:

@@ -34,17 +34,26 @@ expect: Any = pytest.importorskip("playwright.async_api").expect
 async def zoo_app(pipe: WebPipe, value: Any) -> None:
     """Every event kind once, hostile strings included, and a text stream left
     open across a free-text ask (so a reload must rebuild it from a snapshot)."""
-    pipe.emit("plan", {
-        "goal": "<img src=x onerror=\"window.__xss='plan'\">",
-        "tasks": [{"id": "1", "instruction": "<b>not bold</b>", "deps": [], "type": "other",
-                   "status": "pending"}],
-        "current": None,
-    })
+    pipe.emit(
+        "plan",
+        {
+            "goal": "<img src=x onerror=\"window.__xss='plan'\">",
+            "tasks": [{"id": "1", "instruction": "<b>not bold</b>", "deps": [], "type": "other", "status": "pending"}],
+            "current": None,
+        },
+    )
     pipe.emit("task", {"id": "1", "status": "running"})
     pipe.text("<script>window.__xss='text'</script> ", id="s1")
     pipe.text("done.", id="s1", end=True)
-    pipe.emit("message", {"role": "assistant", "content": "<img src=x onerror=\"window.__xss='msg'\">",
-                          "name": "Zoo", "cause": "UserRequirement"})
+    pipe.emit(
+        "message",
+        {
+            "role": "assistant",
+            "content": "<img src=x onerror=\"window.__xss='msg'\">",
+            "name": "Zoo",
+            "cause": "UserRequirement",
+        },
+    )
     pipe.emit("code", {"id": "c1", "lang": "python", "source": "print('<i>hi</i>')"})
     pipe.emit("output", {"id": "c1", "stream": "stdout", "text": "<i>hi</i>\n"})
     pipe.emit("output", {"id": "c1", "stream": "stderr", "text": "Traceback: oops\n"})
@@ -61,6 +70,22 @@ async def zoo_app(pipe: WebPipe, value: Any) -> None:
     pipe.emit("message", {"role": "user", "content": f"name={answer}"})
 
 
+async def odd_app(pipe: WebPipe, value: Any) -> None:
+    """Payloads of the wrong shape under known kinds (the gateway checks only required keys)."""
+    pipe.emit("plan", {"goal": None, "tasks": "not a list"})
+    pipe.emit("task", {"id": 7, "status": "exploded", "result": {"nested": [1, None]}})
+    pipe.emit("text", {"id": 3, "delta": 42})
+    pipe.emit("text", {"id": 3, "delta": None, "end": "yes"})
+    pipe.emit("code", {"id": "c", "lang": None, "source": None})
+    pipe.emit("output", {"id": "c", "stream": '"><b>', "text": ["a", 1]})
+    pipe.emit("tool", {"name": None, "type": None, "value": None})
+    pipe.emit("log", {"level": 40, "msg": {"not": "a string"}})
+    pipe.emit("message", {"role": ["x"], "content": None})
+    pipe.emit("answer", {"id": "never-asked", "value": None, "by": None})
+    pipe.emit("status", {"state": "waiting", "detail": {"why": "odd"}})
+    await pipe.ask("Pick one", choices=[1, {"a": 1}, "three"], default={"a": 1})
+
+
 # ---- fixtures and helpers --------------------------------------------------------
 
 
@@ -73,7 +98,7 @@ def store() -> MemoryStore:
 async def gw(store: MemoryStore) -> AsyncIterator[Gateway]:
     from gateway.demo_agent import app as demo_app
 
-    apps = {"demo": demo_app, "zoo": zoo_app}
+    apps = {"demo": demo_app, "zoo": zoo_app, "odd": odd_app}
     async with Gateway(host="127.0.0.1", port=0, store=store, apps=apps) as gateway:
         yield gateway
 
@@ -91,9 +116,7 @@ async def sid_of(page: Any) -> str:
 
 
 async def shown_seqs(page: Any) -> list[int]:
-    return await page.evaluate(
-        "() => [...document.querySelectorAll('[data-seq]')].map(e => Number(e.dataset.seq))"
-    )
+    return await page.evaluate("() => [...document.querySelectorAll('[data-seq]')].map(e => Number(e.dataset.seq))")
 
 
 async def head_of(store: MemoryStore, sid: str) -> int:
@@ -110,7 +133,7 @@ async def assert_each_event_once(page: Any, store: MemoryStore, sid: str) -> lis
     assert not dupes, f"shown more than once: {dupes}"
     assert sorted(seqs) == list(range(1, head + 1)), f"missing: {set(range(1, head + 1)) - set(seqs)}"
     stats = await page.evaluate("() => window.wirepipe.view.stats")
-    assert stats["duplicates"] == 0 and stats["gaps"] == 0, stats
+    assert stats["duplicates"] == 0 and stats["gaps"] == 0 and stats["errors"] == 0, stats
     return seqs
 
 
@@ -158,9 +181,7 @@ async def test_run_from_url_answer_ask_by_click(gw: Gateway, store: MemoryStore,
     await assert_each_event_once(page, store, sid)
 
 
-async def test_server_side_drop_mid_run_shows_each_event_once(
-    gw: Gateway, store: MemoryStore, open_page: Any
-) -> None:
+async def test_server_side_drop_mid_run_shows_each_event_once(gw: Gateway, store: MemoryStore, open_page: Any) -> None:
     page = await open_page(run_url(gw, "demo", {"steps": 6, "ask": True, "delay": 0.05}))
     sid = await sid_of(page)
 
@@ -169,9 +190,7 @@ async def test_server_side_drop_mid_run_shows_each_event_once(
         await page.wait_for_selector(f'[data-k="task"] >> nth={round_ * 2}', state="attached")
         seen = await page.evaluate("() => window.wirepipe.states.length")
         assert gw.drop_connections(sid) == 1
-        await page.wait_for_function(
-            "n => window.wirepipe.states.slice(n).includes('recovering')", arg=seen
-        )
+        await page.wait_for_function("n => window.wirepipe.states.slice(n).includes('recovering')", arg=seen)
         await page.wait_for_function(
             "n => { const s = window.wirepipe.states.slice(n);"
             " return s.includes('recovering') && s.at(-1) === 'open'; }",
@@ -278,6 +297,25 @@ async def test_every_kind_renders_as_text(gw: Gateway, store: MemoryStore, open_
     await assert_each_event_once(page, store, sid)
 
 
+async def test_odd_payloads_never_break_the_page(gw: Gateway, store: MemoryStore, open_page: Any) -> None:
+    page = await open_page(run_url(gw, "odd", None))
+    sid = await sid_of(page)
+    card = page.locator(".ask-card")
+    await expect(card.get_by_role("button")).to_have_count(3)
+    await assert_each_event_once(page, store, sid)  # also: no render errors
+    await expect(page.locator('#plan-tasks > li[data-task-id="7"]')).to_have_attribute("data-status", "exploded")
+    await expect(page.locator('#logs [data-k="log"]')).to_have_class("log lvl-3")
+    await expect(page.locator('.ev-text[data-stream="3"] .text-body')).to_have_text("42")
+    await expect(page.locator("#run-status")).to_have_attribute("data-state", "waiting")
+
+    # A non-string choice goes back as the value it was, not as its label.
+    await card.get_by_role("button", name='{"a":1} (default)').click()
+    await expect(card).to_have_count(0)
+    await expect(page.locator('[data-k="answer"]').last).to_contain_text('{"a":1}')
+    await wait_done(page)
+    await assert_each_event_once(page, store, sid)
+
+
 async def test_forms_start_watch_and_cancel(gw: Gateway, store: MemoryStore, open_page: Any) -> None:
     page = await open_page(gw.http_url)
     await expect(page.locator("#controls")).to_have_attribute("open", "")
@@ -308,8 +346,7 @@ async def test_viewer_is_read_only(store: MemoryStore, open_page: Any) -> None:
     def auth(credential: str | None, sid: str) -> str:
         return "operator" if credential == "op-secret" else "viewer"
 
-    async with Gateway(host="127.0.0.1", port=0, store=store, apps={"demo": demo_app},
-                       auth=auth) as gw:
+    async with Gateway(host="127.0.0.1", port=0, store=store, apps={"demo": demo_app}, auth=auth) as gw:
         query = urlencode({"app": "demo", "input": '{"steps": 1, "delay": 0}', "auth": "op-secret"})
         operator = await open_page(f"{gw.http_url}?{query}", name="operator")
         sid = await sid_of(operator)  # the credential left the address bar too
@@ -335,9 +372,7 @@ async def test_unknown_app_is_reported(gw: Gateway, open_page: Any) -> None:
     await expect(page.locator("#banner").get_by_role("button", name="Reconnect")).to_be_visible()
 
 
-async def test_screenshots_desktop_and_phone(
-    gw: Gateway, store: MemoryStore, open_page: Any, artifacts: Any
-) -> None:
+async def test_screenshots_desktop_and_phone(gw: Gateway, store: MemoryStore, open_page: Any, artifacts: Any) -> None:
     """Saves artifacts/ui-*.png for a person to look at; checks the phone layout fits."""
     desktop = await open_page(run_url(gw, "demo", {"steps": 3, "ask": True, "delay": 0}), name="desktop")
     sid = await sid_of(desktop)

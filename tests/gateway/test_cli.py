@@ -18,14 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import TIMEOUT
 
 from gateway.cli import main
-
-# The timing unit of tests/conftest.py (same env var).  Not imported from there:
-# every conftest.py in this tree is the module "conftest", and which one
-# ``import conftest`` finds depends on what pytest loaded last.
-MS = float(os.environ.get("WIREPIPE_TEST_MS", "1")) / 1000
-TIMEOUT = 10_000 * MS
 
 ROOT = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).parent / "wirepipe"
@@ -124,9 +119,7 @@ async def test_serve_on_a_public_address_needs_a_secret() -> None:
         ("demo=gateway.demo_agent:no_such_attr", "cannot load app"),
     ],
 )
-def test_bad_app_spec_is_a_clear_error(
-    spec: str, why: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_app_spec_is_a_clear_error(spec: str, why: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_main(["serve", "--port", "0", "--app", spec], capsys)
     assert code == 2
     assert "argument --app" in err and why in err
@@ -138,10 +131,14 @@ def test_bad_app_spec_is_a_clear_error(
 
 async def start_server() -> tuple[Process, str]:
     server = await spawn("serve", "--port", "0", "--app", "demo=gateway.demo_agent:app")
-    assert server.stdout is not None
-    line = (await asyncio.wait_for(server.stdout.readline(), TIMEOUT)).decode()
-    m = re.search(r"(ws://127\.0\.0\.1:\d+/)", line)
-    assert m, f"no ws:// URL in the first line: {line!r}"
+    try:
+        assert server.stdout is not None
+        line = (await asyncio.wait_for(server.stdout.readline(), TIMEOUT)).decode()
+        m = re.search(r"(ws://127\.0\.0\.1:\d+/)", line)
+        assert m, f"no ws:// URL in the first line: {line!r}"
+    except BaseException:
+        await reap(server)
+        raise
     return server, m.group(1)
 
 
@@ -157,8 +154,14 @@ async def test_serve_and_watch_a_demo_run() -> None:
     try:
         server, url = await start_server()
         watch = await spawn(
-            "watch", url, "--sid", "s1", "--start", "demo",
-            "--input", json.dumps({"steps": 1, "delay": 0}),
+            "watch",
+            url,
+            "--sid",
+            "s1",
+            "--start",
+            "demo",
+            "--input",
+            json.dumps({"steps": 1, "delay": 0}),
             stdin=PIPE,
         )
         out_b, err_b = await asyncio.wait_for(watch.communicate(b"1\n"), TIMEOUT)

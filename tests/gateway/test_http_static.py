@@ -12,15 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import TIMEOUT
 
 from gateway import Config, Gateway
 from gateway.server import STATIC, _client_dir
-
-# The timing unit of tests/conftest.py (same env var).  Not imported from there:
-# every conftest.py in this tree is the module "conftest", and which one
-# ``import conftest`` finds depends on what pytest loaded last.
-MS = float(os.environ.get("WIREPIPE_TEST_MS", "1")) / 1000
-TIMEOUT = 10_000 * MS
 
 ROOT = Path(__file__).resolve().parents[2]
 INDEX = STATIC / "index.html"
@@ -34,8 +29,7 @@ async def get(gw: Gateway, path: str) -> tuple[int, dict[str, str], bytes]:
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         try:
             writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
-                "Connection: close\r\n\r\n".encode("latin-1")
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nConnection: close\r\n\r\n".encode("latin-1")
             )
             await writer.drain()
             head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
@@ -154,13 +148,12 @@ async def test_path_traversal_is_404(gw: Gateway, path: str) -> None:
 def _escapes() -> list[str]:
     """Paths that, joined naively to their root, name real files outside it."""
     client = _client_dir()
-    out = [
+    return [
         "/" + os.path.relpath(ROOT / "pyproject.toml", STATIC),
         "/" + os.path.relpath(STATIC.parent / "server.py", STATIC),
         "/client/" + os.path.relpath(ROOT / "pyproject.toml", client),
         "/client/" + os.path.relpath(STATIC.parent / "server.py", client),
     ]
-    return out
 
 
 async def test_escapes_to_real_files_are_404(gw: Gateway) -> None:

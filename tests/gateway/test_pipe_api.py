@@ -7,26 +7,16 @@ from, or through a real client over a loopback socket.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from support import MS, TIMEOUT, final
 
 from gateway import Gateway, WebPipe
 from gateway.client import Client
 from protocol import Error, Event, RemoteError, Welcome, decode_event, decode_server
-
-# The timing unit of tests/conftest.py (same env var).  Not imported from there:
-# every conftest.py in this tree is the module "conftest", and which one
-# ``import conftest`` finds depends on what pytest loaded last.
-MS = float(os.environ.get("WIREPIPE_TEST_MS", "1")) / 1000
-TIMEOUT = 10_000 * MS
-
-
-def final(ev: Event) -> bool:
-    return ev.k == "status" and ev.d.get("state") in ("done", "failed", "cancelled")
 
 
 async def logged(gw: Gateway, pipe: WebPipe, after: int = 0) -> list[Event]:
@@ -132,9 +122,7 @@ async def test_set_message_role_content_object_becomes_message(gw: Gateway) -> N
         (SimpleNamespace(k="task", d={"id": "1"}), ValueError),
     ],
 )
-async def test_set_message_rejects_bad_input_and_appends_nothing(
-    gw: Gateway, msg: Any, exc: type[Exception]
-) -> None:
+async def test_set_message_rejects_bad_input_and_appends_nothing(gw: Gateway, msg: Any, exc: type[Exception]) -> None:
     pipe = gw.pipe("bad")
     pipe.set_message("before")
     head = pipe.head
@@ -234,9 +222,7 @@ async def test_send_is_idempotent_by_rid(gw: Gateway) -> None:
 async def test_ask_sync_from_a_thread_gets_a_clients_reply(gw: Gateway) -> None:
     pipe = gw.pipe("ask-sync")
     async with Client(gw.url, "ask-sync") as c:
-        answer = asyncio.create_task(
-            in_thread(pipe.ask_sync, "Ship it?", ["yes", "no"], default="no")
-        )
+        answer = asyncio.create_task(in_thread(pipe.ask_sync, "Ship it?", ["yes", "no"], default="no"))
         ask = await next_ask(c)
         assert ask.d["prompt"] == "Ship it?" and ask.d["choices"] == ["yes", "no"]
         assert ask.d["default"] == "no"

@@ -36,9 +36,7 @@ STORE_FACTORIES: dict[str, StoreFactory] = {"memory": memory_store}
 STORE_MARKS: dict[str, list[Any]] = {"redis": [pytest.mark.redis]}
 
 
-@pytest.fixture(
-    params=[pytest.param(name, marks=STORE_MARKS.get(name, []), id=name) for name in STORE_FACTORIES]
-)
+@pytest.fixture(params=[pytest.param(name, marks=STORE_MARKS.get(name, []), id=name) for name in STORE_FACTORIES])
 def make_store(request: pytest.FixtureRequest) -> StoreFactory:
     """``async with make_store(Retention(...)) as store``: a fresh store of this backend."""
     return STORE_FACTORIES[request.param]

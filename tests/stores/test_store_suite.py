@@ -8,20 +8,14 @@ by backend id), ``store`` (a fresh one with the default retention) and ``sid``
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
 import pytest
+from support import MS, TIMEOUT
 
 from gateway.stores import Appended, LogInfo, Retention, Store
 from protocol import decode_event, encode_event
-
-# The timing unit of tests/conftest.py (same env var).  Not imported from there:
-# every conftest.py in this tree is the module "conftest", and which one
-# ``import conftest`` finds depends on what pytest loaded last.
-MS = float(os.environ.get("WIREPIPE_TEST_MS", "1")) / 1000
-TIMEOUT = 10_000 * MS
 
 # --- helpers --------------------------------------------------------------------
 
@@ -119,9 +113,7 @@ async def test_logs_are_separate(store: Store, sid: str) -> None:
         (2, [3, 3]),  # a duplicate inside the batch
     ],
 )
-async def test_append_seqs_must_follow_head(
-    store: Store, sid: str, head: int, batch: list[int]
-) -> None:
+async def test_append_seqs_must_follow_head(store: Store, sid: str, head: int, batch: list[int]) -> None:
     await filled(store, sid, head)
     before = await store.read(sid, 0)
     with pytest.raises(ValueError):
@@ -207,9 +199,7 @@ async def test_retention_by_bytes(make_store: Any, sid: str) -> None:
         assert sum(map(len, raws)) <= 3 * size
 
 
-async def test_retention_keeps_the_newest_event_even_if_over_max_bytes(
-    make_store: Any, sid: str
-) -> None:
+async def test_retention_keeps_the_newest_event_even_if_over_max_bytes(make_store: Any, sid: str) -> None:
     async with make_store(Retention(max_bytes=10)) as store:
         await filled(store, sid, 1)
         assert await store.info(sid) == LogInfo("e1", 1, 1, False)

@@ -1,0 +1,76 @@
+"""Each example runs offline, as a user would run it, and ends well."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.metagpt
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_example(name: str, *args: str, root: Path) -> str:
+    """Run ``examples/<name>`` to its end (bounded); returns its stdout."""
+    env = dict(os.environ, METAGPT_PROJECT_ROOT=str(root))
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / name), *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env, cwd=root, start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the script and any kernel it started
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+    assert not orphan_kernels(root)
+    return out
+
+
+def orphan_kernels(root: Path) -> list[object]:
+    """Jupyter kernels started by an example (they inherit its METAGPT_PROJECT_ROOT) still alive."""
+    psutil = pytest.importorskip("psutil")
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "ipykernel" in " ".join(p.info["cmdline"] or []) and (
+                p.environ().get("METAGPT_PROJECT_ROOT") == str(root)
+            ):
+                found.append(p)
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(found, timeout=15)
+    for p in alive:
+        p.kill()
+    return alive
+
+
+def test_queue_relay(tmp_path: Path) -> None:
+    out = run_example("queue_relay.py", "--delay", "0", root=tmp_path)
+    assert "gap-free True" in out and "status done" in out
+
+
+def test_log_redirect(tmp_path: Path) -> None:
+    out = run_example("log_redirect.py", "--level", "DEBUG", root=tmp_path)
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("log_redirect: 1 text streams") and summary.endswith("status done")
+    assert "[DEBUG]" in out and "[text stream " in out
+
+
+def test_pipe_agent(tmp_path: Path) -> None:
+    out = run_example("pipe_agent.py", "--delay", "0", root=tmp_path)
+    assert "tasks {'1': 'done', '2': 'done', '3': 'done'}, status done" in out
+
+
+def test_human_confirm(tmp_path: Path) -> None:
+    change = "change task 2: also count the letters"
+    out = run_example("human_confirm.py", "--delay", "0", "--answer", change, root=tmp_path)
+    assert "proposed plan" in out and f"[stdout] reviewer: {change}" in out
+    assert out.strip().splitlines()[-1] == "human_confirm: 5 reviews, status done"
