@@ -86,6 +86,8 @@ _STREAM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "wirepipe_llm_stream", default=None
 )
 _run_ids = itertools.count(1)
+#: The name of ``run_in_thread``'s threads.
+RUN_THREAD_NAME: Final = "wirepipe-metagpt-run"
 
 #: loguru's level numbers, so a level can be checked without importing loguru.
 _LEVELS: Final = {
@@ -234,10 +236,20 @@ class Run:
             return f"{self.prefix}{kind}{next(self._ids)}"
 
     def check_cancelled(self) -> None:
-        """Raise ``CancelledError`` if a client cancelled the run."""
+        """Raise ``CancelledError`` if a client cancelled the run, or its task was cancelled.
+
+        The second matters because a cancel can be swallowed on its way:
+        nbclient turns one into ``DeadKernelError``, which MetaGPT handles.
+        """
         ev = getattr(self.pipe, "cancelled", None)
         if ev is not None and ev.is_set():
             raise asyncio.CancelledError("cancelled by a client")
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # not in a coroutine (a sync hook called from a thread)
+            return
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError("cancelled")
 
     # -- asking ----------------------------------------------------------------
 
@@ -498,10 +510,9 @@ async def run_in_thread(
                 pass
 
     ctx = contextvars.copy_context()
-    thread = threading.Thread(
-        target=ctx.run, args=(worker,), name=f"wirepipe-metagpt-{getattr(pipe, 'sid', '')}",
-        daemon=True,
-    )
+    # One name for every run thread: jupyter_core's run_sync (kernel start)
+    # keeps a helper thread per calling thread NAME, forever.
+    thread = threading.Thread(target=ctx.run, args=(worker,), name=RUN_THREAD_NAME, daemon=True)
     thread.start()
     waiter = asyncio.wrap_future(done)
     try:
@@ -747,6 +758,7 @@ def _install() -> None:
             run.emit("code", d)
             first = len(self.nb.cells)
             outputs, success = await orig(self, code, language)
+            run.check_cancelled()
             if language == "python":
                 cell = self.nb.cells[first] if len(self.nb.cells) > first else None
                 errors = _emit_outputs(run, cid, cell.get("outputs", []) if cell else [])
@@ -757,6 +769,25 @@ def _install() -> None:
         return run_code
 
     _patch(ExecuteNbCode, "run", make_execute)
+
+    def make_reset(orig: Any) -> Any:
+        # 0.8.2's reset() starts a kernel on the old NotebookClient and then
+        # replaces that client: the kernel is orphaned.  And it is what runs
+        # when a cancel reaches a cell (nbclient: DeadKernelError).
+        async def reset(self: Any) -> None:
+            run = _RUN.get()
+            if run is None:
+                return await orig(self)
+            from nbclient import NotebookClient
+
+            await self.terminate()
+            run.check_cancelled()
+            self.nb_client = NotebookClient(self.nb, timeout=self.timeout)  # started by build()
+            return None
+
+        return reset
+
+    _patch(ExecuteNbCode, "reset", make_reset)
 
     # 7. messages, once each, whichever way they travel.
     def make_publish(orig: Any) -> Any:

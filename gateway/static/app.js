@@ -46,6 +46,18 @@ window.wirepipe = debug;
 let client = null;
 let grant = null;
 
+// Storage can throw (disabled cookies, sandboxed frames): then it is just not remembered.
+function stored(area, key, value) {
+  try {
+    const store = area === 'session' ? sessionStorage : localStorage;
+    if (value === undefined) return store.getItem(key);
+    store.setItem(key, value);
+  } catch {
+    // ignore
+  }
+  return null;
+}
+
 // ---- URL -> what to do ------------------------------------------------------
 
 function newSid() {
@@ -75,8 +87,8 @@ function readUrl() {
     window: Number.parseInt(params.get('window') || '', 10),
   };
   const auth = params.get('auth');
-  if (auth) sessionStorage.setItem('wirepipe.auth', auth);
-  plan.auth = auth || sessionStorage.getItem('wirepipe.auth') || '';
+  if (auth) stored('session', 'wirepipe.auth', auth);
+  plan.auth = auth || stored('session', 'wirepipe.auth') || '';
   if (plan.app && !plan.sid) plan.sid = newSid();
   if (plan.sid || auth) {
     // Keep only what a reload needs: starting twice would be `sid_taken`,
@@ -199,12 +211,12 @@ ui.watchForm.addEventListener('submit', (event) => {
 
 // The level filter is CSS (.logs[data-min=N] hides .lvl-M for M < N), so
 // switching it never walks the log rows.
-const savedLevel = localStorage.getItem('wirepipe.logLevel');
+const savedLevel = stored('local', 'wirepipe.logLevel');
 if (savedLevel && ['0', '1', '2', '3'].includes(savedLevel)) ui.logLevel.value = savedLevel;
 ui.logs.dataset.min = ui.logLevel.value;
 ui.logLevel.addEventListener('change', () => {
   ui.logs.dataset.min = ui.logLevel.value;
-  localStorage.setItem('wirepipe.logLevel', ui.logLevel.value);
+  stored('local', 'wirepipe.logLevel', ui.logLevel.value);
 });
 
 // Keep following the bottom of the page while new output arrives, unless the
