@@ -1,6 +1,9 @@
-import asyncio, threading
+import asyncio
+import threading
+
 from gateway import Gateway, MemoryStore
 from gateway.client import Client
+
 
 async def main():
     async with Gateway(host="127.0.0.1", port=0, store=MemoryStore()) as gw:

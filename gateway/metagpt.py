@@ -421,7 +421,8 @@ class attach:
         self._token: contextvars.Token[Run | None] | None = None
 
     async def __aenter__(self) -> Run:
-        prepare()
+        if not _installed:  # the first import of MetaGPT takes seconds: not on this loop
+            await asyncio.to_thread(prepare)
         run = self.run
         here = asyncio.get_running_loop()
         if run.loop is None:
@@ -552,7 +553,13 @@ def install() -> None:
     with _install_lock:
         if _installed:
             return
-        _install()
+        try:
+            _install()
+        except BaseException:  # an unexpected MetaGPT: leave it as it was
+            for owner, name, original in reversed(_originals):
+                setattr(owner, name, original)
+            _originals.clear()
+            raise
         _installed = True
 
 
@@ -777,7 +784,8 @@ def _install() -> None:
         async def reset(self: Any) -> None:
             run = _RUN.get()
             if run is None:
-                return await orig(self)
+                await orig(self)
+                return None
             from nbclient import NotebookClient
 
             await self.terminate()
@@ -842,7 +850,10 @@ def _make_ask_review(ask_review: Any) -> Callable[[Any], Any]:
         ) -> tuple[str, bool]:
             current = _RUN.get()
             if current is None:
-                return await orig(self, context=context or [], plan=plan, trigger=trigger)
+                mine: tuple[str, bool] = await orig(
+                    self, context=context or [], plan=plan, trigger=trigger
+                )
+                return mine
             context = context or []
             if plan:
                 mlogger.info("Current overall plan:")

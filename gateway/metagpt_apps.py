@@ -165,7 +165,7 @@ def _team_roles() -> tuple[type, type]:
                 return str(msg.content)
         return ""
 
-    class WriteDraft(Action):  # type: ignore[misc, valid-type]
+    class WriteDraft(Action):  # type: ignore[misc]
         name: str = "WriteDraft"
 
         async def run(self, history: list[Any]) -> str:
@@ -180,7 +180,7 @@ def _team_roles() -> tuple[type, type]:
             )
             return str(await self._aask(prompt))
 
-    class Critique(Action):  # type: ignore[misc, valid-type]
+    class Critique(Action):  # type: ignore[misc]
         name: str = "Critique"
 
         async def run(self, history: list[Any]) -> str:
@@ -191,7 +191,7 @@ def _team_roles() -> tuple[type, type]:
             )
             return str(await self._aask(prompt))
 
-    class Writer(Role):  # type: ignore[misc, valid-type]
+    class Writer(Role):  # type: ignore[misc]
         name: str = "Ada"
         profile: str = "Writer"
 
@@ -200,7 +200,7 @@ def _team_roles() -> tuple[type, type]:
             self.set_actions([WriteDraft])
             self._watch([UserRequirement, Critique])
 
-    class Critic(Role):  # type: ignore[misc, valid-type]
+    class Critic(Role):  # type: ignore[misc]
         name: str = "Cy"
         profile: str = "Critic"
 

@@ -129,7 +129,7 @@ def _build_class() -> type:
     from metagpt.const import USE_CONFIG_TIMEOUT
     from metagpt.provider.base_llm import BaseLLM
 
-    class ScriptedLLM(BaseLLM):  # type: ignore[misc, valid-type]
+    class ScriptedLLM(BaseLLM):  # type: ignore[misc]
         """A MetaGPT provider that streams a script's answers token by token."""
 
         def __init__(self, config: Any, script: Script | None = None, delay: float = 0.0) -> None:
@@ -220,14 +220,14 @@ def register() -> None:
                 return lambda config: cls(config, script, delay)
             return real_get(enum)
 
-        LLM_REGISTRY.get_provider = get_provider  # type: ignore[method-assign]
+        LLM_REGISTRY.get_provider = get_provider
         _registered = True
 
 
 # --- the demo script ----------------------------------------------------------------
 
 #: The demo plan: a small, real analysis of the run's own idea text.
-_DEMO_TASKS: Final = (
+_DEMO_TASKS: Final[tuple[tuple[str, list[str], str, str], ...]] = (
     ("1", [], "Load the idea text and count its characters", "other"),
     ("2", ["1"], "Count the words of the idea and find the most common one", "eda"),
     ("3", ["2"], "Report the findings in one sentence", "other"),

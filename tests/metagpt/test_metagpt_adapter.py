@@ -13,7 +13,11 @@ from mg_helpers import drive, final, of, texts
 
 from gateway.client import Client
 
-pytestmark = pytest.mark.metagpt
+pytestmark = [
+    pytest.mark.metagpt,
+    # MetaGPT 0.8.2 on pydantic 2.14 and google-generativeai: their warnings, not ours.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,9 +46,9 @@ def test_core_and_adapter_import_without_metagpt() -> None:
 
 
 async def test_log_records_follow_the_level_of_their_run(gw: Any) -> None:
-    from gateway.metagpt import attach
-
     from metagpt.logs import logger
+
+    from gateway.metagpt import attach
 
     pipe = gw.pipe("logs-1")
     async with pipe, attach(pipe, log_level="WARNING"):
@@ -61,10 +65,10 @@ async def test_log_records_follow_the_level_of_their_run(gw: Any) -> None:
 
 
 async def test_llm_calls_stream_as_text_through_metagpts_own_path(gw: Any) -> None:
+    from metagpt.logs import log_llm_stream
+
     from gateway.metagpt import attach
     from gateway.offline_llm import OFFLINE_MODEL, use
-
-    from metagpt.logs import log_llm_stream
 
     pipe = gw.pipe("text-1")
     async with pipe, attach(pipe) as run:
@@ -86,11 +90,11 @@ async def test_llm_calls_stream_as_text_through_metagpts_own_path(gw: Any) -> No
 
 
 def test_config_selects_the_scripted_provider(metagpt_root: Any) -> None:
-    from gateway.offline_llm import offline_llm_config, scripted_llm_class
-
     from metagpt.configs.llm_config import LLMConfig
     from metagpt.provider.llm_provider_registry import create_llm_instance
     from metagpt.provider.metagpt_api import MetaGPTLLM
+
+    from gateway.offline_llm import offline_llm_config, scripted_llm_class
 
     llm = create_llm_instance(LLMConfig(**offline_llm_config()))
     assert isinstance(llm, scripted_llm_class())
@@ -99,11 +103,11 @@ def test_config_selects_the_scripted_provider(metagpt_root: Any) -> None:
 
 
 async def test_a_role_given_a_stream_pipe_reports_to_it(gw: Any) -> None:
-    from gateway.metagpt import current_run, install
-    from gateway.offline_llm import use
-
     from metagpt.actions import Action
     from metagpt.roles import Role
+
+    from gateway.metagpt import current_run, install
+    from gateway.offline_llm import use
 
     install()
 

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.metagpt
+pytestmark = [
+    pytest.mark.metagpt,
+    # MetaGPT 0.8.2 on pydantic 2.14 and google-generativeai: their warnings, not ours.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),
+]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -10,7 +10,11 @@ from mg_helpers import drive, final, kinds, of, texts
 
 from gateway.client import Client
 
-pytestmark = pytest.mark.metagpt
+pytestmark = [
+    pytest.mark.metagpt,
+    # MetaGPT 0.8.2 on pydantic 2.14 and google-generativeai: their warnings, not ours.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),
+]
 
 IDEA = "Count the words in this short idea"
 CHANGE = "change task 2: also count the letters"
@@ -71,10 +75,10 @@ async def test_data_interpreter_streams_every_kind_and_takes_answers(gw: Any) ->
 
 
 async def test_a_change_answer_reaches_the_planner(gw: Any) -> None:
+    from metagpt.roles.di.data_interpreter import DataInterpreter
+
     from gateway.metagpt import attach, new_executor
     from gateway.offline_llm import DemoScript, use
-
-    from metagpt.roles.di.data_interpreter import DataInterpreter
 
     pipe = gw.pipe("di-change")
     script = DemoScript()
@@ -107,10 +111,10 @@ async def test_a_change_answer_reaches_the_planner(gw: Any) -> None:
 
 
 async def test_two_runs_at_once_do_not_mix(gw: Any) -> None:
+    from metagpt.roles.di.data_interpreter import DataInterpreter
+
     from gateway.metagpt import attach, new_executor
     from gateway.offline_llm import use
-
-    from metagpt.roles.di.data_interpreter import DataInterpreter
 
     ideas = {"mix-a": "alpha alpha beta", "mix-b": "gamma delta delta delta epsilon"}
 
@@ -181,10 +185,10 @@ async def test_cancel_ends_the_run_cancelled(gw: Any, when: str) -> None:
 
 
 async def test_cancel_reaches_a_run_attached_by_hand(gw: Any) -> None:
+    from metagpt.roles.di.data_interpreter import DataInterpreter
+
     from gateway.metagpt import attach, new_executor
     from gateway.offline_llm import use
-
-    from metagpt.roles.di.data_interpreter import DataInterpreter
 
     pipe = gw.pipe("cancel-attach")
 
