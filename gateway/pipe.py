@@ -44,6 +44,11 @@ class WebPipe:
         return self._s.epoch
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The gateway's event loop, where asks are settled."""
+        return self._s.loop
+
+    @property
     def head(self) -> int:
         """The seq of the last event written."""
         return self._s.head

@@ -45,12 +45,14 @@ if ! fresh core "$h"; then
   stamp core "$h"
 fi
 
-if [ "$want_metagpt" = 1 ] && [ -f requirements/metagpt-runtime.txt ]; then
-  h=$(hash_of requirements/metagpt-runtime.txt)
+# `pip install metagpt` cannot resolve (it pins a package the index no longer
+# serves): install the verified freeze of MetaGPT's real runtime deps with
+# --no-deps.  requirements/metagpt-runtime.txt is the short list it was built from.
+if [ "$want_metagpt" = 1 ]; then
+  h=$(hash_of requirements/metagpt-lock.txt)
   if ! fresh metagpt "$h"; then
-    say "installing MetaGPT 0.8.2 (no deps) and its runtime list (a minute or two)"
-    "${PIP[@]}" install -r requirements/metagpt-runtime.txt
-    "${PIP[@]}" install --no-deps metagpt==0.8.2
+    say "installing MetaGPT 0.8.2 and its runtime deps (about a minute; pip's 'incompatible' warnings are expected)"
+    "${PIP[@]}" install --no-deps -r requirements/metagpt-lock.txt
     stamp metagpt "$h"
   fi
 fi
