@@ -60,7 +60,11 @@ class WebPipe:
 
     @property
     def cancelled(self) -> threading.Event:
-        """Set when a client sends ``cancel``; a long-running agent should check it."""
+        """Set when a client sends ``cancel``; a long-running agent should check it.
+
+        A ``threading.Event`` (``.is_set()``, ``.wait(timeout)`` from a
+        thread) that is also truthy once set: ``if pipe.cancelled: return``.
+        """
         return self._s.cancelled
 
     @property

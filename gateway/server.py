@@ -105,6 +105,8 @@ class Gateway:
         self.secret = secret.encode() if isinstance(secret, str) else secret
         self.apps: dict[str, App] = dict(apps or {})
         self.auth = auth
+        if config is not None and knobs:
+            raise TypeError(f"pass either config= or knobs ({', '.join(knobs)}), not both")
         self.config = config or Config(**knobs)
         self.metrics = Metrics()
         self._sessions: dict[str, Session] = {}

@@ -44,6 +44,13 @@ MAX_REMEMBERED_RIDS: Final = 10_000
 _KEPT_KINDS: Final = frozenset({Kind.PLAN, Kind.TASK, Kind.ASK, Kind.STATUS})
 
 
+class Flag(threading.Event):
+    """A ``threading.Event`` that is also truthy when set: ``if pipe.cancelled: ...``."""
+
+    def __bool__(self) -> bool:
+        return self.is_set()
+
+
 class Session:
     """The writer side of one run: seq, asks, inbox, replies, cancel."""
 
@@ -64,7 +71,7 @@ class Session:
         self.settled: set[str] = set()
         self.replies: OrderedDict[str, Replied] = OrderedDict()
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
-        self.cancelled = threading.Event()
+        self.cancelled = Flag()
         self.cancel_reason: str | None = None
         self.on_cancel: list[Callable[[str | None], None]] = []
         self.task: asyncio.Future[Any] | None = None  # the app run, when the gateway started it

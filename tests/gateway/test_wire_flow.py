@@ -210,3 +210,15 @@ async def test_a_sync_app_runs_in_a_thread(make_gw):
         evs = await c.until(final)
     assert evs[-1].d["state"] == "done"
     assert any(e.k == "text" and e.d["delta"] == "no" for e in evs)
+
+
+async def test_cancel_flag_is_an_event_and_truthy_once_set(gw):
+    pipe = gw.pipe("flag")
+    seen: list[object] = []
+    pipe.on_cancel(seen.append)
+    assert not pipe.cancelled and not pipe.cancelled.is_set()
+    async with Client(gw.url, "flag") as c:
+        assert (await c.cancel("stop please")).ok
+    assert pipe.cancelled and pipe.cancelled.is_set()
+    assert pipe.cancel_reason == "stop please" and seen == ["stop please"]
+    assert not pipe.closed  # a cancel asks; the agent decides when to close
