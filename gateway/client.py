@@ -293,3 +293,8 @@ class Client:
             raise RemoteError("closed", "not connected")
         await self._ws.send(encode(Ping(n)))
         await fut
+
+
+def connect(url: str, sid: str, **options: Any) -> Client:
+    """``async with connect(url, sid) as c``: the same as ``Client(url, sid, ...)``."""
+    return Client(url, sid, **options)

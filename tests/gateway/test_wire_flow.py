@@ -217,7 +217,9 @@ async def test_cancel_flag_is_an_event_and_truthy_once_set(gw):
     seen: list[object] = []
     pipe.on_cancel(seen.append)
     assert not pipe.cancelled and not pipe.cancelled.is_set()
-    async with Client(gw.url, "flag") as c:
+    from gateway.client import connect
+
+    async with connect(gw.url, "flag") as c:
         assert (await c.cancel("stop please")).ok
     assert pipe.cancelled and pipe.cancelled.is_set()
     assert pipe.cancel_reason == "stop please" and seen == ["stop please"]

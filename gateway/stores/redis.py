@@ -1,0 +1,639 @@
+"""RedisStore: session logs in Redis Streams, shared by every gateway node.
+
+Theory of operation
+-------------------
+Each log is two keys that share the hash tag ``{sid}`` (so a Redis Cluster
+keeps them in one slot and the scripts below may touch both):
+
+``<prefix>{sid}:log``
+    a stream, one entry per event, id ``<seq>-0``, one field ``r`` holding
+    the encoded event.  Reading after seq ``n`` is ``XRANGE <n+1>-0 +``; the
+    entries before ``first`` are trimmed, so that read starts at ``first``.
+``<prefix>{sid}:meta``
+    a hash: ``epoch``, ``first``, ``head``, ``bytes`` (of the retained
+    events), ``ended_at`` (once ended), and a snapshot checkpoint: ``snap``
+    (the packed ``Snapshot.as_map()``) and ``snap_seq``, the seq it reflects.
+
+Every write is one Lua script, so it is atomic and ordered with every other
+node's: ``append`` checks the epoch and that the first seq follows the head,
+plans the trim (oldest first, by count and bytes, keeping at least one
+event) before writing anything (scripts do not roll back), XADDs, XTRIMs and
+updates the hash; ``end`` sets ``ended_at`` and PEXPIREs both keys; ``create``
+replaces both keys.  Each script then PUBLISHes ``<kind>:<head>:<epoch>`` on
+``<prefix>{sid}:wake``.
+
+Snapshots.  The writer (the node whose Session appends) keeps the reducer
+(``protocol.Snapshot``) of each log it writes in memory and folds each batch
+into it.  It stores a checkpoint every ``snapshot_every`` events or 256 KiB,
+not every batch: an open text stream makes the snapshot grow with every
+token, and rewriting it per token would cost O(n^2) bytes.
+``snapshot(sid)`` reads the checkpoint and the events after it in one script
+and folds them, so any node returns ``(map, head)``.  The append script
+refuses (and the writer retries with a checkpoint) a trim that would drop an
+event the checkpoint does not reflect.  A writer without the reducer (a new
+process, or after an error) rebuilds it the same way.
+
+Waiting.  No waiter holds a connection.  One pub/sub connection per store
+subscribes to the wake channel of each sid that has local waiters (and for
+``LINGER`` seconds after the last one leaves, so a pump that waits again
+and again does not resubscribe each time).  A ``wait`` checks the log, makes
+sure the subscription is live (confirmed by a PING through the pub/sub
+connection, which Redis answers after the SUBSCRIBE), registers a future and
+checks again: an append that lands between the check and the subscription
+is seen by the second check, one after it by the message.  A message wakes
+only the waiters it concerns (a later head, another epoch, a first ``end``),
+so the writer's own direct wake and the echo of its message do not wake
+twice.  When the pub/sub connection drops, every waiter wakes (spuriously)
+and subscriptions count as unconfirmed until a fresh PING comes back.  A
+wait also returns False after ``poll_interval`` seconds: the safety net for
+what no message announces (a log that expired).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from protocol import Snapshot, decode_event, packb
+
+from .base import Appended, LogInfo, Retention, Store
+
+log = logging.getLogger("wirepipe.store.redis")
+
+#: A checkpoint is stored at least once per this many bytes of events.
+SNAPSHOT_BYTES: Final = 256 * 1024
+#: Seconds a sid stays subscribed after its last waiter left.
+LINGER: Final = 30.0
+
+# The append script's status codes (the first element of its reply).
+_OK, _MISSING, _OTHER_EPOCH, _BAD_SEQ, _NEED_SNAPSHOT = 0, -1, -2, -3, -4
+
+_CREATE: Final = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'first', 1, 'head', 0, 'bytes', 0,
+           'snap', ARGV[3], 'snap_seq', 0)
+redis.call('PUBLISH', ARGV[1], 'c:0:' .. ARGV[2])
+return 1
+"""
+
+# KEYS: log, meta.  ARGV: channel, epoch ('' = any), first seq, max_events,
+# max_bytes, snapshot ('' = none), raw events...
+_APPEND: Final = """
+local st = redis.call('HMGET', KEYS[2], 'epoch', 'head', 'first', 'bytes', 'snap_seq', 'ended_at')
+if not st[1] then return {-1} end
+if ARGV[2] ~= '' and st[1] ~= ARGV[2] then return {-2, st[1]} end
+local head = tonumber(st[2])
+if tonumber(ARGV[3]) ~= head + 1 then return {-3, head} end
+local first, nbytes, snap_seq = tonumber(st[3]), tonumber(st[4]), tonumber(st[5])
+local max_events, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
+local snap = ARGV[6]
+for i = 7, #ARGV do nbytes = nbytes + #ARGV[i] end
+local new_head = head + #ARGV - 6
+-- Plan the trim before writing: a script that fails half way does not roll back.
+local count = new_head - first + 1
+local cut = first
+local old, oi = nil, 1
+while count > 1 and (count > max_events or nbytes > max_bytes) do
+  local size
+  if cut <= head then
+    if old == nil or oi > #old then
+      old = redis.call('XRANGE', KEYS[1], string.format('%d-0', cut), string.format('%d-0', head),
+                       'COUNT', math.max(64, count - max_events))
+      oi = 1
+    end
+    size = #old[oi][2][2]
+    oi = oi + 1
+  else
+    size = #ARGV[6 + cut - head]
+  end
+  nbytes = nbytes - size
+  count = count - 1
+  cut = cut + 1
+end
+if snap == '' and cut > snap_seq + 1 then return {-4} end
+for s = math.max(cut, head + 1), new_head do
+  redis.call('XADD', KEYS[1], string.format('%d-0', s), 'r', ARGV[6 + s - head])
+end
+if cut > first then
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', cut))
+end
+if snap ~= '' then
+  redis.call('HSET', KEYS[2], 'head', new_head, 'first', cut, 'bytes', nbytes,
+             'snap', snap, 'snap_seq', new_head)
+else
+  redis.call('HSET', KEYS[2], 'head', new_head, 'first', cut, 'bytes', nbytes)
+end
+if st[6] then
+  -- appended after end: the stream (maybe new) expires with the hash
+  local ttl = redis.call('PTTL', KEYS[2])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
+redis.call('PUBLISH', ARGV[1], string.format('a:%d:', new_head) .. st[1])
+return {0, cut, new_head}
+"""
+
+# KEYS: log.  ARGV: start id, limit, max_bytes.
+_READ: Final = """
+local out, size = {}, 0
+local max_bytes = tonumber(ARGV[3])
+for i, e in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])) do
+  local raw = e[2][2]
+  size = size + #raw
+  if size > max_bytes and i > 1 then break end
+  out[i] = raw
+end
+return out
+"""
+
+# KEYS: log, meta.  Reply: nil, or {epoch, head, snap, snap_seq, {raws after snap_seq}}.
+_STATE: Final = """
+local st = redis.call('HMGET', KEYS[2], 'epoch', 'head', 'snap', 'snap_seq')
+if not st[1] then return nil end
+local tail = {}
+if tonumber(st[4]) < tonumber(st[2]) then
+  for i, e in ipairs(redis.call('XRANGE', KEYS[1], string.format('%d-0', tonumber(st[4]) + 1), '+')) do
+    tail[i] = e[2][2]
+  end
+end
+return {st[1], st[2], st[3], st[4], tail}
+"""
+
+# KEYS: log, meta.  ARGV: channel, ended_at, ttl in ms.
+_END: Final = """
+local st = redis.call('HMGET', KEYS[2], 'epoch', 'ended_at')
+if not st[1] or st[2] then return 0 end
+redis.call('HSET', KEYS[2], 'ended_at', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[1], 'e:0:' .. st[1])
+return 1
+"""
+
+
+@dataclass(slots=True)
+class _Writer:
+    """The writer's view of one log: where it stands and its reducer at ``head``."""
+
+    epoch: str
+    head: int
+    snap: Snapshot
+    ckpt: int  # snap_seq of the stored checkpoint
+    tail_bytes: int  # bytes of the events after the checkpoint
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    after: int
+    fut: asyncio.Future[bool]
+    epoch: str | None = None  # what the log was when the wait began (None: being checked)
+    ended: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Watch:
+    """One subscribed wake channel and the local waiters on it."""
+
+    sid: str
+    channel: bytes
+    ready: asyncio.Future[None]  # done once the subscription is live
+    waiters: set[_Waiter] = field(default_factory=set)
+    idle: asyncio.TimerHandle | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    epoch: str
+    head: int
+    ended: bool
+
+
+class RedisStore:
+    """Session logs in Redis Streams: any gateway node can serve any session.
+
+    ``url`` is a ``redis://`` URL, or an existing ``redis.asyncio.Redis``
+    client made with ``decode_responses=False`` (the caller closes it).
+    ``snapshot_every`` is how many events may follow the stored snapshot
+    checkpoint (1: store it with every append).  ``poll_interval`` bounds
+    how long one ``wait`` blocks before a (spurious) False.
+
+    Raises:
+        ValueError: ``prefix`` has a brace (it would break the ``{sid}``
+            hash tag), or the client decodes responses.
+    """
+
+    def __init__(
+        self,
+        url: str | Redis = "redis://127.0.0.1:6379/0",
+        *,
+        retention: Retention | None = None,
+        prefix: str = "wirepipe:",
+        snapshot_every: int = 256,
+        poll_interval: float = 30.0,
+        max_connections: int = 64,
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix {prefix!r} must not contain braces: keys use a {{sid}} hash tag")
+        if snapshot_every < 1:
+            raise ValueError("snapshot_every must be at least 1")
+        self.retention = retention or Retention()
+        self.prefix = prefix
+        self.snapshot_every = snapshot_every
+        self.poll_interval = poll_interval
+        self.linger = LINGER
+        if isinstance(url, Redis):
+            if url.get_encoder().decode_responses:
+                raise ValueError("RedisStore needs a client with decode_responses=False")
+            self._redis = url
+            self._owns_client = False
+        else:
+            # Blocking: past max_connections a command waits for a connection
+            # instead of failing.  One connection is the pub/sub one.
+            pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=None)
+            self._redis = Redis(connection_pool=pool)
+            self._owns_client = True
+        r = self._redis
+        self._create = r.register_script(_CREATE)
+        self._append = r.register_script(_APPEND)
+        self._read = r.register_script(_READ)
+        self._state = r.register_script(_STATE)
+        self._end = r.register_script(_END)
+        self._empty_snap = packb(Snapshot().as_map())
+        self._writers: dict[str, _Writer] = {}
+        # pub/sub: watches by sid and by channel, and the task that (un)subscribes
+        self._watches: dict[str, _Watch] = {}
+        self._by_channel: dict[bytes, _Watch] = {}
+        self._to_sub: set[bytes] = set()
+        self._to_unsub: set[bytes] = set()
+        self._pings: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._ping_ids = itertools.count(1)
+        self._kick = asyncio.Event()
+        self._pubsub: PubSub | None = None
+        self._subscriber: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- keys -----------------------------------------------------------------
+
+    def _keys(self, sid: str) -> list[str]:
+        tag = f"{self.prefix}{{{sid}}}"
+        return [f"{tag}:log", f"{tag}:meta"]
+
+    def _channel(self, sid: str) -> bytes:
+        return f"{self.prefix}{{{sid}}}:wake".encode()
+
+    # --- the Store protocol ---------------------------------------------------
+
+    async def create(self, sid: str, epoch: str) -> None:
+        await self._create(keys=self._keys(sid), args=[self._channel(sid), epoch, self._empty_snap])
+        self._writers[sid] = _Writer(epoch, 0, Snapshot(), 0, 0)
+        self._wake(sid, b"c", epoch, 0)
+
+    async def append(self, sid: str, events: Sequence[Appended]) -> None:
+        if not events:
+            if await self.info(sid) is None:
+                raise KeyError(sid)
+            return
+        w = self._writers.get(sid)
+        if w is None or w.head + 1 != events[0].seq:
+            w = await self._load(sid)  # KeyError if there is no log
+        for i, ev in enumerate(events):
+            if ev.seq != w.head + 1 + i:
+                raise ValueError(f"seq {ev.seq} does not follow seq {w.head + i}")
+        # The reducer runs ahead of the store from here: it is kept only if
+        # the store confirms the append.
+        del self._writers[sid]
+        for ev in events:
+            w.snap.apply(ev.k, ev.d)
+        size = sum(len(ev.raw) for ev in events)
+        head = w.head + len(events)
+        ckpt = head - w.ckpt >= self.snapshot_every or w.tail_bytes + size >= SNAPSHOT_BYTES
+        raws = [ev.raw for ev in events]
+        ret = await self._run_append(sid, w, events[0].seq, raws, ckpt)
+        if ret[0] == _NEED_SNAPSHOT:  # the trim reaches past the checkpoint
+            ckpt = True
+            ret = await self._run_append(sid, w, events[0].seq, raws, ckpt)
+        code = int(ret[0])
+        if code == _MISSING:
+            raise KeyError(sid)
+        if code == _OTHER_EPOCH:
+            raise ValueError(f"log {sid!r} was replaced (epoch {_str(ret[1])!r}, not {w.epoch!r})")
+        if code == _BAD_SEQ:
+            raise ValueError(f"seq {events[0].seq} does not follow seq {int(ret[1])}")
+        if code != _OK:  # pragma: no cover - the script returns nothing else
+            raise RuntimeError(f"append script returned {ret!r}")
+        w.head = head
+        if ckpt:
+            w.ckpt, w.tail_bytes = head, 0
+        else:
+            w.tail_bytes += size
+        self._writers[sid] = w
+        self._wake(sid, b"a", w.epoch, head)
+
+    async def _run_append(self, sid: str, w: _Writer, seq: int, raws: list[bytes], ckpt: bool) -> list[Any]:
+        r = self.retention
+        snap = packb(w.snap.as_map()) if ckpt else b""
+        args: list[Any] = [self._channel(sid), w.epoch, seq, r.max_events, r.max_bytes, snap, *raws]
+        ret: list[Any] = await self._append(keys=self._keys(sid), args=args)
+        return ret
+
+    async def read(
+        self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20
+    ) -> list[bytes]:
+        if limit <= 0:
+            return []
+        start = f"{max(after, 0) + 1}-0"
+        raws: list[bytes] = await self._read(keys=self._keys(sid)[:1], args=[start, limit, max_bytes])
+        return raws
+
+    async def info(self, sid: str) -> LogInfo | None:
+        epoch, first, head, ended_at = await self._redis.hmget(
+            self._keys(sid)[1], ["epoch", "first", "head", "ended_at"]
+        )
+        if epoch is None:
+            return None
+        return LogInfo(_str(epoch), int(first), int(head), ended_at is not None)
+
+    async def snapshot(self, sid: str) -> tuple[dict[str, Any], int]:
+        state = await self._state(keys=self._keys(sid))
+        if state is None:
+            return Snapshot().as_map(), 0
+        _, head, snap, snap_seq, tail = state
+        if not tail:
+            # A fresh map from the stored bytes: callers may keep or change it.
+            return dict(msgpack.unpackb(snap, raw=False, strict_map_key=False)), int(snap_seq)
+        return _fold(snap, tail).as_map(), int(head)
+
+    async def end(self, sid: str) -> None:
+        self._writers.pop(sid, None)
+        ttl_ms = max(0, int(self.retention.ttl_after_end * 1000))
+        await self._end(keys=self._keys(sid), args=[self._channel(sid), repr(time.time()), ttl_ms])
+
+    async def wait(self, sid: str, after: int, timeout: float | None = None) -> bool:
+        limit = self.poll_interval if timeout is None else min(timeout, self.poll_interval)
+        try:
+            async with asyncio.timeout(limit):
+                return await self._wait(sid, after)
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for t in (self._subscriber, self._listener):
+            if t is not None:
+                t.cancel()
+        await asyncio.gather(*(t for t in (self._subscriber, self._listener) if t is not None),
+                             return_exceptions=True)
+        self._wake_all()
+        for watch in self._watches.values():
+            if watch.idle is not None:
+                watch.idle.cancel()
+            if not watch.ready.done():
+                watch.ready.set_exception(RuntimeError("the store is closed"))
+                watch.ready.exception()  # retrieved: nobody may be waiting on it
+        self._watches.clear()
+        self._by_channel.clear()
+        self._writers.clear()
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+        if self._owns_client:
+            await self._redis.aclose()
+
+    # --- writer state -----------------------------------------------------------
+
+    async def _load(self, sid: str) -> _Writer:
+        """The writer's view rebuilt from the store (checkpoint + the events after it).
+
+        Raises:
+            KeyError: no log for ``sid``.
+        """
+        state = await self._state(keys=self._keys(sid))
+        if state is None:
+            raise KeyError(sid)
+        epoch, head, snap, snap_seq, tail = state
+        w = _Writer(_str(epoch), int(head), _fold(snap, tail), int(snap_seq), sum(map(len, tail)))
+        self._writers[sid] = w
+        return w
+
+    # --- waiting ------------------------------------------------------------------
+
+    async def _check(self, sid: str) -> _State | None:
+        epoch, head, ended_at = await self._redis.hmget(self._keys(sid)[1], ["epoch", "head", "ended_at"])
+        if epoch is None:
+            return None
+        return _State(_str(epoch), int(head), ended_at is not None)
+
+    async def _wait(self, sid: str, after: int) -> bool:
+        if self._closed:
+            return False
+        waiter = _Waiter(after, asyncio.get_running_loop().create_future())
+        watch = self._watches.get(sid)
+        if watch is None or not watch.ready.done():
+            # Not subscribed yet: look first (the common "data is there" and
+            # "no such log" answers need no subscription), and remember what
+            # the log was, so that a change before the subscription is live
+            # still ends the wait.
+            st = await self._check(sid)
+            if st is None:
+                return False
+            if st.head > after:
+                return True
+            waiter.epoch, waiter.ended = st.epoch, st.ended
+            watch = self._watch(sid)
+            await asyncio.shield(watch.ready)
+        self._attach(watch, waiter)
+        try:
+            st = await self._check(sid)
+            if st is None:
+                return False
+            if waiter.epoch is None:
+                waiter.epoch, waiter.ended = st.epoch, st.ended
+            elif (st.epoch, st.ended) != (waiter.epoch, waiter.ended):
+                return False
+            if st.head > after:
+                return True
+            return await waiter.fut
+        finally:
+            self._detach(watch, waiter)
+
+    def _watch(self, sid: str) -> _Watch:
+        watch = self._watches.get(sid)
+        if watch is None:
+            channel = self._channel(sid)
+            watch = _Watch(sid, channel, asyncio.get_running_loop().create_future())
+            self._watches[sid] = watch
+            self._by_channel[channel] = watch
+            self._to_unsub.discard(channel)
+            self._to_sub.add(channel)
+            self._kick.set()
+            if self._subscriber is None:
+                self._subscriber = asyncio.create_task(self._subscribe_loop(), name="wirepipe-redis-sub")
+        return watch
+
+    def _attach(self, watch: _Watch, waiter: _Waiter) -> None:
+        watch.waiters.add(waiter)
+        if watch.idle is not None:
+            watch.idle.cancel()
+            watch.idle = None
+
+    def _detach(self, watch: _Watch, waiter: _Waiter) -> None:
+        watch.waiters.discard(waiter)
+        if not watch.waiters and watch.idle is None and not self._closed:
+            watch.idle = asyncio.get_running_loop().call_later(self.linger, self._unwatch, watch)
+
+    def _unwatch(self, watch: _Watch) -> None:
+        watch.idle = None
+        if watch.waiters or self._watches.get(watch.sid) is not watch:
+            return
+        del self._watches[watch.sid]
+        del self._by_channel[watch.channel]
+        self._to_sub.discard(watch.channel)
+        self._to_unsub.add(watch.channel)
+        self._kick.set()
+
+    def _wake(self, sid: str, kind: bytes, epoch: str, head: int) -> None:
+        """Settle the local waiters that a change of ``sid``'s log concerns."""
+        watch = self._watches.get(sid)
+        if watch is None:
+            return
+        for w in watch.waiters:
+            if w.fut.done():
+                continue
+            if w.epoch is None or epoch != w.epoch:  # being checked, or replaced
+                w.fut.set_result(False)
+            elif kind == b"a":
+                if head > w.after:
+                    w.fut.set_result(True)
+            elif kind == b"e" and not w.ended:
+                w.fut.set_result(False)
+
+    def _wake_all(self) -> None:
+        for watch in self._watches.values():
+            for w in watch.waiters:
+                if not w.fut.done():
+                    w.fut.set_result(False)
+
+    # --- the pub/sub connection -------------------------------------------------------
+
+    async def _subscribe_loop(self) -> None:
+        """The one task that writes to the pub/sub connection: (un)subscribe, then PING."""
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            subs, self._to_sub = self._to_sub, set()
+            unsubs, self._to_unsub = self._to_unsub, set()
+            try:
+                if self._pubsub is None:
+                    self._pubsub = self._redis.pubsub()
+                if unsubs:
+                    await self._pubsub.unsubscribe(*unsubs)
+                if subs:
+                    await self._pubsub.subscribe(*subs)
+                    if self._listener is None:
+                        assert self._pubsub.connection is not None
+                        self._pubsub.connection.register_connect_callback(self._on_reconnect)
+                        self._listener = asyncio.create_task(self._listen(), name="wirepipe-redis-listen")
+                    futs = [w.ready for ch in subs if (w := self._by_channel.get(ch)) is not None]
+                    await self._ping(futs, None)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("redis pub/sub: cannot subscribe: %s", exc)
+                for ch in subs:
+                    watch = self._by_channel.pop(ch, None)
+                    if watch is not None:
+                        del self._watches[watch.sid]
+                        if not watch.ready.done():
+                            watch.ready.set_exception(exc)
+                            watch.ready.exception()  # retrieved: waiters re-raise it
+                        for w in watch.waiters:
+                            if not w.fut.done():
+                                w.fut.set_result(False)
+                await asyncio.sleep(0.1)
+
+    async def _ping(self, futs: list[asyncio.Future[None]], conn: AbstractConnection | None) -> None:
+        """PING through the pub/sub connection: its pong settles ``futs``.
+
+        Redis answers in order, so the pong means every SUBSCRIBE sent before
+        it is in effect.
+        """
+        token = f"wirepipe-{next(self._ping_ids)}".encode()
+        self._pings[token] = futs
+        assert self._pubsub is not None
+        if conn is None:
+            await self._pubsub.ping(token)
+        else:
+            await conn.send_command("PING", token, check_health=False)
+
+    async def _on_reconnect(self, conn: AbstractConnection) -> None:
+        # redis-py has re-sent SUBSCRIBE for every channel (its own callback
+        # runs first).  Messages sent while we were away are lost: wake every
+        # waiter, and hold new ones until the subscriptions are live again.
+        log.info("redis pub/sub: reconnected; waking every waiter")
+        futs: list[asyncio.Future[None]] = []
+        loop = asyncio.get_running_loop()
+        for watch in self._watches.values():
+            if watch.ready.done():
+                watch.ready = loop.create_future()
+            futs.append(watch.ready)
+        self._wake_all()
+        await self._ping(futs, conn)
+
+    async def _listen(self) -> None:
+        pause = 0.05
+        assert self._pubsub is not None
+        while True:
+            try:
+                msg = await self._pubsub.get_message(timeout=None)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("redis pub/sub: %s; retrying in %.2fs", exc, pause)
+                self._wake_all()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            pause = 0.05
+            if msg is None:
+                continue
+            kind = msg["type"]
+            if kind == "message":
+                watch = self._by_channel.get(msg["channel"])
+                if watch is not None:
+                    what, _, rest = bytes(msg["data"]).partition(b":")
+                    head, _, epoch = rest.partition(b":")
+                    self._wake(watch.sid, what, _str(epoch), int(head))
+            elif kind == "pong":
+                for fut in self._pings.pop(bytes(msg["data"]), ()):
+                    if not fut.done():
+                        fut.set_result(None)
+
+
+def _str(b: bytes | str) -> str:
+    return b.decode() if isinstance(b, bytes) else b
+
+
+def _fold(snap: bytes, tail: Sequence[bytes]) -> Snapshot:
+    """A reducer from a stored checkpoint and the events after it."""
+    m = msgpack.unpackb(snap, raw=False, strict_map_key=False)
+    s = Snapshot()
+    s.status = m.get("status")
+    s.plan = m.get("plan")
+    s.asks = {a["id"]: a for a in m.get("asks") or ()}
+    s.texts = {t["id"]: [t["text"]] for t in m.get("texts") or ()}
+    for raw in tail:
+        ev = decode_event(raw)
+        s.apply(ev.k, ev.d)
+    return s
+
+
+_: type[Store] = RedisStore
