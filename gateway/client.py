@@ -20,7 +20,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from protocol import (
@@ -173,7 +174,7 @@ class Client:
         self._finish(None)
 
     async def _session(self) -> None:
-        async with connect(
+        async with ws_connect(
             self.url,
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             max_size=None,

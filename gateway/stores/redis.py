@@ -253,7 +253,7 @@ class RedisStore:
         self.poll_interval = poll_interval
         self.linger = LINGER
         if isinstance(url, Redis):
-            if url.get_encoder().decode_responses:
+            if url.connection_pool.connection_kwargs.get("decode_responses"):
                 raise ValueError("RedisStore needs a client with decode_responses=False")
             self._redis = url
             self._owns_client = False
@@ -363,7 +363,7 @@ class RedisStore:
         )
         if epoch is None:
             return None
-        return LogInfo(_str(epoch), int(first), int(head), ended_at is not None)
+        return LogInfo(_str(epoch), _int(first), _int(head), ended_at is not None)
 
     async def snapshot(self, sid: str) -> tuple[dict[str, Any], int]:
         state = await self._state(keys=self._keys(sid))
@@ -408,7 +408,7 @@ class RedisStore:
         self._by_channel.clear()
         self._writers.clear()
         if self._pubsub is not None:
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
         if self._owns_client:
             await self._redis.aclose()
 
@@ -434,7 +434,7 @@ class RedisStore:
         epoch, head, ended_at = await self._redis.hmget(self._keys(sid)[1], ["epoch", "head", "ended_at"])
         if epoch is None:
             return None
-        return _State(_str(epoch), int(head), ended_at is not None)
+        return _State(_str(epoch), _int(head), ended_at is not None)
 
     async def _wait(self, sid: str, after: int) -> bool:
         if self._closed:
@@ -546,7 +546,7 @@ class RedisStore:
                         assert self._pubsub.connection is not None
                         self._pubsub.connection.register_connect_callback(self._on_reconnect)
                         self._listener = asyncio.create_task(self._listen(), name="wirepipe-redis-listen")
-                    futs = [w.ready for ch in subs if (w := self._by_channel.get(ch)) is not None]
+                    futs = [wt.ready for ch in subs if (wt := self._by_channel.get(ch)) is not None]
                     await self._ping(futs, None)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("redis pub/sub: cannot subscribe: %s", exc)
@@ -620,6 +620,12 @@ class RedisStore:
 
 def _str(b: bytes | str) -> str:
     return b.decode() if isinstance(b, bytes) else b
+
+
+def _int(b: bytes | str | None) -> int:
+    if b is None:
+        raise ValueError("a log's meta hash lacks a field")  # pragma: no cover - written together
+    return int(b)
 
 
 def _fold(snap: bytes, tail: Sequence[bytes]) -> Snapshot:
