@@ -16,7 +16,7 @@ from typing import Any
 from protocol import Grant, RemoteError
 
 from .server import App, Config, Gateway
-from .stores import MemoryStore, Retention
+from .stores import MemoryStore, Retention, Store
 
 
 def _load_app(spec: str) -> tuple[str, App]:
@@ -62,6 +62,11 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--retain-bytes", type=int, default=Retention().max_bytes, help="bytes kept per session")
     p.add_argument("--retain-seconds", type=float, default=Retention().ttl_after_end,
                    help="seconds a session is kept after its run ended")
+    p.add_argument("--redis", metavar="URL", default=os.environ.get("WIREPIPE_REDIS"),
+                   help="keep session logs in Redis Streams at URL (env WIREPIPE_REDIS), e.g. "
+                        "redis://127.0.0.1:6379/0.  Gateways sharing it (and --secret) all serve "
+                        "every session's events and resume each other's tokens; replies, sends and "
+                        "cancels are taken by the gateway running the agent.  Default: in memory")
     p.add_argument("--app", action="append", default=[], type=_load_app, metavar="NAME=module:callable",
                    help="register an app that hello.start can run; repeatable")
     p.add_argument("--no-ui", action="store_true", help="do not serve the web UI")
@@ -77,7 +82,14 @@ def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None)
     tokens = {t: Grant.OPERATOR for t in args.operator_token}
     tokens.update({t: Grant.VIEWER for t in args.viewer_token})
     auth = (lambda cred, sid: tokens.get(cred or "")) if tokens else None
-    store = MemoryStore(Retention(args.retain_events, args.retain_bytes, args.retain_seconds))
+    retention = Retention(args.retain_events, args.retain_bytes, args.retain_seconds)
+    store: Store
+    if args.redis:
+        from .stores.redis import RedisStore  # needs the redis package (pip install wirepipe[redis])
+
+        store = RedisStore(args.redis, retention=retention)
+    else:
+        store = MemoryStore(retention)
     apps = dict(extra_apps or {})
     apps.update(dict(args.app))
     return Gateway(

@@ -33,6 +33,15 @@ refuses (and the writer retries with a checkpoint) a trim that would drop an
 event the checkpoint does not reflect.  A writer without the reducer (a new
 process, or after an error) rebuilds it the same way.
 
+One epoch per reader.  ``read`` and ``wait`` are not told the reader's
+epoch, and a log can be replaced (a new run of the sid, on any node) between
+a reader's ``info`` and its ``read``: the reader would splice two epochs,
+which PROTOCOL.md section 2 forbids.  So the store remembers, per asyncio
+task (a ContextVar), the epoch that ``info`` or ``create`` last reported to
+that task for a log; ``read`` returns [] and ``wait`` returns False when the
+log is no longer of that epoch, and the caller's next ``info`` shows why.  A
+connection's pump calls ``info``, ``read`` and ``wait`` in one task.
+
 Waiting.  No waiter holds a connection.  One pub/sub connection per store
 subscribes to the wake channel of each sid that has local waiters (and for
 ``LINGER`` seconds after the last one leaves, so a pump that waits again
@@ -43,10 +52,12 @@ checks again: an append that lands between the check and the subscription
 is seen by the second check, one after it by the message.  A message wakes
 only the waiters it concerns (a later head, another epoch, a first ``end``),
 so the writer's own direct wake and the echo of its message do not wake
-twice.  When the pub/sub connection drops, every waiter wakes (spuriously)
-and subscriptions count as unconfirmed until a fresh PING comes back.  A
-wait also returns False after ``poll_interval`` seconds: the safety net for
-what no message announces (a log that expired).
+twice.  When the pub/sub connection comes back after a drop, every waiter
+wakes (spuriously) and subscriptions count as unconfirmed until a fresh PING
+comes back; an idle pub/sub connection is pinged every ``poll_interval / 2``
+and dropped if the previous PING went unanswered (a silently dead socket).
+A wait also returns False after ``poll_interval`` seconds: the safety net
+for what no message announces (a log that expired).
 """
 
 from __future__ import annotations
@@ -54,10 +65,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgpack
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -72,10 +85,18 @@ from .base import Appended, LogInfo, Retention, Store
 
 log = logging.getLogger("wirepipe.store.redis")
 
+T = TypeVar("T")
+
 #: A checkpoint is stored at least once per this many bytes of events.
 SNAPSHOT_BYTES: Final = 256 * 1024
 #: Seconds a sid stays subscribed after its last waiter left.
 LINGER: Final = 30.0
+
+_LENGTH: Final = struct.Struct(">I")
+
+#: (meta key, epoch): what ``info`` or ``create`` last told the current task
+#: about a log.  See "One epoch per reader" above.
+_SEEN: ContextVar[tuple[str, str] | None] = ContextVar("wirepipe_redis_seen", default=None)
 
 # The append script's status codes (the first element of its reply).
 _OK, _MISSING, _OTHER_EPOCH, _BAD_SEQ, _NEED_SNAPSHOT = 0, -1, -2, -3, -4
@@ -144,17 +165,21 @@ redis.call('PUBLISH', ARGV[1], string.format('a:%d:', new_head) .. st[1])
 return {0, cut, new_head}
 """
 
-# KEYS: log.  ARGV: start id, limit, max_bytes.
+# KEYS: log, meta.  ARGV: start id, limit, max_bytes, epoch ('' = any).
+# Reply: one string of length-prefixed events (one reply to parse, not one
+# per event: ~2.5x faster with redis-py's own parser); empty if the log is
+# not of that epoch.
 _READ: Final = """
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[4] then return '' end
 local out, size = {}, 0
 local max_bytes = tonumber(ARGV[3])
 for i, e in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])) do
   local raw = e[2][2]
   size = size + #raw
   if size > max_bytes and i > 1 then break end
-  out[i] = raw
+  out[i] = struct.pack('>I4', #raw) .. raw
 end
-return out
+return table.concat(out)
 """
 
 # KEYS: log, meta.  Reply: nil, or {epoch, head, snap, snap_seq, {raws after snap_seq}}.
@@ -199,6 +224,18 @@ class _Waiter:
     fut: asyncio.Future[bool]
     epoch: str | None = None  # what the log was when the wait began (None: being checked)
     ended: bool = False
+    # changes announced while the log was being checked, judged once it is known
+    early: list[tuple[bytes, str, int]] = field(default_factory=list)
+
+    def judge(self, kind: bytes, epoch: str, head: int) -> bool | None:
+        """What a change means for this wait: True, False, or None (nothing)."""
+        if epoch != self.epoch:  # replaced
+            return False
+        if kind == b"a":
+            return True if head > self.after else None
+        if kind == b"e" and not self.ended:
+            return False
+        return None
 
 
 @dataclass(slots=True, eq=False)
@@ -226,11 +263,13 @@ class RedisStore:
     client made with ``decode_responses=False`` (the caller closes it).
     ``snapshot_every`` is how many events may follow the stored snapshot
     checkpoint (1: store it with every append).  ``poll_interval`` bounds
-    how long one ``wait`` blocks before a (spurious) False.
+    how long one ``wait`` blocks before a (spurious) False, and half of it
+    is how often an idle pub/sub connection is pinged.  ``max_connections``
+    bounds the pool made from a URL (one of them is the pub/sub connection).
 
     Raises:
         ValueError: ``prefix`` has a brace (it would break the ``{sid}``
-            hash tag), or the client decodes responses.
+            hash tag), the client decodes responses, or a knob is out of range.
     """
 
     def __init__(
@@ -247,6 +286,8 @@ class RedisStore:
             raise ValueError(f"prefix {prefix!r} must not contain braces: keys use a {{sid}} hash tag")
         if snapshot_every < 1:
             raise ValueError("snapshot_every must be at least 1")
+        if not poll_interval > 0:
+            raise ValueError("poll_interval must be positive")
         self.retention = retention or Retention()
         self.prefix = prefix
         self.snapshot_every = snapshot_every
@@ -261,7 +302,7 @@ class RedisStore:
             # Blocking: past max_connections a command waits for a connection
             # instead of failing.  One connection is the pub/sub one.
             pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=None)
-            self._redis = Redis(connection_pool=pool)
+            self._redis = Redis.from_pool(pool)  # owns the pool: aclose() disconnects it
             self._owns_client = True
         r = self._redis
         self._create = r.register_script(_CREATE)
@@ -282,7 +323,31 @@ class RedisStore:
         self._pubsub: PubSub | None = None
         self._subscriber: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._health_token: bytes | None = None
+        #: How many times the pub/sub connection came back (each woke every waiter).
+        self.reconnects = 0
+        self._inflight: set[asyncio.Future[Any]] = set()
         self._closed = False
+
+    async def _io(self, call: Awaitable[T]) -> T:
+        """Await one redis-py call so that cancelling the caller always works.
+
+        On Python 3.11 redis-py writes through ``asyncio.wait_for``, which
+        swallows a cancellation that arrives as the write completes
+        (CPython gh-86296): a cancelled pump would run on, unseen.  So the
+        call runs in a task of its own, awaited through ``shield``: the caller
+        stops at once, and the call finishes in the background and hands its
+        connection back to the pool in a clean state.
+        """
+        task = asyncio.ensure_future(call)
+        self._inflight.add(task)
+        task.add_done_callback(self._settled)
+        return await asyncio.shield(task)
+
+    def _settled(self, task: asyncio.Future[Any]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that was cancelled never will
 
     # --- keys -----------------------------------------------------------------
 
@@ -293,11 +358,20 @@ class RedisStore:
     def _channel(self, sid: str) -> bytes:
         return f"{self.prefix}{{{sid}}}:wake".encode()
 
+    def _see(self, sid: str, epoch: str | None) -> None:
+        """Remember, in the calling task, the epoch it was last told ``sid``'s log has."""
+        _SEEN.set(None if epoch is None else (self._keys(sid)[1], epoch))
+
+    def _seen(self, sid: str) -> str | None:
+        seen = _SEEN.get()
+        return seen[1] if seen is not None and seen[0] == self._keys(sid)[1] else None
+
     # --- the Store protocol ---------------------------------------------------
 
     async def create(self, sid: str, epoch: str) -> None:
-        await self._create(keys=self._keys(sid), args=[self._channel(sid), epoch, self._empty_snap])
+        await self._io(self._create(keys=self._keys(sid), args=[self._channel(sid), epoch, self._empty_snap]))
         self._writers[sid] = _Writer(epoch, 0, Snapshot(), 0, 0)
+        self._see(sid, epoch)
         self._wake(sid, b"c", epoch, 0)
 
     async def append(self, sid: str, events: Sequence[Appended]) -> None:
@@ -345,7 +419,7 @@ class RedisStore:
         r = self.retention
         snap = packb(w.snap.as_map()) if ckpt else b""
         args: list[Any] = [self._channel(sid), w.epoch, seq, r.max_events, r.max_bytes, snap, *raws]
-        ret: list[Any] = await self._append(keys=self._keys(sid), args=args)
+        ret: list[Any] = await self._io(self._append(keys=self._keys(sid), args=args))
         return ret
 
     async def read(
@@ -354,19 +428,22 @@ class RedisStore:
         if limit <= 0:
             return []
         start = f"{max(after, 0) + 1}-0"
-        raws: list[bytes] = await self._read(keys=self._keys(sid)[:1], args=[start, limit, max_bytes])
-        return raws
+        epoch = self._seen(sid) or ""
+        blob: bytes = await self._io(self._read(keys=self._keys(sid), args=[start, limit, max_bytes, epoch]))
+        return _split(blob)
 
     async def info(self, sid: str) -> LogInfo | None:
-        epoch, first, head, ended_at = await self._redis.hmget(
-            self._keys(sid)[1], ["epoch", "first", "head", "ended_at"]
+        epoch, first, head, ended_at = await self._io(
+            self._redis.hmget(self._keys(sid)[1], ["epoch", "first", "head", "ended_at"])
         )
         if epoch is None:
+            self._see(sid, None)
             return None
+        self._see(sid, _str(epoch))
         return LogInfo(_str(epoch), _int(first), _int(head), ended_at is not None)
 
     async def snapshot(self, sid: str) -> tuple[dict[str, Any], int]:
-        state = await self._state(keys=self._keys(sid))
+        state = await self._io(self._state(keys=self._keys(sid)))
         if state is None:
             return Snapshot().as_map(), 0
         _, head, snap, snap_seq, tail = state
@@ -378,9 +455,12 @@ class RedisStore:
     async def end(self, sid: str) -> None:
         self._writers.pop(sid, None)
         ttl_ms = max(0, int(self.retention.ttl_after_end * 1000))
-        await self._end(keys=self._keys(sid), args=[self._channel(sid), repr(time.time()), ttl_ms])
+        await self._io(self._end(keys=self._keys(sid), args=[self._channel(sid), repr(time.time()), ttl_ms]))
 
     async def wait(self, sid: str, after: int, timeout: float | None = None) -> bool:
+        if timeout is not None and timeout <= 0:  # a poll
+            st = await self._check(sid)
+            return st is not None and st.head > after
         limit = self.poll_interval if timeout is None else min(timeout, self.poll_interval)
         try:
             async with asyncio.timeout(limit):
@@ -392,18 +472,19 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
-        for t in (self._subscriber, self._listener):
-            if t is not None:
-                t.cancel()
-        await asyncio.gather(*(t for t in (self._subscriber, self._listener) if t is not None),
-                             return_exceptions=True)
+        self._kick.set()  # a loop whose cancel redis-py swallowed still sees _closed
+        tasks = [t for t in (self._subscriber, self._listener) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=1.0)
         self._wake_all()
         for watch in self._watches.values():
             if watch.idle is not None:
                 watch.idle.cancel()
             if not watch.ready.done():
-                watch.ready.set_exception(RuntimeError("the store is closed"))
-                watch.ready.exception()  # retrieved: nobody may be waiting on it
+                watch.ready.set_result(None)  # its waiters see _closed and return False
         self._watches.clear()
         self._by_channel.clear()
         self._writers.clear()
@@ -420,7 +501,7 @@ class RedisStore:
         Raises:
             KeyError: no log for ``sid``.
         """
-        state = await self._state(keys=self._keys(sid))
+        state = await self._io(self._state(keys=self._keys(sid)))
         if state is None:
             raise KeyError(sid)
         epoch, head, snap, snap_seq, tail = state
@@ -431,7 +512,7 @@ class RedisStore:
     # --- waiting ------------------------------------------------------------------
 
     async def _check(self, sid: str) -> _State | None:
-        epoch, head, ended_at = await self._redis.hmget(self._keys(sid)[1], ["epoch", "head", "ended_at"])
+        epoch, head, ended_at = await self._io(self._redis.hmget(self._keys(sid)[1], ["epoch", "head", "ended_at"]))
         if epoch is None:
             return None
         return _State(_str(epoch), _int(head), ended_at is not None)
@@ -439,6 +520,7 @@ class RedisStore:
     async def _wait(self, sid: str, after: int) -> bool:
         if self._closed:
             return False
+        seen = self._seen(sid)
         waiter = _Waiter(after, asyncio.get_running_loop().create_future())
         watch = self._watches.get(sid)
         if watch is None or not watch.ready.done():
@@ -447,17 +529,20 @@ class RedisStore:
             # the log was, so that a change before the subscription is live
             # still ends the wait.
             st = await self._check(sid)
-            if st is None:
+            if st is None or (seen is not None and st.epoch != seen):  # gone, or replaced
                 return False
             if st.head > after:
                 return True
             waiter.epoch, waiter.ended = st.epoch, st.ended
             watch = self._watch(sid)
-            await asyncio.shield(watch.ready)
-        self._attach(watch, waiter)
+        self._attach(watch, waiter)  # before anything else: an idle watch must not be dropped now
         try:
+            if not watch.ready.done():
+                await asyncio.shield(watch.ready)
+                if self._closed:
+                    return False
             st = await self._check(sid)
-            if st is None:
+            if st is None or (seen is not None and st.epoch != seen):
                 return False
             if waiter.epoch is None:
                 waiter.epoch, waiter.ended = st.epoch, st.ended
@@ -465,6 +550,12 @@ class RedisStore:
                 return False
             if st.head > after:
                 return True
+            # A change announced during the check may or may not be in what
+            # it saw; judged against it, the worst case is a spurious False.
+            for change in waiter.early:
+                verdict = waiter.judge(*change)
+                if verdict is not None:
+                    return verdict
             return await waiter.fut
         finally:
             self._detach(watch, waiter)
@@ -512,13 +603,12 @@ class RedisStore:
         for w in watch.waiters:
             if w.fut.done():
                 continue
-            if w.epoch is None or epoch != w.epoch:  # being checked, or replaced
-                w.fut.set_result(False)
-            elif kind == b"a":
-                if head > w.after:
-                    w.fut.set_result(True)
-            elif kind == b"e" and not w.ended:
-                w.fut.set_result(False)
+            if w.epoch is None:  # being checked
+                w.early.append((kind, epoch, head))
+                continue
+            verdict = w.judge(kind, epoch, head)
+            if verdict is not None:
+                w.fut.set_result(verdict)
 
     def _wake_all(self) -> None:
         for watch in self._watches.values():
@@ -530,9 +620,16 @@ class RedisStore:
 
     async def _subscribe_loop(self) -> None:
         """The one task that writes to the pub/sub connection: (un)subscribe, then PING."""
-        while True:
-            await self._kick.wait()
+        while not self._closed:
+            try:
+                async with asyncio.timeout(self.poll_interval / 2):
+                    await self._kick.wait()
+            except TimeoutError:
+                await self._health_check()
+                continue
             self._kick.clear()
+            if self._closed:
+                return
             subs, self._to_sub = self._to_sub, set()
             unsubs, self._to_unsub = self._to_unsub, set()
             try:
@@ -553,7 +650,7 @@ class RedisStore:
                 for ch in subs:
                     watch = self._by_channel.pop(ch, None)
                     if watch is not None:
-                        del self._watches[watch.sid]
+                        self._watches.pop(watch.sid, None)
                         if not watch.ready.done():
                             watch.ready.set_exception(exc)
                             watch.ready.exception()  # retrieved: waiters re-raise it
@@ -562,7 +659,28 @@ class RedisStore:
                                 w.fut.set_result(False)
                 await asyncio.sleep(0.1)
 
-    async def _ping(self, futs: list[asyncio.Future[None]], conn: AbstractConnection | None) -> None:
+    async def _health_check(self) -> None:
+        """PING the idle pub/sub connection; if the last PING is still unanswered, drop it.
+
+        A connection that died without a reset (a partition, a NAT timeout)
+        would otherwise swallow every message until ``poll_interval`` saves
+        each wait.  Dropping it makes the listener reconnect and resubscribe.
+        """
+        ps = self._pubsub
+        if ps is None or self._listener is None or ps.connection is None:
+            return
+        try:
+            if self._health_token is not None and self._health_token in self._pings:
+                log.warning("redis pub/sub: no pong in %.1fs; reconnecting", self.poll_interval / 2)
+                self._pings.pop(self._health_token, None)
+                self._health_token = None
+                await ps.connection.disconnect(nowait=True)
+                return
+            self._health_token = await self._ping([], None)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("redis pub/sub: health check failed: %s", exc)
+
+    async def _ping(self, futs: list[asyncio.Future[None]], conn: AbstractConnection | None) -> bytes:
         """PING through the pub/sub connection: its pong settles ``futs``.
 
         Redis answers in order, so the pong means every SUBSCRIBE sent before
@@ -575,12 +693,15 @@ class RedisStore:
             await self._pubsub.ping(token)
         else:
             await conn.send_command("PING", token, check_health=False)
+        return token
 
     async def _on_reconnect(self, conn: AbstractConnection) -> None:
         # redis-py has re-sent SUBSCRIBE for every channel (its own callback
         # runs first).  Messages sent while we were away are lost: wake every
         # waiter, and hold new ones until the subscriptions are live again.
         log.info("redis pub/sub: reconnected; waking every waiter")
+        self.reconnects += 1
+        self._pings.clear()  # sent on the dead connection: never answered
         futs: list[asyncio.Future[None]] = []
         loop = asyncio.get_running_loop()
         for watch in self._watches.values():
@@ -593,12 +714,13 @@ class RedisStore:
     async def _listen(self) -> None:
         pause = 0.05
         assert self._pubsub is not None
-        while True:
+        while not self._closed:
             try:
                 msg = await self._pubsub.get_message(timeout=None)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                # Waiters wake when the connection is back (_on_reconnect), once;
+                # until then poll_interval bounds their waits.
                 log.warning("redis pub/sub: %s; retrying in %.2fs", exc, pause)
-                self._wake_all()
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
                 continue
@@ -620,6 +742,19 @@ class RedisStore:
 
 def _str(b: bytes | str) -> str:
     return b.decode() if isinstance(b, bytes) else b
+
+
+def _split(blob: bytes) -> list[bytes]:
+    """The events of a ``_READ`` reply: each is a 4-byte big-endian length, then the bytes."""
+    out = []
+    i, n = 0, len(blob)
+    unpack = _LENGTH.unpack_from
+    while i < n:
+        (size,) = unpack(blob, i)
+        i += 4
+        out.append(blob[i : i + size])
+        i += size
+    return out
 
 
 def _int(b: bytes | str | None) -> int:

@@ -1,0 +1,400 @@
+"""What only the Redis store has: several nodes on one log, its keys, its pub/sub.
+
+The shared suite (``test_store_suite.py``) checks the Store contract; this
+file checks what it cannot see from one store: a second store on the same
+prefix (another gateway node, or a new writer process), the key layout,
+waiting without a connection per waiter, the pub/sub connection dropping,
+and two gateways serving one session end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from support import TIMEOUT, final
+
+from gateway import Gateway
+from gateway.client import Client
+from gateway.stores import Appended, LogInfo, MemoryStore, Retention, Store
+from gateway.stores.redis import RedisStore
+from protocol import Event, Snapshot, decode_event, encode_event
+
+pytestmark = pytest.mark.redis
+
+Opener = Callable[..., Any]
+
+
+@pytest.fixture
+def open_store(redis_url: str, prefix: str) -> Opener:
+    """``async with open_store(**kw) as s``: a RedisStore on the test's prefix (a node)."""
+
+    @asynccontextmanager
+    async def opened(**kw: Any) -> AsyncIterator[RedisStore]:
+        kw.setdefault("prefix", prefix)
+        store = RedisStore(redis_url, **kw)
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    return opened
+
+
+def ev(seq: int, k: str = "log", d: Any = None) -> Appended:
+    if d is None:
+        d = {"level": "INFO", "msg": f"event {seq}"}
+    return Appended(seq, k, d, encode_event(seq, k, 1.0, d))
+
+
+def script(rng: random.Random, n: int) -> list[tuple[str, Any]]:
+    """``n`` events of every kind the snapshot reduces, with sizes that vary."""
+    out: list[tuple[str, Any]] = []
+    asks: list[str] = []
+    for i in range(n):
+        r = rng.random()
+        if r < 0.4:
+            out.append(("text", {"id": f"t{rng.randrange(3)}", "delta": "x" * rng.randrange(1, 300),
+                                 **({"end": True} if rng.random() < 0.1 else {})}))
+        elif r < 0.5:
+            tasks = [{"id": str(j), "instruction": "i", "deps": [], "type": "t", "status": "pending"}
+                     for j in range(rng.randrange(1, 4))]
+            out.append(("plan", {"goal": f"g{i}", "tasks": tasks, "current": None}))
+        elif r < 0.6:
+            out.append(("task", {"id": str(rng.randrange(3)), "status": rng.choice(["running", "done"])}))
+        elif r < 0.7:
+            asks.append(f"a{i}")
+            out.append(("ask", {"id": asks[-1], "prompt": "?" * rng.randrange(1, 50)}))
+        elif r < 0.75 and asks:
+            out.append(("answer", {"id": asks.pop(0), "value": 1, "by": "client"}))
+        elif r < 0.8:
+            out.append(("status", {"state": rng.choice(["running", "waiting"])}))
+        else:
+            out.append(("log", {"level": "INFO", "msg": "m" * rng.randrange(1, 2000)}))
+    return out
+
+
+def seqs(raws: list[bytes]) -> list[int]:
+    return [decode_event(r).seq for r in raws]
+
+
+async def started(task: asyncio.Task[Any]) -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not task.done()
+
+
+# --- the contract, against the reference, with trimming and checkpoints ----------------
+
+
+@pytest.mark.parametrize("snapshot_every", [1, 3, 256])
+@pytest.mark.parametrize("retention", [Retention(max_events=7), Retention(max_bytes=3000), Retention()])
+async def test_agrees_with_the_memory_store_batch_by_batch(
+    open_store: Opener, snapshot_every: int, retention: Retention
+) -> None:
+    rng = random.Random(f"{snapshot_every}-{retention}")
+    events = script(rng, 300)
+    memory = MemoryStore(retention)
+    async with open_store(retention=retention, snapshot_every=snapshot_every) as redis, open_store() as other:
+        for s in (memory, redis):
+            await s.create("s", "e1")
+        seq = 0
+        while seq < len(events):
+            n = rng.choice([1, 1, 2, 5, 20])
+            batch = [ev(i, *events[i - 1]) for i in range(seq + 1, min(seq + n, len(events)) + 1)]
+            seq = batch[-1].seq
+            for s in (memory, redis):
+                await s.append("s", batch)
+            want = await memory.info("s")
+            assert await redis.info("s") == want
+            assert want is not None
+            after = rng.randrange(0, seq + 1)
+            assert await redis.read("s", after, limit=50) == await memory.read("s", after, limit=50)
+            assert await redis.snapshot("s") == await memory.snapshot("s")
+            # another node sees the same snapshot (it has no reducer of its own)
+            assert await other.snapshot("s") == await memory.snapshot("s")
+
+
+async def test_a_new_writer_process_rebuilds_the_snapshot_from_the_store(open_store: Opener) -> None:
+    rng = random.Random(7)
+    events = script(rng, 120)
+    reference = Snapshot()
+    async with open_store(snapshot_every=50) as first:
+        await first.create("s", "e1")
+        await first.append("s", [ev(i, *events[i - 1]) for i in range(1, 71)])
+    # the first writer is gone with its reducer; a new process takes over the log
+    async with open_store(snapshot_every=50) as second:
+        await second.append("s", [ev(i, *events[i - 1]) for i in range(71, 121)])
+        for k, d in events:
+            reference.apply(k, d)
+        assert await second.snapshot("s") == (reference.as_map(), 120)
+        assert await second.info("s") == LogInfo("e1", 1, 120, False)
+
+
+async def test_a_stale_writer_of_a_replaced_log_is_refused(open_store: Opener) -> None:
+    async with open_store() as a, open_store() as b:
+        await a.create("s", "e1")
+        await a.append("s", [ev(1)])
+        await b.create("s", "e2")  # another node starts a new run of the sid
+        await b.append("s", [ev(1)])
+        with pytest.raises(ValueError, match="replaced"):
+            await a.append("s", [ev(2)])
+        assert await b.info("s") == LogInfo("e2", 1, 1, False)
+        await b.append("s", [ev(2)])  # the new writer is undisturbed
+
+
+# --- keys -------------------------------------------------------------------------------
+
+
+async def test_keys_share_the_sid_hash_tag_and_expire_together_after_end(
+    open_store: Opener, redis_url: str, prefix: str
+) -> None:
+    async with open_store(retention=Retention(ttl_after_end=600)) as s:
+        await s.create("run-1", "e1")
+        await s.append("run-1", [ev(1), ev(2)])
+        r = Redis.from_url(redis_url)
+        try:
+            keys = sorted([k.decode() async for k in r.scan_iter(match=f"{prefix}*")])
+            assert keys == [f"{prefix}{{run-1}}:log", f"{prefix}{{run-1}}:meta"]
+            assert await r.xrange(keys[0]) == [(b"1-0", {b"r": ev(1).raw}), (b"2-0", {b"r": ev(2).raw})]
+            assert [await r.pttl(k) for k in keys] == [-1, -1]
+            await s.end("run-1")
+            ttls = [await r.pttl(k) for k in keys]
+            assert all(590_000 < t <= 600_000 for t in ttls), ttls
+        finally:
+            await r.aclose()
+
+
+def test_a_prefix_with_braces_is_refused() -> None:
+    with pytest.raises(ValueError, match="braces"):
+        RedisStore(prefix="app:{x}:")
+
+
+async def test_an_existing_client_is_used_and_left_open(redis_url: str, prefix: str) -> None:
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisStore(Redis.from_url(redis_url, decode_responses=True))
+    client = Redis.from_url(redis_url)
+    try:
+        store = RedisStore(client, prefix=prefix)
+        assert isinstance(store, Store)
+        await store.create("s", "e1")
+        await store.append("s", [ev(1)])
+        assert seqs(await store.read("s", 0)) == [1]
+        await store.close()
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+# --- waiting ------------------------------------------------------------------------------
+
+
+async def test_another_nodes_append_end_and_create_wake_waiters(open_store: Opener) -> None:
+    async with open_store() as writer, open_store() as reader:
+        await writer.create("s", "e1")
+        await writer.append("s", [ev(1)])
+        task = asyncio.create_task(reader.wait("s", 1))
+        await started(task)
+        await writer.append("s", [ev(2)])
+        assert await asyncio.wait_for(task, TIMEOUT) is True
+
+        task = asyncio.create_task(reader.wait("s", 2))
+        await started(task)
+        await writer.end("s")
+        assert await asyncio.wait_for(task, TIMEOUT) is False
+
+        task = asyncio.create_task(reader.wait("s", 2))  # an ended log still waits...
+        await started(task)
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        await writer.create("s", "e2")  # ...for a new run to replace it
+        assert await asyncio.wait_for(task, TIMEOUT) is False
+
+
+async def test_waiters_hold_no_connection(open_store: Opener, redis_url: str) -> None:
+    # Four connections in all, one of them pub/sub: 200 waiters could not
+    # even start if each held one.
+    async with open_store(max_connections=4) as reader, open_store() as writer:
+        sids = [f"s{i}" for i in range(20)]
+        for sid in sids:
+            await writer.create(sid, "e1")
+            await writer.append(sid, [ev(1)])
+        tasks = [asyncio.create_task(reader.wait(sid, 1)) for sid in sids for _ in range(10)]
+        for _ in range(100):
+            if all(w.ready.done() for w in reader._watches.values()) and len(reader._watches) == 20:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in tasks)
+        for sid in sids:
+            await writer.append(sid, [ev(2)])
+        assert await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT) == [True] * 200
+
+
+async def test_a_dropped_pubsub_connection_wakes_waiters_and_waiting_goes_on(
+    open_store: Opener, redis_url: str
+) -> None:
+    async with open_store() as store:
+        await store.create("s", "e1")
+        await store.append("s", [ev(1)])
+        task = asyncio.create_task(store.wait("s", 1))
+        while not store._watches or not store._watches["s"].waiters:
+            await asyncio.sleep(0.005)
+        assert store._pubsub is not None and store._pubsub.connection is not None
+        ready = store._watches["s"].ready
+        host, port = store._pubsub.connection._writer.get_extra_info("sockname")[:2]  # type: ignore[union-attr]
+        admin = Redis.from_url(redis_url)
+        try:
+            assert await admin.client_kill_filter(_type=None, addr=f"{host}:{port}") == 1
+        finally:
+            await admin.aclose()
+        # a spurious wake: messages may have been lost while it was away
+        assert await asyncio.wait_for(task, TIMEOUT) is False
+        assert store.reconnects == 1
+        # redis-py reconnects and resubscribes; the pong after it makes the watch live again
+        for _ in range(int(TIMEOUT / 0.005)):
+            watch = store._watches["s"]
+            if watch.ready is not ready and watch.ready.done():
+                break
+            await asyncio.sleep(0.005)
+        else:
+            pytest.fail("the pub/sub connection did not come back")
+        # and the resubscribed channel works: another node's append wakes the next wait
+        async with open_store() as writer:
+            for n in (2, 3):
+                task = asyncio.create_task(store.wait("s", n - 1))
+                await started(task)
+                await writer.append("s", [ev(n)])
+                assert await asyncio.wait_for(task, TIMEOUT) is True
+
+
+async def test_an_unanswered_health_ping_drops_the_pubsub_connection(open_store: Opener) -> None:
+    # poll_interval 0.2: the subscriber pings every 0.1 s when idle
+    async with open_store(poll_interval=0.2) as store, open_store() as writer:
+        await writer.create("s", "e1")
+        await writer.append("s", [ev(1)])
+        await store.wait("s", 1, timeout=0.01)  # subscribes
+        # a healthy connection answers every ping: it is kept
+        await asyncio.sleep(0.5)
+        assert store.reconnects == 0
+        # a silent one (its pong never comes) is dropped and made again
+        stale = b"lost-pong"
+        store._pings[stale] = []
+        store._health_token = stale
+        for _ in range(int(TIMEOUT / 0.005)):
+            if store.reconnects == 1 and store._watches["s"].ready.done():
+                break
+            await asyncio.sleep(0.005)
+        else:
+            pytest.fail("the silent pub/sub connection was not replaced")
+        task = asyncio.create_task(store.wait("s", 1))
+        await started(task)
+        await writer.append("s", [ev(2)])
+        assert await asyncio.wait_for(task, TIMEOUT) is True
+
+
+async def test_wait_with_a_zero_timeout_is_a_poll(open_store: Opener) -> None:
+    async with open_store() as store:
+        assert await store.wait("s", 0, timeout=0) is False
+        await store.create("s", "e1")
+        await store.append("s", [ev(1)])
+        assert await store.wait("s", 0, timeout=0) is True
+        assert await store.wait("s", 1, timeout=0) is False
+        assert not store._watches  # a poll subscribes to nothing
+
+
+# --- two gateways on one store -------------------------------------------------------------
+
+
+#: text deltas the agent writes; then ``close`` ends the text stream and the run
+DELTAS = 3000
+N_EVENTS = DELTAS + 2
+
+
+def agent(pipe: Any, go_on: threading.Event, pause_at: int) -> threading.Thread:
+    """Writes DELTAS text deltas from a thread, pausing at ``pause_at`` until ``go_on``."""
+
+    def run() -> None:
+        for i in range(1, DELTAS + 1):
+            pipe.set_message(f"token {i} ")
+            if i == pause_at:
+                go_on.wait(TIMEOUT)
+        pipe.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def gap_free(events: list[Event]) -> bool:
+    return [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+async def take(c: Client, n: int) -> list[Event]:
+    out: list[Event] = []
+    async for e in c:
+        out.append(e)
+        if len(out) == n:
+            break
+    return out
+
+
+async def test_gateway_on_redis_client_resumes_gap_free_after_a_drop(redis_url: str, prefix: str) -> None:
+    async with Gateway(host="127.0.0.1", port=0, store=RedisStore(redis_url, prefix=prefix)) as gw:
+        pipe = gw.pipe("run")
+        go_on = threading.Event()
+        t = agent(pipe, go_on, pause_at=1000)
+        try:
+            async with Client(gw.url, "run", backoff=(0.001, 0.01)) as c:
+                got = await take(c, 500)
+                assert gw.drop_connections("run") == 1  # mid-stream
+                go_on.set()
+                got += await asyncio.wait_for(c.until(final), TIMEOUT)
+            assert gap_free(got) and len(got) == N_EVENTS
+            assert got[-1].d == {"state": "done"}
+            assert c.connects == 2 and c.resets == []
+        finally:
+            go_on.set()
+            t.join(TIMEOUT)
+
+
+async def test_a_second_gateway_serves_history_and_recovers_the_first_ones_token(
+    redis_url: str, prefix: str
+) -> None:
+    secret = "s3cret"
+    a = Gateway(host="127.0.0.1", port=0, store=RedisStore(redis_url, prefix=prefix), secret=secret)
+    b = Gateway(host="127.0.0.1", port=0, store=RedisStore(redis_url, prefix=prefix), secret=secret)
+    async with a, b:
+        pipe = a.pipe("run")
+        go_on = threading.Event()
+        t = agent(pipe, go_on, pause_at=1000)
+        try:
+            async with Client(a.url, "run", backoff=(0.001, 0.01)) as c:
+                got = await take(c, 500)
+                assert c.welcome is not None and c.welcome.recovered is False
+                epoch = c.epoch
+                c.url = b.url  # its next connection goes to node B, with node A's token
+                assert a.drop_connections("run") == 1
+                go_on.set()  # A's agent writes on; B's pump learns of it through Redis
+                got += await asyncio.wait_for(c.until(final), TIMEOUT)
+            assert c.connects == 2 and c.resets == []
+            assert c.welcome.recovered is True and c.welcome.epoch == epoch
+            assert gap_free(got) and len(got) == N_EVENTS
+
+            # a late viewer of the ended run, on node B: the whole history
+            async with Client(b.url, "run") as late:
+                history = await asyncio.wait_for(late.until(final), TIMEOUT)
+                w = late.welcome
+            assert w is not None and w.recovered is False and w.epoch == epoch
+            assert (w.first, w.head) == (1, N_EVENTS)
+            assert w.snapshot is not None and w.snapshot["status"] == {"state": "done"}
+            assert [(e.seq, e.k, e.d) for e in history] == [(e.seq, e.k, e.d) for e in got]
+        finally:
+            go_on.set()
+            t.join(TIMEOUT)
