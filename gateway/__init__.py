@@ -3,9 +3,19 @@
     from gateway import Gateway, WebPipe, MemoryStore
 """
 
+from typing import Any
+
 from .pipe import WebPipe
 from .server import Config, Gateway
 from .stores import MemoryStore, Retention, Store
 
-__all__ = ["Config", "Gateway", "MemoryStore", "Retention", "Store", "WebPipe"]
+__all__ = ["Config", "Gateway", "MemoryStore", "RedisStore", "Retention", "Store", "WebPipe"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisStore":  # imported on first use: the core needs no redis package
+        from .stores.redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

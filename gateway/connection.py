@@ -205,10 +205,18 @@ class Connection:
     async def _restart(self, *, live: bool = False) -> None:
         """A welcome with ``recovered: false``: snapshot, then events from ``first``."""
         sid = self.sid
-        snapshot, at = await self.gw.store.snapshot(sid)
-        info = await self.gw.store.info(sid)
-        if info is None:
-            raise ProtocolError(ErrorCode.NO_SESSION, f"session {sid!r} expired")
+        store = self.gw.store
+        while True:
+            # info, snapshot, info: if the log was replaced in between (a new
+            # run, on another node too), read again, so that the welcome never
+            # joins a snapshot of one run to the position of another.
+            before = await store.info(sid)
+            snapshot, at = await store.snapshot(sid)
+            info = await store.info(sid)
+            if info is None:
+                raise ProtocolError(ErrorCode.NO_SESSION, f"session {sid!r} expired")
+            if before is not None and before.epoch == info.epoch:
+                break
         cursor = at if live else info.first - 1
         self.session = self.gw.local_session(sid, info.epoch)
         await self._welcome(info.epoch, cursor, info.first, at, snapshot)

@@ -214,7 +214,7 @@ class Gateway:
             return asyncio.run_coroutine_threadsafe(make(), loop).result()
         s = self._sessions.get(sid)
         if s is None or s.ended:
-            s = Session(sid, self.store, loop)
+            s = Session(sid, self.store, loop, predecessor=s)
             s.pipe = WebPipe(s)  # type: ignore[attr-defined]
             self._sessions[sid] = s
             fut = self._born.pop(sid, None)
@@ -251,10 +251,12 @@ class Gateway:
             closed: asyncio.Future[Any] = asyncio.ensure_future(ws.wait_closed())
             waiting: set[asyncio.Future[Any]] = {fut, closed}
             try:
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                # A run started here resolves fut; one started on another node
+                # sharing the store shows up in the store: look again now and then.
+                await asyncio.wait(waiting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 closed.cancel()
-            if not fut.done():
+            if closed.done():
                 await ws.recv()  # raises ConnectionClosed: the client left
 
     def start_run(self, sid: str, app_name: str, value: Any) -> WebPipe:

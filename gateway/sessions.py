@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import msgpack
@@ -39,6 +39,9 @@ log = logging.getLogger("wirepipe.session")
 
 #: Reply outcomes remembered per session, for idempotent re-sends by rid.
 MAX_REMEMBERED_RIDS: Final = 10_000
+#: Events handed to the store in one append, at most (a long backlog is
+#: written in slices, so that no single store call blocks for long).
+MAX_FLUSH_BATCH: Final = 1000
 #: Kinds whose payload the snapshot reducer keeps: they are decoded back from
 #: the encoded event so that an agent mutating its dict later changes nothing.
 _KEPT_KINDS: Final = frozenset({Kind.PLAN, Kind.TASK, Kind.ASK, Kind.STATUS})
@@ -54,7 +57,13 @@ class Flag(threading.Event):
 class Session:
     """The writer side of one run: seq, asks, inbox, replies, cancel."""
 
-    def __init__(self, sid: str, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        sid: str,
+        store: Store,
+        loop: asyncio.AbstractEventLoop,
+        predecessor: Session | None = None,
+    ) -> None:
         self.sid = sid
         self.epoch = secrets.token_hex(8)
         self.store = store
@@ -66,7 +75,9 @@ class Session:
         self._drained: list[asyncio.Future[None]] = []
         self._ask_ids = itertools.count(1)
         self.ended = False
-        self.ready: asyncio.Task[None] = loop.create_task(store.create(sid, self.epoch))
+        self.predecessor = predecessor
+        self._end_stored = False
+        self.ready: asyncio.Task[None] = loop.create_task(self._create())
         self.asks: dict[str, tuple[dict[str, Any], asyncio.Future[Any]]] = {}
         self.settled: set[str] = set()
         self.replies: OrderedDict[str, Replied] = OrderedDict()
@@ -114,22 +125,52 @@ class Session:
     def _start_flush(self) -> None:
         self.loop.create_task(self._flush())
 
+    async def _create(self) -> None:
+        if self.predecessor is not None:
+            # The run this one replaces may still be writing its last events
+            # and ending its log: it finishes first, then the new log is made.
+            await self.predecessor.drained()
+            self.predecessor = None
+        await self.store.create(self.sid, self.epoch)
+
     async def _flush(self) -> None:
         await self.ready
         while True:
             with self._lock:
-                batch, self._pending = self._pending, []
-                if not batch:
-                    self._flushing = False
+                batch = self._pending[:MAX_FLUSH_BATCH]
+                del self._pending[:MAX_FLUSH_BATCH]
+                if not batch and not self.ended:
+                    self._flushing = False  # under the lock: the next emit starts a new flush
                     break
-            await self.store.append(self.sid, batch)
-        ended = self.ended
-        for fut in self._drained:
+            if batch:
+                await self._retry(self.store.append, self.sid, batch)
+                continue
+            # After the final status nothing more can be emitted: end the log
+            # while still flushing, so that drained() waits for this too.
+            if not self._end_stored:
+                self._end_stored = True
+                await self._retry(self.store.end, self.sid)
+            with self._lock:
+                self._flushing = False
+            break
+        futs, self._drained = self._drained, []
+        for fut in futs:
             if not fut.done():
                 fut.set_result(None)
-        self._drained.clear()
-        if ended:
-            await self.store.end(self.sid)
+
+    async def _retry(self, op: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a store write until it succeeds: events are never dropped for a store hiccup."""
+        delay = 0.05
+        while True:
+            try:
+                await op(*args)
+                return
+            except (KeyError, ValueError):
+                raise  # a bug, not a hiccup
+            except Exception:
+                log.exception("session %s: store write failed; retrying in %.2fs", self.sid, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def drained(self) -> None:
         """Wait until every event emitted so far is in the store."""

@@ -47,6 +47,13 @@ class Raw:
                 if until(ev):
                     return out
 
+    async def collect(self, done: Callable[[list[Any]], bool]) -> list[Any]:
+        """Receive frames until ``done(frames_so_far)``; returns them all, in order."""
+        frames: list[Any] = []
+        while not done(frames):
+            frames.append(await self.recv())
+        return frames
+
     async def closed(self) -> tuple[int | None, list[Any]]:
         """Read until the server closes; returns (close code, frames seen)."""
         frames = []
@@ -55,6 +62,16 @@ class Raw:
                 frames.append(decode_server(await asyncio.wait_for(self.ws.recv(), TIMEOUT)))
         except ConnectionClosed as exc:
             return (exc.rcvd.code if exc.rcvd else None), frames
+
+
+def replied(frames: list[Any]) -> list[Any]:
+    """The ``replied`` frames among ``frames``."""
+    return [f for f in frames if f.t == "replied"]
+
+
+def answers(frames: list[Any]) -> list[Event]:
+    """The ``answer`` events among ``frames`` (inside ``ev`` and ``batch`` frames)."""
+    return [e for f in frames for e in events_of(f) if e.k == "answer"]
 
 
 def final(ev: Event) -> bool:

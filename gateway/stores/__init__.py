@@ -1,6 +1,21 @@
-"""Stores: where session logs live (``base.Store``), and the backends."""
+"""Stores: where session logs live (``base.Store``), and the backends.
+
+``MemoryStore`` is the embedded default; ``RedisStore`` (Redis Streams,
+``pip install wirepipe[redis]``) is imported on first use, so the core needs
+no redis package.
+"""
+
+from typing import Any
 
 from .base import Appended, LogInfo, Retention, Store
 from .memory import MemoryStore
 
-__all__ = ["Appended", "LogInfo", "MemoryStore", "Retention", "Store"]
+__all__ = ["Appended", "LogInfo", "MemoryStore", "RedisStore", "Retention", "Store"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisStore":
+        from .redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

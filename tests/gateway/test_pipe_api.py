@@ -377,9 +377,14 @@ async def test_async_with_pipe_closes(gw: Gateway) -> None:
     async with gw.pipe("awith-ok") as p:
         p.set_message("x")
     with pytest.raises(KeyError):
-        async with gw.pipe("awith-fail"):
+        async with gw.pipe("awith-fail") as failing:
             raise KeyError("k")
-    assert (await logged(gw, gw.pipe("awith-ok")))[-1].d == {"state": "done"}
+    assert (await logged(gw, p))[-1].d == {"state": "done"}
+    assert (await logged(gw, failing))[-1].d == {"state": "failed", "detail": "KeyError"}
+    # a new run of the same sid starts a new, empty log: the old run's tail stays in the old one
+    again = gw.pipe("awith-ok")
+    assert again.epoch != p.epoch
+    assert await logged(gw, again) == []
 
 
 async def test_close_done_after_with_failed_keeps_failed(gw: Gateway) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from support import TIMEOUT, final
+from support import TIMEOUT, answers, final, replied
 
 from gateway.client import Client
 
@@ -23,21 +23,26 @@ async def test_ask_answered_once_when_two_clients_reply_at_once(gw, raw):
             a.send({"t": "reply", "ask": ask_id, "rid": "ra", "value": "yes"}),
             b.send({"t": "reply", "ask": ask_id, "rid": "rb", "value": "no"}),
         )
-        ra, rb = await a.recv(), await b.recv()
-        assert ra.t == rb.t == "replied"
+        # the replied frame and the answer event may come in either order
+        def both(fs):
+            return bool(replied(fs)) and bool(answers(fs))
+
+        fa, fb = await a.collect(both), await b.collect(both)
+        (ra,), (rb,) = replied(fa), replied(fb)
         assert sorted([ra.ok, rb.ok]) == [False, True]
         loser = rb if ra.ok else ra
         assert loser.err == "ask_closed"
         value = await asyncio.wait_for(asking, TIMEOUT)
         assert value == ("yes" if ra.ok else "no")
-        # the same rid again gets the first outcome, identically
+        # every client sees one answer event, with the winning value
+        for fs in (fa, fb):
+            assert [e.d for e in answers(fs)] == [{"id": ask_id, "value": value, "by": "client"}]
+        # the same rid again gets the first outcome, identically, and changes nothing
         await a.send({"t": "reply", "ask": ask_id, "rid": "ra", "value": "no"})
-        again = await a.events(lambda e: e.k == "answer")
-        assert again[-1].d == {"id": ask_id, "value": value, "by": "client"}
         assert await a.recv() == ra
-        # every client sees one answer event
-        answers = (await b.events(lambda e: e.k == "answer"))
-        assert [e.d["value"] for e in answers if e.k == "answer"] == [value]
+        await a.send({"t": "ping", "n": "end"})
+        rest = await a.collect(lambda fs: bool(fs) and fs[-1].t == "pong")
+        assert answers(rest) == []
 
 
 async def test_unknown_ask_and_bad_value(gw):

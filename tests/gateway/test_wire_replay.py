@@ -194,3 +194,20 @@ async def test_new_run_under_same_sid_moves_clients_to_the_new_epoch(gw, raw):
         assert isinstance(w2, Welcome) and w2.epoch == p2.epoch and w2.recovered is False
         evs = await r.events(lambda ev: True)
     assert evs[0].seq == 1 and evs[0].d["delta"] == "two" and w.epoch == p1.epoch
+
+
+async def test_a_new_run_right_after_close_never_inherits_the_old_tail(gw, raw):
+    p1 = gw.pipe("quick")
+    for i in range(2500):  # more than one flush slice is still pending at close
+        p1.set_message(f"{i} ")
+    p1.close()
+    p2 = gw.pipe("quick")  # at once: p1's tail is not in the store yet
+    p2.set_message("fresh")
+    await p2.drained()
+    async with raw(gw.url) as r:
+        w = await r.hello("quick")
+        assert w.epoch == p2.epoch and w.head == 1
+        evs = await r.events(lambda ev: ev.seq == 1)
+    assert [(e.seq, e.d["delta"]) for e in evs] == [(1, "fresh")]
+    info = await gw.store.info("quick")
+    assert info is not None and info.ended is False  # p1's end did not end p2's log
