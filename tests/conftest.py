@@ -9,18 +9,20 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from support import MS, TIMEOUT, Raw, final  # noqa: F401  (re-exported for old imports)
+from store_factories import STORE_FACTORIES, STORE_MARKS
+from support import Raw
 from websockets.asyncio.client import connect
 
-from gateway import Gateway, MemoryStore
+from gateway import Gateway, MemoryStore, Retention
 from protocol import SUBPROTOCOL
 
 
-@pytest.fixture
-async def gw() -> AsyncIterator[Gateway]:
-    """A started gateway on 127.0.0.1, port 0, memory store; closed afterwards."""
-    async with Gateway(host="127.0.0.1", port=0, store=MemoryStore()) as g:
-        yield g
+@pytest.fixture(params=[pytest.param(name, marks=STORE_MARKS.get(name, []), id=name) for name in STORE_FACTORIES])
+async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
+    """A started gateway on 127.0.0.1, port 0, closed afterwards: once per store backend."""
+    async with STORE_FACTORIES[request.param](Retention()) as store:
+        async with Gateway(host="127.0.0.1", port=0, store=store) as g:
+            yield g
 
 
 @pytest.fixture

@@ -1,0 +1,106 @@
+"""Store factories: every backend the suites run against.
+
+Every backend is one entry of ``STORE_FACTORIES``: an async context manager
+that takes a ``Retention`` and yields a fresh, empty store, closing it on
+exit.  The shared store suite (``tests/stores``) runs once per entry, and so do the
+gateway tests that take the ``gw`` fixture.  A backend that needs a service adds
+its marks to ``STORE_MARKS`` (the Redis one: ``[pytest.mark.redis]``), so
+``-m "not redis"`` deselects it.
+
+Redis: ``WIREPIPE_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``).  Each
+store gets a key prefix of its own and its keys are deleted afterwards.  If
+the server cannot be reached the Redis tests are skipped, or fail when the
+``CI`` variable is set (CI starts Redis, so there it is a broken setup).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import pytest
+
+from gateway.stores import MemoryStore, Retention, Store
+
+REDIS_URL = os.environ.get("WIREPIPE_REDIS_URL", "redis://127.0.0.1:6379/0")
+#: Filled by the first ``require_redis``: [None] if Redis answered, else [why not].
+_redis_status: list[str | None] = []
+
+StoreFactory = Callable[[Retention], AbstractAsyncContextManager[Store]]
+
+
+@asynccontextmanager
+async def memory_store(retention: Retention) -> AsyncIterator[Store]:
+    store = MemoryStore(retention)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def require_redis() -> str:
+    """The Redis URL, after checking (once per run) that the server answers.
+
+    Skips the calling test if it does not, or fails it when ``CI`` is set.
+    """
+    if not _redis_status:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+            _redis_status.append(None)
+        except Exception as exc:  # any failure means: no usable server
+            _redis_status.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            client.close()
+    why = _redis_status[0]
+    if why is not None:
+        msg = f"Redis is unreachable at {REDIS_URL} ({why})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{msg}; CI is set, so the Redis tests must run: start redis-server", pytrace=False)
+        pytest.skip(f"{msg}; set CI=1 to make this a failure")
+    return REDIS_URL
+
+
+def redis_prefix() -> str:
+    """A key prefix no other test (or earlier run against the shared server) uses."""
+    return f"wirepipe-test:{uuid.uuid4().hex[:12]}:"
+
+
+async def delete_prefix(prefix: str) -> None:
+    """Delete every key under ``prefix``."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.unlink(*keys)
+    finally:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def redis_store(retention: Retention) -> AsyncIterator[Store]:
+    from gateway.stores.redis import RedisStore
+
+    url = require_redis()
+    prefix = redis_prefix()
+    store = RedisStore(url, retention=retention, prefix=prefix)
+    try:
+        yield store
+    finally:
+        try:
+            await store.close()
+        finally:
+            await delete_prefix(prefix)
+
+
+#: backend id -> factory.
+STORE_FACTORIES: dict[str, StoreFactory] = {"memory": memory_store, "redis": redis_store}
+#: backend id -> pytest marks for its tests.
+STORE_MARKS: dict[str, list[Any]] = {"redis": [pytest.mark.redis]}
