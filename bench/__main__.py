@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import msgpack
 from websockets.asyncio.server import ServerConnection, serve
 
+from bench.receiver import peak_rss_mb
 from gateway import Gateway, MemoryStore
 from gateway.stores import Retention
 
@@ -144,7 +144,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         rx_rss = max(rx_rss, g["rss"])
         runs["replay_ms"].append(await bench_replay(args.replay))
     med = {k: statistics.median(v) for k, v in runs.items()}
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     return {
         "n": args.n,
         "repeat": args.repeat,

@@ -16,6 +16,15 @@ import msgpack
 from websockets.asyncio.client import connect
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited across fork+exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def say(**kw: object) -> None:
     print(json.dumps(kw), flush=True)
 
@@ -41,7 +50,7 @@ async def receive(url: str, sid: str, n: int) -> None:
             if frame.get("t") in ("ev", "batch"):
                 frames += 1
                 seq = max(seq, count(frame))
-        say(done=time.time(), frames=frames, rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        say(done=time.time(), frames=frames, rss_mb=peak_rss_mb())
 
 
 async def replay(url: str, sid: str, n: int) -> None:
