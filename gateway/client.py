@@ -23,6 +23,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from protocol import (
     SUBPROTOCOL,
@@ -176,7 +177,7 @@ class Client:
     async def _session(self) -> None:
         async with ws_connect(
             self.url,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
             max_size=None,
             compression="deflate" if self.compression else None,
         ) as ws:

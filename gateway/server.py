@@ -110,12 +110,14 @@ class Gateway:
         self.config = config or Config(**knobs)
         self.metrics = Metrics()
         self._sessions: dict[str, Session] = {}
+        self._pipes: dict[str, WebPipe] = {}  # the pipe of each session in _sessions
         self._born: dict[str, asyncio.Future[Session]] = {}
         self._conns: set[Connection] = set()
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._closed = asyncio.Event()
+        self._janitor: asyncio.Task[None] | None = None
 
     # --- lifespan ---------------------------------------------------------------
 
@@ -127,7 +129,7 @@ class Gateway:
             self._handler,
             self.host,
             self.port,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
             select_subprotocol=_select_subprotocol,
             process_request=self._process_request,
             # Over max_frame we answer too_big ourselves; websockets guards far beyond.
@@ -140,7 +142,27 @@ class Gateway:
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
+        self._janitor = asyncio.create_task(self._sweep_forever(), name="wirepipe-janitor")
         return self
+
+    async def _sweep_forever(self) -> None:
+        period = min(60.0, max(1.0, self.store.retention.ttl_after_end))
+        while True:
+            await asyncio.sleep(period)
+            await self.sweep()
+
+    async def sweep(self) -> int:
+        """Forget ended runs whose logs the store has expired; returns how many."""
+        gone = [
+            sid for sid, s in list(self._sessions.items())
+            if s.ended and await self.store.info(sid) is None
+        ]
+        for sid in gone:
+            s = self._sessions.get(sid)
+            if s is not None and s.ended:  # not replaced by a new run meanwhile
+                del self._sessions[sid]
+                del self._pipes[sid]
+        return len(gone)
 
     async def close(self) -> None:
         """Tell every client ``shutdown``, close them with 1001, stop runs, stop.  Idempotent."""
@@ -148,6 +170,8 @@ class Gateway:
             await self._closed.wait()
             return
         self._closing = True
+        if self._janitor is not None:
+            self._janitor.cancel()
         try:
             await asyncio.gather(*(c.shutdown() for c in list(self._conns)), return_exceptions=True)
             for s in list(self._sessions.values()):
@@ -215,12 +239,12 @@ class Gateway:
         s = self._sessions.get(sid)
         if s is None or s.ended:
             s = Session(sid, self.store, loop, predecessor=s)
-            s.pipe = WebPipe(s)  # type: ignore[attr-defined]
+            self._pipes[sid] = WebPipe(s)
             self._sessions[sid] = s
             fut = self._born.pop(sid, None)
             if fut is not None and not fut.done():
                 fut.set_result(s)
-        return s.pipe  # type: ignore[attr-defined, no-any-return]
+        return self._pipes[sid]
 
     def local_session(self, sid: str, epoch: str) -> Session | None:
         s = self._sessions.get(sid)

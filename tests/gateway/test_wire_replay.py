@@ -211,3 +211,17 @@ async def test_a_new_run_right_after_close_never_inherits_the_old_tail(gw, raw):
     assert [(e.seq, e.d["delta"]) for e in evs] == [(1, "fresh")]
     info = await gw.store.info("quick")
     assert info is not None and info.ended is False  # p1's end did not end p2's log
+
+
+async def test_ended_runs_are_forgotten_once_their_logs_expire(make_gw):
+    from gateway import MemoryStore, Retention
+
+    # a negative ttl: expired the moment it ended, whatever the clock resolution
+    g = await make_gw(store=MemoryStore(Retention(ttl_after_end=-1.0)))
+    live, done = g.pipe("still-running"), g.pipe("finished")
+    done.close()
+    await done.drained()
+    assert await g.sweep() == 1
+    assert set(g._sessions) == {"still-running"} and live.closed is False
+    again = g.pipe("finished")  # the sid is free for a new run
+    assert again.epoch != done.epoch
