@@ -111,7 +111,8 @@ class Gateway:
         self.metrics = Metrics()
         self._sessions: dict[str, Session] = {}
         self._pipes: dict[str, WebPipe] = {}  # the pipe of each session in _sessions
-        self._born: dict[str, asyncio.Future[Session]] = {}
+        self._born: dict[str, asyncio.Future[Session]] = {}  # sids clients wait for
+        self._born_waiters: dict[str, int] = {}
         self._conns: set[Connection] = set()
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -274,12 +275,20 @@ class Gateway:
                 fut = self._born[sid] = asyncio.get_running_loop().create_future()
             closed: asyncio.Future[Any] = asyncio.ensure_future(ws.wait_closed())
             waiting: set[asyncio.Future[Any]] = {fut, closed}
+            self._born_waiters[sid] = self._born_waiters.get(sid, 0) + 1
             try:
                 # A run started here resolves fut; one started on another node
                 # sharing the store shows up in the store: look again now and then.
                 await asyncio.wait(waiting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 closed.cancel()
+                left = self._born_waiters[sid] - 1
+                if left:
+                    self._born_waiters[sid] = left
+                else:  # nobody waits for this sid any more: forget it
+                    del self._born_waiters[sid]
+                    if self._born.get(sid) is fut and not fut.done():
+                        del self._born[sid]
             if closed.done():
                 await ws.recv()  # raises ConnectionClosed: the client left
 

@@ -225,3 +225,17 @@ async def test_ended_runs_are_forgotten_once_their_logs_expire(make_gw):
     assert set(g._sessions) == {"still-running"} and live.closed is False
     again = g.pipe("finished")  # the sid is free for a new run
     assert again.epoch != done.epoch
+
+
+async def test_a_waiting_client_that_leaves_leaves_nothing_behind(gw, raw):
+    async with raw(gw.url) as r:
+        await r.send({"t": "hello", "sid": "never"})
+        await r.send({"t": "ping", "n": 1})  # processed only after the welcome: none comes
+        assert "never" in gw._born or await gw.store.info("never") is None
+    # the server notices the close (its handler ends) and forgets the sid it waited for
+    async def handlers_done() -> None:
+        while gw._conns:
+            await asyncio.sleep(0)  # yield to the server's tasks; bounded by TIMEOUT
+
+    await asyncio.wait_for(handlers_done(), TIMEOUT)
+    assert gw._born == {} and gw._born_waiters == {}
