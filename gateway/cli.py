@@ -26,8 +26,11 @@ def _load_app(spec: str) -> tuple[str, App]:
         raise argparse.ArgumentTypeError(f"--app takes NAME=module:callable, not {spec!r}")
     try:
         obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise argparse.ArgumentTypeError(f"cannot load app {spec!r}: {exc}") from exc
+    except Exception as exc:  # whatever importing the user's module raised: say it
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise argparse.ArgumentTypeError(
+            f"cannot load app {spec!r}: {type(exc).__name__}: {first[:300]}"
+        ) from exc
     return name, obj
 
 
@@ -52,16 +55,20 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--viewer-token", action="append", default=[], metavar="TOKEN",
                    help="a credential that grants viewer; repeatable.  With any token set, "
                         "a hello without a valid one is refused (4401)")
-    p.add_argument("--max-frame", type=int, default=Config().max_frame, help="largest client frame, bytes")
+    p.add_argument("--max-frame", type=int, default=Config().max_frame,
+                   help="largest client frame, in bytes (default: %(default)s)")
     p.add_argument("--handshake-timeout", type=float, default=Config().handshake_timeout,
-                   help="seconds a client has to send hello")
-    p.add_argument("--heartbeat", type=float, default=Config().heartbeat, help="ping interval, seconds")
+                   help="seconds a client has to send hello (default: %(default)s)")
+    p.add_argument("--heartbeat", type=float, default=Config().heartbeat,
+                   help="WebSocket ping interval and timeout, in seconds; welcome.heartbeat "
+                        "carries it in ms (default: %(default)s)")
     p.add_argument("--no-compression", action="store_true", help="turn permessage-deflate off")
     p.add_argument("--retain-events", type=int, default=Retention().max_events,
-                   help="events kept per session")
-    p.add_argument("--retain-bytes", type=int, default=Retention().max_bytes, help="bytes kept per session")
+                   help="events kept per session (default: %(default)s)")
+    p.add_argument("--retain-bytes", type=int, default=Retention().max_bytes,
+                   help="bytes kept per session (default: %(default)s)")
     p.add_argument("--retain-seconds", type=float, default=Retention().ttl_after_end,
-                   help="seconds a session is kept after its run ended")
+                   help="seconds a session is kept after its run ended (default: %(default)s)")
     p.add_argument("--redis", metavar="URL", default=os.environ.get("WIREPIPE_REDIS"),
                    help="keep session logs in Redis Streams at URL (env WIREPIPE_REDIS), e.g. "
                         "redis://127.0.0.1:6379/0.  Gateways sharing it (and --secret) all serve "
@@ -207,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_server_args(p_demo, 8765)
     p_watch = sub.add_parser("watch", help="watch a session in the terminal and answer its asks",
-                             description="A terminal client: print a session's events, answer asks.")
+                             description="A terminal client: print a session's events and answer its asks "
+                                         "(type a choice's number, or any text; Enter takes the default).  "
+                                         "Exits 0 when the run ends done, 1 when it ends failed or cancelled.")
     p_watch.add_argument("url", help="the gateway's ws:// URL")
     p_watch.add_argument("--sid", required=True, help="the session id")
     p_watch.add_argument("--auth", help="credential (hello.auth)")

@@ -304,8 +304,21 @@ class Connection:
                 await self._fail(raise_or_tell)
                 continue
             reply = self._handle(frame)
+            if reply is None and isinstance(frame, (Reply, Send, Cancel)):
+                reply = await self._not_local(frame)
             if reply is not None:
                 await self.ws.send(encode(reply))
+
+    async def _not_local(self, frame: Reply | Send | Cancel) -> Replied:
+        """A request for a run this process does not hold."""
+        if self.grant is not Grant.OPERATOR:
+            return Replied(frame.rid, False, ErrorCode.FORBIDDEN)
+        info = await self.gw.store.info(self.sid)
+        if info is not None and info.epoch == self.epoch and not info.ended:
+            # alive, but its agent runs on another node sharing the store
+            return Replied(frame.rid, False, ErrorCode.NOT_HERE)
+        err = ErrorCode.ASK_CLOSED if isinstance(frame, Reply) else ErrorCode.ENDED
+        return Replied(frame.rid, False, err)
 
     def _handle(self, frame: Any) -> Replied | Pong | None:
         if isinstance(frame, Ack):
@@ -318,11 +331,7 @@ class Connection:
             raise ProtocolError(ErrorCode.BAD_FRAME, "hello may be sent only once")
         s = self.session
         if s is None or s.epoch != self.epoch:
-            # The run is not in this process (ended and gone, or replaced).
-            err = ErrorCode.ASK_CLOSED if isinstance(frame, Reply) else ErrorCode.ENDED
-            if self.grant is not Grant.OPERATOR:
-                err = ErrorCode.FORBIDDEN
-            return Replied(frame.rid, False, err)
+            return None  # not run here: _not_local answers
         if isinstance(frame, Reply):
             return s.request(frame.rid, self.grant, lambda: s.answer(frame.ask, frame.value))
         if isinstance(frame, Send):

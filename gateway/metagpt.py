@@ -127,11 +127,30 @@ def prepare(root: str | os.PathLike[str] | None = None) -> Path:
         ImportError: MetaGPT is not installed.
     """
     import importlib.util
+
+    if importlib.util.find_spec("metagpt") is None:
+        raise ImportError("MetaGPT is not installed: see docs/metagpt.md")
+    _prepare_env(root)
+    from metagpt.const import METAGPT_ROOT
+
+    from . import offline_llm
+
+    offline_llm.register()
+    install()
+    return Path(METAGPT_ROOT)
+
+
+def _prepare_env(root: str | os.PathLike[str] | None = None) -> None:
+    """The part of ``prepare`` that must precede ``import metagpt``; imports nothing.
+
+    Run when this module is imported, so that a user's own
+    ``from metagpt... import ...`` placed after ``import gateway.metagpt``
+    finds a root and a config.
+    """
+    import importlib.util
     import sys
 
-    if sys.modules.get("metagpt") is None:
-        if importlib.util.find_spec("metagpt") is None:
-            raise ImportError("MetaGPT is not installed: see docs/metagpt.md")
+    if sys.modules.get("metagpt") is None and importlib.util.find_spec("metagpt") is not None:
         where = (
             root
             or os.environ.get("METAGPT_PROJECT_ROOT")
@@ -148,13 +167,6 @@ def prepare(root: str | os.PathLike[str] | None = None) -> Path:
             lines = ["# written by wirepipe: the offline scripted LLM; see docs/metagpt.md", "llm:"]
             lines += [f"  {k}: {_yaml_scalar(v)}" for k, v in offline_llm_config().items()]
             cfg.write_text("\n".join(lines) + "\n")
-    from metagpt.const import METAGPT_ROOT
-
-    from . import offline_llm
-
-    offline_llm.register()
-    install()
-    return Path(METAGPT_ROOT)
 
 
 def _yaml_scalar(v: Any) -> str:
@@ -1000,3 +1012,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     return str(value)
+
+
+# Before anyone's ``import metagpt``: its root and a config (see ``prepare``).
+_prepare_env()

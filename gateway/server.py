@@ -80,6 +80,7 @@ class Config:
     burst: float = 400.0
     rate_strikes: int = 20
     serve_ui: bool = True
+    close_timeout: float = 2.0
 
 
 class Gateway:
@@ -139,6 +140,9 @@ class Gateway:
             ping_interval=cfg.heartbeat,
             ping_timeout=cfg.heartbeat,
             write_limit=cfg.write_limit,
+            # after a fatal error, a client that does not read (so never
+            # answers our close frame) is dropped after this, not 10 s
+            close_timeout=cfg.close_timeout,
             server_header="wirepipe",
         )
         sock = next(iter(self._server.sockets))
@@ -325,7 +329,7 @@ class Gateway:
             return
         except Exception as exc:
             log.exception("app run %s failed", pipe.sid)
-            pipe.close(RunState.FAILED, detail=f"{type(exc).__name__}: {exc}")
+            pipe.close(RunState.FAILED, detail=_public_detail(exc))
             return
         if pipe.cancelled.is_set():
             pipe.close(RunState.CANCELLED, detail=pipe.cancel_reason or "cancelled")
@@ -368,6 +372,17 @@ class Gateway:
         if not self.config.serve_ui:
             return ws.respond(HTTPStatus.NOT_FOUND, "not found\n")
         return _static(path)
+
+
+def _public_detail(exc: BaseException) -> str:
+    """What clients see of a failed run: the type and the first line, short.
+
+    The full text (which may quote inputs, configs or environments) stays in
+    the gateway's log.
+    """
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 def _select_subprotocol(

@@ -101,7 +101,7 @@ class Session:
             if self.ended:
                 self.dropped += 1
                 if self.dropped == 1:
-                    log.warning("session %s: event %r after the run ended: dropped", self.sid, k)
+                    log.warning("session %s: %s event after the run ended: dropped", self.sid, str(k))
                 return 0
             self._seq = seq = self._seq + 1
             raw = encode_event(seq, k, time.time() if ts is None else ts, d)

@@ -40,6 +40,9 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
     # Additive: a `send` or `cancel` for a session whose run has already ended.
     ENDED = "ended"
+    # Additive: a reply, send or cancel reached a gateway node that does not
+    # run the session's agent (several nodes sharing a store).
+    NOT_HERE = "not_here"
 
 
 class CloseCode(IntEnum):
@@ -79,6 +82,7 @@ CLOSE_FOR: dict[ErrorCode, CloseCode | None] = {
     ErrorCode.SHUTDOWN: CloseCode.GOING_AWAY,
     ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
     ErrorCode.ENDED: None,
+    ErrorCode.NOT_HERE: None,
 }
 
 #: Close codes after which a client reconnects (exponential backoff, full jitter).

@@ -42,6 +42,7 @@ SPEC_CLOSE = {
     "shutdown": 1001,
     "internal": 1011,
     "ended": None,  # additive (docs/protocol.md): never fatal
+    "not_here": None,  # additive (docs/protocol.md): never fatal
 }
 RETRY = {1001, 1006, 1011, 1012, 1013, 4408, 4429}
 STOP = {1000, 1009, 4400, 4404, 4409}

@@ -398,3 +398,22 @@ async def test_a_second_gateway_serves_history_and_recovers_the_first_ones_token
         finally:
             go_on.set()
             t.join(TIMEOUT)
+
+
+async def test_requests_on_a_node_without_the_agent_get_not_here(redis_url: str, prefix: str) -> None:
+    a = Gateway(host="127.0.0.1", port=0, store=RedisStore(redis_url, prefix=prefix), secret="s")
+    b = Gateway(host="127.0.0.1", port=0, store=RedisStore(redis_url, prefix=prefix), secret="s")
+    async with a, b:
+        pipe = a.pipe("split")
+        asking = asyncio.ensure_future(pipe.ask("Which node?", choices=["a", "b"]))
+        async with Client(b.url, "split") as on_b, Client(a.url, "split") as on_a:
+            ask = (await asyncio.wait_for(on_b.until(lambda e: e.k == "ask"), TIMEOUT))[-1]
+            assert (await on_b.reply(ask.d["id"], "b")).err == "not_here"
+            assert (await on_b.send("hi")).err == "not_here"
+            assert (await on_a.reply(ask.d["id"], "a")).ok
+            assert await asyncio.wait_for(asking, TIMEOUT) == "a"
+            pipe.close()
+            await asyncio.wait_for(on_b.until(final), TIMEOUT)
+            # once the run ended, node B answers as any node would
+            assert (await on_b.reply(ask.d["id"], "b")).err == "ask_closed"
+            assert (await on_b.cancel()).err == "ended"

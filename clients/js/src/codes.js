@@ -39,6 +39,8 @@ export const ErrorCode = Object.freeze({
   INTERNAL: 'internal',
   // Additive (docs/protocol.md): a `send` or `cancel` for a session whose run has already ended.
   ENDED: 'ended',
+  // Additive: a reply/send/cancel reached a node that does not run the session's agent.
+  NOT_HERE: 'not_here',
 });
 
 /** The close code that follows a fatal error of each code (null: never fatal). */
@@ -60,6 +62,7 @@ export const CLOSE_FOR = Object.freeze({
   shutdown: CloseCode.GOING_AWAY,
   internal: CloseCode.INTERNAL_ERROR,
   ended: null,
+  not_here: null,
 });
 
 /** What a client does after a close: reconnect with backoff, stop, or wait for new credentials. */
