@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import mimetypes
 import secrets
@@ -366,6 +367,9 @@ class Gateway:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return ws.respond(HTTPStatus.OK, "ok\n")
+        if path == "/apps":  # the names hello.start accepts, for start forms
+            body = json.dumps({"apps": sorted(self.apps)}).encode()
+            return _response(HTTPStatus.OK, body, "application/json")
         if path == "/metrics":
             body = self.metrics.render({"wirepipe_sessions": len(self._sessions)})
             return _response(HTTPStatus.OK, body.encode(), "text/plain; version=0.0.4")

@@ -319,3 +319,12 @@ async function start() {
 }
 
 start();
+
+// Offer the gateway's registered apps in the start form (GET /apps).
+fetch('/apps').then((r) => (r.ok ? r.json() : null)).then((body) => {
+  if (!body || !Array.isArray(body.apps)) return;
+  const list = $('start-apps');
+  list.replaceChildren(...body.apps.map((name) => Object.assign(document.createElement('option'), { value: String(name) })));
+  const input = $('start-app');
+  if (!input.value && body.apps.length) input.placeholder = body.apps.join(', ');
+}).catch(() => {});

@@ -187,7 +187,7 @@ export class View {
 
   normalisePlan(d) {
     const tasks = Array.isArray(d.tasks) ? d.tasks.filter(isObject).map((t) => ({ ...t })) : [];
-    return { goal: d.goal, tasks, current: d.current };
+    return { goal: d.goal, tasks, current: d.current, proposed: d.proposed === true };
   }
 
   renderPlan() {
@@ -202,6 +202,10 @@ export class View {
     }
     planGoal.classList.remove('muted');
     planGoal.textContent = str(this.plan.goal, '(no goal)');
+    if (this.plan.proposed) {
+      planGoal.append(' ', el('span', { class: 'pill st-waiting', title: 'shown for review; not applied yet' },
+        'proposed'));
+    }
     for (const task of this.plan.tasks) this.renderTask(task);
     this.updateProgress();
   }
@@ -376,7 +380,7 @@ const HANDLERS = {
     const role = str(d.role, 'message');
     const node = this.entry(ev, 'message', `role-${token(role)}`,
       this.head(role, d.name ? el('span', { class: 'ev-id' }, str(d.name)) : null, this.time(ev)),
-      el('div', { class: 'message-body' }, formatValue(d.content)));
+      messageBody(formatValue(d.content)));
     if (d.cause !== undefined && d.cause !== null && d.cause !== '') {
       node.append(el('p', { class: 'ev-cause' }, `cause: ${shortValue(d.cause)}`));
     }
@@ -386,7 +390,7 @@ const HANDLERS = {
     this.plan = this.normalisePlan(d);
     this.renderPlan();
     const n = this.plan.tasks.length;
-    this.line(ev, 'plan', `${str(d.goal, '(no goal)')} — ${n} task${n === 1 ? '' : 's'}`);
+    this.line(ev, 'plan', `${d.proposed === true ? 'proposed: ' : ''}${str(d.goal, '(no goal)')} — ${n} task${n === 1 ? '' : 's'}`);
   },
 
   task(ev, d) {
@@ -494,3 +498,12 @@ const HANDLERS = {
       d.detail !== undefined && d.detail !== null ? el('span', { class: 'muted' }, ` ${shortValue(d.detail)}`) : null);
   },
 };
+
+// A very long message (MetaGPT's final one is its whole plan context) is
+// folded: its start shows, the rest is one click away.
+function messageBody(text) {
+  if (text.length <= 1200) return el('div', { class: 'message-body' }, text);
+  return el('details', { class: 'message-body message-long' },
+    el('summary', {}, `${text.slice(0, 300).trimEnd()}… (${text.length} characters)`),
+    el('div', {}, text));
+}

@@ -178,3 +178,14 @@ async def test_without_the_ui_only_health_and_metrics_are_served(make_gw: Any) -
         assert status == 404, path
     assert (await get(g, "/healthz"))[0] == 200
     assert (await get(g, "/metrics"))[0] == 200
+
+
+async def test_apps_lists_the_registered_app_names(make_gw: Any) -> None:
+    import json
+
+    from gateway.demo_agent import app
+
+    g = await make_gw(apps={"zeta": app, "alpha": app})
+    status, headers, body = await get(g, "/apps")
+    assert status == 200 and headers["content-type"].startswith("application/json")
+    assert json.loads(body) == {"apps": ["alpha", "zeta"]}
