@@ -135,6 +135,7 @@ class Connection:
 
     async def _fail(self, exc: ProtocolError) -> None:
         """Tell the client, and close if fatal.  Never raises."""
+        self.gw.metrics.error(exc.code.value)
         try:
             await self.ws.send(encode(Error(exc.code.value, exc.msg, exc.fatal)))
             if exc.fatal and exc.close_code is not None:

@@ -18,7 +18,6 @@ import json
 import logging
 import mimetypes
 import secrets
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -368,8 +367,8 @@ class Gateway:
         if path == "/healthz":
             return ws.respond(HTTPStatus.OK, "ok\n")
         if path == "/apps":  # the names hello.start accepts, for start forms
-            body = json.dumps({"apps": sorted(self.apps)}).encode()
-            return _response(HTTPStatus.OK, body, "application/json")
+            names = json.dumps({"apps": sorted(self.apps)}).encode()
+            return _response(HTTPStatus.OK, names, "application/json")
         if path == "/metrics":
             body = self.metrics.render({"wirepipe_sessions": len(self._sessions)})
             return _response(HTTPStatus.OK, body.encode(), "text/plain; version=0.0.4")
@@ -429,10 +428,3 @@ def _static(path: str) -> Response:
     if ctype.startswith("text/"):
         ctype += "; charset=utf-8"
     return _response(HTTPStatus.OK, target.read_bytes(), ctype)
-
-
-def run_in_thread(coro: Awaitable[Any]) -> threading.Thread:  # pragma: no cover - helper
-    """Run ``coro`` on a new event loop in a daemon thread (queue-relay style)."""
-    t = threading.Thread(target=asyncio.run, args=(coro,), daemon=True)
-    t.start()
-    return t

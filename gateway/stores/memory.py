@@ -143,10 +143,5 @@ class MemoryStore:
             log.wake()
         self._logs.clear()
 
-    def sweep(self) -> int:
-        """Drop expired logs now; returns how many.  (Access also expires them lazily.)"""
-        expired = [sid for sid in list(self._logs) if self._get(sid) is None]
-        return len(expired)
-
 
 _: type[Store] = MemoryStore

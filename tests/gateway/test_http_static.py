@@ -189,3 +189,11 @@ async def test_apps_lists_the_registered_app_names(make_gw: Any) -> None:
     status, headers, body = await get(g, "/apps")
     assert status == 200 and headers["content-type"].startswith("application/json")
     assert json.loads(body) == {"apps": ["alpha", "zeta"]}
+
+
+async def test_metrics_count_errors_by_code(gw: Gateway, raw: Any) -> None:
+    async with raw(gw.url) as r:
+        await r.ws.send("a text frame")  # bad_frame
+        await r.closed()
+    status, _, body = await get(gw, "/metrics")
+    assert status == 200 and b'wirepipe_errors_total{code="bad_frame"} 1' in body
