@@ -41,6 +41,7 @@ from protocol import (
     Reply,
     ResumeToken,
     Send,
+    StoreUnavailable,
     Welcome,
     decode_client,
     encode,
@@ -98,6 +99,7 @@ class Connection:
         self.flow = FlowWindow(None, 0)
         self.cursor = 0
         self._acked = asyncio.Event()
+        self._size = 0  # bytes of the frame being handled
         self._limiter = RateLimiter(gw.config.rate, gw.config.burst)
 
     # --- life -----------------------------------------------------------------
@@ -109,6 +111,10 @@ class Connection:
             await self._run_tasks()
         except ProtocolError as exc:
             await self._fail(exc)
+        except StoreUnavailable as exc:
+            # The store is down: a retryable close; the client resumes once it is back.
+            log.warning("sid %r: %s", self.sid, exc)
+            await self._fail(ProtocolError(ErrorCode.UNAVAILABLE, "the session store is unreachable; retry"))
         except ConnectionClosed:
             pass
         except asyncio.CancelledError:
@@ -292,7 +298,18 @@ class Connection:
     async def _read(self) -> None:
         cfg = self.gw.config
         async for msg in self.ws:
-            frame = decode_client(msg, cfg.max_frame)
+            try:
+                frame = decode_client(msg, cfg.max_frame)
+            except ProtocolError as exc:
+                if exc.fatal:
+                    raise
+                # A request whose value cannot travel: answer it, keep the connection.
+                if exc.rid is not None:
+                    await self.ws.send(encode(Replied(exc.rid, False, exc.code.value)))
+                else:
+                    await self._fail(exc)
+                continue
+            self._size = len(msg)
             if not self._limiter.allow():
                 fatal = self._limiter.strikes > cfg.rate_strikes
                 raise_or_tell = ProtocolError(
@@ -336,7 +353,7 @@ class Connection:
         if isinstance(frame, Reply):
             return s.request(frame.rid, self.grant, lambda: s.answer(frame.ask, frame.value))
         if isinstance(frame, Send):
-            return s.request(frame.rid, self.grant, lambda: s.deliver(frame.data))
+            return s.request(frame.rid, self.grant, lambda: s.deliver(frame.data, self._size))
         if isinstance(frame, Cancel):
             return s.request(frame.rid, self.grant, lambda: s.cancel(frame.reason))
         raise AssertionError(f"unhandled frame {frame!r}")  # pragma: no cover

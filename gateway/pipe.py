@@ -81,8 +81,13 @@ class WebPipe:
         """Append one event of kind ``k``; returns its seq (0 if the run has ended).
 
         Raises:
-            ValueError: ``k`` is not a non-empty string, or a known kind's
-                payload lacks a required key (nothing is appended).
+            ValueError: ``k`` is not a non-empty string, a known kind's
+                payload lacks a required key, or ``d`` cannot be encoded
+                (nests deeper than ``protocol.MAX_DEPTH`` maps/arrays, a map
+                key that is not a string or a number, an integer over 64
+                bits).  Nothing is appended and no seq is used.
+            BacklogFull: the store has been unreachable so long that the
+                session's backlog is full (docs/reliability.md).
         """
         why = check_event(k, d)
         if why is not None:
@@ -99,7 +104,9 @@ class WebPipe:
 
         Raises:
             TypeError: ``msg`` is none of those.
-            ValueError: a known kind's payload lacks a required key.
+            ValueError: a known kind's payload lacks a required key, or the
+                payload cannot be encoded (see ``emit``).
+            BacklogFull: see ``emit``.
         """
         if isinstance(msg, str):
             return self.text(msg)
@@ -122,7 +129,7 @@ class WebPipe:
         d: dict[str, Any] = {"id": id, "delta": delta}
         if end:
             d["end"] = True
-        return self._s.emit(Kind.TEXT, d)
+        return self._s.emit(Kind.TEXT, d, checked=isinstance(delta, str) and isinstance(id, str))
 
     def end_text(self) -> int:
         """End the current text stream; the next ``str`` starts a new one.  0 if none is open."""
@@ -153,18 +160,14 @@ class WebPipe:
         Blocks the calling thread.  On the event loop's own thread it never
         blocks (that would stop the gateway): it returns what is queued, or None.
         """
-        inbox = self._s.inbox
         if _on_loop(self._s.loop):
-            return None if inbox.empty() else inbox.get_nowait()
+            return self._s.take_nowait()
         fut = asyncio.run_coroutine_threadsafe(self.aget_message(timeout), self._s.loop)
         return fut.result()
 
     async def aget_message(self, timeout: float | None = None) -> Any:
         """The ``data`` of the next client ``send``; None after ``timeout`` seconds."""
-        try:
-            return await asyncio.wait_for(self._s.inbox.get(), timeout)
-        except TimeoutError:
-            return None
+        return await self._s.take(timeout)
 
     # --- asking a human ---------------------------------------------------------
 

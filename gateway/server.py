@@ -37,12 +37,13 @@ from protocol import (
     Grant,
     ProtocolError,
     RunState,
+    StoreUnavailable,
 )
 
 from .connection import Connection
 from .metrics import Metrics
 from .pipe import WebPipe
-from .sessions import Session, _on_loop
+from .sessions import Limits, Session, _on_loop
 from .stores import MemoryStore, Store
 
 log = logging.getLogger("wirepipe")
@@ -81,6 +82,15 @@ class Config:
     rate_strikes: int = 20
     serve_ui: bool = True
     close_timeout: float = 2.0
+    #: Per session: events written and not yet stored (the store is down) before
+    #: writes raise ``BacklogFull``, and their bytes.
+    backlog_events: int = Limits.backlog_events
+    backlog_bytes: int = Limits.backlog_bytes
+    #: Per session: client ``send`` messages the agent has not taken, and their bytes.
+    inbox_messages: int = Limits.inbox_messages
+    inbox_bytes: int = Limits.inbox_bytes
+    #: Seconds ``close()`` waits for sessions to store what they hold.
+    drain_timeout: float = 5.0
 
 
 class Gateway:
@@ -154,17 +164,27 @@ class Gateway:
         period = min(60.0, max(1.0, self.store.retention.ttl_after_end))
         while True:
             await asyncio.sleep(period)
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception as exc:  # the store is down: sweep again next period
+                log.warning("janitor: sweep failed (%s: %s); trying again in %.0fs", type(exc).__name__, exc, period)
 
     async def sweep(self) -> int:
-        """Forget ended runs whose logs the store has expired; returns how many."""
+        """Forget ended runs whose logs the store has expired; returns how many.
+
+        Only runs whose end is stored count: a run that ended before its log
+        was even created is not forgotten until its log exists and expires.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
         gone = [
             sid for sid, s in list(self._sessions.items())
-            if s.ended and await self.store.info(sid) is None
+            if s.finished and await self.store.info(sid) is None
         ]
         for sid in gone:
             s = self._sessions.get(sid)
-            if s is not None and s.ended:  # not replaced by a new run meanwhile
+            if s is not None and s.finished:  # not replaced by a new run meanwhile
                 del self._sessions[sid]
                 del self._pipes[sid]
         return len(gone)
@@ -184,14 +204,29 @@ class Gateway:
                     s.task.cancel()
             tasks = [s.task for s in self._sessions.values() if s.task is not None]
             await asyncio.gather(*tasks, return_exceptions=True)
-            # what the runs wrote last (their final status) reaches the store first
-            await asyncio.gather(*(s.drained() for s in self._sessions.values()), return_exceptions=True)
+            # What the runs wrote last (their final status) reaches the store
+            # first, unless the store cannot take it within drain_timeout.
+            sessions = list(self._sessions.values())
+            drains = [asyncio.ensure_future(s.drained()) for s in sessions]
+            if drains:
+                await asyncio.wait(drains, timeout=self.config.drain_timeout)
+            for s, fut in zip(sessions, drains, strict=True):
+                fut.cancel()
+                if s.backlog or not s.writer.done():
+                    if s.backlog:
+                        log.error("closing: session %s: %d events not stored (%s)",
+                                  s.sid, s.backlog, s.trouble or "the store did not answer")
+                    s.writer.cancel()
+            await asyncio.gather(*(s.writer for s in sessions), return_exceptions=True)
             if self._server is not None:
                 self._server.close()
                 await self._server.wait_closed()
-            for fut in self._born.values():
-                fut.cancel()
-            await self.store.close()
+            for born in self._born.values():
+                born.cancel()
+            try:
+                await asyncio.wait_for(self.store.close(), self.config.drain_timeout)
+            except Exception as exc:
+                log.warning("closing: the store did not close cleanly: %s: %s", type(exc).__name__, exc)
         finally:
             self._closed.set()
 
@@ -243,7 +278,9 @@ class Gateway:
             return asyncio.run_coroutine_threadsafe(make(), loop).result()
         s = self._sessions.get(sid)
         if s is None or s.ended:
-            s = Session(sid, self.store, loop, predecessor=s)
+            cfg = self.config
+            limits = Limits(cfg.backlog_events, cfg.backlog_bytes, cfg.inbox_messages, cfg.inbox_bytes)
+            s = Session(sid, self.store, loop, predecessor=s, limits=limits)
             self._pipes[sid] = WebPipe(s)
             self._sessions[sid] = s
             fut = self._born.pop(sid, None)
@@ -268,6 +305,17 @@ class Gateway:
         while True:
             s = self._sessions.get(sid)
             if s is not None:
+                if not s.ready.done():
+                    # The log is being created; if the store fails meanwhile, say
+                    # so (a retryable close) instead of holding the client.
+                    trouble: asyncio.Future[Any] = asyncio.ensure_future(s.troubled.wait())
+                    ready: asyncio.Future[Any] = s.ready
+                    try:
+                        await asyncio.wait({ready, trouble}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        trouble.cancel()
+                    if not s.ready.done():
+                        raise StoreUnavailable(f"the store cannot be reached: {s.trouble}")
                 await s.ready
                 return s
             if await self.store.info(sid) is not None:

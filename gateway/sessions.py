@@ -1,11 +1,34 @@
 """Sessions: the writer side of one run in this process.
 
+Theory of operation
+-------------------
 A ``Session`` owns what only the writer may own: the next seq, the open asks,
 the messages clients sent to the agent, the reply outcomes by ``rid``, and
-the cancel flag.  Agent threads append through ``emit`` under a plain lock
-(seq assignment and encoding happen there, so any number of threads get one
-gap-free order); a flusher on the event loop hands the pending events to the
-store in batches.  Readers never touch a session: they read the store.
+the cancel flag.  Agent threads append through ``emit`` under a plain lock:
+an event is checked and encoded first, and only then takes its seq, so a
+value that cannot be encoded raises at the call and burns nothing; any
+number of threads get one gap-free order.
+
+One *writer task* per session hands pending events to the store in batches,
+in order, and never gives up on a store hiccup:
+
+- every store error is retried with backoff (transient ones for as long as
+  it takes; anything else a few times, then the run fails for good);
+- appends name the epoch, so a retry after a lost reply stores nothing
+  twice (``Store.append`` skips what the log already holds);
+- a log that is gone (a store restarted without persistence) or that lost
+  events is re-created under a new epoch that continues the seqs, seeded
+  with the writer's own snapshot: clients get ``recovered: false`` with the
+  state, then everything written after;
+- the pending buffer is bounded (``backlog_events``, ``backlog_bytes``):
+  when a store has been unreachable that long, writes raise
+  ``BacklogFull`` (nothing appended); the final ``status`` and the answers
+  that close asks always fit;
+- a failure for good (a bug, a log another run took over) ends the run:
+  ``failed`` with a reason every client sees (on a fresh epoch when the old
+  log cannot take it), its app task cancelled, its asks closed.
+
+Readers never touch a session: they read the store.
 """
 
 from __future__ import annotations
@@ -16,18 +39,26 @@ import logging
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
 
 import msgpack
 
 from protocol import (
+    BacklogFull,
     ErrorCode,
     Grant,
     Kind,
+    LogMissing,
+    LogReplaced,
     Replied,
     RunState,
+    SeqGap,
+    Snapshot,
+    StoreUnavailable,
+    check_value,
     encode_event,
     is_final,
 )
@@ -37,6 +68,8 @@ from .stores import Appended, Store
 
 log = logging.getLogger("wirepipe.session")
 
+T = TypeVar("T")
+
 #: Reply outcomes remembered per session, for idempotent re-sends by rid.
 MAX_REMEMBERED_RIDS: Final = 10_000
 #: Events handed to the store in one append, at most (a long backlog is
@@ -45,6 +78,27 @@ MAX_FLUSH_BATCH: Final = 1000
 #: Kinds whose payload the snapshot reducer keeps: they are decoded back from
 #: the encoded event so that an agent mutating its dict later changes nothing.
 _KEPT_KINDS: Final = frozenset({Kind.PLAN, Kind.TASK, Kind.ASK, Kind.STATUS})
+#: Backoff between store retries: first, cap (seconds).
+RETRY_FIRST: Final = 0.05
+RETRY_CAP: Final = 2.0
+#: Tries for a store error that is not a connection problem (likely a bug).
+MAX_ODD_FAILURES: Final = 5
+#: What a Python encoder may raise for a value it cannot write.
+_ENCODE_ERRORS: Final = (ValueError, TypeError, OverflowError, RecursionError)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-session bounds, each with a ``wirepipe serve`` flag (docs/reliability.md)."""
+
+    #: Events written and not yet stored; past it, writes raise ``BacklogFull``.
+    backlog_events: int = 100_000
+    #: Bytes of those events.
+    backlog_bytes: int = 64 * 1024 * 1024
+    #: Client ``send`` messages the agent has not taken yet; past it, ``inbox_full``.
+    inbox_messages: int = 1000
+    #: Bytes of those messages (their frame sizes).
+    inbox_bytes: int = 16 * 1024 * 1024
 
 
 class Flag(threading.Event):
@@ -63,30 +117,44 @@ class Session:
         store: Store,
         loop: asyncio.AbstractEventLoop,
         predecessor: Session | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.sid = sid
         self.epoch = secrets.token_hex(8)
         self.store = store
         self.loop = loop
+        self.limits = limits or Limits()
         self._lock = threading.Lock()
         self._seq = 0
-        self._pending: list[Appended] = []
-        self._flushing = False
+        self._pending: deque[Appended] = deque()
+        self._pending_bytes = 0
+        self._idle = False  # the writer waits for events (under the lock)
+        self._more = asyncio.Event()
         self._drained: list[asyncio.Future[None]] = []
         self._ask_ids = itertools.count(1)
         self.ended = False
         self.predecessor = predecessor
         self._end_stored = False
-        self.ready: asyncio.Task[None] = loop.create_task(self._create())
+        #: Done once the log exists in the store (the first time).
+        self.ready: asyncio.Future[None] = loop.create_future()
+        #: Set while the store fails; cleared when it answers again.
+        self.troubled = asyncio.Event()
+        #: Why the store failed last (None while it works).
+        self.trouble: str | None = None
+        #: What is stored: the seq of the last stored event and the state as of it.
+        self.stored = 0
+        self._snap = Snapshot()
         self.asks: dict[str, tuple[dict[str, Any], asyncio.Future[Any]]] = {}
         self.settled: set[str] = set()
         self.replies: OrderedDict[str, Replied] = OrderedDict()
-        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.inbox: asyncio.Queue[tuple[Any, int]] = asyncio.Queue()
+        self._inbox_bytes = 0
         self.cancelled = Flag()
         self.cancel_reason: str | None = None
         self.on_cancel: list[Callable[[str | None], None]] = []
         self.task: asyncio.Future[Any] | None = None  # the app run, when the gateway started it
         self.dropped = 0
+        self.writer: asyncio.Task[None] = loop.create_task(self._write(), name=f"wirepipe-writer-{sid}")
 
     # --- writing (any thread) ---------------------------------------------
 
@@ -95,88 +163,252 @@ class Session:
         """The last seq handed out (not necessarily stored yet)."""
         return self._seq
 
-    def emit(self, k: str, d: Any, ts: float | None = None) -> int:
-        """Append one event; returns its seq (0 if the run has ended).  Never blocks on I/O."""
+    @property
+    def finished(self) -> bool:
+        """True once the run ended and its log was closed in the store."""
+        return self._end_stored
+
+    @property
+    def backlog(self) -> int:
+        """Events written and not stored yet."""
+        return len(self._pending)
+
+    def emit(self, k: str, d: Any, ts: float | None = None, *, checked: bool = False, force: bool = False) -> int:
+        """Append one event; returns its seq (0 if the run has ended).  Never blocks on I/O.
+
+        ``checked``: ``d`` is known to be a well-formed value (built here).
+        ``force``: the event fits even a full backlog (the few that close a
+        run: answers by ``closed``, the final status).
+
+        Raises:
+            ValueError: ``d`` cannot be encoded (nests deeper than
+                ``protocol.MAX_DEPTH``, a map key that is not a string or a
+                number, an integer over 64 bits...).  Nothing is appended.
+            BacklogFull: too many events wait for the store (nothing appended).
+        """
+        if not checked:
+            why = check_value(d)
+            if why is not None:
+                raise ValueError(f"cannot write a {str(k)!r} event: its payload {why}")
+        stamp = time.time() if ts is None else ts
         with self._lock:
             if self.ended:
                 self.dropped += 1
                 if self.dropped == 1:
                     log.warning("session %s: %s event after the run ended: dropped", self.sid, str(k))
                 return 0
-            self._seq = seq = self._seq + 1
-            raw = encode_event(seq, k, time.time() if ts is None else ts, d)
-            if k in _KEPT_KINDS:
-                d = msgpack.unpackb(raw, raw=False)["d"]
+            seq = self._seq + 1
+            try:
+                raw = encode_event(seq, k, stamp, d)
+                if k in _KEPT_KINDS:
+                    # the reducer keeps these: a decoded copy, checked like a client's value
+                    d = msgpack.unpackb(raw, raw=False, strict_map_key=False)["d"]
+                    why = check_value(d)
+                    if why is not None:
+                        raise ValueError(why)
+            except _ENCODE_ERRORS as exc:
+                raise ValueError(f"cannot write a {str(k)!r} event: {type(exc).__name__}: {exc}") from None
+            if not force and (
+                len(self._pending) >= self.limits.backlog_events
+                or self._pending_bytes + len(raw) > self.limits.backlog_bytes
+            ):
+                raise BacklogFull(
+                    f"session {self.sid}: {len(self._pending)} events ({self._pending_bytes} bytes) "
+                    f"wait for the store ({self.trouble or 'busy'}); write refused"
+                )
+            self._seq = seq
             self._pending.append(Appended(seq, k, d, raw))
+            self._pending_bytes += len(raw)
             if is_final(k, d):
                 self.ended = True
-            kick = not self._flushing
-            self._flushing = True
+            kick = self._idle
+            self._idle = False
         if kick:
             if _on_loop(self.loop):
-                self.loop.call_soon(self._start_flush)
+                self._more.set()
             else:
                 try:
-                    self.loop.call_soon_threadsafe(self._start_flush)
+                    self.loop.call_soon_threadsafe(self._more.set)
                 except RuntimeError:  # loop closed: the gateway is gone
                     pass
         return seq
 
-    def _start_flush(self) -> None:
-        self.loop.create_task(self._flush())
+    # --- the writer task (event loop) ------------------------------------------
 
-    async def _create(self) -> None:
-        if self.predecessor is not None:
-            # The run this one replaces may still be writing its last events
-            # and ending its log: it finishes first, then the new log is made.
-            await self.predecessor.drained()
-            self.predecessor = None
-        await self.store.create(self.sid, self.epoch)
+    async def _write(self) -> None:
+        """Create the log, then store pending events in order until the run's end is stored."""
+        try:
+            if self.predecessor is not None:
+                # The run this one replaces may still be writing its last events
+                # and ending its log: it finishes first, then the new log is made.
+                await self.predecessor.drained()
+                self.predecessor = None
+            await self._retry(lambda: self.store.create(self.sid, self.epoch))
+            self.ready.set_result(None)
+            while True:
+                with self._lock:
+                    batch = [self._pending[i] for i in range(min(MAX_FLUSH_BATCH, len(self._pending)))]
+                    if not batch and not (self.ended and not self._end_stored):
+                        self._idle = True  # under the lock: the next emit kicks us
+                if batch:
+                    await self._store(batch)
+                    continue
+                if self.ended and not self._end_stored:
+                    # After the final status nothing more can be emitted: end the log.
+                    await self._end()
+                    self._settle_drained()
+                    return
+                self._settle_drained()
+                await self._more.wait()
+                self._more.clear()
+        except asyncio.CancelledError:
+            self._settle_drained()
+            raise
+        except Exception as exc:
+            await self._give_up(exc)
 
-    async def _flush(self) -> None:
-        await self.ready
+    async def _store(self, batch: list[Appended]) -> None:
         while True:
-            with self._lock:
-                batch = self._pending[:MAX_FLUSH_BATCH]
-                del self._pending[:MAX_FLUSH_BATCH]
-                if not batch and not self.ended:
-                    self._flushing = False  # under the lock: the next emit starts a new flush
-                    break
-            if batch:
-                await self._retry(self.store.append, self.sid, batch)
+            try:
+                await self._retry(lambda: self.store.append(self.sid, batch, epoch=self.epoch))
+                break
+            except (LogMissing, SeqGap) as exc:
+                await self._reopen(exc)
+        for ev in batch:
+            self._snap.apply(ev.k, ev.d)
+        self.stored = batch[-1].seq
+        with self._lock:
+            for _ in batch:
+                self._pending.popleft()
+            self._pending_bytes -= sum(len(ev.raw) for ev in batch)
+
+    async def _end(self) -> None:
+        while True:
+            try:
+                await self._retry(lambda: self._end_log())
+                break
+            except (LogMissing, SeqGap) as exc:
+                await self._reopen(exc)
+        self._end_stored = True
+
+    async def _end_log(self) -> None:
+        info = await self.store.info(self.sid)
+        if info is None:
+            raise LogMissing(f"no log for {self.sid!r}")
+        if info.epoch != self.epoch:
+            raise LogReplaced(f"log {self.sid!r} was replaced")
+        if info.head < self.stored:
+            raise SeqGap(f"the log is at {info.head}, behind {self.stored}", info.head)
+        await self.store.end(self.sid)
+
+    async def _reopen(self, why: Exception) -> None:
+        """The log is gone or lost events: continue under a new epoch, from what is stored."""
+        old, self.epoch = self.epoch, secrets.token_hex(8)
+        log.warning(
+            "session %s: its log was lost (%s); continuing under epoch %s from seq %d (was %s)",
+            self.sid, why, self.epoch, self.stored + 1, old,
+        )
+        snapshot = self._snap.as_map()
+        await self._retry(lambda: self.store.create(self.sid, self.epoch, head=self.stored, snapshot=snapshot))
+
+    async def _retry(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a store call until it succeeds; transient errors are retried for as long as it takes.
+
+        Raises:
+            LogMissing, LogReplaced, SeqGap: for the caller to handle.
+            Exception: a non-transient error ``MAX_ODD_FAILURES`` times in a row.
+        """
+        delay = RETRY_FIRST
+        failures = odd = 0
+        while True:
+            try:
+                result = await op()
+            except (LogMissing, LogReplaced, SeqGap):
+                raise
+            except Exception as exc:
+                failures += 1
+                transient = isinstance(exc, (StoreUnavailable, OSError, TimeoutError))
+                if not transient:
+                    odd += 1
+                    if odd >= MAX_ODD_FAILURES:
+                        raise
+                self.trouble = f"{type(exc).__name__}: {exc}"
+                self.troubled.set()
+                if failures == 1 or failures % 50 == 0:
+                    log.warning(
+                        "session %s: store call failed (%d in a row, %d events waiting): %s; retrying",
+                        self.sid, failures, len(self._pending), self.trouble, exc_info=not transient,
+                    )
+                await asyncio.sleep(delay)  # backoff
+                delay = min(delay * 2, RETRY_CAP)
                 continue
-            # After the final status nothing more can be emitted: end the log
-            # while still flushing, so that drained() waits for this too.
-            if not self._end_stored:
-                self._end_stored = True
-                await self._retry(self.store.end, self.sid)
-            with self._lock:
-                self._flushing = False
-            break
+            if failures:
+                log.info("session %s: the store answers again after %d failed calls", self.sid, failures)
+                self.trouble = None
+                self.troubled.clear()
+            return result
+
+    async def _give_up(self, exc: Exception) -> None:
+        """The log cannot be written for good: end the run ``failed`` where clients can see it."""
+        replaced = isinstance(exc, LogReplaced)
+        with self._lock:
+            lost = len(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+            self.ended = True  # nothing more is accepted
+        if replaced:
+            log.error("session %s: a newer run replaced its log; this run stops (%d events not stored)",
+                      self.sid, lost)
+        else:
+            log.error("session %s: its events cannot be stored (%d not stored); the run fails",
+                      self.sid, lost, exc_info=exc)
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        closing: list[tuple[str, Any]] = []
+        for ask_id in list(self.asks):
+            _, fut = self.asks.pop(ask_id)
+            self.settled.add(ask_id)
+            if not fut.done():
+                fut.cancel()
+            closing.append((Kind.ANSWER, {"id": ask_id, "value": None, "by": "closed"}))
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()  # retrieved here: waiters see it too
+        if replaced:
+            self._end_stored = True
+            self._settle_drained()
+            return
+        detail = f"internal: the session log could not be written ({type(exc).__name__}); {lost} events lost"
+        closing.append((Kind.STATUS, {"state": RunState.FAILED, "detail": detail}))
+        try:
+            # A fresh epoch that continues from what is stored: whatever broke
+            # the old log (a bad batch, a confused store) is left behind.
+            self.epoch = secrets.token_hex(8)
+            snapshot = self._snap.as_map()
+            await self._retry(lambda: self.store.create(self.sid, self.epoch, head=self.stored, snapshot=snapshot))
+            now = time.time()
+            events = [
+                Appended(self.stored + i, k, d, encode_event(self.stored + i, k, now, d))
+                for i, (k, d) in enumerate(closing, 1)
+            ]
+            await self._retry(lambda: self.store.append(self.sid, events, epoch=self.epoch))
+            self._seq = self.stored = events[-1].seq
+            await self._retry(lambda: self.store.end(self.sid))
+        except Exception:
+            log.exception("session %s: could not record the failure either", self.sid)
+        self._end_stored = True
+        self._settle_drained()
+
+    def _settle_drained(self) -> None:
         futs, self._drained = self._drained, []
         for fut in futs:
             if not fut.done():
                 fut.set_result(None)
 
-    async def _retry(self, op: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Run a store write until it succeeds: events are never dropped for a store hiccup."""
-        delay = 0.05
-        while True:
-            try:
-                await op(*args)
-                return
-            except (KeyError, ValueError):
-                raise  # a bug, not a hiccup
-            except Exception:
-                log.exception("session %s: store write failed; retrying in %.2fs", self.sid, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     async def drained(self) -> None:
-        """Wait until every event emitted so far is in the store."""
-        await self.ready
+        """Wait until every event emitted so far is in the store (and the end, once ended)."""
         with self._lock:
-            if not self._flushing:
+            if self.writer.done() or (self._idle and not self._pending and self.ready.done()):
                 return
             fut = self.loop.create_future()
             self._drained.append(fut)
@@ -207,7 +439,12 @@ class Session:
             d["timeout"] = timeout
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.asks[ask_id] = (d, fut)
-        if not self.emit(Kind.ASK, d):
+        try:
+            seq = self.emit(Kind.ASK, d)
+        except BaseException:
+            del self.asks[ask_id]  # not asked: a bad payload, or a full backlog
+            raise
+        if not seq:
             del self.asks[ask_id]
             return default
         try:
@@ -217,25 +454,40 @@ class Session:
             return fut.result()
         finally:
             if not fut.done():  # the asking coroutine was cancelled
-                self.asks.pop(ask_id, None)
-                self.settled.add(ask_id)
+                if self.asks.pop(ask_id, None) is not None:
+                    self.settled.add(ask_id)
+                    self.emit(Kind.ANSWER, {"id": ask_id, "value": None, "by": "closed"}, checked=True, force=True)
                 fut.cancel()
-                self.emit(Kind.ANSWER, {"id": ask_id, "value": None, "by": "closed"})
 
     def settle(self, ask_id: str, value: Any, *, by: str) -> bool:
-        """First answer wins: resolve the ask and append ``answer``.  False if not open."""
-        entry = self.asks.pop(ask_id, None)
+        """First answer wins: resolve the ask and append ``answer``.  False if not open.
+
+        Raises:
+            ValueError: ``value`` cannot be written (too deep, odd map keys);
+                the ask stays open.
+        """
+        entry = self.asks.get(ask_id)
         if entry is None:
             return False
+        why = check_value(value)
+        if why is not None:
+            raise ValueError(f"the answer {why}")
+        # Appended before the ask is settled: a value that cannot be encoded
+        # leaves it open.  It always fits the backlog (at most one per ask).
+        self.emit(Kind.ANSWER, {"id": ask_id, "value": value, "by": by}, checked=True, force=True)
+        del self.asks[ask_id]
         self.settled.add(ask_id)
         _, fut = entry
-        self.emit(Kind.ANSWER, {"id": ask_id, "value": value, "by": by})
         if not fut.done():
             fut.set_result(value)
         return True
 
     def answer(self, ask_id: str, value: Any, *, by: str = "client") -> str | None:
-        """Settle an ask from outside; returns None on success or the error code."""
+        """Settle an ask from outside; returns None on success or the error code.
+
+        ``bad_value``: not one of the choices, or a value that cannot be
+        written back; the ask stays open either way.
+        """
         entry = self.asks.get(ask_id)
         if entry is None:
             return ErrorCode.ASK_CLOSED if ask_id in self.settled else ErrorCode.UNKNOWN_ASK
@@ -243,7 +495,10 @@ class Session:
         choices = d.get("choices")
         if choices is not None and not d.get("other") and value not in choices:
             return ErrorCode.BAD_VALUE
-        self.settle(ask_id, value, by=by)
+        try:
+            self.settle(ask_id, value, by=by)
+        except ValueError:
+            return ErrorCode.BAD_VALUE
         return None
 
     # --- requests from clients (event loop) --------------------------------
@@ -262,14 +517,43 @@ class Session:
         if grant is not Grant.OPERATOR:
             return self._remember(Replied(rid, False, ErrorCode.FORBIDDEN))
         err = act()
+        if err == ErrorCode.INBOX_FULL:
+            return Replied(rid, False, err)  # not remembered: the same rid may try again later
         return self._remember(Replied(rid, err is None, err))
 
-    def deliver(self, data: Any) -> str | None:
-        """A client ``send``: queue ``data`` for the agent's ``get_message``."""
+    def deliver(self, data: Any, size: int = 0) -> str | None:
+        """A client ``send``: queue ``data`` (``size`` bytes on the wire) for the agent.
+
+        ``inbox_full`` when the agent has not taken ``Limits.inbox_messages``
+        messages or ``Limits.inbox_bytes`` bytes yet: the sender re-sends later.
+        """
         if self.ended:
             return ErrorCode.ENDED
-        self.inbox.put_nowait(data)
+        lim = self.limits
+        if self.inbox.qsize() >= lim.inbox_messages or (
+            self.inbox.qsize() and self._inbox_bytes + size > lim.inbox_bytes
+        ):
+            return ErrorCode.INBOX_FULL
+        self._inbox_bytes += size
+        self.inbox.put_nowait((data, size))
         return None
+
+    def take_nowait(self) -> Any:
+        """The next message a client sent, or None (event loop)."""
+        if self.inbox.empty():
+            return None
+        data, size = self.inbox.get_nowait()
+        self._inbox_bytes -= size
+        return data
+
+    async def take(self, timeout: float | None = None) -> Any:
+        """The next message a client sent; None after ``timeout`` seconds (event loop)."""
+        try:
+            data, size = await asyncio.wait_for(self.inbox.get(), timeout)
+        except TimeoutError:
+            return None
+        self._inbox_bytes -= size
+        return data
 
     def cancel(self, reason: str | None) -> str | None:
         """A client ``cancel``: flag the run, and stop it if the gateway started it."""
@@ -306,8 +590,8 @@ class Session:
         self._close_asks()
         d: dict[str, Any] = {"state": state}
         if detail is not None:
-            d["detail"] = detail
-        self.emit(Kind.STATUS, d)
+            d["detail"] = str(detail)
+        self.emit(Kind.STATUS, d, checked=True, force=True)
 
     async def _aclose(self, state: str, detail: str | None) -> None:
         self.close(state, detail)
@@ -316,7 +600,7 @@ class Session:
         for ask_id in list(self.asks):
             entry = self.asks.pop(ask_id)
             self.settled.add(ask_id)
-            self.emit(Kind.ANSWER, {"id": ask_id, "value": None, "by": "closed"})
+            self.emit(Kind.ANSWER, {"id": ask_id, "value": None, "by": "closed"}, checked=True, force=True)
             if not entry[1].done():
                 entry[1].cancel()
 

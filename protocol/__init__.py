@@ -6,7 +6,9 @@ bytes come out.  ``gateway`` builds on it; it never imports ``gateway``.
 
 from .codec import (
     DEFAULT_MAX_FRAME,
+    MAX_DEPTH,
     batch_frame,
+    check_value,
     decode_client,
     decode_event,
     decode_server,
@@ -18,10 +20,16 @@ from .codec import (
     packb,
 )
 from .errors import (
+    BacklogFull,
     CloseCode,
     ErrorCode,
+    LogMissing,
+    LogReplaced,
     ProtocolError,
     RemoteError,
+    SeqGap,
+    StoreError,
+    StoreUnavailable,
     WirepipeError,
     close_action,
 )
@@ -50,6 +58,8 @@ from .state import ConnState, FlowWindow, Snapshot
 from .tokens import ResumeToken, sign, verify
 
 __all__ = [
+    "MAX_DEPTH", "BacklogFull", "LogMissing", "LogReplaced", "SeqGap", "StoreError", "StoreUnavailable",
+    "check_value",
     "DEFAULT_MAX_FRAME", "FINAL_STATES", "SUBPROTOCOL", "Ack", "Batch", "Cancel", "ClientFrame",
     "CloseCode", "ConnState", "Error", "ErrorCode", "Event", "FlowWindow", "Frame", "FrameType",
     "Grant", "Hello", "Kind", "Ping", "Pong", "ProtocolError", "RemoteError", "Replied", "Reply",

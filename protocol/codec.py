@@ -42,6 +42,13 @@ from .frames import (
 )
 
 DEFAULT_MAX_FRAME: Final = 1024 * 1024
+#: How deep a value may nest maps and arrays, counted from the value itself
+#: (an event's ``d``, a reply's ``value``, a send's ``data``, a start's
+#: ``input``).  One limit both ways: the Pipe refuses to write a deeper ``d``,
+#: and the decoder refuses a deeper value from a client, so that whatever it
+#: accepts can be written back (an ``answer`` event wraps a reply's value in
+#: one more map, which the gateway allows itself).
+MAX_DEPTH: Final = 100
 SID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: Longest id (rid, ask id, epoch) a peer may send; longer is a bad frame.
 MAX_ID: Final = 256
@@ -75,6 +82,39 @@ def _is_window(v: object) -> bool:
 
 def _is_start(v: object) -> bool:
     return isinstance(v, dict) and isinstance(v.get("app"), str) and bool(v["app"])
+
+
+#: Map keys a value may use: what every decoder (Python with
+#: ``strict_map_key=False``, JavaScript) turns back into a key.
+_KEY_TYPES: Final = (str, int, float, bool, bytes, type(None))
+
+
+def check_value(v: object, limit: int = MAX_DEPTH) -> str | None:
+    """Why ``v`` cannot travel as a value, or None if it can.
+
+    A value nests maps and arrays (dicts, lists, tuples) at most ``limit``
+    deep, and its map keys are strings, numbers, booleans, bytes or nil.
+    Other objects are leaves here (the encoder turns them into plain values).
+    """
+    if not isinstance(v, (dict, list, tuple)):
+        return None
+    stack: list[tuple[object, int]] = [(v, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        obj, depth = pop()
+        if depth > limit:
+            return f"nests deeper than {limit} maps/arrays"
+        if isinstance(obj, dict):
+            for key, item in obj.items():
+                if not isinstance(key, _KEY_TYPES):
+                    return f"a map key must be a string or a number, not {type(key).__name__}"
+                if isinstance(item, (dict, list, tuple)):
+                    push((item, depth + 1))
+        else:
+            for item in obj:  # type: ignore[attr-defined]
+                if isinstance(item, (dict, list, tuple)):
+                    push((item, depth + 1))
+    return None
 
 
 def _is(t: type | tuple[type, ...]) -> Callable[[object], bool]:
@@ -186,7 +226,7 @@ def _unpack(data: bytes | str, max_size: int) -> tuple[str, dict[str, Any]]:
             ErrorCode.TOO_BIG, f"frame of {len(data)} bytes over the {max_size} limit"
         )
     try:
-        m = msgpack.unpackb(data, raw=False)
+        m = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises a zoo of types; all mean the same here
         raise _bad(f"undecodable MessagePack ({type(exc).__name__})") from None
     if not isinstance(m, dict):
@@ -209,7 +249,23 @@ def decode_client(data: bytes | str, max_size: int = DEFAULT_MAX_FRAME) -> Clien
         cls, schema = _CLIENT[t]
     except KeyError:
         raise _bad(f"unknown frame type {t[:32]!r}") from None
-    return cls(**_check(t, m, schema))
+    kw = _check(t, m, schema)
+    carried = _CARRIED.get(t)
+    if carried is not None:
+        why = check_value(kw.get(carried))
+        if why is not None:
+            # Not a broken frame: a request whose value cannot be written
+            # back.  The connection answers it (replied ok:false) and goes on.
+            raise ProtocolError(ErrorCode.BAD_VALUE, f"{t}.{carried} {why}", fatal=False, rid=kw["rid"])
+    elif t == "hello" and "start" in kw:
+        why = check_value(kw["start"].get("input"))
+        if why is not None:
+            raise _bad(f"hello.start.input {why}")
+    return cls(**kw)
+
+
+#: The key of each request frame that carries an application value.
+_CARRIED: Final = {"reply": "value", "send": "data"}
 
 
 def decode_server(data: bytes | str, max_size: int = 64 * DEFAULT_MAX_FRAME) -> ServerFrame:
@@ -303,7 +359,7 @@ def decode_event(raw: bytes) -> Event:
         ProtocolError: ``bad_frame`` if ``raw`` is not a stored event.
     """
     try:
-        m = msgpack.unpackb(raw, raw=False)
+        m = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception as exc:
         raise _bad(f"undecodable event ({type(exc).__name__})") from None
     if not isinstance(m, dict):
@@ -322,7 +378,9 @@ def events_of(frame: ServerFrame) -> Iterable[Event]:
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "MAX_DEPTH",
     "SID_RE",
+    "check_value",
     "FrameType",
     "batch_frame",
     "decode_client",

@@ -5,8 +5,17 @@ The exception tree::
     WirepipeError                 base of everything raised by wirepipe
     ├── ProtocolError             a local verdict on bytes or frames from the peer;
     │                             carries a section-7 ``ErrorCode`` (and so a close code)
-    └── RemoteError               the peer told us about a problem (an ``error`` frame,
-                                  or a ``replied`` with ``ok: false``)
+    ├── RemoteError               the peer told us about a problem (an ``error`` frame,
+    │                             or a ``replied`` with ``ok: false``)
+    ├── StoreError                a store could not do what the writer asked
+    │   ├── StoreUnavailable      it could not be reached (transient: retried with backoff)
+    │   ├── LogMissing            the log does not exist (never made, expired, lost with
+    │   │                         a restarted server); also a ``KeyError``
+    │   ├── LogReplaced           the log now belongs to another epoch; also a ``ValueError``
+    │   └── SeqGap                the log is behind the writer (it lost events); also a
+    │                             ``ValueError``
+    └── BacklogFull               a Pipe's buffer of events not yet stored is full (the store
+                                  has been unreachable that long): the write is refused
 
 Local and remote errors are kept apart: a ``ProtocolError`` is something *we*
 decided, a ``RemoteError`` is something we were *told*.  Close codes and what
@@ -43,6 +52,10 @@ class ErrorCode(StrEnum):
     # Additive: a reply, send or cancel reached a gateway node that does not
     # run the session's agent (several nodes sharing a store).
     NOT_HERE = "not_here"
+    # Additive: the session store cannot be reached right now; reconnect with backoff.
+    UNAVAILABLE = "unavailable"
+    # Additive: the agent's inbox is full (a `send` refused; re-send later).
+    INBOX_FULL = "inbox_full"
 
 
 class CloseCode(IntEnum):
@@ -83,6 +96,8 @@ CLOSE_FOR: dict[ErrorCode, CloseCode | None] = {
     ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
     ErrorCode.ENDED: None,
     ErrorCode.NOT_HERE: None,
+    ErrorCode.UNAVAILABLE: CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.INBOX_FULL: None,
 }
 
 #: Close codes after which a client reconnects (exponential backoff, full jitter).
@@ -125,11 +140,15 @@ class ProtocolError(WirepipeError):
     connection must then be closed, with ``close_code``.
     """
 
-    def __init__(self, code: ErrorCode, msg: str, *, fatal: bool | None = None) -> None:
+    def __init__(
+        self, code: ErrorCode, msg: str, *, fatal: bool | None = None, rid: str | None = None
+    ) -> None:
         super().__init__(f"{code.value}: {msg}")
         self.code = code
         self.msg = msg
         self.fatal = CLOSE_FOR[code] is not None if fatal is None else fatal
+        #: The request a non-fatal error answers (``replied ok: false``), if any.
+        self.rid = rid
 
     @property
     def close_code(self) -> CloseCode | None:
@@ -145,3 +164,41 @@ class RemoteError(WirepipeError):
         self.code = code
         self.msg = msg
         self.fatal = fatal
+
+
+class StoreError(WirepipeError):
+    """A store could not do what was asked (see the subclasses)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached or did not answer in time; retrying may succeed."""
+
+
+class LogMissing(StoreError, KeyError):
+    """No log for the session: never created, expired, or lost with a restarted store."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "no log"
+
+
+class LogReplaced(StoreError, ValueError):
+    """The session's log now has another epoch: a newer run replaced it."""
+
+
+class SeqGap(StoreError, ValueError):
+    """The log's head is behind the first event handed to it: the log lost events.
+
+    ``head`` is where the stored log stands.
+    """
+
+    def __init__(self, msg: str, head: int) -> None:
+        super().__init__(msg)
+        self.head = head
+
+
+class BacklogFull(WirepipeError):
+    """A Pipe write was refused: too many events wait for a store that cannot be reached.
+
+    Nothing was appended.  The limits are ``Config.backlog_events`` and
+    ``Config.backlog_bytes`` (``wirepipe serve --backlog-events/--backlog-bytes``).
+    """

@@ -72,6 +72,20 @@ class Snapshot:
                     self.plan["current"] = task["id"]
                 return
 
+    @classmethod
+    def from_map(cls, m: dict[str, Any] | None) -> Snapshot:
+        """The reducer whose ``as_map()`` is ``m`` (a stored or received snapshot)."""
+        s = cls()
+        if not m:
+            return s
+        s.status = copy.deepcopy(m.get("status"))
+        s.plan = copy.deepcopy(m.get("plan"))
+        s.asks = {a["id"]: copy.deepcopy(a) for a in m.get("asks") or () if isinstance(a, dict) and "id" in a}
+        s.texts = {
+            t["id"]: [t.get("text", "")] for t in m.get("texts") or () if isinstance(t, dict) and "id" in t
+        }
+        return s
+
     def as_map(self) -> dict[str, Any]:
         """The ``snapshot`` map of a ``welcome``."""
         return {

@@ -9,6 +9,14 @@ node serve any reader.
 
 Readers never get a queue: they hold a cursor (a seq) and ``read`` from it,
 ``wait``-ing when they are at the head.  A slow reader costs a cursor.
+
+Faults.  A store reports what went wrong with the exceptions of
+``protocol.errors``: ``StoreUnavailable`` when it cannot be reached (the
+writer retries with backoff), ``LogMissing`` when the log is gone (the
+writer starts a new epoch), ``LogReplaced`` when a newer run owns the log,
+``SeqGap`` when the log lost events the writer had stored.  An append that
+names its ``epoch`` is idempotent: events the log already holds (a retry
+after a lost reply) are skipped, so a writer may repeat any append.
 """
 
 from __future__ import annotations
@@ -53,15 +61,33 @@ class Store(Protocol):
 
     retention: Retention
 
-    async def create(self, sid: str, epoch: str) -> None:
-        """Start a new, empty log for ``sid`` under ``epoch``, replacing any older one."""
+    async def create(
+        self, sid: str, epoch: str, *, head: int = 0, snapshot: dict[str, Any] | None = None
+    ) -> None:
+        """Start a new, empty log for ``sid`` under ``epoch``, replacing any older one.
 
-    async def append(self, sid: str, events: Sequence[Appended]) -> None:
-        """Append consecutive events (the first has seq ``head + 1``) and wake waiters.
+        ``head`` and ``snapshot`` continue a log that was lost: the first
+        event appended will be ``head + 1`` and ``snapshot`` (a
+        ``Snapshot.as_map()``) is the state as of ``head``.
 
         Raises:
-            KeyError: no log for ``sid``.
-            ValueError: the seqs do not follow the head.
+            StoreUnavailable: the store cannot be reached.
+        """
+
+    async def append(self, sid: str, events: Sequence[Appended], *, epoch: str | None = None) -> None:
+        """Append consecutive events (the first has seq ``head + 1``) and wake waiters.
+
+        With ``epoch`` (what a writer passes) the log must be of that epoch,
+        and events whose seq the log already holds are skipped: the append
+        is idempotent, so a retry after a lost reply stores nothing twice.
+
+        Raises:
+            LogMissing: no log for ``sid`` (a ``KeyError``).
+            LogReplaced: the log is of another epoch than ``epoch``.
+            SeqGap: the first event is past ``head + 1`` (a ``ValueError``).
+            ValueError: without ``epoch``, the seqs do not follow the head.
+            StoreUnavailable: the store cannot be reached (the append may or
+                may not have happened: repeat it with ``epoch``).
         """
 
     async def read(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from protocol import Snapshot
+from protocol import LogMissing, LogReplaced, SeqGap, Snapshot
 
 from .base import Appended, LogInfo, Retention, Store
 
@@ -15,13 +16,13 @@ from .base import Appended, LogInfo, Retention, Store
 class _Log:
     __slots__ = ("epoch", "events", "skip", "first", "nbytes", "snap", "ended_at", "changed")
 
-    def __init__(self, epoch: str) -> None:
+    def __init__(self, epoch: str, head: int = 0) -> None:
         self.epoch = epoch
         # A list, not a deque: readers index into the middle.  Trimmed events
         # are skipped by offset and compacted away in bulk.
         self.events: list[bytes] = []
         self.skip = 0  # events[:skip] are trimmed
-        self.first = 1  # seq of events[skip]
+        self.first = head + 1  # seq of events[skip]
         self.nbytes = 0
         self.snap = Snapshot()
         self.ended_at: float | None = None
@@ -56,6 +57,19 @@ class MemoryStore:
     def __init__(self, retention: Retention | None = None) -> None:
         self.retention = retention or Retention()
         self._logs: dict[str, _Log] = {}
+        # (expiry time, order, sid, log) of ended logs: purged as time passes,
+        # so that a log nobody reads again is still reclaimed.
+        self._expiries: list[tuple[float, int, str, _Log]] = []
+        self._order = 0
+
+    def _purge(self) -> None:
+        now = time.time()
+        heap = self._expiries
+        while heap and heap[0][0] < now:
+            _, _, sid, log = heapq.heappop(heap)
+            if self._logs.get(sid) is log:
+                del self._logs[sid]
+                log.wake()
 
     def _get(self, sid: str) -> _Log | None:
         log = self._logs.get(sid)
@@ -66,16 +80,28 @@ class MemoryStore:
                 return None
         return log
 
-    async def create(self, sid: str, epoch: str) -> None:
+    async def create(
+        self, sid: str, epoch: str, *, head: int = 0, snapshot: dict[str, Any] | None = None
+    ) -> None:
+        self._purge()
         old = self._logs.get(sid)
-        self._logs[sid] = _Log(epoch)
+        log = self._logs[sid] = _Log(epoch, head)
+        if snapshot is not None:
+            log.snap = Snapshot.from_map(snapshot)
         if old is not None:
             old.wake()
 
-    async def append(self, sid: str, events: Sequence[Appended]) -> None:
+    async def append(self, sid: str, events: Sequence[Appended], *, epoch: str | None = None) -> None:
         log = self._logs.get(sid)
         if log is None:
-            raise KeyError(sid)
+            raise LogMissing(f"no log for {sid!r}")
+        if epoch is not None:
+            if log.epoch != epoch:
+                raise LogReplaced(f"log {sid!r} was replaced (epoch {log.epoch!r}, not {epoch!r})")
+            if events and events[0].seq <= log.head:  # a retry: skip what is stored
+                events = [ev for ev in events if ev.seq > log.head]
+            if events and events[0].seq > log.head + 1:
+                raise SeqGap(f"seq {events[0].seq} does not follow seq {log.head}", log.head)
         # Check the whole batch before touching the log: a gap inside it would
         # put raws at positions that no longer match their seqs.
         for i, ev in enumerate(events):
@@ -121,6 +147,7 @@ class MemoryStore:
         return current is log and log.head > after
 
     async def info(self, sid: str) -> LogInfo | None:
+        self._purge()
         log = self._get(sid)
         if log is None:
             return None
@@ -133,15 +160,24 @@ class MemoryStore:
         return log.snap.as_map(), log.head
 
     async def end(self, sid: str) -> None:
+        self._purge()
         log = self._logs.get(sid)
         if log is not None and log.ended_at is None:
             log.ended_at = time.time()
+            self._order += 1
+            heapq.heappush(self._expiries, (log.ended_at + self.retention.ttl_after_end, self._order, sid, log))
             log.wake()
 
     async def close(self) -> None:
         for log in self._logs.values():
             log.wake()
         self._logs.clear()
+        self._expiries.clear()
+
+    def __len__(self) -> int:
+        """How many logs the store holds now (expired ones are purged first)."""
+        self._purge()
+        return len(self._logs)
 
 
 _: type[Store] = MemoryStore

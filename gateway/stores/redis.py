@@ -77,9 +77,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from protocol import Snapshot, decode_event, packb
+from protocol import LogMissing, LogReplaced, SeqGap, Snapshot, StoreUnavailable, decode_event, packb
 
 from .base import Appended, LogInfo, Retention, Store
 
@@ -99,13 +100,18 @@ _LENGTH: Final = struct.Struct(">I")
 _SEEN: ContextVar[tuple[str, str] | None] = ContextVar("wirepipe_redis_seen", default=None)
 
 # The append script's status codes (the first element of its reply).
-_OK, _MISSING, _OTHER_EPOCH, _BAD_SEQ, _NEED_SNAPSHOT = 0, -1, -2, -3, -4
+_OK, _APPLIED, _MISSING, _OTHER_EPOCH, _BAD_SEQ, _NEED_SNAPSHOT = 0, 1, -1, -2, -3, -4
+#: What redis-py raises when the server cannot be reached or does not answer
+#: (BusyLoadingError, a restarted server loading its data, is a ConnectionError).
+_UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError, TimeoutError)
 
+# KEYS: log, meta.  ARGV: channel, epoch, snapshot, head.
 _CREATE: Final = """
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'first', 1, 'head', 0, 'bytes', 0,
-           'snap', ARGV[3], 'snap_seq', 0)
-redis.call('PUBLISH', ARGV[1], 'c:0:' .. ARGV[2])
+local head = tonumber(ARGV[4])
+redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'first', head + 1, 'head', head, 'bytes', 0,
+           'snap', ARGV[3], 'snap_seq', head)
+redis.call('PUBLISH', ARGV[1], string.format('c:%d:', head) .. ARGV[2])
 return 1
 """
 
@@ -116,7 +122,11 @@ local st = redis.call('HMGET', KEYS[2], 'epoch', 'head', 'first', 'bytes', 'snap
 if not st[1] then return {-1} end
 if ARGV[2] ~= '' and st[1] ~= ARGV[2] then return {-2, st[1]} end
 local head = tonumber(st[2])
-if tonumber(ARGV[3]) ~= head + 1 then return {-3, head} end
+if tonumber(ARGV[3]) ~= head + 1 then
+  -- A retry of an append that was applied (its reply was lost): nothing to do.
+  if ARGV[2] ~= '' and tonumber(ARGV[3]) + #ARGV - 7 <= head then return {1, head} end
+  return {-3, head}
+end
 local first, nbytes, snap_seq = tonumber(st[3]), tonumber(st[4]), tonumber(st[5])
 local max_events, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local snap = ARGV[6]
@@ -266,6 +276,11 @@ class RedisStore:
     how long one ``wait`` blocks before a (spurious) False, and half of it
     is how often an idle pub/sub connection is pinged.  ``max_connections``
     bounds the pool made from a URL (one of them is the pub/sub connection).
+    ``command_timeout`` bounds how long one command may take: a Redis that
+    does not answer (a dead link, a black hole) is ``StoreUnavailable`` then.
+
+    Every method raises ``protocol.StoreUnavailable`` when Redis cannot be
+    reached or does not answer in time.
 
     Raises:
         ValueError: ``prefix`` has a brace (it would break the ``{sid}``
@@ -281,6 +296,7 @@ class RedisStore:
         snapshot_every: int = 256,
         poll_interval: float = 30.0,
         max_connections: int = 64,
+        command_timeout: float = 10.0,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix {prefix!r} must not contain braces: keys use a {{sid}} hash tag")
@@ -288,6 +304,9 @@ class RedisStore:
             raise ValueError("snapshot_every must be at least 1")
         if not poll_interval > 0:
             raise ValueError("poll_interval must be positive")
+        if not command_timeout > 0:
+            raise ValueError("command_timeout must be positive")
+        self.command_timeout = command_timeout
         self.retention = retention or Retention()
         self.prefix = prefix
         self.snapshot_every = snapshot_every
@@ -335,14 +354,26 @@ class RedisStore:
         On Python 3.11 redis-py writes through ``asyncio.wait_for``, which
         swallows a cancellation that arrives as the write completes
         (CPython gh-86296): a cancelled pump would run on, unseen.  So the
-        call runs in a task of its own, awaited through ``shield``: the caller
-        stops at once, and the call finishes in the background and hands its
-        connection back to the pool in a clean state.
+        call runs in a task of its own, awaited through ``asyncio.wait``: the
+        caller stops at once, and the call finishes in the background and
+        hands its connection back to the pool in a clean state.
+
+        Raises:
+            StoreUnavailable: Redis could not be reached, or did not answer
+                within ``command_timeout``.
         """
         task = asyncio.ensure_future(call)
         self._inflight.add(task)
         task.add_done_callback(self._settled)
-        return await asyncio.shield(task)
+        # asyncio.wait, like shield, leaves the call running if we are cancelled.
+        done, _ = await asyncio.wait({task}, timeout=self.command_timeout)
+        if not done:
+            task.cancel()  # redis-py then drops the connection: its reply would be out of step
+            raise StoreUnavailable(f"redis did not answer within {self.command_timeout:g}s")
+        try:
+            return task.result()
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
 
     def _settled(self, task: asyncio.Future[Any]) -> None:
         self._inflight.discard(task)
@@ -368,20 +399,34 @@ class RedisStore:
 
     # --- the Store protocol ---------------------------------------------------
 
-    async def create(self, sid: str, epoch: str) -> None:
-        await self._io(self._create(keys=self._keys(sid), args=[self._channel(sid), epoch, self._empty_snap]))
-        self._writers[sid] = _Writer(epoch, 0, Snapshot(), 0, 0)
+    async def create(
+        self, sid: str, epoch: str, *, head: int = 0, snapshot: dict[str, Any] | None = None
+    ) -> None:
+        self._writers.pop(sid, None)
+        snap = Snapshot.from_map(snapshot)
+        packed = self._empty_snap if snapshot is None else packb(snap.as_map())
+        await self._io(self._create(keys=self._keys(sid), args=[self._channel(sid), epoch, packed, head]))
+        self._writers[sid] = _Writer(epoch, head, snap, head, 0)
         self._see(sid, epoch)
-        self._wake(sid, b"c", epoch, 0)
+        self._wake(sid, b"c", epoch, head)
 
-    async def append(self, sid: str, events: Sequence[Appended]) -> None:
+    async def append(self, sid: str, events: Sequence[Appended], *, epoch: str | None = None) -> None:
         if not events:
             if await self.info(sid) is None:
-                raise KeyError(sid)
+                raise LogMissing(f"no log for {sid!r}")
             return
         w = self._writers.get(sid)
-        if w is None or w.head + 1 != events[0].seq:
-            w = await self._load(sid)  # KeyError if there is no log
+        if w is None or w.head + 1 != events[0].seq or (epoch is not None and w.epoch != epoch):
+            w = await self._load(sid)  # LogMissing if there is no log
+            if epoch is not None:
+                if w.epoch != epoch:
+                    raise LogReplaced(f"log {sid!r} was replaced (epoch {w.epoch!r}, not {epoch!r})")
+                # A retry of an append whose reply was lost: skip what is stored.
+                events = [ev for ev in events if ev.seq > w.head]
+                if not events:
+                    return
+                if events[0].seq > w.head + 1:
+                    raise SeqGap(f"seq {events[0].seq} does not follow seq {w.head}", w.head)
         for i, ev in enumerate(events):
             if ev.seq != w.head + 1 + i:
                 raise ValueError(f"seq {ev.seq} does not follow seq {w.head + i}")
@@ -400,12 +445,19 @@ class RedisStore:
             ret = await self._run_append(sid, w, events[0].seq, raws, ckpt)
         code = int(ret[0])
         if code == _MISSING:
-            raise KeyError(sid)
+            raise LogMissing(f"no log for {sid!r}")
         if code == _OTHER_EPOCH:
-            raise ValueError(f"log {sid!r} was replaced (epoch {_str(ret[1])!r}, not {w.epoch!r})")
+            raise LogReplaced(f"log {sid!r} was replaced (epoch {_str(ret[1])!r}, not {w.epoch!r})")
         if code == _BAD_SEQ:
-            raise ValueError(f"seq {events[0].seq} does not follow seq {int(ret[1])}")
-        if code != _OK:  # pragma: no cover - the script returns nothing else
+            stored = int(ret[1])
+            if epoch is not None and stored > w.head:
+                # Part of the batch is stored (an earlier try whose reply was
+                # lost, on another connection): reload and append the rest.
+                return await self.append(sid, events, epoch=epoch)
+            if epoch is not None and stored < events[0].seq - 1:
+                raise SeqGap(f"seq {events[0].seq} does not follow seq {stored}", stored)
+            raise ValueError(f"seq {events[0].seq} does not follow seq {stored}")
+        if code not in (_OK, _APPLIED):  # pragma: no cover - the script returns nothing else
             raise RuntimeError(f"append script returned {ret!r}")
         w.head = head
         if ckpt:
@@ -467,6 +519,8 @@ class RedisStore:
                 return await self._wait(sid, after)
         except TimeoutError:
             return False
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # the subscription failed
+            raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         if self._closed:
@@ -499,11 +553,11 @@ class RedisStore:
         """The writer's view rebuilt from the store (checkpoint + the events after it).
 
         Raises:
-            KeyError: no log for ``sid``.
+            LogMissing: no log for ``sid``.
         """
         state = await self._io(self._state(keys=self._keys(sid)))
         if state is None:
-            raise KeyError(sid)
+            raise LogMissing(f"no log for {sid!r}")
         epoch, head, snap, snap_seq, tail = state
         w = _Writer(_str(epoch), int(head), _fold(snap, tail), int(snap_seq), sum(map(len, tail)))
         self._writers[sid] = w

@@ -43,6 +43,8 @@ SPEC_CLOSE = {
     "internal": 1011,
     "ended": None,  # additive (docs/protocol.md): never fatal
     "not_here": None,  # additive (docs/protocol.md): never fatal
+    "unavailable": 1013,  # additive: the store is down; reconnect with backoff
+    "inbox_full": None,  # additive: a send refused; re-send later
 }
 RETRY = {1001, 1006, 1011, 1012, 1013, 4408, 4429}
 STOP = {1000, 1009, 4400, 4404, 4409}
@@ -83,7 +85,7 @@ def test_close_action_of_each_error_code(code: ErrorCode) -> None:
     if code in (ErrorCode.UNAUTHORIZED, ErrorCode.BAD_TOKEN):
         assert action == "reauth"
     elif code in (ErrorCode.NO_HELLO, ErrorCode.RATE_LIMITED, ErrorCode.SHUTDOWN,
-                  ErrorCode.INTERNAL):
+                  ErrorCode.INTERNAL, ErrorCode.UNAVAILABLE):
         assert action == "retry"
     else:
         assert action == "stop"

@@ -10,7 +10,7 @@ export const CloseCode = Object.freeze({
   MESSAGE_TOO_BIG: 1009, // `too_big`
   INTERNAL_ERROR: 1011, // `internal`
   SERVICE_RESTART: 1012,
-  TRY_AGAIN_LATER: 1013,
+  TRY_AGAIN_LATER: 1013, // `unavailable`
   BAD_FRAME: 4400, // `bad_frame`
   UNAUTHORIZED: 4401, // `unauthorized`, `bad_token`
   NOT_FOUND: 4404, // `no_session`, `no_app`
@@ -41,6 +41,10 @@ export const ErrorCode = Object.freeze({
   ENDED: 'ended',
   // Additive: a reply/send/cancel reached a node that does not run the session's agent.
   NOT_HERE: 'not_here',
+  // Additive: the session store cannot be reached right now; reconnect with backoff.
+  UNAVAILABLE: 'unavailable',
+  // Additive: the agent's inbox is full; re-send the `send` later (same rid).
+  INBOX_FULL: 'inbox_full',
 });
 
 /** The close code that follows a fatal error of each code (null: never fatal). */
@@ -63,6 +67,8 @@ export const CLOSE_FOR = Object.freeze({
   internal: CloseCode.INTERNAL_ERROR,
   ended: null,
   not_here: null,
+  unavailable: CloseCode.TRY_AGAIN_LATER,
+  inbox_full: null,
 });
 
 /** What a client does after a close: reconnect with backoff, stop, or wait for new credentials. */
