@@ -84,8 +84,7 @@ class WebPipe:
             ValueError: ``k`` is not a non-empty string, a known kind's
                 payload lacks a required key, or ``d`` cannot be encoded
                 (nests deeper than ``protocol.MAX_DEPTH`` maps/arrays, a map
-                key that is not a string or a number, an integer over 64
-                bits).  Nothing is appended and no seq is used.
+                key that is not a string or a number).  Nothing is appended and no seq is used.
             BacklogFull: the store has been unreachable so long that the
                 session's backlog is full (docs/reliability.md).
         """
@@ -129,7 +128,10 @@ class WebPipe:
         d: dict[str, Any] = {"id": id, "delta": delta}
         if end:
             d["end"] = True
-        return self._s.emit(Kind.TEXT, d, checked=isinstance(delta, str) and isinstance(id, str))
+        # An empty end is how a run closes its stream: it always fits the backlog.
+        return self._s.emit(
+            Kind.TEXT, d, checked=isinstance(delta, str) and isinstance(id, str), force=end and not delta
+        )
 
     def end_text(self) -> int:
         """End the current text stream; the next ``str`` starts a new one.  0 if none is open."""

@@ -183,7 +183,7 @@ class Session:
         Raises:
             ValueError: ``d`` cannot be encoded (nests deeper than
                 ``protocol.MAX_DEPTH``, a map key that is not a string or a
-                number, an integer over 64 bits...).  Nothing is appended.
+                number).  Nothing is appended.
             BacklogFull: too many events wait for the store (nothing appended).
         """
         if not checked:
