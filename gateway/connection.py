@@ -192,8 +192,8 @@ class Connection:
                 gw.start_run(hello.sid, hello.start["app"], hello.start.get("input"))
         self.session = await gw.await_session(hello.sid, self.ws)
         info = await gw.store.info(hello.sid)
-        if info is None:  # expired between the two awaits
-            raise ProtocolError(ErrorCode.NO_SESSION, f"no session {hello.sid!r}")
+        if info is None:  # expired between the two awaits, or lost with the store
+            raise gw.missing_log(hello.sid)
         recovered = (
             token is not None
             and hello.epoch == info.epoch
@@ -221,7 +221,7 @@ class Connection:
             snapshot, at = await store.snapshot(sid)
             info = await store.info(sid)
             if info is None:
-                raise ProtocolError(ErrorCode.NO_SESSION, f"session {sid!r} expired")
+                raise self.gw.missing_log(sid)
             if before is not None and before.epoch == info.epoch:
                 break
         cursor = at if live else info.first - 1

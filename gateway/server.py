@@ -288,6 +288,19 @@ class Gateway:
                 fut.set_result(s)
         return self._pipes[sid]
 
+    def missing_log(self, sid: str) -> Exception:
+        """What a client of ``sid`` gets when its log is not in the store.
+
+        If this process runs the session, its log was lost (a store restarted
+        without persistence) and is being re-created: retry soon.  Otherwise
+        there is no such session.
+        """
+        s = self._sessions.get(sid)
+        if s is not None and not s.finished:
+            s.poke()
+            return StoreUnavailable(f"the log of {sid!r} is being re-created")
+        return ProtocolError(ErrorCode.NO_SESSION, f"no session {sid!r}")
+
     def local_session(self, sid: str, epoch: str) -> Session | None:
         s = self._sessions.get(sid)
         return s if s is not None and s.epoch == epoch else None

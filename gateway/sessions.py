@@ -130,6 +130,7 @@ class Session:
         self._pending_bytes = 0
         self._idle = False  # the writer waits for events (under the lock)
         self._more = asyncio.Event()
+        self._verify = False  # a reader found the log missing: the writer looks
         self._drained: list[asyncio.Future[None]] = []
         self._ask_ids = itertools.count(1)
         self.ended = False
@@ -246,6 +247,9 @@ class Session:
             await self._retry(lambda: self.store.create(self.sid, self.epoch))
             self.ready.set_result(None)
             while True:
+                if self._verify:
+                    self._verify = False
+                    await self._check_log()
                 with self._lock:
                     batch = [self._pending[i] for i in range(min(MAX_FLUSH_BATCH, len(self._pending)))]
                     if not batch and not (self.ended and not self._end_stored):
@@ -281,6 +285,23 @@ class Session:
             for _ in batch:
                 self._pending.popleft()
             self._pending_bytes -= sum(len(ev.raw) for ev in batch)
+
+    def poke(self) -> None:
+        """A reader found this run's log missing: the writer checks it, and re-creates it if lost.
+
+        Without this a log lost while the agent is quiet (waiting on an ask)
+        would stay missing until its next write.
+        """
+        if not self._end_stored and not self.writer.done():
+            self._verify = True
+            self._more.set()
+
+    async def _check_log(self) -> None:
+        info = await self._retry(lambda: self.store.info(self.sid))
+        if info is not None and info.epoch != self.epoch:
+            raise LogReplaced(f"log {self.sid!r} was replaced")
+        if info is None or info.head < self.stored:
+            await self._reopen(LogMissing("the log is missing") if info is None else SeqGap("behind", info.head))
 
     async def _end(self) -> None:
         while True:

@@ -395,3 +395,65 @@ async def test_end_marks_the_log_ended(store: Store, sid: str) -> None:
     await store.end(sid)  # idempotent
     assert await store.info(sid) == LogInfo("e1", 1, 2, True)
     assert seqs(await store.read(sid, 0)) == [1, 2]
+
+
+# --- faults: idempotent appends, lost logs ---------------------------------------------
+
+
+async def test_an_append_with_its_epoch_is_idempotent(store: Store, sid: str) -> None:
+    """A writer that lost the reply of an applied append repeats it: nothing is stored twice."""
+    await store.create(sid, "e1")
+    await store.append(sid, evs(1, 5), epoch="e1")
+    await store.append(sid, evs(1, 5), epoch="e1")  # the whole batch again
+    await store.append(sid, evs(4, 4), epoch="e1")  # overlapping: 4, 5 stored, 6, 7 new
+    assert seqs(await store.read(sid, 0)) == [1, 2, 3, 4, 5, 6, 7]
+    assert (await store.info(sid)) == LogInfo("e1", 1, 7, False)
+
+
+async def test_an_append_for_another_epoch_is_refused(store: Store, sid: str) -> None:
+    from protocol import LogReplaced
+
+    await store.create(sid, "e1")
+    await store.append(sid, evs(1, 2), epoch="e1")
+    await store.create(sid, "e2")  # a newer run took the sid
+    with pytest.raises(LogReplaced):
+        await store.append(sid, evs(3, 1), epoch="e1")
+    assert (await store.info(sid)) == LogInfo("e2", 1, 0, False)
+
+
+async def test_a_log_that_lost_events_reports_the_gap(store: Store, sid: str) -> None:
+    from protocol import SeqGap
+
+    await store.create(sid, "e1")
+    await store.append(sid, evs(1, 2), epoch="e1")
+    with pytest.raises(SeqGap) as info:
+        await store.append(sid, evs(5, 1), epoch="e1")
+    assert info.value.head == 2
+    assert seqs(await store.read(sid, 0)) == [1, 2]
+
+
+async def test_an_append_to_no_log_is_log_missing(store: Store, sid: str) -> None:
+    from protocol import LogMissing
+
+    with pytest.raises(LogMissing):
+        await store.append(sid, evs(1, 1), epoch="e1")
+
+
+async def test_a_log_continued_under_a_new_epoch(store: Store, sid: str) -> None:
+    """What a writer does after its log was lost: same seqs onward, a new epoch, its state."""
+    snap = {
+        "status": {"state": "running"},
+        "plan": {"goal": "g", "tasks": [{"id": "1", "status": "running"}], "current": "1"},
+        "asks": [{"id": "a1", "prompt": "?"}],
+        "texts": [{"id": "t1", "text": "hel"}],
+    }
+    await store.create(sid, "e2", head=41, snapshot=snap)
+    assert (await store.info(sid)) == LogInfo("e2", 42, 41, False)
+    assert await store.read(sid, 0) == []
+    got, at = await store.snapshot(sid)
+    assert (got, at) == (snap, 41)
+    await store.append(sid, [ev(42, "text", {"id": "t1", "delta": "lo"})], epoch="e2")
+    await store.append(sid, [ev(43, "answer", {"id": "a1", "value": 1, "by": "client"})], epoch="e2")
+    got, at = await store.snapshot(sid)
+    assert at == 43 and got["texts"] == [{"id": "t1", "text": "hello"}] and got["asks"] == []
+    assert seqs(await store.read(sid, 0)) == [42, 43]
