@@ -19,6 +19,7 @@ from support import TIMEOUT
 from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
+from websockets.frames import Frame
 from websockets.typing import Origin
 
 from gateway import Config, Gateway
@@ -313,8 +314,9 @@ SECRETS = ("SEKRIT1", "SEKRIT2", "SEKRIT3", "SEKRIT4")
 
 
 async def test_no_credential_reaches_the_log_at_debug(
-    make_gw: Any, records: Records
+    make_gw: Any, records: Records, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(Frame, "MAX_LOG_SIZE", 10_000)  # as WEBSOCKETS_MAX_LOG_SIZE=10000 would
     gw = await make_gw(auth=lambda cred, sid: "operator" if cred == "SEKRIT3" else None)
     gw.pipe("s1").set_message("x")
     # the web UI's credential in the URL, and in the Referer of what the page loads next
@@ -344,3 +346,23 @@ async def test_no_credential_reaches_the_log_at_debug(
         for secret in SECRETS:
             assert secret not in text, (rec.name, text)
             assert secret.encode().hex() not in text.replace(" ", ""), (rec.name, text)
+
+
+async def test_the_python_client_logs_no_credential_either(
+    make_gw: Any, records: Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.client import Client
+
+    # what WEBSOCKETS_MAX_LOG_SIZE=10000 does: whole frames in the DEBUG log, not 24 bytes
+    monkeypatch.setattr(Frame, "MAX_LOG_SIZE", 10_000)
+    secret = "SEKRIT5"
+    gw = await make_gw(auth=lambda cred, sid: "operator" if cred == secret else None)
+    gw.pipe("s1").set_message("x")
+    async with Client(gw.url, "s1", auth=secret) as c:
+        assert c.welcome is not None and c.welcome.grant == Grant.OPERATOR
+    # the client's socket did log its frames (the hello among them), not their payloads
+    client_loggers = ("websockets.client", "wirepipe.client.ws")  # websockets' default, ours
+    assert any(r.name in client_loggers and r.getMessage().startswith("> BINARY") for r in records)
+    for rec in records:
+        text = rec.getMessage() + (rec.exc_text or "")
+        assert "SEKRIT5" not in text and b"SEKRIT5".hex() not in text.replace(" ", ""), (rec.name, text)
