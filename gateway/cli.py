@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import ipaddress
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ from typing import Any
 
 from protocol import Grant, RemoteError
 
+from .front import is_loopback, normalize_host, normalize_origin
 from .server import App, Config, Gateway
 from .stores import MemoryStore, Retention, Store
 
@@ -34,13 +34,25 @@ def _load_app(spec: str) -> tuple[str, App]:
     return name, obj
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def _origin(value: str) -> str:
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        return normalize_origin(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--allow-origin: {exc}") from None
+
+
+def _allowed_host(value: str) -> str:
+    try:
+        return normalize_host(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--allow-host: {exc}") from None
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
 
 def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
@@ -49,7 +61,20 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--secret", default=os.environ.get("WIREPIPE_SECRET"),
                    help="HMAC secret for resume tokens (env WIREPIPE_SECRET); default: random per process")
     p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback bind without --secret")
+                   help="allow a non-loopback bind without --secret, and make every client "
+                        "without a credential an operator there (default: off: on a non-loopback "
+                        "bind with no --operator-token, clients are viewers)")
+    p.add_argument("--allow-origin", action="append", default=[], type=_origin, metavar="ORIGIN",
+                   help="also accept browser pages from ORIGIN (scheme://host[:port]); repeatable. "
+                        "'null' allows sandboxed and file:// pages, '*' every origin (unsafe: any "
+                        "web site can then drive the gateway).  Default: only the gateway's own pages")
+    p.add_argument("--allow-host", action="append", default=[], type=_allowed_host, metavar="HOST",
+                   help="also accept requests whose Host header is HOST (host or host:port, e.g. "
+                        "behind a reverse proxy); repeatable; '*' any.  Default: on a loopback bind "
+                        "only loopback names (127.x.x.x, localhost, [::1]); elsewhere, unchecked")
+    p.add_argument("--max-connections", type=_positive, default=Config().max_connections, metavar="N",
+                   help="open WebSocket connections; over it a handshake gets HTTP 503 with "
+                        "Retry-After (default: %(default)s)")
     p.add_argument("--operator-token", action="append", default=[], metavar="TOKEN",
                    help="a credential (hello.auth) that grants operator; repeatable")
     p.add_argument("--viewer-token", action="append", default=[], metavar="TOKEN",
@@ -81,7 +106,7 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
 
 
 def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None) -> Gateway:
-    if not _is_loopback(args.host) and not args.secret and not args.insecure:
+    if not is_loopback(args.host) and not args.secret and not args.insecure:
         raise SystemExit(
             f"wirepipe: refusing to bind {args.host} without --secret (or WIREPIPE_SECRET); "
             "pass --insecure to do it anyway"
@@ -104,6 +129,10 @@ def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None)
         config=Config(
             max_frame=args.max_frame, handshake_timeout=args.handshake_timeout,
             heartbeat=args.heartbeat, compression=not args.no_compression, serve_ui=not args.no_ui,
+            # None: operator on loopback, viewer elsewhere (Config.default_grant)
+            default_grant=Grant.OPERATOR if args.insecure else None,
+            allow_origins=tuple(args.allow_origin), allow_hosts=tuple(args.allow_host),
+            max_connections=args.max_connections,
         ),
     )
 

@@ -45,6 +45,8 @@ from protocol import (
     events_of,
 )
 
+from .front import redacting_logger
+
 log = logging.getLogger("wirepipe.client")
 
 
@@ -180,6 +182,8 @@ class Client:
             subprotocols=[Subprotocol(SUBPROTOCOL)],
             max_size=None,
             compression="deflate" if self.compression else None,
+            # at DEBUG websockets would log the hello's bytes, auth included
+            logger=redacting_logger("wirepipe.client.ws"),
         ) as ws:
             self._ws = ws
             self._welcomed_now = False

@@ -174,7 +174,7 @@ class Connection:
             token = verify(gw.secret, hello.resume, sid=hello.sid, now=time.time())
             return token.grant, token
         if gw.auth is None:
-            return gw.config.default_grant, None
+            return gw.default_grant, None
         verdict = gw.auth(hello.auth, hello.sid)
         grant = await verdict if inspect.isawaitable(verdict) else verdict
         if grant is None:

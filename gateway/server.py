@@ -28,6 +28,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import NegotiationError
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from protocol import (
@@ -41,6 +42,7 @@ from protocol import (
 )
 
 from .connection import Connection
+from .front import FrontDoor, is_loopback, redacting_logger
 from .metrics import Metrics
 from .pipe import WebPipe
 from .sessions import Limits, Session, _on_loop
@@ -75,7 +77,10 @@ class Config:
     write_limit: int = 64 * 1024
     batch_max: int = 1000
     token_ttl: float = 24 * 3600.0
-    default_grant: Grant = Grant.OPERATOR
+    #: What a client gets when there is no ``auth`` hook.  None: operator on a
+    #: loopback bind, viewer on any other (where "no credentials" must not mean
+    #: "anyone on the network may run code").  ``--insecure`` sets operator.
+    default_grant: Grant | None = None
     wait_for_run: bool = True
     rate: float = 200.0
     burst: float = 400.0
@@ -91,10 +96,34 @@ class Config:
     inbox_bytes: int = Limits.inbox_bytes
     #: Seconds ``close()`` waits for sessions to store what they hold.
     drain_timeout: float = 5.0
+    #: Origins (``scheme://host[:port]``) allowed besides the gateway's own;
+    #: ``"*"`` allows every origin, ``"null"`` included (unsafe).  docs/security.md.
+    allow_origins: tuple[str, ...] = ()
+    #: Host names allowed besides loopback ones (``host`` or ``host:port``; ``"*"``:
+    #: any).  On a non-loopback bind, Host is checked only when this is set.
+    allow_hosts: tuple[str, ...] = ()
+    #: Open WebSocket connections; the next handshake gets HTTP 503 + Retry-After.
+    max_connections: int = 4096
+
+    def __post_init__(self) -> None:
+        # lists are accepted (Gateway(allow_origins=[...])); a frozen config holds tuples
+        for name in ("allow_origins", "allow_hosts"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise TypeError(f"{name} takes a list of strings, not a string")
+            object.__setattr__(self, name, tuple(value))
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
 
 
 class Gateway:
-    """A wirepipe gateway: a WebSocket server over a store of session logs."""
+    """A wirepipe gateway: a WebSocket server over a store of session logs.
+
+    Raises (at construction):
+        TypeError: both ``config`` and knobs, or a string for a list knob.
+        ValueError: a malformed ``allow_origins`` / ``allow_hosts`` entry, or
+            ``max_connections`` < 1.
+    """
 
     def __init__(
         self,
@@ -119,7 +148,9 @@ class Gateway:
         if config is not None and knobs:
             raise TypeError(f"pass either config= or knobs ({', '.join(knobs)}), not both")
         self.config = config or Config(**knobs)
+        self.front = FrontDoor.of(host, self.config.allow_origins, self.config.allow_hosts)
         self.metrics = Metrics()
+        self._admitted: set[ServerConnection] = set()  # handshakes let in, for max_connections
         self._sessions: dict[str, Session] = {}
         self._pipes: dict[str, WebPipe] = {}  # the pipe of each session in _sessions
         self._born: dict[str, asyncio.Future[Session]] = {}  # sids clients wait for
@@ -133,10 +164,29 @@ class Gateway:
 
     # --- lifespan ---------------------------------------------------------------
 
+    @property
+    def default_grant(self) -> Grant:
+        """What a client gets when there is no ``auth`` hook (``Config.default_grant``)."""
+        if self.config.default_grant is not None:
+            return self.config.default_grant
+        return Grant.OPERATOR if is_loopback(self.host) else Grant.VIEWER
+
     async def start(self) -> Gateway:
-        """Bind and start serving.  Returns self."""
+        """Bind and start serving.  Returns self.
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
         self._loop = asyncio.get_running_loop()
         cfg = self.config
+        if self.auth is None and cfg.default_grant is None and not is_loopback(self.host):
+            log.warning(
+                "listening on %s with no operator credentials: every client is a viewer (it can "
+                "watch, not start, answer or cancel runs).  Give operators a credential "
+                "(--operator-token, or Gateway(auth=...)), or pass --insecure "
+                "(Config(default_grant=Grant.OPERATOR)) to make every client an operator",
+                self.host,
+            )
         self._server = await serve(
             self._handler,
             self.host,
@@ -154,6 +204,9 @@ class Gateway:
             # answers our close frame) is dropped after this, not 10 s
             close_timeout=cfg.close_timeout,
             server_header="wirepipe",
+            # websockets logs request lines, headers and frame payloads at DEBUG:
+            # ours redacts credentials from them (docs/security.md)
+            logger=redacting_logger("wirepipe.ws"),
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
@@ -408,6 +461,24 @@ class Gateway:
 
     # --- serving --------------------------------------------------------------------
 
+    def _admit(self, ws: ServerConnection) -> Response | None:
+        """Let a WebSocket handshake in, or answer 503 when ``max_connections`` are open.
+
+        A connection holds its slot from here until it starts closing (a
+        client whose close handshake is done has freed it).  This runs
+        synchronously up to the 101 response, so two handshakes never race
+        for the last slot.
+        """
+        self._admitted = {c for c in self._admitted if c.state in (State.CONNECTING, State.OPEN)}
+        if len(self._admitted) >= self.config.max_connections:
+            log.info("refused a WebSocket handshake: %d connections open (--max-connections)",
+                     len(self._admitted))
+            response = ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+            response.headers["Retry-After"] = "1"
+            return response
+        self._admitted.add(ws)
+        return None
+
     async def _handler(self, ws: ServerConnection) -> None:
         conn = Connection(self, ws)
         self._conns.add(conn)
@@ -420,11 +491,22 @@ class Gateway:
             self.metrics.connections_open -= 1
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
+        path = request.path.split("?", 1)[0]
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        refusal = self.front.refusal(request.headers)
+        if refusal is not None:
+            # once, at INFO: a hostile page can cause these at will.  No query
+            # string (it may hold ?auth=), no headers but the two judged.
+            log.info(
+                "refused %s %.200s: %s (Origin %.200r, Host %.200r)",
+                "WebSocket handshake to" if upgrade else "HTTP request for",
+                path, refusal, request.headers.get("Origin"), request.headers.get("Host"),
+            )
+            return ws.respond(HTTPStatus.FORBIDDEN, f"{refusal}\n")
+        if upgrade:
             if self._closing:
                 return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
-            return None
-        path = request.path.split("?", 1)[0]
+            return self._admit(ws)
         if path == "/healthz":
             return ws.respond(HTTPStatus.OK, "ok\n")
         if path == "/apps":  # the names hello.start accepts, for start forms
@@ -474,14 +556,26 @@ def _response(status: HTTPStatus, body: bytes, ctype: str) -> Response:
 
 
 def _static(path: str) -> Response:
+    """A file of the web UI or the JS client, or 404; never raises.
+
+    Paths are not percent-decoded (no served file needs it), so ``%2e%2e``
+    is a name, not a parent.  A NUL, raw or as ``%00``, is a bad request;
+    a name the filesystem refuses (a component over 255 bytes) is not found.
+    """
+    if "\x00" in path or "%00" in path:
+        return _response(HTTPStatus.BAD_REQUEST, b"bad request\n", "text/plain")
     if path in ("", "/"):
         path = "/index.html"
     if path.startswith("/client/"):
         root, rel = _client_dir(), path[len("/client/") :]
     else:
         root, rel = STATIC, path.lstrip("/")
-    target = (root / rel).resolve()
-    if not target.is_relative_to(root.resolve()) or not target.is_file():
+    try:
+        target = (root / rel).resolve()
+        found = target.is_relative_to(root.resolve()) and target.is_file()
+    except (OSError, ValueError):  # ENAMETOOLONG and the like: no such file here
+        found = False
+    if not found:
         return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
     ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
     if target.suffix in (".js", ".mjs"):

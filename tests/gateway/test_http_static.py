@@ -7,6 +7,7 @@ byte for byte (no client-side normalisation of ``..`` or ``%2e``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,25 @@ async def test_metrics_count_errors_by_code(gw: Gateway, raw: Any) -> None:
         await r.closed()
     status, _, body = await get(gw, "/metrics")
     assert status == 200 and b'wirepipe_errors_total{code="bad_frame"} 1' in body
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/" + "a" * 256, 404),  # one component over NAME_MAX
+        ("/client/" + "b" * 300 + ".js", 404),
+        ("/vendor/" + "c" * 1000 + "/x.mjs", 404),
+        ("/" + "%61" * 100, 404),  # not decoded: 300 characters
+        ("/a\x00b", 400),  # a raw NUL in the request line
+        ("/client/a%00.js", 400),
+        ("/%00", 400),
+    ],
+)
+async def test_impossible_names_are_answered_without_a_traceback(
+    gw: Gateway, path: str, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    got, _, body = await get(gw, path)
+    assert got == status
+    assert body == (b"not found\n" if status == 404 else b"bad request\n")
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
