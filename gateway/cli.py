@@ -94,6 +94,19 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
                    help="bytes kept per session (default: %(default)s)")
     p.add_argument("--retain-seconds", type=float, default=Retention().ttl_after_end,
                    help="seconds a session is kept after its run ended (default: %(default)s)")
+    p.add_argument("--backlog-events", type=_positive, default=Config().backlog_events, metavar="N",
+                   help="per session: events written and not yet stored (the store is unreachable) "
+                        "before the Pipe refuses writes with BacklogFull (default: %(default)s)")
+    p.add_argument("--backlog-bytes", type=_positive, default=Config().backlog_bytes, metavar="BYTES",
+                   help="per session: bytes of those events (default: %(default)s)")
+    p.add_argument("--inbox-messages", type=_positive, default=Config().inbox_messages, metavar="N",
+                   help="per session: client sends the agent has not taken before a send gets "
+                        "inbox_full (default: %(default)s)")
+    p.add_argument("--inbox-bytes", type=_positive, default=Config().inbox_bytes, metavar="BYTES",
+                   help="per session: bytes of those sends (default: %(default)s)")
+    p.add_argument("--drain-timeout", type=float, default=Config().drain_timeout, metavar="SECONDS",
+                   help="on shutdown, how long to wait for the store to take what sessions hold "
+                        "(default: %(default)s)")
     p.add_argument("--redis", metavar="URL", default=os.environ.get("WIREPIPE_REDIS"),
                    help="keep session logs in Redis Streams at URL (env WIREPIPE_REDIS), e.g. "
                         "redis://127.0.0.1:6379/0.  Gateways sharing it (and --secret) all serve "
@@ -133,6 +146,9 @@ def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None)
             default_grant=Grant.OPERATOR if args.insecure else None,
             allow_origins=tuple(args.allow_origin), allow_hosts=tuple(args.allow_host),
             max_connections=args.max_connections,
+            backlog_events=args.backlog_events, backlog_bytes=args.backlog_bytes,
+            inbox_messages=args.inbox_messages, inbox_bytes=args.inbox_bytes,
+            drain_timeout=args.drain_timeout,
         ),
     )
 
