@@ -293,7 +293,12 @@ class Connection:
         cfg = self.gw.config
         async for msg in self.ws:
             frame = decode_client(msg, cfg.max_frame)
-            if not self._limiter.allow():
+            # An ack that moves the window is flow control, not abuse: never
+            # charged, so acking every window/2 events cannot trip the limit
+            # on a fast backlog (a refused ack would shut the window for good).
+            # Redundant acks are charged like any frame.
+            free = isinstance(frame, Ack) and self.flow.advances(frame.seq)
+            if not free and not self._limiter.allow():
                 fatal = self._limiter.strikes > cfg.rate_strikes
                 raise_or_tell = ProtocolError(
                     ErrorCode.RATE_LIMITED,
