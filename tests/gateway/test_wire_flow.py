@@ -123,6 +123,31 @@ async def test_python_client_with_window_gets_everything(gw):
     assert [e.seq for e in evs] == list(range(1, 503))
 
 
+async def test_python_client_acks_what_its_consumer_took_so_the_window_bounds_its_buffer(gw):
+    pipe = gw.pipe("win3")
+    for i in range(100):
+        pipe.set_message(str(i))
+    pipe.close()
+    await pipe.drained()
+    async with Client(gw.url, "win3", window=8) as c:
+        (conn,) = [x for x in gw._conns if x.sid == "win3"]
+        evs = [await anext(c) for _ in range(3)]
+        # The consumer stops.  Acks travel in order with pings: after the pong
+        # the gateway has seen every ack the client sent so far: none, since
+        # 3 < window/2 were consumed, whatever the client received meanwhile.
+        await c.ping()
+        assert conn.flow.acked == 0
+        assert c.buffered <= 8 and c.last_seq <= 8
+        evs.append(await anext(c))  # the 4th consumed: ack 4
+        await c.ping()
+        assert conn.flow.acked == 4
+        assert c.buffered <= 8 and c.last_seq <= 12
+        while not final(evs[-1]):  # consuming again drains the run
+            evs.append(await asyncio.wait_for(anext(c), TIMEOUT))
+            assert c.last_seq - evs[-1].seq <= 8  # received, not consumed: within the window
+    assert [e.seq for e in evs] == list(range(1, pipe.head + 1))
+
+
 async def test_eight_producer_threads_keep_one_gap_free_order(gw):
     pipe = gw.pipe("threads")
     n_threads, per = 8, 1500
