@@ -9,6 +9,17 @@ The iterator yields ``protocol.Event`` values, in order, each once.  When the
 gateway cannot recover the stream (``welcome.recovered`` false after a
 reconnect), ``on_reset(welcome)`` is called and the new welcome is appended
 to ``resets``: what was shown must be rebuilt from ``welcome.snapshot``.
+
+Flow control (docs/protocol.md section 6): with a window in force
+(``welcome.window``) the client acks *after consumption*: once the iterator
+has yielded at least ``max(1, window // 2)`` events since the last ack, it
+sends one cumulative ``ack`` for the last event yielded.  A consumer that
+stops iterating therefore stops the gateway at the window, and ``buffered``
+(events received, not yet yielded) stays at most the window.  A reconnect's
+welcome restarts the window at ``hello.after``, the last event *received*, so
+events buffered before it are owed no ack (the buffer can then briefly hold
+up to two windows).  Without a window the client never acks and buffers
+whatever arrives.
 """
 
 from __future__ import annotations
@@ -88,12 +99,18 @@ class Client:
         self.closed_with: int | None = None
         self._resume: str | None = None
         self._ws: ClientConnection | None = None
-        self._events: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
+        self._events: asyncio.Queue[tuple[int, Event] | BaseException | None] = asyncio.Queue()
         self._pending: dict[str, tuple[bytes, asyncio.Future[Replied]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._welcomed = asyncio.Event()
         self._pongs: dict[Any, asyncio.Future[None]] = {}
-        self._unacked = 0
+        # Flow control: events are queued as (generation, event); the
+        # generation moves at every socket and every welcome, both of which
+        # restart the gateway's window, so older events are owed no ack.
+        self._gen = 0
+        self._ack_every = 0
+        self._acked_seq = 0
+        self._buffered = 0
         self._stopping = False
         self._welcomed_now = False
 
@@ -186,6 +203,8 @@ class Client:
             logger=redacting_logger("wirepipe.client.ws"),
         ) as ws:
             self._ws = ws
+            self._gen += 1
+            self._ack_every = 0  # no acks on this socket before its welcome
             self._welcomed_now = False
             first = self.connects == 0
             self.connects += 1
@@ -215,7 +234,11 @@ class Client:
             self.welcome = frame
             self.epoch = frame.epoch
             self._resume = frame.resume
-            self._unacked = 0
+            # The gateway's window restarts at our position: after (the last
+            # event received) when recovered, else where the events resume.
+            self._gen += 1
+            self._acked_seq = self.last_seq
+            self._ack_every = max(1, frame.window // 2) if frame.window else 0
             self._welcomed_now = True
             self._welcomed.set()
             for raw, _ in list(self._pending.values()):  # re-send, same rid
@@ -225,11 +248,8 @@ class Client:
             if ev.seq <= self.last_seq:
                 continue  # a duplicate
             self.last_seq = ev.seq
-            self._events.put_nowait(ev)
-            self._unacked += 1
-        if self.window and self._unacked * 2 >= self.window:
-            self._unacked = 0
-            await ws.send(encode(Ack(self.last_seq)))
+            self._events.put_nowait((self._gen, ev))
+            self._buffered += 1
         if isinstance(frame, Replied):
             entry = self._pending.pop(frame.rid, None)
             if entry is not None and not entry[1].done():
@@ -246,6 +266,11 @@ class Client:
     def __aiter__(self) -> Client:
         return self
 
+    @property
+    def buffered(self) -> int:
+        """Events received and not yet yielded by the iterator."""
+        return self._buffered
+
     async def __anext__(self) -> Event:
         item = await self._events.get()
         if item is None:
@@ -254,7 +279,22 @@ class Client:
         if isinstance(item, BaseException):
             self._events.put_nowait(item)
             raise item
-        return item
+        gen, ev = item
+        self._buffered -= 1
+        if gen == self._gen and self._ack_every and ev.seq - self._acked_seq >= self._ack_every:
+            await self._ack(ev.seq)
+        return ev
+
+    async def _ack(self, seq: int) -> None:
+        """Ack, cumulatively, every event up to ``seq`` (the consumer took them)."""
+        self._acked_seq = seq
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            await ws.send(encode(Ack(seq)))
+        except ConnectionClosed:
+            pass  # the reconnect's hello.after restarts the window
 
     async def until(self, pred: Callable[[Event], bool]) -> list[Event]:
         """Collect events until one satisfies ``pred`` (included)."""

@@ -299,18 +299,18 @@ class Connection:
         cfg = self.gw.config
         async for msg in self.ws:
             try:
-                frame = decode_client(msg, cfg.max_frame)
+                frame: Any = decode_client(msg, cfg.max_frame)
             except ProtocolError as exc:
-                if exc.fatal:
+                if exc.fatal or exc.rid is None:
                     raise
-                # A request whose value cannot travel: answer it, keep the connection.
-                if exc.rid is not None:
-                    await self.ws.send(encode(Replied(exc.rid, False, exc.code.value)))
-                else:
-                    await self._fail(exc)
-                continue
+                frame = exc  # a request whose value cannot travel: answered below
             self._size = len(msg)
-            if not self._limiter.allow():
+            # An ack that moves the window is flow control, not abuse: never
+            # charged, so acking every window/2 events cannot trip the limit
+            # on a fast backlog (a refused ack would shut the window for good).
+            # Redundant acks are charged like any frame.
+            free = isinstance(frame, Ack) and self.flow.advances(frame.seq)
+            if not free and not self._limiter.allow():
                 fatal = self._limiter.strikes > cfg.rate_strikes
                 raise_or_tell = ProtocolError(
                     ErrorCode.RATE_LIMITED,
@@ -320,6 +320,10 @@ class Connection:
                 if fatal:
                     raise raise_or_tell
                 await self._fail(raise_or_tell)
+                continue
+            if isinstance(frame, ProtocolError):
+                assert frame.rid is not None
+                await self.ws.send(encode(Replied(frame.rid, False, frame.code.value)))
                 continue
             reply = self._handle(frame)
             if reply is None and isinstance(frame, (Reply, Send, Cancel)):

@@ -70,6 +70,7 @@ __all__ = [
     "Run",
     "ReviewExit",
     "attach",
+    "available",
     "current_run",
     "install",
     "new_executor",
@@ -126,9 +127,7 @@ def prepare(root: str | os.PathLike[str] | None = None) -> Path:
     Raises:
         ImportError: MetaGPT is not installed.
     """
-    import importlib.util
-
-    if importlib.util.find_spec("metagpt") is None:
+    if not available():
         raise ImportError("MetaGPT is not installed: see docs/metagpt.md")
     _prepare_env(root)
     from metagpt.const import METAGPT_ROOT
@@ -140,6 +139,24 @@ def prepare(root: str | os.PathLike[str] | None = None) -> Path:
     return Path(METAGPT_ROOT)
 
 
+def available() -> bool:
+    """True if ``import metagpt`` would import the MetaGPT package.
+
+    Not merely ``find_spec("metagpt")``: any folder named ``metagpt`` on
+    ``sys.path`` (a checkout's ``tests/metagpt``, say) is a namespace package
+    to it, with no file behind it.  The real package has an ``__init__.py``,
+    which the spec names as its origin; a regular package anywhere on the
+    path wins over a namespace folder, so this is what the import will get.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("metagpt")
+    except (ImportError, ValueError):  # a broken entry in sys.modules / sys.path
+        return False
+    return spec is not None and spec.origin is not None and spec.has_location
+
+
 def _prepare_env(root: str | os.PathLike[str] | None = None) -> None:
     """The part of ``prepare`` that must precede ``import metagpt``; imports nothing.
 
@@ -147,10 +164,9 @@ def _prepare_env(root: str | os.PathLike[str] | None = None) -> None:
     ``from metagpt... import ...`` placed after ``import gateway.metagpt``
     finds a root and a config.
     """
-    import importlib.util
     import sys
 
-    if sys.modules.get("metagpt") is None and importlib.util.find_spec("metagpt") is not None:
+    if sys.modules.get("metagpt") is None and available():
         where = (
             root
             or os.environ.get("METAGPT_PROJECT_ROOT")

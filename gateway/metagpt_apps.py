@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-from .metagpt import attach, new_executor, prepare, run_in_thread
+from .metagpt import attach, available, new_executor, prepare, run_in_thread
 from .offline_llm import DemoScript, use
 
-if importlib.util.find_spec("metagpt") is None:
+if not available():
     raise ImportError("MetaGPT is not installed: see docs/metagpt.md")
 
 __all__ = ["Options", "data_interpreter", "team"]

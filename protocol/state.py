@@ -147,6 +147,14 @@ class FlowWindow:
     def on_sent(self, seq: int) -> None:
         self.sent = max(self.sent, seq)
 
+    def advances(self, seq: int) -> bool:
+        """True if an ack of ``seq`` moves the acked position (section 6).
+
+        Such an ack is flow control and is never charged to the rate limit:
+        a client cannot send more of them than events it was sent.
+        """
+        return self.acked < seq <= self.sent
+
     def on_ack(self, seq: int) -> bool:
         """Record a cumulative ack; False if it acks what was never sent."""
         if seq > self.sent:

@@ -67,7 +67,7 @@ import itertools
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -259,6 +259,40 @@ class _Watch:
     idle: asyncio.TimerHandle | None = None
 
 
+class PubSubHealth:
+    """What happened to a store's pub/sub connection: counters, and a way to wait on them.
+
+    For monitoring (export the counters) and for code that must know the
+    connection is back before it relies on another node's wake-ups.
+    """
+
+    __slots__ = ("pongs", "live", "reconnects", "silent_drops", "parked", "_changed")
+
+    def __init__(self) -> None:
+        #: Health PINGs answered (the idle connection is alive).
+        self.pongs = 0
+        #: Times the subscriptions were confirmed live: after a SUBSCRIBE, and
+        #: after each reconnect once the re-sent SUBSCRIBEs are in effect.
+        self.live = 0
+        #: Times the connection came back after a drop (each woke every waiter).
+        self.reconnects = 0
+        #: Connections dropped because a health PING went unanswered.
+        self.silent_drops = 0
+        #: Waits that found nothing new and now sleep until a message wakes them.
+        self.parked = 0
+        self._changed = asyncio.Event()
+
+    def _bump(self, counter: str) -> None:
+        setattr(self, counter, getattr(self, counter) + 1)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def until(self, pred: Callable[[PubSubHealth], bool]) -> None:
+        """Return once ``pred(self)`` holds, checked after every change of a counter."""
+        while not pred(self):
+            await self._changed.wait()
+
+
 @dataclass(frozen=True, slots=True)
 class _State:
     epoch: str
@@ -336,17 +370,23 @@ class RedisStore:
         self._by_channel: dict[bytes, _Watch] = {}
         self._to_sub: set[bytes] = set()
         self._to_unsub: set[bytes] = set()
-        self._pings: dict[bytes, list[asyncio.Future[None]]] = {}
+        # PING token -> the futures its pong settles, and the counter it bumps
+        self._pings: dict[bytes, tuple[list[asyncio.Future[None]], str | None]] = {}
         self._ping_ids = itertools.count(1)
         self._kick = asyncio.Event()
         self._pubsub: PubSub | None = None
         self._subscriber: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._health_token: bytes | None = None
-        #: How many times the pub/sub connection came back (each woke every waiter).
-        self.reconnects = 0
+        #: The pub/sub connection's history (``await store.pubsub.until(...)``).
+        self.pubsub = PubSubHealth()
         self._inflight: set[asyncio.Future[Any]] = set()
         self._closed = False
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the pub/sub connection came back (each woke every waiter)."""
+        return self.pubsub.reconnects
 
     async def _io(self, call: Awaitable[T]) -> T:
         """Await one redis-py call so that cancelling the caller always works.
@@ -610,6 +650,7 @@ class RedisStore:
                 verdict = waiter.judge(*change)
                 if verdict is not None:
                     return verdict
+            self.pubsub._bump("parked")
             return await waiter.fut
         finally:
             self._detach(watch, waiter)
@@ -698,7 +739,7 @@ class RedisStore:
                         self._pubsub.connection.register_connect_callback(self._on_reconnect)
                         self._listener = asyncio.create_task(self._listen(), name="wirepipe-redis-listen")
                     futs = [wt.ready for ch in subs if (wt := self._by_channel.get(ch)) is not None]
-                    await self._ping(futs, None)
+                    await self._ping(futs, None, "live")
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("redis pub/sub: cannot subscribe: %s", exc)
                 for ch in subs:
@@ -728,20 +769,32 @@ class RedisStore:
                 log.warning("redis pub/sub: no pong in %.1fs; reconnecting", self.poll_interval / 2)
                 self._pings.pop(self._health_token, None)
                 self._health_token = None
+                self.pubsub._bump("silent_drops")
                 await ps.connection.disconnect(nowait=True)
                 return
-            self._health_token = await self._ping([], None)
+            await self._ping([], None, "pongs", health=True)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             log.warning("redis pub/sub: health check failed: %s", exc)
 
-    async def _ping(self, futs: list[asyncio.Future[None]], conn: AbstractConnection | None) -> bytes:
-        """PING through the pub/sub connection: its pong settles ``futs``.
+    async def _ping(
+        self,
+        futs: list[asyncio.Future[None]],
+        conn: AbstractConnection | None,
+        counter: str | None = None,
+        *,
+        health: bool = False,
+    ) -> bytes:
+        """PING through the pub/sub connection: its pong settles ``futs`` and bumps ``counter``.
 
         Redis answers in order, so the pong means every SUBSCRIBE sent before
-        it is in effect.
+        it is in effect.  A ``health`` PING is the one the next health check
+        looks for; it is recorded before the write, so that a pong (or a
+        later check) can never race with the bookkeeping.
         """
         token = f"wirepipe-{next(self._ping_ids)}".encode()
-        self._pings[token] = futs
+        self._pings[token] = (futs, counter)
+        if health:
+            self._health_token = token
         assert self._pubsub is not None
         if conn is None:
             await self._pubsub.ping(token)
@@ -754,7 +807,7 @@ class RedisStore:
         # runs first).  Messages sent while we were away are lost: wake every
         # waiter, and hold new ones until the subscriptions are live again.
         log.info("redis pub/sub: reconnected; waking every waiter")
-        self.reconnects += 1
+        self.pubsub._bump("reconnects")
         self._pings.clear()  # sent on the dead connection: never answered
         futs: list[asyncio.Future[None]] = []
         loop = asyncio.get_running_loop()
@@ -763,7 +816,7 @@ class RedisStore:
                 watch.ready = loop.create_future()
             futs.append(watch.ready)
         self._wake_all()
-        await self._ping(futs, conn)
+        await self._ping(futs, conn, "live")
 
     async def _listen(self) -> None:
         pause = 0.05
@@ -789,9 +842,12 @@ class RedisStore:
                     head, _, epoch = rest.partition(b":")
                     self._wake(watch.sid, what, _str(epoch), int(head))
             elif kind == "pong":
-                for fut in self._pings.pop(bytes(msg["data"]), ()):
+                futs, counter = self._pings.pop(bytes(msg["data"]), ([], None))
+                for fut in futs:
                     if not fut.done():
                         fut.set_result(None)
+                if counter is not None:
+                    self.pubsub._bump(counter)
 
 
 def _str(b: bytes | str) -> str:

@@ -8,6 +8,7 @@ import threading
 from support import TIMEOUT, answers, final, replied
 
 from gateway.client import Client
+from protocol import events_of
 
 
 async def test_ask_answered_once_when_two_clients_reply_at_once(gw, raw):
@@ -122,6 +123,31 @@ async def test_python_client_with_window_gets_everything(gw):
     assert [e.seq for e in evs] == list(range(1, 503))
 
 
+async def test_python_client_acks_what_its_consumer_took_so_the_window_bounds_its_buffer(gw):
+    pipe = gw.pipe("win3")
+    for i in range(100):
+        pipe.set_message(str(i))
+    pipe.close()
+    await pipe.drained()
+    async with Client(gw.url, "win3", window=8) as c:
+        (conn,) = [x for x in gw._conns if x.sid == "win3"]
+        evs = [await anext(c) for _ in range(3)]
+        # The consumer stops.  Acks travel in order with pings: after the pong
+        # the gateway has seen every ack the client sent so far: none, since
+        # 3 < window/2 were consumed, whatever the client received meanwhile.
+        await c.ping()
+        assert conn.flow.acked == 0
+        assert c.buffered <= 8 and c.last_seq <= 8
+        evs.append(await anext(c))  # the 4th consumed: ack 4
+        await c.ping()
+        assert conn.flow.acked == 4
+        assert c.buffered <= 8 and c.last_seq <= 12
+        while not final(evs[-1]):  # consuming again drains the run
+            evs.append(await asyncio.wait_for(anext(c), TIMEOUT))
+            assert c.last_seq - evs[-1].seq <= 8  # received, not consumed: within the window
+    assert [e.seq for e in evs] == list(range(1, pipe.head + 1))
+
+
 async def test_eight_producer_threads_keep_one_gap_free_order(gw):
     pipe = gw.pipe("threads")
     n_threads, per = 8, 1500
@@ -230,3 +256,48 @@ async def test_cancel_flag_is_an_event_and_truthy_once_set(gw):
     assert pipe.cancelled and pipe.cancelled.is_set()
     assert pipe.cancel_reason == "stop please" and seen == ["stop please"]
     assert not pipe.closed  # a cancel asks; the agent decides when to close
+
+
+BACKLOG = 100_000  # the default retention: every event stays readable
+
+
+async def test_acking_every_half_window_never_trips_the_rate_limiter(make_gw, raw):
+    # Section 6's rule on a fast backlog: 12,500 acks, far over the burst of
+    # 400 frames; an ack that advances the window is flow control, not abuse.
+    # (The limiter does not depend on the store: the memory one keeps it fast.)
+    gw = await make_gw()
+    pipe = gw.pipe("backlog")
+    for i in range(BACKLOG):
+        pipe.emit("log", {"level": "INFO", "msg": str(i)})
+    await pipe.drained()
+    async with raw(gw.url, compression=None) as r:
+        w = await r.hello("backlog", window=16)
+        assert w.window == 16
+        seqs: list[int] = []
+        acked = 0
+        while not seqs or seqs[-1] < BACKLOG:
+            frame = await r.recv()
+            assert frame.t in ("ev", "batch"), frame  # never rate_limited
+            seqs.extend(e.seq for e in events_of(frame))
+            if seqs[-1] - acked >= 8:
+                acked = seqs[-1]
+                await r.send({"t": "ack", "seq": acked})
+    assert seqs == list(range(1, BACKLOG + 1))
+
+
+async def test_python_client_with_window_consumes_a_long_backlog(make_gw):
+    g = await make_gw()
+    pipe = g.pipe("backlog2")
+    for i in range(BACKLOG - 1):
+        pipe.emit("log", {"level": "INFO", "msg": str(i)})
+    pipe.close()
+    n = 0
+    async with Client(g.url, "backlog2", window=16, compression=False) as c:
+        while True:  # each event within TIMEOUT: a stalled window fails, not hangs
+            ev = await asyncio.wait_for(anext(c), TIMEOUT)
+            n += 1
+            assert ev.seq == n
+            if final(ev):
+                break
+        assert c.errors == []
+    assert n == BACKLOG

@@ -316,3 +316,14 @@ def test_window_invariants(size: int, ops: list[tuple[bool, int]]) -> None:
         else:
             assert w.on_ack(n) is (n <= w.sent)
         assert 0 <= w.sent - w.acked <= size
+
+
+def test_only_an_ack_that_moves_the_window_advances_it() -> None:
+    w = FlowWindow(4, 10)
+    w.on_sent(14)
+    assert not w.advances(10)  # already acked
+    assert not w.advances(15)  # never sent
+    assert w.advances(11) and w.advances(14)
+    w.on_ack(12)
+    assert not w.advances(12) and not w.advances(11)  # redundant now
+    assert w.advances(13)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from support import TIMEOUT, final
+from support import MS, TIMEOUT, final
 
 from gateway import Gateway
 from gateway.client import Client
@@ -209,9 +209,9 @@ async def test_another_nodes_append_end_and_create_wake_waiters(open_store: Open
         await writer.end("s")
         assert await asyncio.wait_for(task, TIMEOUT) is False
 
+        parked = reader.pubsub.parked
         task = asyncio.create_task(reader.wait("s", 2))  # an ended log still waits...
-        await started(task)
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(reader.pubsub.until(lambda h: h.parked > parked), TIMEOUT)
         assert not task.done()
         await writer.create("s", "e2")  # ...for a new run to replace it
         assert await asyncio.wait_for(task, TIMEOUT) is False
@@ -226,11 +226,8 @@ async def test_waiters_hold_no_connection(open_store: Opener, redis_url: str) ->
             await writer.create(sid, "e1")
             await writer.append(sid, [ev(1)])
         tasks = [asyncio.create_task(reader.wait(sid, 1)) for sid in sids for _ in range(10)]
-        for _ in range(100):
-            if all(w.ready.done() for w in reader._watches.values()) and len(reader._watches) == 20:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
+        # every one of them checked the log and sleeps: none holds a connection
+        await asyncio.wait_for(reader.pubsub.until(lambda h: h.parked == 200), TIMEOUT)
         assert not any(t.done() for t in tasks)
         for sid in sids:
             await writer.append(sid, [ev(2)])
@@ -244,10 +241,8 @@ async def test_a_dropped_pubsub_connection_wakes_waiters_and_waiting_goes_on(
         await store.create("s", "e1")
         await store.append("s", [ev(1)])
         task = asyncio.create_task(store.wait("s", 1))
-        while not store._watches or not store._watches["s"].waiters:
-            await asyncio.sleep(0.005)
+        await asyncio.wait_for(store.pubsub.until(lambda h: h.parked == 1), TIMEOUT)
         assert store._pubsub is not None and store._pubsub.connection is not None
-        ready = store._watches["s"].ready
         host, port = store._pubsub.connection._writer.get_extra_info("sockname")[:2]  # type: ignore[union-attr]
         admin = Redis.from_url(redis_url)
         try:
@@ -258,13 +253,8 @@ async def test_a_dropped_pubsub_connection_wakes_waiters_and_waiting_goes_on(
         assert await asyncio.wait_for(task, TIMEOUT) is False
         assert store.reconnects == 1
         # redis-py reconnects and resubscribes; the pong after it makes the watch live again
-        for _ in range(int(TIMEOUT / 0.005)):
-            watch = store._watches["s"]
-            if watch.ready is not ready and watch.ready.done():
-                break
-            await asyncio.sleep(0.005)
-        else:
-            pytest.fail("the pub/sub connection did not come back")
+        await asyncio.wait_for(store.pubsub.until(lambda h: h.live == 2), TIMEOUT)
+        assert store._watches["s"].ready.done()
         # and the resubscribed channel works: another node's append wakes the next wait
         async with open_store() as writer:
             for n in (2, 3):
@@ -275,27 +265,31 @@ async def test_a_dropped_pubsub_connection_wakes_waiters_and_waiting_goes_on(
 
 
 async def test_an_unanswered_health_ping_drops_the_pubsub_connection(open_store: Opener) -> None:
-    # poll_interval 0.2: the subscriber pings every 0.1 s when idle
-    async with open_store(poll_interval=0.2) as store, open_store() as writer:
+    # The subscriber pings an idle connection every poll_interval / 2 and drops
+    # it when the previous pong has not come: a generous interval, so that a
+    # loaded machine's healthy connection always answers in time.
+    async with open_store(poll_interval=2000 * MS) as store, open_store() as writer:
         await writer.create("s", "e1")
         await writer.append("s", [ev(1)])
-        await store.wait("s", 1, timeout=0.01)  # subscribes
-        # a healthy connection answers every ping: it is kept
-        await asyncio.sleep(0.5)
-        assert store.reconnects == 0
-        # a silent one (its pong never comes) is dropped and made again
-        stale = b"lost-pong"
-        store._pings[stale] = []
-        store._health_token = stale
-        for _ in range(int(TIMEOUT / 0.005)):
-            if store.reconnects == 1 and store._watches["s"].ready.done():
-                break
-            await asyncio.sleep(0.005)
-        else:
-            pytest.fail("the silent pub/sub connection was not replaced")
         task = asyncio.create_task(store.wait("s", 1))
-        await started(task)
+        await asyncio.wait_for(store.pubsub.until(lambda h: h.parked == 1), TIMEOUT)  # subscribed
         await writer.append("s", [ev(2)])
+        assert await asyncio.wait_for(task, TIMEOUT) is True
+        # a healthy connection answers every ping: the check after a pong keeps it
+        await asyncio.wait_for(store.pubsub.until(lambda h: h.pongs >= 2), TIMEOUT)
+        assert store.reconnects == 0 and store.pubsub.silent_drops == 0
+        # a silent one (the pong of its last health ping never comes) is dropped
+        # and made again (the health token is recorded before the ping is written,
+        # so nothing overwrites this one)
+        stale = b"lost-pong"
+        store._pings[stale] = ([], None)
+        store._health_token = stale
+        await asyncio.wait_for(
+            store.pubsub.until(lambda h: h.silent_drops == 1 and h.reconnects == 1 and h.live == 2), TIMEOUT
+        )
+        task = asyncio.create_task(store.wait("s", 2))
+        await started(task)
+        await writer.append("s", [ev(3)])
         assert await asyncio.wait_for(task, TIMEOUT) is True
 
 

@@ -27,8 +27,9 @@
 // closed for good.
 //
 // Flow control. With a window in force (welcome.window, else the window the
-// client asked for) the client acks cumulatively once window/2 events have
-// been processed. An event is processed once the `event` listeners returned
+// client asked for) the client acks cumulatively once
+// max(1, floor(window / 2)) events have been processed since the last ack
+// (docs/protocol.md section 6; the Python client follows the same rule). An event is processed once the `event` listeners returned
 // and every open async iterator has taken it, so a slow `for await` loop
 // holds the acks back and the server stops at the window: the iterator's
 // buffer is bounded by its consumer. Without a window the client never acks
