@@ -245,3 +245,46 @@ async def test_a_client_can_send_ints_and_big_frames_without_harm(gw: Gateway, r
         assert replied(frames)[0].ok is True
     assert await asyncio.wait_for(asked, TIMEOUT) == {1: "one"}
     pipe.close()
+
+
+# --- a store that fails for good ------------------------------------------------------------
+
+
+async def test_a_store_that_keeps_failing_ends_the_run_failed_for_everyone() -> None:
+    """Not a connection problem but a broken batch (a bug): after a few tries the run
+    ends ``failed`` with a reason every client sees, its app is cancelled, its ask closed."""
+
+    class Allergic(MemoryStore):
+        """Refuses any batch with a poisoned event, the way a buggy backend would."""
+
+        async def append(self, sid: str, events: Any, *, epoch: str | None = None) -> None:
+            if any(e.k == "log" and e.d.get("msg") == "poison" for e in events):
+                raise RuntimeError("the backend choked")
+            await super().append(sid, events, epoch=epoch)
+
+    reached: list[str] = []
+
+    async def app(pipe: Any, value: Any) -> None:
+        pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": "fine"}})
+        await pipe.drained()
+        reached.append("drained")
+        pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": "poison"}})
+        try:
+            await pipe.ask("still there?", ["yes"])
+        except asyncio.CancelledError:
+            reached.append("cancelled")
+            raise
+
+    async with Gateway(port=0, store=Allergic(), apps={"app": app}) as gw:
+        async with Client(gw.url, "allergic", start={"app": "app"}) as c:
+            evs = await asyncio.wait_for(c.until(final), TIMEOUT)
+        assert evs[-1].d["state"] == "failed"
+        assert "RuntimeError" in evs[-1].d["detail"] and "lost" in evs[-1].d["detail"]
+        assert [e.k for e in evs[-2:]] == ["answer", "status"] and evs[-2].d["by"] == "closed"
+        assert len(c.resets) == 1  # the failure was written to a fresh epoch
+        assert reached == ["drained", "cancelled"]
+        # a client that comes later sees the same end
+        async with Client(gw.url, "allergic") as late:
+            assert late.welcome is not None and late.welcome.snapshot is not None
+            assert late.welcome.snapshot["status"]["state"] == "failed"
+        await gw.close()  # prompt, nothing left to drain
