@@ -62,6 +62,7 @@ from protocol import (
     encode_event,
     is_final,
 )
+from protocol.codec import walk_value
 from protocol.events import FINAL_STATES
 
 from .stores import Appended, Store
@@ -124,6 +125,8 @@ class Session:
         self.store = store
         self.loop = loop
         self.limits = limits or Limits()
+        self._max_events = self.limits.backlog_events
+        self._max_bytes = self.limits.backlog_bytes
         self._lock = threading.Lock()
         self._seq = 0
         self._pending: deque[Appended] = deque()
@@ -145,6 +148,9 @@ class Session:
         #: What is stored: the seq of the last stored event and the state as of it.
         self.stored = 0
         self._snap = Snapshot()
+        # The state as of `stored`, to seed a log re-created after a loss; a
+        # store that loses no logs needs none (see Store).
+        self._keep_snap = not getattr(store, "loses_no_logs", False)
         self.asks: dict[str, tuple[dict[str, Any], asyncio.Future[Any]]] = {}
         self.settled: set[str] = set()
         self.replies: OrderedDict[str, Replied] = OrderedDict()
@@ -187,8 +193,9 @@ class Session:
                 number).  Nothing is appended.
             BacklogFull: too many events wait for the store (nothing appended).
         """
+        opaque = False
         if not checked:
-            why = check_value(d)
+            why, opaque = walk_value(d)
             if why is not None:
                 raise ValueError(f"cannot write a {str(k)!r} event: its payload {why}")
         stamp = time.time() if ts is None else ts
@@ -202,16 +209,18 @@ class Session:
             try:
                 raw = encode_event(seq, k, stamp, d)
                 if k in _KEPT_KINDS:
-                    # the reducer keeps these: a decoded copy, checked like a client's value
+                    # The reducers keep these: a decoded copy, which an agent
+                    # changing its dict later cannot touch.  If objects were
+                    # turned into values, the copy is checked like a client's.
                     d = msgpack.unpackb(raw, raw=False, strict_map_key=False)["d"]
-                    why = check_value(d)
+                    why = check_value(d) if opaque else None
                     if why is not None:
                         raise ValueError(why)
             except _ENCODE_ERRORS as exc:
                 raise ValueError(f"cannot write a {str(k)!r} event: {type(exc).__name__}: {exc}") from None
+            size = len(raw)
             if not force and (
-                len(self._pending) >= self.limits.backlog_events
-                or self._pending_bytes + len(raw) > self.limits.backlog_bytes
+                len(self._pending) >= self._max_events or self._pending_bytes + size > self._max_bytes
             ):
                 raise BacklogFull(
                     f"session {self.sid}: {len(self._pending)} events ({self._pending_bytes} bytes) "
@@ -219,8 +228,8 @@ class Session:
                 )
             self._seq = seq
             self._pending.append(Appended(seq, k, d, raw))
-            self._pending_bytes += len(raw)
-            if is_final(k, d):
+            self._pending_bytes += size
+            if k == "status" and is_final(k, d):
                 self.ended = True
             kick = self._idle
             self._idle = False
@@ -278,8 +287,12 @@ class Session:
                 break
             except (LogMissing, SeqGap) as exc:
                 await self._reopen(exc)
-        for ev in batch:
-            self._snap.apply(ev.k, ev.d)
+        if self._keep_snap:
+            apply = self._snap.apply
+            for ev in batch:
+                # Kept kinds were decoded afresh in emit and the stores copy
+                # what they keep: the reducer may own them.
+                apply(ev.k, ev.d, owned=True)
         self.stored = batch[-1].seq
         with self._lock:
             for _ in batch:

@@ -87,6 +87,8 @@ def _is_start(v: object) -> bool:
 #: Map keys a value may use: what every decoder (Python with
 #: ``strict_map_key=False``, JavaScript) turns back into a key.
 _KEY_TYPES: Final = (str, int, float, bool, bytes, type(None))
+_NESTED: Final = (dict, list, tuple)
+_SCALARS: Final = frozenset(_KEY_TYPES)
 
 
 def check_value(v: object, limit: int = MAX_DEPTH) -> str | None:
@@ -96,25 +98,43 @@ def check_value(v: object, limit: int = MAX_DEPTH) -> str | None:
     deep, and its map keys are strings, numbers, booleans, bytes or nil.
     Other objects are leaves here (the encoder turns them into plain values).
     """
-    if not isinstance(v, (dict, list, tuple)):
-        return None
+    return walk_value(v, limit)[0]
+
+
+def walk_value(v: object, limit: int = MAX_DEPTH) -> tuple[str | None, bool]:
+    """``check_value``'s verdict, and whether ``v`` holds other objects than
+    plain maps, arrays and scalars (the encoder will turn them into values
+    whose shape only the encoded bytes show)."""
+    if type(v) in _SCALARS:
+        return None, False
+    if not isinstance(v, _NESTED):
+        return None, True
+    opaque = False
     stack: list[tuple[object, int]] = [(v, 1)]
     pop, push = stack.pop, stack.append
+    scalars = _SCALARS.issuperset
     while stack:
         obj, depth = pop()
         if depth > limit:
-            return f"nests deeper than {limit} maps/arrays"
+            return f"nests deeper than {limit} maps/arrays", opaque
         if isinstance(obj, dict):
-            for key, item in obj.items():
-                if not isinstance(key, _KEY_TYPES):
-                    return f"a map key must be a string or a number, not {type(key).__name__}"
-                if isinstance(item, (dict, list, tuple)):
-                    push((item, depth + 1))
+            if not scalars(map(type, obj)):
+                for key in obj:
+                    if type(key) not in _SCALARS and not isinstance(key, _KEY_TYPES):
+                        return f"a map key must be a string or a number, not {type(key).__name__}", opaque
+            items = obj.values()
         else:
-            for item in obj:  # type: ignore[attr-defined]
-                if isinstance(item, (dict, list, tuple)):
-                    push((item, depth + 1))
-    return None
+            items = obj  # type: ignore[assignment]
+        if scalars(map(type, items)):  # the common case, decided in C
+            continue
+        for item in items:
+            if type(item) in _SCALARS:
+                continue
+            if isinstance(item, _NESTED):
+                push((item, depth + 1))
+            else:
+                opaque = True
+    return None, opaque
 
 
 def _is(t: type | tuple[type, ...]) -> Callable[[object], bool]:
@@ -381,6 +401,7 @@ __all__ = [
     "MAX_DEPTH",
     "SID_RE",
     "check_value",
+    "walk_value",
     "FrameType",
     "batch_frame",
     "decode_client",

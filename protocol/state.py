@@ -27,8 +27,12 @@ class Snapshot:
         self.asks: dict[str, dict[str, Any]] = {}
         self.texts: dict[str, list[str]] = {}
 
-    def apply(self, k: str, d: Any) -> None:
-        """Fold one event in.  Malformed payloads are ignored, never raised."""
+    def apply(self, k: str, d: Any, *, owned: bool = False) -> None:
+        """Fold one event in.  Malformed payloads are ignored, never raised.
+
+        ``owned``: the caller hands ``d`` over (nobody else holds or changes
+        it), so what the snapshot keeps of it need not be copied.
+        """
         if not isinstance(d, dict):
             return
         if k == Kind.TEXT:
@@ -42,9 +46,9 @@ class Snapshot:
                 self.texts.setdefault(sid, []).append(delta)
         elif k == Kind.STATUS:
             if check_event(Kind.STATUS, d) is None:
-                self.status = copy.deepcopy(d)
+                self.status = d if owned else copy.deepcopy(d)
         elif k == Kind.PLAN:
-            plan = copy.deepcopy(d)
+            plan = d if owned else copy.deepcopy(d)
             if not isinstance(plan.get("tasks"), list):
                 plan["tasks"] = []
             self.plan = plan
@@ -52,7 +56,7 @@ class Snapshot:
             self._apply_task(d)
         elif k == Kind.ASK:
             if isinstance(d.get("id"), str):
-                self.asks[d["id"]] = copy.deepcopy(d)
+                self.asks[d["id"]] = d if owned else copy.deepcopy(d)
         elif k == Kind.ANSWER:
             ask_id = d.get("id")
             if isinstance(ask_id, str):  # an unhashable id must not raise from dict.pop

@@ -17,6 +17,11 @@ writer starts a new epoch), ``LogReplaced`` when a newer run owns the log,
 ``SeqGap`` when the log lost events the writer had stored.  An append that
 names its ``epoch`` is idempotent: events the log already holds (a retry
 after a lost reply) are skipped, so a writer may repeat any append.
+
+A store whose logs can only disappear by expiring after their run ended (one
+inside the gateway's process) may say so with a class attribute
+``loses_no_logs = True``: writers then keep no copy of the state that a
+re-created log would need.
 """
 
 from __future__ import annotations

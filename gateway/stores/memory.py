@@ -54,6 +54,9 @@ class _Log:
 class MemoryStore:
     """Session logs in memory, trimmed by count, bytes and time after the run ended."""
 
+    #: A log lives as long as the process, until it expires (see ``Store``).
+    loses_no_logs = True
+
     def __init__(self, retention: Retention | None = None) -> None:
         self.retention = retention or Retention()
         self._logs: dict[str, _Log] = {}
