@@ -666,7 +666,7 @@ class RedisStore:
             self._to_sub.add(channel)
             self._kick.set()
             if self._subscriber is None:
-                self._subscriber = asyncio.create_task(self._subscribe_loop(), name="wirepipe-redis-sub")
+                self._subscriber = self._spawn(self._subscribe_loop(), "wirepipe-redis-sub")
         return watch
 
     def _attach(self, watch: _Watch, waiter: _Waiter) -> None:
@@ -713,6 +713,40 @@ class RedisStore:
 
     # --- the pub/sub connection -------------------------------------------------------
 
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._died)
+        return task
+
+    def _died(self, task: asyncio.Task[None]) -> None:
+        """A pub/sub task ended by a bug: say so, and start the pub/sub side afresh.
+
+        No task dies silently: waiters would otherwise sleep until
+        ``poll_interval`` on every wait.
+        """
+        if task.cancelled() or self._closed or task.exception() is None:
+            return
+        log.error("redis pub/sub: task %s died; starting afresh", task.get_name(), exc_info=task.exception())
+        if task is self._subscriber:
+            self._subscriber = None
+        if task is self._listener:
+            self._listener = None
+        old, self._pubsub = self._pubsub, None
+        if old is not None:
+            asyncio.ensure_future(old.aclose())  # type: ignore[no-untyped-call]
+        if self._listener is not None:  # its pub/sub connection is gone: it goes too
+            self._listener.cancel()
+            self._listener = None
+        loop = asyncio.get_running_loop()
+        for watch in self._watches.values():
+            if watch.ready.done():
+                watch.ready = loop.create_future()
+            self._to_sub.add(watch.channel)
+        self._wake_all()
+        if self._subscriber is None and self._watches:
+            self._subscriber = self._spawn(self._subscribe_loop(), "wirepipe-redis-sub")
+        self._kick.set()
+
     async def _subscribe_loop(self) -> None:
         """The one task that writes to the pub/sub connection: (un)subscribe, then PING."""
         while not self._closed:
@@ -737,7 +771,7 @@ class RedisStore:
                     if self._listener is None:
                         assert self._pubsub.connection is not None
                         self._pubsub.connection.register_connect_callback(self._on_reconnect)
-                        self._listener = asyncio.create_task(self._listen(), name="wirepipe-redis-listen")
+                        self._listener = self._spawn(self._listen(), "wirepipe-redis-listen")
                     futs = [wt.ready for ch in subs if (wt := self._by_channel.get(ch)) is not None]
                     await self._ping(futs, None, "live")
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -840,7 +874,15 @@ class RedisStore:
                 if watch is not None:
                     what, _, rest = bytes(msg["data"]).partition(b":")
                     head, _, epoch = rest.partition(b":")
-                    self._wake(watch.sid, what, _str(epoch), int(head))
+                    try:
+                        self._wake(watch.sid, what, epoch.decode(), int(head))
+                    except (ValueError, UnicodeDecodeError):
+                        # not ours (anyone with access to Redis may publish): wake
+                        # every waiter of that sid; each re-checks the log
+                        log.warning("redis pub/sub: a malformed message on %r ignored", msg["channel"])
+                        for w in watch.waiters:
+                            if not w.fut.done():
+                                w.fut.set_result(False)
             elif kind == "pong":
                 futs, counter = self._pings.pop(bytes(msg["data"]), ([], None))
                 for fut in futs:

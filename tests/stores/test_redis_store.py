@@ -217,6 +217,28 @@ async def test_another_nodes_append_end_and_create_wake_waiters(open_store: Open
         assert await asyncio.wait_for(task, TIMEOUT) is False
 
 
+async def test_a_malformed_wake_message_harms_no_waiter(open_store: Opener, redis_url: str, prefix: str) -> None:
+    """Anyone with access to Redis can publish on a wake channel: garbage there once
+    killed the listener, and every later wait slept until poll_interval."""
+    async with open_store(poll_interval=3600.0) as writer, open_store(poll_interval=3600.0) as reader:
+        await writer.create("s", "e1")
+        await writer.append("s", [ev(1)])
+        parked = reader.pubsub.parked
+        task = asyncio.create_task(reader.wait("s", 1))
+        await asyncio.wait_for(reader.pubsub.until(lambda h: h.parked > parked), TIMEOUT)
+        r = Redis.from_url(redis_url)
+        try:
+            await r.publish(f"{prefix}{{s}}:wake", b"a:not-a-number:\xff")
+        finally:
+            await r.aclose()
+        assert await asyncio.wait_for(task, TIMEOUT) is False  # woken to look again, not killed
+        parked = reader.pubsub.parked
+        task = asyncio.create_task(reader.wait("s", 1))
+        await asyncio.wait_for(reader.pubsub.until(lambda h: h.parked > parked), TIMEOUT)
+        await writer.append("s", [ev(2)])
+        assert await asyncio.wait_for(task, TIMEOUT) is True  # the listener still listens
+
+
 async def test_waiters_hold_no_connection(open_store: Opener, redis_url: str) -> None:
     # Four connections in all, one of them pub/sub: 200 waiters could not
     # even start if each held one.
