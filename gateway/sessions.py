@@ -162,6 +162,7 @@ class Session:
         self.task: asyncio.Future[Any] | None = None  # the app run, when the gateway started it
         self.dropped = 0
         self.writer: asyncio.Task[None] = loop.create_task(self._write(), name=f"wirepipe-writer-{sid}")
+        self.writer.add_done_callback(self._writer_done)
 
     # --- writing (any thread) ---------------------------------------------
 
@@ -430,6 +431,16 @@ class Session:
             await self._retry(lambda: self.store.end(self.sid))
         except Exception:
             log.exception("session %s: could not record the failure either", self.sid)
+        self._end_stored = True
+        self._settle_drained()
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # _give_up itself failed (a bug): at least nobody waits for this writer.
+        log.error("session %s: the writer task died", self.sid, exc_info=task.exception())
+        with self._lock:
+            self.ended = True
         self._end_stored = True
         self._settle_drained()
 
