@@ -95,6 +95,10 @@ class Client:
         self.errors: list[Error] = []
         self.epoch: str | None = None
         self.last_seq = 0
+        #: Events received twice (dropped; the protocol promises none) and
+        #: holes in the seqs (the protocol promises none): for diagnostics.
+        self.duplicates = 0
+        self.gaps = 0
         self.connects = 0
         self.closed_with: int | None = None
         self._resume: str | None = None
@@ -246,7 +250,11 @@ class Client:
             return
         for ev in events_of(frame):
             if ev.seq <= self.last_seq:
+                self.duplicates += 1
                 continue  # a duplicate
+            if ev.seq != self.last_seq + 1:
+                self.gaps += 1  # the gateway broke its promise: say so, keep going
+                log.warning("sid %s: events %d..%d never arrived", self.sid, self.last_seq + 1, ev.seq - 1)
             self.last_seq = ev.seq
             self._events.put_nowait((self._gen, ev))
             self._buffered += 1

@@ -209,14 +209,17 @@ class Session:
             seq = self._seq + 1
             try:
                 raw = encode_event(seq, k, stamp, d)
-                if k in _KEPT_KINDS:
-                    # The reducers keep these: a decoded copy, which an agent
-                    # changing its dict later cannot touch.  If objects were
-                    # turned into values, the copy is checked like a client's.
-                    d = msgpack.unpackb(raw, raw=False, strict_map_key=False)["d"]
-                    why = check_value(d) if opaque else None
+                if k in _KEPT_KINDS or opaque:
+                    # The reducers keep these kinds: a decoded copy, which an
+                    # agent changing its dict later cannot touch.  Objects the
+                    # encoder turned into values (models, dataclasses) are
+                    # checked in the shape they now have.
+                    decoded = msgpack.unpackb(raw, raw=False, strict_map_key=False)["d"]
+                    why = check_value(decoded) if opaque else None
                     if why is not None:
                         raise ValueError(why)
+                    if k in _KEPT_KINDS:
+                        d = decoded
             except _ENCODE_ERRORS as exc:
                 raise ValueError(f"cannot write a {str(k)!r} event: {type(exc).__name__}: {exc}") from None
             size = len(raw)
@@ -415,18 +418,29 @@ class Session:
             return
         detail = f"internal: the session log could not be written ({type(exc).__name__}); {lost} events lost"
         closing.append((Kind.STATUS, {"state": RunState.FAILED, "detail": detail}))
+        now = time.time()
+        events = [
+            Appended(self.stored + i, k, d, encode_event(self.stored + i, k, now, d))
+            for i, (k, d) in enumerate(closing, 1)
+        ]
         try:
-            # A fresh epoch that continues from what is stored: whatever broke
-            # the old log (a bad batch, a confused store) is left behind.
-            self.epoch = secrets.token_hex(8)
-            snapshot = self._snap.as_map()
-            await self._retry(lambda: self.store.create(self.sid, self.epoch, head=self.stored, snapshot=snapshot))
-            now = time.time()
-            events = [
-                Appended(self.stored + i, k, d, encode_event(self.stored + i, k, now, d))
-                for i, (k, d) in enumerate(closing, 1)
-            ]
-            await self._retry(lambda: self.store.append(self.sid, events, epoch=self.epoch))
+            try:
+                # The log as it stands keeps its history: the refused events are
+                # dropped and the end follows what is stored.
+                await self._retry(lambda: self.store.append(self.sid, events, epoch=self.epoch))
+            except LogReplaced:
+                raise
+            except Exception as again:
+                # The log cannot take even that: a fresh epoch that continues
+                # from what is stored, with its state.
+                log.warning("session %s: the log refuses its end too (%s); ending it under a new epoch",
+                            self.sid, again)
+                snapshot = self._snap.as_map()
+                if not self._keep_snap:
+                    snapshot = (await self._retry(lambda: self.store.snapshot(self.sid)))[0]
+                self.epoch = secrets.token_hex(8)
+                await self._retry(lambda: self.store.create(self.sid, self.epoch, head=self.stored, snapshot=snapshot))
+                await self._retry(lambda: self.store.append(self.sid, events, epoch=self.epoch))
             self._seq = self.stored = events[-1].seq
             await self._retry(lambda: self.store.end(self.sid))
         except Exception:

@@ -77,7 +77,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol import LogMissing, LogReplaced, SeqGap, Snapshot, StoreUnavailable, decode_event, packb
@@ -414,6 +414,10 @@ class RedisStore:
             return task.result()
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
+        except ResponseError as exc:
+            if _refused_for_now(exc):
+                raise StoreUnavailable(f"redis refuses writes for now: {type(exc).__name__}: {exc}") from exc
+            raise
 
     def _settled(self, task: asyncio.Future[Any]) -> None:
         self._inflight.discard(task)
@@ -890,6 +894,24 @@ class RedisStore:
                         fut.set_result(None)
                 if counter is not None:
                     self.pubsub._bump(counter)
+
+
+#: Error codes with which Redis refuses a command for a while (full memory, a
+#: failed save, a busy script, a replica, a cluster reshaping): an operator can
+#: fix them, and the writer retries until they are.
+_FOR_NOW: Final = frozenset(
+    {"OOM", "MISCONF", "BUSY", "LOADING", "READONLY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"}
+)
+
+
+def _refused_for_now(exc: ResponseError) -> bool:
+    if isinstance(exc, OutOfMemoryError):  # redis-py drops the "OOM" code from its text
+        return True
+    text = str(exc)
+    if text.split(" ", 1)[0] in _FOR_NOW:
+        return True
+    # an error raised inside a script: "... script: ..." after the original code
+    return any(f"{code} " in text for code in ("OOM command not allowed", "MISCONF"))
 
 
 def _str(b: bytes | str) -> str:

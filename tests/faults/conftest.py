@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,13 @@ def free_port() -> int:
 class PrivateRedis:
     """A ``redis-server`` of the test's own, on its own port, that it may kill and restart."""
 
-    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False, extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.dir = workdir
         self.persistent = persistent
+        self.extra = extra
         self.proc: subprocess.Popen[str] | None = None
+        self._drain: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -55,12 +58,17 @@ class PrivateRedis:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
+        args += list(self.extra)
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert self.proc.stdout is not None
+        out = self.proc.stdout
+        assert out is not None
         seen = []
-        for line in self.proc.stdout:  # until the server says it listens
+        for line in out:  # until the server says it listens
             seen.append(line)
             if "Ready to accept connections" in line:
+                # keep reading what it says, so that a full pipe never stalls it
+                self._drain = threading.Thread(target=out.read, daemon=True)
+                self._drain.start()
                 return
         raise RuntimeError("redis-server did not start:\n" + "".join(seen))
 
@@ -69,7 +77,10 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
-            assert self.proc.stdout is not None
+        if self._drain is not None:
+            self._drain.join()  # EOF once the server is gone
+            self._drain = None
+        if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None
 
@@ -93,6 +104,17 @@ def persistent_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed")
     r = PrivateRedis(tmp_path, persistent=True)
+    r.start()
+    yield r
+    r.kill()
+
+
+@pytest.fixture
+def small_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private Redis with 2 MB of memory that refuses writes when full (no eviction)."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    r = PrivateRedis(tmp_path, extra=("--maxmemory", "2mb", "--maxmemory-policy", "noeviction"))
     r.start()
     yield r
     r.kill()

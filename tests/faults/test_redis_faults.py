@@ -70,7 +70,7 @@ async def test_a_lost_reply_after_redis_applied_the_append(
             evs = await asyncio.wait_for(c.until(final), TIMEOUT)
     check_once_in_order(evs)
     assert len(evs) == 601 and evs[-1].d["state"] == "done"
-    assert c.resets == []  # the same epoch throughout
+    assert c.resets == [] and c.duplicates == c.gaps == 0  # on the wire too, not only after dedup
     assert await stored_seqs(redis_server.url, "lost-reply") == list(range(1, 602))
 
 
@@ -90,7 +90,7 @@ async def test_connections_cut_again_and_again(proxied_redis: tuple[PrivateRedis
                 assert proxy.cut() > 0
             pipe.close()
             rest = await asyncio.wait_for(c.until(final), TIMEOUT)
-    assert rest[-1].seq == 1001
+    assert rest[-1].seq == 1001 and c.duplicates == c.gaps == 0
     assert await stored_seqs(redis_server.url, "cuts") == list(range(1, 1002))
 
 
@@ -140,6 +140,7 @@ async def test_redis_restarted_without_persistence(private_redis: PrivateRedis) 
     check_once_in_order(before)
     check_once_in_order(after, first=101)
     assert after[-1].seq == 201 and after[-1].d["state"] == "done"
+    assert c.duplicates == c.gaps == 0
     assert len(c.resets) == 1 and c.epoch != first_epoch
     reset: Welcome = c.resets[0]
     assert reset.recovered is False and reset.first == 101
@@ -180,7 +181,7 @@ async def test_redis_restarted_with_persistence(persistent_redis: PrivateRedis) 
             pipe.close()
             evs = await asyncio.wait_for(c.until(final), TIMEOUT)
     check_once_in_order(evs, first=101)
-    assert evs[-1].seq == 201 and c.resets == []
+    assert evs[-1].seq == 201 and c.resets == [] and c.duplicates == c.gaps == 0
     assert await stored_seqs(persistent_redis.url, "durable") == list(range(1, 202))
 
 
@@ -212,4 +213,26 @@ async def test_a_run_started_while_redis_is_down(stopped_redis: PrivateRedis, ra
             evs += await asyncio.wait_for(c.until(final), TIMEOUT)
     check_once_in_order(evs)
     assert [e.d.get("msg") for e in evs if e.k == "log"] == [f"line {i}" for i in range(1, 51)]
-    assert evs[-1].d["state"] == "done"
+    assert evs[-1].d["state"] == "done" and c.duplicates == c.gaps == 0
+
+
+async def test_a_full_redis_holds_the_run_until_it_has_room(small_redis: PrivateRedis) -> None:
+    """OOM is an operator's problem to fix, not a bug: the writer waits, then stores it all."""
+    store = RedisStore(small_redis.url)
+    async with Gateway(port=0, store=store) as gw:
+        pipe = gw.pipe("full")
+        async with Client(gw.url, "full") as c:
+            for i in range(1, 4001):
+                pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": f"{i:06d}" + "x" * 1000}})
+            await asyncio.wait_for(pipe._s.troubled.wait(), TIMEOUT)  # Redis said OOM
+            assert "OutOfMemoryError" in (pipe._s.trouble or "")
+            r = aioredis.Redis.from_url(small_redis.url)
+            try:
+                await r.config_set("maxmemory", 0)  # the operator gives it room
+            finally:
+                await r.aclose()
+            pipe.close()
+            evs = await asyncio.wait_for(c.until(final), TIMEOUT)
+    check_once_in_order(evs)
+    assert evs[-1].seq == 4001 and evs[-1].d["state"] == "done"
+    assert c.duplicates == 0 and c.resets == []

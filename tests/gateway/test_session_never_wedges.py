@@ -252,7 +252,8 @@ async def test_a_client_can_send_ints_and_big_frames_without_harm(gw: Gateway, r
 
 async def test_a_store_that_keeps_failing_ends_the_run_failed_for_everyone() -> None:
     """Not a connection problem but a broken batch (a bug): after a few tries the run
-    ends ``failed`` with a reason every client sees, its app is cancelled, its ask closed."""
+    ends ``failed`` with a reason every client sees, its app is cancelled, its ask
+    closed, and what was stored before stays."""
 
     class Allergic(MemoryStore):
         """Refuses any batch with a poisoned event, the way a buggy backend would."""
@@ -281,10 +282,34 @@ async def test_a_store_that_keeps_failing_ends_the_run_failed_for_everyone() -> 
         assert evs[-1].d["state"] == "failed"
         assert "RuntimeError" in evs[-1].d["detail"] and "lost" in evs[-1].d["detail"]
         assert [e.k for e in evs[-2:]] == ["answer", "status"] and evs[-2].d["by"] == "closed"
-        assert len(c.resets) == 1  # the failure was written to a fresh epoch
+        assert c.resets == []  # the same log: what was stored stays
         assert reached == ["drained", "cancelled"]
-        # a client that comes later sees the same end
+        # a client that comes later sees the whole history and the same end
         async with Client(gw.url, "allergic") as late:
-            assert late.welcome is not None and late.welcome.snapshot is not None
-            assert late.welcome.snapshot["status"]["state"] == "failed"
+            assert late.welcome is not None and late.welcome.first == 1
+            history = await asyncio.wait_for(late.until(final), TIMEOUT)
+        assert [e.seq for e in history] == [e.seq for e in evs] == [1, 2, 3, 4]
+        assert [e.k for e in history] == ["status", "log", "answer", "status"]
         await gw.close()  # prompt, nothing left to drain
+
+
+async def test_objects_expanded_by_the_encoder_obey_the_depth_limit_too(gw: Gateway) -> None:
+    """A dataclass nested 150 deep is a leaf to the first check, a deep map once encoded."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Node:
+        child: Any
+
+    deep: Any = 1
+    for _ in range(150):
+        deep = Node(deep)
+    shallow = Node(Node(1))
+    pipe = gw.pipe("opaque")
+    with pytest.raises(ValueError):
+        pipe.set_message({"k": "tool", "d": {"name": "t", "type": "x", "value": deep}})
+    assert pipe.set_message({"k": "tool", "d": {"name": "t", "type": "x", "value": shallow}}) == 1
+    pipe.close()
+    await pipe.drained()
+    raws = await gw.store.read("opaque", 0)
+    assert decode_event(raws[0]).d["value"] == {"child": {"child": 1}}
