@@ -78,6 +78,8 @@ class RateLimiter:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+        if self.tokens >= self.burst:
+            self.strikes = 0  # quiet long enough to refill the whole burst: a fresh start
         if self.tokens >= 1:
             self.tokens -= 1
             return True
@@ -100,6 +102,10 @@ class Connection:
         self.cursor = 0
         self._acked = asyncio.Event()
         self._size = 0  # bytes of the frame being handled
+        #: When the frame being sent started waiting for the socket (None: not sending).
+        #: A client that takes no byte for ``Config.stall_timeout`` is dropped.
+        self.sending_since: float | None = None
+        self._clock = asyncio.get_running_loop().time
         self._limiter = RateLimiter(gw.config.rate, gw.config.burst)
 
     # --- life -----------------------------------------------------------------
@@ -143,7 +149,7 @@ class Connection:
         """Tell the client, and close if fatal.  Never raises."""
         self.gw.metrics.error(exc.code.value)
         try:
-            await self.ws.send(encode(Error(exc.code.value, exc.msg, exc.fatal)))
+            await self._send(encode(Error(exc.code.value, exc.msg, exc.fatal)))
             if exc.fatal and exc.close_code is not None:
                 self.state = ConnState.CLOSING
                 await self.ws.close(exc.close_code, exc.code.value)
@@ -151,8 +157,24 @@ class Connection:
             pass
 
     async def shutdown(self) -> None:
-        """The gateway is going away: ``shutdown`` then close 1001."""
-        await self._fail(ProtocolError(ErrorCode.SHUTDOWN, "the gateway is shutting down"))
+        """The gateway is going away: ``shutdown`` then close 1001, within ``close_timeout``.
+
+        A client that reads nothing cannot hold the gateway: past the timeout
+        its connection is aborted.
+        """
+        try:
+            async with asyncio.timeout(self.gw.config.close_timeout):
+                await self._fail(ProtocolError(ErrorCode.SHUTDOWN, "the gateway is shutting down"))
+        except TimeoutError:
+            self.ws.transport.abort()
+
+    async def _send(self, data: bytes) -> None:
+        """Send one frame; ``sending_since`` tells the gateway's watchdog how long it waits."""
+        self.sending_since = self._clock()
+        try:
+            await self.ws.send(data)
+        finally:
+            self.sending_since = None
 
     # --- handshake ------------------------------------------------------------
 
@@ -236,7 +258,7 @@ class Connection:
         self.cursor = cursor
         self.flow.restart(cursor)
         tok = ResumeToken(self.sid, epoch, self.grant, time.time() + gw.config.token_ttl)
-        await self.ws.send(
+        await self._send(
             encode(
                 Welcome(
                     sid=self.sid,
@@ -288,7 +310,7 @@ class Connection:
             if not raws:
                 await store.wait(sid, self.cursor)
                 continue
-            await self.ws.send(frame_for(raws))
+            await self._send(frame_for(raws))
             self.cursor += len(raws)
             flow.on_sent(self.cursor)
             self.gw.metrics.sent(len(raws))
@@ -323,13 +345,13 @@ class Connection:
                 continue
             if isinstance(frame, ProtocolError):
                 assert frame.rid is not None
-                await self.ws.send(encode(Replied(frame.rid, False, frame.code.value)))
+                await self._send(encode(Replied(frame.rid, False, frame.code.value)))
                 continue
             reply = self._handle(frame)
             if reply is None and isinstance(frame, (Reply, Send, Cancel)):
                 reply = await self._not_local(frame)
             if reply is not None:
-                await self.ws.send(encode(reply))
+                await self._send(encode(reply))
 
     async def _not_local(self, frame: Reply | Send | Cancel) -> Replied:
         """A request for a run this process does not hold."""

@@ -14,6 +14,7 @@ class Metrics:
     events_out: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     runs_started: int = 0
+    stalled: int = 0  # clients dropped for taking no byte for stall_timeout
 
     def sent(self, n: int) -> None:
         self.events_out += n
@@ -31,6 +32,8 @@ class Metrics:
             f"wirepipe_events_sent_total {self.events_out}",
             "# TYPE wirepipe_runs_started_total counter",
             f"wirepipe_runs_started_total {self.runs_started}",
+            "# TYPE wirepipe_stalled_clients_total counter",
+            f"wirepipe_stalled_clients_total {self.stalled}",
             "# TYPE wirepipe_errors_total counter",
         ]
         for code, n in sorted(self.errors.items()):

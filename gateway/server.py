@@ -56,6 +56,8 @@ App = Callable[[WebPipe, Any], Any]
 Auth = Callable[[str | None, str], "str | None | Awaitable[str | None]"]
 
 STATIC = Path(__file__).parent / "static"
+#: Seconds ``close()`` gives the store to release its connections.
+STORE_CLOSE_TIMEOUT = 1.0
 
 
 def _client_dir() -> Path:
@@ -87,6 +89,10 @@ class Config:
     rate_strikes: int = 20
     serve_ui: bool = True
     close_timeout: float = 2.0
+    #: Seconds a client may take no byte at all while the gateway has a frame
+    #: for it before it is dropped (None: ``heartbeat``).  It comes back and
+    #: resumes; a stalled socket never holds the gateway or its shutdown.
+    stall_timeout: float | None = None
     #: Per session: events written and not yet stored (the store is down) before
     #: writes raise ``BacklogFull``, and their bytes.
     backlog_events: int = Limits.backlog_events
@@ -156,11 +162,13 @@ class Gateway:
         self._born: dict[str, asyncio.Future[Session]] = {}  # sids clients wait for
         self._born_waiters: dict[str, int] = {}
         self._conns: set[Connection] = set()
+        self._conns_changed = asyncio.Condition()
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._closed = asyncio.Event()
         self._janitor: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     # --- lifespan ---------------------------------------------------------------
 
@@ -211,7 +219,27 @@ class Gateway:
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
         self._janitor = asyncio.create_task(self._sweep_forever(), name="wirepipe-janitor")
+        self._watchdog = asyncio.create_task(self._watch_stalls(), name="wirepipe-watchdog")
         return self
+
+    async def _watch_stalls(self) -> None:
+        """Drop clients whose socket took no byte for ``stall_timeout``.
+
+        websockets' own keepalive cannot: its ping waits behind the frame
+        that does not drain.
+        """
+        cfg = self.config
+        limit = cfg.stall_timeout if cfg.stall_timeout is not None else cfg.heartbeat
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(limit / 4)
+            now = loop.time()
+            for c in list(self._conns):
+                since = c.sending_since
+                if since is not None and now - since > limit:
+                    log.info("dropping a client of %r that took no byte for %.1fs", c.sid, now - since)
+                    self.metrics.stalled += 1
+                    c.ws.transport.abort()
 
     async def _sweep_forever(self) -> None:
         period = min(60.0, max(1.0, self.store.retention.ttl_after_end))
@@ -248,40 +276,48 @@ class Gateway:
             await self._closed.wait()
             return
         self._closing = True
-        if self._janitor is not None:
-            self._janitor.cancel()
+        for task in (self._janitor, self._watchdog):
+            if task is not None:
+                task.cancel()
         try:
-            await asyncio.gather(*(c.shutdown() for c in list(self._conns)), return_exceptions=True)
-            for s in list(self._sessions.values()):
-                if s.task is not None and not s.task.done():
-                    s.task.cancel()
-            tasks = [s.task for s in self._sessions.values() if s.task is not None]
-            await asyncio.gather(*tasks, return_exceptions=True)
-            # What the runs wrote last (their final status) reaches the store
-            # first, unless the store cannot take it within drain_timeout.
-            sessions = list(self._sessions.values())
-            drains = [asyncio.ensure_future(s.drained()) for s in sessions]
-            if drains:
-                await asyncio.wait(drains, timeout=self.config.drain_timeout)
-            for s, fut in zip(sessions, drains, strict=True):
-                fut.cancel()
-                if s.backlog or not s.writer.done():
-                    if s.backlog:
-                        log.error("closing: session %s: %d events not stored (%s)",
-                                  s.sid, s.backlog, s.trouble or "the store did not answer")
-                    s.writer.cancel()
-            await asyncio.gather(*(s.writer for s in sessions), return_exceptions=True)
+            # Clients are told and closed (within close_timeout each) while the
+            # runs stop and what they wrote last reaches the store (within
+            # drain_timeout): the two bounds overlap, they do not add up.
+            await asyncio.gather(
+                asyncio.gather(*(c.shutdown() for c in list(self._conns)), return_exceptions=True),
+                self._stop_runs(),
+            )
             if self._server is not None:
                 self._server.close()
                 await self._server.wait_closed()
             for born in self._born.values():
                 born.cancel()
             try:
-                await asyncio.wait_for(self.store.close(), self.config.drain_timeout)
+                await asyncio.wait_for(self.store.close(), STORE_CLOSE_TIMEOUT)
             except Exception as exc:
                 log.warning("closing: the store did not close cleanly: %s: %s", type(exc).__name__, exc)
         finally:
             self._closed.set()
+
+    async def _stop_runs(self) -> None:
+        """Cancel the runs, then give their final events ``drain_timeout`` to be stored."""
+        for s in list(self._sessions.values()):
+            if s.task is not None and not s.task.done():
+                s.task.cancel()
+        tasks = [s.task for s in self._sessions.values() if s.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        sessions = list(self._sessions.values())
+        drains = [asyncio.ensure_future(s.drained()) for s in sessions]
+        if drains:
+            await asyncio.wait(drains, timeout=self.config.drain_timeout)
+        for s, fut in zip(sessions, drains, strict=True):
+            fut.cancel()
+            if s.backlog or not s.writer.done():
+                if s.backlog:
+                    log.error("closing: session %s: %d events not stored (%s)",
+                              s.sid, s.backlog, s.trouble or "the store did not answer")
+                s.writer.cancel()
+        await asyncio.gather(*(s.writer for s in sessions), return_exceptions=True)
 
     async def __aenter__(self) -> Gateway:
         return await self.start()
@@ -484,11 +520,24 @@ class Gateway:
         self._conns.add(conn)
         self.metrics.connections_total += 1
         self.metrics.connections_open += 1
+        async with self._conns_changed:
+            self._conns_changed.notify_all()
         try:
             await conn.serve()
         finally:
             self._conns.discard(conn)
             self.metrics.connections_open -= 1
+            async with self._conns_changed:
+                self._conns_changed.notify_all()
+
+    async def wait_connections(self, pred: Callable[[int], bool]) -> None:
+        """Return once ``pred(number of open client connections)`` is true.
+
+        ``await gw.wait_connections(lambda n: n == 0)``: for operators draining
+        a node before a deploy, and for tests.
+        """
+        async with self._conns_changed:
+            await self._conns_changed.wait_for(lambda: pred(len(self._conns)))
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]

@@ -232,9 +232,5 @@ async def test_a_waiting_client_that_leaves_leaves_nothing_behind(gw, raw):
         await r.send({"t": "hello", "sid": "never"})
         await r.send({"t": "ping", "n": 1})  # processed only after the welcome: none comes
     # the server notices the close (its handler ends) and forgets the sid it waited for
-    async def handlers_done() -> None:
-        while gw._conns:
-            await asyncio.sleep(0)  # yield to the server's tasks; bounded by TIMEOUT
-
-    await asyncio.wait_for(handlers_done(), TIMEOUT)
+    await asyncio.wait_for(gw.wait_connections(lambda n: n == 0), TIMEOUT)
     assert gw._born == {} and gw._born_waiters == {}

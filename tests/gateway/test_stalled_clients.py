@@ -1,0 +1,87 @@
+"""A client that stops reading (a frozen tab, a sleeping laptop: a zero TCP
+window) is dropped after ``stall_timeout`` and never holds the gateway's
+shutdown.  Before, websockets' own keepalive waited behind the stuck frame,
+the connection stayed open for good, and ``close()`` (so SIGTERM) hung.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from support import TIMEOUT
+
+from gateway import Gateway, MemoryStore
+from protocol import packb
+
+
+def _masked(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x82]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.fixture
+def frozen_client() -> Iterator[Any]:
+    """``open(port, sid)``: a WebSocket client that says hello, then never reads a byte."""
+    socks: list[socket.socket] = []
+
+    def open_frozen(port: int, sid: str) -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a tiny window, never read
+        s.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall(
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        s.sendall(_masked(packb({"t": "hello", "sid": sid})))  # pipelined after the upgrade
+        socks.append(s)
+        return s
+
+    yield open_frozen
+    for s in socks:
+        s.close()
+
+
+def _wait_reset(s: socket.socket) -> None:
+    """Block until the gateway drops the connection (reading drains what it had sent)."""
+    s.settimeout(TIMEOUT)
+    try:
+        while s.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+
+
+async def test_a_client_that_reads_nothing_is_dropped(frozen_client: Any) -> None:
+    async with Gateway(port=0, store=MemoryStore(), stall_timeout=0.3) as gw:
+        pipe = gw.pipe("frozen")
+        for _ in range(3000):  # ~6 MB: far more than the socket buffers hold
+            pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": "x" * 2000}})
+        frozen_client(gw.port, "frozen")
+        await asyncio.wait_for(gw.wait_connections(lambda n: n == 1), TIMEOUT)
+        # The gateway cannot tell a slow reader from a frozen one until the
+        # socket takes nothing for stall_timeout; then the watchdog drops it.
+        await asyncio.wait_for(gw.wait_connections(lambda n: n == 0), TIMEOUT)
+        assert gw.metrics.stalled == 1  # ...and was dropped as stalled
+        assert "wirepipe_stalled_clients_total 1" in gw.metrics.render()
+
+
+async def test_shutdown_is_not_held_by_a_client_that_reads_nothing(frozen_client: Any) -> None:
+    gw = Gateway(port=0, store=MemoryStore(), close_timeout=0.5)  # stall_timeout: 20 s heartbeat
+    await gw.start()
+    pipe = gw.pipe("frozen-close")
+    for _ in range(3000):
+        pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": "x" * 2000}})
+    s = frozen_client(gw.port, "frozen-close")
+    reset = asyncio.ensure_future(asyncio.to_thread(_wait_reset, s))
+    await asyncio.wait_for(gw.close(), TIMEOUT)  # before: never returned
+    await asyncio.wait_for(reset, TIMEOUT)
