@@ -105,6 +105,8 @@ class Connection:
         #: When the frame being sent started waiting for the socket (None: not sending).
         #: A client that takes no byte for ``Config.stall_timeout`` is dropped.
         self.sending_since: float | None = None
+        #: (bytes waiting in the socket, when that count was seen): the watchdog's note.
+        self.stall_mark: tuple[int, float] | None = None
         self._clock = asyncio.get_running_loop().time
         self._limiter = RateLimiter(gw.config.rate, gw.config.burst)
 

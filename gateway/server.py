@@ -236,8 +236,16 @@ class Gateway:
             now = loop.time()
             for c in list(self._conns):
                 since = c.sending_since
-                if since is not None and now - since > limit:
-                    log.info("dropping a client of %r that took no byte for %.1fs", c.sid, now - since)
+                if since is None:
+                    c.stall_mark = None
+                    continue
+                # Progress is any byte the client took: a slow reader is not stalled.
+                pending = c.ws.transport.get_write_buffer_size()
+                mark = c.stall_mark
+                if mark is None or mark[0] != pending or mark[1] < since:
+                    c.stall_mark = mark = (pending, now)  # it moved (or a new frame): the clock restarts
+                if now - mark[1] > limit:
+                    log.info("dropping a client of %r that took no byte for %.1fs", c.sid, now - mark[1])
                     self.metrics.stalled += 1
                     c.ws.transport.abort()
 
