@@ -39,7 +39,7 @@ import logging
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -129,8 +129,9 @@ class Session:
         self._max_bytes = self.limits.backlog_bytes
         self._lock = threading.Lock()
         self._seq = 0
-        self._pending: deque[Appended] = deque()
-        self._pending_bytes = 0
+        self._pending: list[Appended] = []  # written, not taken by the writer yet
+        self._waiting = 0  # events written and not stored yet (pending + the batch in flight)
+        self._pending_bytes = 0  # their bytes
         self._idle = False  # the writer waits for events (under the lock)
         self._more = asyncio.Event()
         self._verify = False  # a reader found the log missing: the writer looks
@@ -179,7 +180,7 @@ class Session:
     @property
     def backlog(self) -> int:
         """Events written and not stored yet."""
-        return len(self._pending)
+        return self._waiting
 
     def emit(self, k: str, d: Any, ts: float | None = None, *, checked: bool = False, force: bool = False) -> int:
         """Append one event; returns its seq (0 if the run has ended).  Never blocks on I/O.
@@ -224,14 +225,15 @@ class Session:
                 raise ValueError(f"cannot write a {str(k)!r} event: {type(exc).__name__}: {exc}") from None
             size = len(raw)
             if not force and (
-                len(self._pending) >= self._max_events or self._pending_bytes + size > self._max_bytes
+                self._waiting >= self._max_events or self._pending_bytes + size > self._max_bytes
             ):
                 raise BacklogFull(
-                    f"session {self.sid}: {len(self._pending)} events ({self._pending_bytes} bytes) "
+                    f"session {self.sid}: {self._waiting} events ({self._pending_bytes} bytes) "
                     f"wait for the store ({self.trouble or 'busy'}); write refused"
                 )
             self._seq = seq
             self._pending.append(Appended(seq, k, d, raw))
+            self._waiting += 1
             self._pending_bytes += size
             if k == "status" and is_final(k, d):
                 self.ended = True
@@ -264,7 +266,8 @@ class Session:
                     self._verify = False
                     await self._check_log()
                 with self._lock:
-                    batch = [self._pending[i] for i in range(min(MAX_FLUSH_BATCH, len(self._pending)))]
+                    batch = self._pending[:MAX_FLUSH_BATCH]
+                    del self._pending[:MAX_FLUSH_BATCH]
                     if not batch and not (self.ended and not self._end_stored):
                         self._idle = True  # under the lock: the next emit kicks us
                 if batch:
@@ -298,10 +301,10 @@ class Session:
                 # what they keep: the reducer may own them.
                 apply(ev.k, ev.d, owned=True)
         self.stored = batch[-1].seq
+        size = sum([len(ev.raw) for ev in batch])
         with self._lock:
-            for _ in batch:
-                self._pending.popleft()
-            self._pending_bytes -= sum(len(ev.raw) for ev in batch)
+            self._waiting -= len(batch)
+            self._pending_bytes -= size
 
     def poke(self) -> None:
         """A reader found this run's log missing: the writer checks it, and re-creates it if lost.
@@ -375,7 +378,7 @@ class Session:
                 if failures == 1 or failures % 50 == 0:
                     log.warning(
                         "session %s: store call failed (%d in a row, %d events waiting): %s; retrying",
-                        self.sid, failures, len(self._pending), self.trouble, exc_info=not transient,
+                        self.sid, failures, self._waiting, self.trouble, exc_info=not transient,
                     )
                 await asyncio.sleep(delay)  # backoff
                 delay = min(delay * 2, RETRY_CAP)
@@ -390,9 +393,9 @@ class Session:
         """The log cannot be written for good: end the run ``failed`` where clients can see it."""
         replaced = isinstance(exc, LogReplaced)
         with self._lock:
-            lost = len(self._pending)
+            lost = self._waiting
             self._pending.clear()
-            self._pending_bytes = 0
+            self._waiting = self._pending_bytes = 0
             self.ended = True  # nothing more is accepted
         if replaced:
             log.error("session %s: a newer run replaced its log; this run stops (%d events not stored)",
@@ -467,7 +470,7 @@ class Session:
     async def drained(self) -> None:
         """Wait until every event emitted so far is in the store (and the end, once ended)."""
         with self._lock:
-            if self.writer.done() or (self._idle and not self._pending and self.ready.done()):
+            if self.writer.done() or (self._idle and not self._waiting and self.ready.done()):
                 return
             fut = self.loop.create_future()
             self._drained.append(fut)

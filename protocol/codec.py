@@ -105,6 +105,8 @@ def walk_value(v: object, limit: int = MAX_DEPTH) -> tuple[str | None, bool]:
     """``check_value``'s verdict, and whether ``v`` holds other objects than
     plain maps, arrays and scalars (the encoder will turn them into values
     whose shape only the encoded bytes show)."""
+    if type(v) is dict and _SCALARS.issuperset(map(type, v.values())) and _SCALARS.issuperset(map(type, v)):
+        return None, False  # the common payload, a flat map: decided in C
     if type(v) in _SCALARS:
         return None, False
     if not isinstance(v, _NESTED):
