@@ -89,45 +89,38 @@ class PrivateRedis:
         self.start()
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+def _redis(tmp_path: Path, *, start: bool = True, **kw: Any) -> Iterator[PrivateRedis]:
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed")
-    r = PrivateRedis(tmp_path)
-    r.start()
+    r = PrivateRedis(tmp_path, **kw)
+    if start:
+        r.start()
     yield r
     r.kill()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private Redis that keeps nothing on disk."""
+    yield from _redis(tmp_path)
 
 
 @pytest.fixture
 def persistent_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    r = PrivateRedis(tmp_path, persistent=True)
-    r.start()
-    yield r
-    r.kill()
+    """A private Redis with an append-only file synced on every write."""
+    yield from _redis(tmp_path, persistent=True)
 
 
 @pytest.fixture
 def small_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A private Redis with 2 MB of memory that refuses writes when full (no eviction)."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    r = PrivateRedis(tmp_path, extra=("--maxmemory", "2mb", "--maxmemory-policy", "noeviction"))
-    r.start()
-    yield r
-    r.kill()
+    yield from _redis(tmp_path, extra=("--maxmemory", "2mb", "--maxmemory-policy", "noeviction"))
 
 
 @pytest.fixture
 def stopped_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A private Redis that is not running yet: the test starts it."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    r = PrivateRedis(tmp_path)
-    yield r
-    r.kill()
+    yield from _redis(tmp_path, start=False)
 
 
 @pytest.fixture
