@@ -307,10 +307,10 @@ class Connection:
                 continue
             raws = await store.read(
                 sid, self.cursor, limit=limit if room is None else min(room, limit),
-                max_bytes=BATCH_BYTES,
+                max_bytes=BATCH_BYTES, epoch=self.epoch,
             )
             if not raws:
-                await store.wait(sid, self.cursor)
+                await store.wait(sid, self.cursor, epoch=self.epoch)
                 continue
             await self._send(frame_for(raws))
             self.cursor += len(raws)

@@ -96,21 +96,24 @@ class Store(Protocol):
         """
 
     async def read(
-        self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20
+        self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20, epoch: str | None = None
     ) -> list[bytes]:
         """Encoded events with seq > ``after``, ascending, at most ``limit`` (at least one).
 
-        Returns [] if there is nothing newer or no such log.  If ``after + 1``
-        is older than ``first``, reading starts at ``first``: callers compare
+        Returns [] if there is nothing newer, no such log, or (with ``epoch``)
+        a log of another epoch: a reader that names the epoch it follows
+        never splices two (docs/protocol.md section 2).  If ``after + 1`` is
+        older than ``first``, reading starts at ``first``: callers compare
         with ``info`` to detect that they lagged.
         """
 
-    async def wait(self, sid: str, after: int, timeout: float | None = None) -> bool:
+    async def wait(self, sid: str, after: int, timeout: float | None = None, *, epoch: str | None = None) -> bool:
         """Wait until the log has an event with seq > ``after``, ends, or is replaced.
 
-        True if it has such an event now.  Spurious False returns are allowed:
-        callers re-check ``info`` and wait again.  A missing log returns False
-        at once.
+        True if it has such an event now (of ``epoch``, when given).
+        Spurious False returns are allowed: callers re-check ``info`` and
+        wait again.  A missing log, or one of another epoch than ``epoch``,
+        returns False at once.
         """
 
     async def info(self, sid: str) -> LogInfo | None:

@@ -118,10 +118,10 @@ class MemoryStore:
         log.wake()
 
     async def read(
-        self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20
+        self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20, epoch: str | None = None
     ) -> list[bytes]:
         log = self._get(sid)
-        if log is None or after >= log.head:
+        if log is None or after >= log.head or (epoch is not None and log.epoch != epoch):
             return []
         i = log.skip + max(0, after + 1 - log.first)
         out = log.events[i : i + limit]
@@ -132,9 +132,9 @@ class MemoryStore:
                 return out[:n]
         return out
 
-    async def wait(self, sid: str, after: int, timeout: float | None = None) -> bool:
+    async def wait(self, sid: str, after: int, timeout: float | None = None, *, epoch: str | None = None) -> bool:
         log = self._get(sid)
-        if log is None:
+        if log is None or (epoch is not None and log.epoch != epoch):
             return False
         if log.head > after:
             return True

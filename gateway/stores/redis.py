@@ -33,14 +33,11 @@ refuses (and the writer retries with a checkpoint) a trim that would drop an
 event the checkpoint does not reflect.  A writer without the reducer (a new
 process, or after an error) rebuilds it the same way.
 
-One epoch per reader.  ``read`` and ``wait`` are not told the reader's
-epoch, and a log can be replaced (a new run of the sid, on any node) between
-a reader's ``info`` and its ``read``: the reader would splice two epochs,
-which PROTOCOL.md section 2 forbids.  So the store remembers, per asyncio
-task (a ContextVar), the epoch that ``info`` or ``create`` last reported to
-that task for a log; ``read`` returns [] and ``wait`` returns False when the
-log is no longer of that epoch, and the caller's next ``info`` shows why.  A
-connection's pump calls ``info``, ``read`` and ``wait`` in one task.
+One epoch per reader.  A log can be replaced (a new run of the sid, on any
+node) between a reader's ``info`` and its ``read``; a reader that passes the
+epoch it follows (``read(..., epoch=)``, ``wait(..., epoch=)``) gets [] or
+False once the log is of another one, checked inside the read script, so it
+never splices two epochs (docs/protocol.md section 2).
 
 Waiting.  No waiter holds a connection.  One pub/sub connection per store
 subscribes to the wake channel of each sid that has local waiters (and for
@@ -68,7 +65,6 @@ import logging
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -94,10 +90,6 @@ SNAPSHOT_BYTES: Final = 256 * 1024
 LINGER: Final = 30.0
 
 _LENGTH: Final = struct.Struct(">I")
-
-#: (meta key, epoch): what ``info`` or ``create`` last told the current task
-#: about a log.  See "One epoch per reader" above.
-_SEEN: ContextVar[tuple[str, str] | None] = ContextVar("wirepipe_redis_seen", default=None)
 
 # The append script's status codes (the first element of its reply).
 _OK, _APPLIED, _MISSING, _OTHER_EPOCH, _BAD_SEQ, _NEED_SNAPSHOT = 0, 1, -1, -2, -3, -4
@@ -433,14 +425,6 @@ class RedisStore:
     def _channel(self, sid: str) -> bytes:
         return f"{self.prefix}{{{sid}}}:wake".encode()
 
-    def _see(self, sid: str, epoch: str | None) -> None:
-        """Remember, in the calling task, the epoch it was last told ``sid``'s log has."""
-        _SEEN.set(None if epoch is None else (self._keys(sid)[1], epoch))
-
-    def _seen(self, sid: str) -> str | None:
-        seen = _SEEN.get()
-        return seen[1] if seen is not None and seen[0] == self._keys(sid)[1] else None
-
     # --- the Store protocol ---------------------------------------------------
 
     async def create(
@@ -451,7 +435,6 @@ class RedisStore:
         packed = self._empty_snap if snapshot is None else packb(snap.as_map())
         await self._io(self._create(keys=self._keys(sid), args=[self._channel(sid), epoch, packed, head]))
         self._writers[sid] = _Writer(epoch, head, snap, head, 0)
-        self._see(sid, epoch)
         self._wake(sid, b"c", epoch, head)
 
     async def append(self, sid: str, events: Sequence[Appended], *, epoch: str | None = None) -> None:
@@ -519,13 +502,13 @@ class RedisStore:
         return ret
 
     async def read(
-        self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20
+        self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20, epoch: str | None = None
     ) -> list[bytes]:
         if limit <= 0:
             return []
         start = f"{max(after, 0) + 1}-0"
-        epoch = self._seen(sid) or ""
-        blob: bytes = await self._io(self._read(keys=self._keys(sid), args=[start, limit, max_bytes, epoch]))
+        args: list[str | int] = [start, limit, max_bytes, epoch or ""]
+        blob: bytes = await self._io(self._read(keys=self._keys(sid), args=args))
         return _split(blob)
 
     async def info(self, sid: str) -> LogInfo | None:
@@ -533,9 +516,7 @@ class RedisStore:
             self._redis.hmget(self._keys(sid)[1], ["epoch", "first", "head", "ended_at"])
         )
         if epoch is None:
-            self._see(sid, None)
             return None
-        self._see(sid, _str(epoch))
         return LogInfo(_str(epoch), _int(first), _int(head), ended_at is not None)
 
     async def snapshot(self, sid: str) -> tuple[dict[str, Any], int]:
@@ -553,14 +534,14 @@ class RedisStore:
         ttl_ms = max(0, int(self.retention.ttl_after_end * 1000))
         await self._io(self._end(keys=self._keys(sid), args=[self._channel(sid), repr(time.time()), ttl_ms]))
 
-    async def wait(self, sid: str, after: int, timeout: float | None = None) -> bool:
+    async def wait(self, sid: str, after: int, timeout: float | None = None, *, epoch: str | None = None) -> bool:
         if timeout is not None and timeout <= 0:  # a poll
             st = await self._check(sid)
-            return st is not None and st.head > after
+            return st is not None and st.head > after and (epoch is None or st.epoch == epoch)
         limit = self.poll_interval if timeout is None else min(timeout, self.poll_interval)
         try:
             async with asyncio.timeout(limit):
-                return await self._wait(sid, after)
+                return await self._wait(sid, after, epoch)
         except TimeoutError:
             return False
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # the subscription failed
@@ -615,10 +596,9 @@ class RedisStore:
             return None
         return _State(_str(epoch), _int(head), ended_at is not None)
 
-    async def _wait(self, sid: str, after: int) -> bool:
+    async def _wait(self, sid: str, after: int, seen: str | None) -> bool:
         if self._closed:
             return False
-        seen = self._seen(sid)
         waiter = _Waiter(after, asyncio.get_running_loop().create_future())
         watch = self._watches.get(sid)
         if watch is None or not watch.ready.done():

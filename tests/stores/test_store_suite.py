@@ -457,3 +457,29 @@ async def test_a_log_continued_under_a_new_epoch(store: Store, sid: str) -> None
     got, at = await store.snapshot(sid)
     assert at == 43 and got["texts"] == [{"id": "t1", "text": "hello"}] and got["asks"] == []
     assert seqs(await store.read(sid, 0)) == [42, 43]
+
+
+# --- one epoch per reader ---------------------------------------------------------------
+
+
+async def test_a_reader_naming_its_epoch_never_reads_another(store: Store, sid: str) -> None:
+    """A log replaced between a reader's ``info`` and its ``read`` must not be spliced in."""
+    await filled(store, sid, 3, epoch="e1")
+    assert seqs(await store.read(sid, 1, epoch="e1")) == [2, 3]
+    await store.create(sid, "e2")  # a new run of the sid
+    await store.append(sid, evs(1, 5), epoch="e2")
+    assert await store.read(sid, 1, epoch="e1") == []  # not e2's events 2..5
+    assert seqs(await store.read(sid, 1, epoch="e2")) == [2, 3, 4, 5]
+    assert seqs(await store.read(sid, 1)) == [2, 3, 4, 5]  # without an epoch: whatever is there
+
+
+async def test_a_wait_for_a_replaced_epoch_returns_false(store: Store, sid: str) -> None:
+    await filled(store, sid, 1, epoch="e1")
+    waiting = asyncio.create_task(store.wait(sid, 1, timeout=TIMEOUT, epoch="e1"))
+    await started(waiting)
+    await store.create(sid, "e2")
+    await store.append(sid, evs(1, 3), epoch="e2")  # e2 has seq 2, 3 now: not what e1's reader waits for
+    assert await asyncio.wait_for(waiting, TIMEOUT) is False
+    # and a wait that starts on the wrong epoch returns at once
+    assert await asyncio.wait_for(store.wait(sid, 0, timeout=TIMEOUT, epoch="e1"), TIMEOUT) is False
+    assert await asyncio.wait_for(store.wait(sid, 0, timeout=TIMEOUT, epoch="e2"), TIMEOUT) is True
