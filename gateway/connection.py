@@ -1,17 +1,17 @@
-"""One client connection: handshake, a cursor that reads the log, acks, requests.
+"""One client connection: the asyncio driver of ``protocol.server.ServerConnection``.
 
 Theory of operation
 -------------------
-After ``hello`` and ``welcome`` two tasks serve a client.  The *reader*
-decodes frames and answers them (``replied``, ``pong``; acks open the
-window).  The *pump* owns a cursor, a seq: it reads what the store holds
-after the cursor (everything ready, up to the window and a byte budget),
-sends it as one ``ev`` or ``batch`` frame, and waits on the socket's drain.
-Nothing is queued per client, so a slow client costs a cursor and the
-socket's bounded write buffer, and the producer and the other clients never
-wait for it.  When the cursor falls behind the log's retained window, or the
-log is replaced by a new epoch, the pump restarts the client: ``lagged``
-(for the first case) then a fresh ``welcome`` with a snapshot.
+Every rule of a connection lives in the sans-I/O ``ServerConnection``; this
+module owns the socket, the store and the clock, and carries out what it
+decides.  After ``hello`` and ``welcome`` two tasks serve a client.  The
+*reader* feeds each frame to the rules and sends what they return
+(``pong``, ``replied``), or runs a request against the session.  The *pump*
+asks the rules for its next step and reads the store after the cursor
+(everything ready, up to the window and a byte budget), sends it as one
+``ev`` or ``batch`` frame, and waits on the socket's drain.  Nothing is
+queued per client, so a slow client costs a cursor and the socket's bounded
+write buffer, and the producer and the other clients never wait for it.
 """
 
 from __future__ import annotations
@@ -22,34 +22,26 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import ServerConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
 
 from protocol import (
-    Ack,
-    Cancel,
-    ConnState,
     Error,
     ErrorCode,
-    FlowWindow,
     Grant,
     Hello,
-    Ping,
-    Pong,
     ProtocolError,
     Replied,
     Reply,
     ResumeToken,
     Send,
     StoreUnavailable,
-    Welcome,
-    decode_client,
     encode,
     frame_for,
     sign,
     verify,
 )
-from protocol.state import transition
+from protocol.server import BATCH_BYTES, Limits, Request, ServerConnection, Step
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -57,58 +49,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wirepipe.connection")
 
-#: A batch frame stays under this many bytes (Python's websockets client
-#: refuses messages over 1 MiB by default).
-BATCH_BYTES = 512 * 1024
-
-
-class RateLimiter:
-    """A token bucket: ``rate`` frames a second, bursts of ``burst``."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp", "strikes")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = time.monotonic()
-        self.strikes = 0
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= self.burst:
-            self.strikes = 0  # quiet long enough to refill the whole burst: a fresh start
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        self.strikes += 1
-        return False
+__all__ = ["BATCH_BYTES", "Connection"]
 
 
 class Connection:
     """Serves one WebSocket client for its whole life."""
 
-    def __init__(self, gw: Gateway, ws: ServerConnection) -> None:
+    def __init__(self, gw: Gateway, ws: WebSocket) -> None:
         self.gw = gw
         self.ws = ws
-        self.state = ConnState.AWAIT_HELLO
-        self.sid = ""
-        self.epoch = ""
-        self.grant = Grant.VIEWER
+        cfg = gw.config
+        self._clock = asyncio.get_running_loop().time
+        self.rules = ServerConnection(
+            Limits(cfg.max_frame, cfg.rate, cfg.burst, cfg.rate_strikes, cfg.batch_max), now=self._clock()
+        )
         self.session: Session | None = None
-        self.flow = FlowWindow(None, 0)
-        self.cursor = 0
         self._acked = asyncio.Event()
-        self._size = 0  # bytes of the frame being handled
         #: When the frame being sent started waiting for the socket (None: not sending).
         #: A client that takes no byte for ``Config.stall_timeout`` is dropped.
         self.sending_since: float | None = None
         #: (bytes waiting in the socket, when that count was seen): the watchdog's note.
         self.stall_mark: tuple[int, float] | None = None
-        self._clock = asyncio.get_running_loop().time
-        self._limiter = RateLimiter(gw.config.rate, gw.config.burst)
+
+    @property
+    def sid(self) -> str:
+        return self.rules.sid
 
     # --- life -----------------------------------------------------------------
 
@@ -131,7 +96,7 @@ class Connection:
             log.exception("connection for sid %r failed", self.sid)
             await self._fail(ProtocolError(ErrorCode.INTERNAL, "internal error"))
         finally:
-            self.state = ConnState.CLOSED
+            self.rules.closed()
 
     async def _run_tasks(self) -> None:
         tasks = {
@@ -150,11 +115,11 @@ class Connection:
     async def _fail(self, exc: ProtocolError) -> None:
         """Tell the client, and close if fatal.  Never raises."""
         self.gw.metrics.error(exc.code.value)
+        frame, close = self.rules.fail(exc)
         try:
-            await self._send(encode(Error(exc.code.value, exc.msg, exc.fatal)))
-            if exc.fatal and exc.close_code is not None:
-                self.state = ConnState.CLOSING
-                await self.ws.close(exc.close_code, exc.code.value)
+            await self._send(encode(frame))
+            if close is not None:
+                await self.ws.close(close, exc.code.value)
         except ConnectionClosed:
             pass
 
@@ -181,15 +146,11 @@ class Connection:
     # --- handshake ------------------------------------------------------------
 
     async def _handshake(self) -> Hello:
-        cfg = self.gw.config
         try:
-            msg = await asyncio.wait_for(self.ws.recv(), cfg.handshake_timeout)
+            msg = await asyncio.wait_for(self.ws.recv(), self.gw.config.handshake_timeout)
         except TimeoutError:
-            raise ProtocolError(ErrorCode.NO_HELLO, "no hello within the handshake timeout") from None
-        frame = decode_client(msg, cfg.max_frame)
-        if not isinstance(frame, Hello):
-            raise ProtocolError(ErrorCode.BAD_FRAME, f"the first frame must be hello, not {frame.t}")
-        return frame
+            raise self.rules.no_hello() from None
+        return self.rules.receive_hello(msg)
 
     async def _authorize(self, hello: Hello) -> tuple[Grant, ResumeToken | None]:
         gw = self.gw
@@ -207,10 +168,9 @@ class Connection:
 
     async def _open(self, hello: Hello) -> None:
         gw = self.gw
-        self.sid = hello.sid
-        self.grant, token = await self._authorize(hello)
+        self.rules.grant, token = await self._authorize(hello)
         if hello.start is not None:
-            if self.grant is not Grant.OPERATOR:
+            if self.rules.grant is not Grant.OPERATOR:
                 await self._fail(ProtocolError(ErrorCode.FORBIDDEN, "a viewer cannot start a run"))
             else:
                 gw.start_run(hello.sid, hello.start["app"], hello.start.get("input"))
@@ -218,16 +178,8 @@ class Connection:
         info = await gw.store.info(hello.sid)
         if info is None:  # expired between the two awaits, or lost with the store
             raise gw.missing_log(hello.sid)
-        recovered = (
-            token is not None
-            and hello.epoch == info.epoch
-            and hello.after is not None
-            and info.first <= hello.after + 1
-            and hello.after <= info.head
-        )
-        self.flow = FlowWindow(hello.window, 0)
-        self.state = transition(self.state, ConnState.OPEN)
-        if recovered:
+        token_epoch = token.epoch if token is not None else None
+        if self.rules.recovers(hello, token_epoch, info.epoch, info.first, info.head):
             assert hello.after is not None
             await self._welcome(info.epoch, hello.after, info.first, info.head, None)
         else:
@@ -255,133 +207,82 @@ class Connection:
     async def _welcome(
         self, epoch: str, cursor: int, first: int, head: int, snapshot: dict[str, Any] | None
     ) -> None:
-        gw = self.gw
-        self.epoch = epoch
-        self.cursor = cursor
-        self.flow.restart(cursor)
-        tok = ResumeToken(self.sid, epoch, self.grant, time.time() + gw.config.token_ttl)
-        await self._send(
-            encode(
-                Welcome(
-                    sid=self.sid,
-                    epoch=epoch,
-                    resume=sign(gw.secret, tok),
-                    head=head,
-                    first=first,
-                    recovered=snapshot is None,
-                    grant=self.grant,
-                    snapshot=snapshot,
-                    window=self.flow.size,
-                    heartbeat=int(gw.config.heartbeat * 1000),
-                )
-            )
+        cfg = self.gw.config
+        token = ResumeToken(self.sid, epoch, self.rules.grant, time.time() + cfg.token_ttl)
+        welcome = self.rules.welcome(
+            epoch=epoch, cursor=cursor, first=first, head=head, snapshot=snapshot,
+            resume=sign(self.gw.secret, token), heartbeat_ms=int(cfg.heartbeat * 1000),
         )
+        await self._send(encode(welcome))
 
     # --- the pump -------------------------------------------------------------
 
     async def _pump(self) -> None:
         store = self.gw.store
         sid = self.sid
-        flow = self.flow
-        limit = self.gw.config.batch_max
+        rules = self.rules
         while True:
             info = await store.info(sid)
-            if info is None:
-                # Expired: idle until a new run of this sid appears.
-                await self.gw.await_session(sid, self.ws)
-                await self._restart()
-                continue
-            if info.epoch != self.epoch:
-                await self._restart()
-                continue
-            if self.cursor + 1 < info.first:
-                await self._fail(
-                    ProtocolError(ErrorCode.LAGGED, "fell out of the retention window", fatal=False)
-                )
-                await self._restart()
-                continue
-            room = flow.room()
-            if room == 0:
+            step, room = rules.next_step(info.epoch if info else None, info.first if info else 0)
+            if step is Step.READ:
+                raws = await store.read(sid, rules.cursor, limit=room, max_bytes=BATCH_BYTES, epoch=rules.epoch)
+                if not raws:
+                    await store.wait(sid, rules.cursor, epoch=rules.epoch)
+                    continue
+                await self._send(frame_for(raws))
+                rules.sent(len(raws))
+                self.gw.metrics.sent(len(raws))
+            elif step is Step.WAIT_ACK:
                 self._acked.clear()
                 await self._acked.wait()
-                continue
-            raws = await store.read(
-                sid, self.cursor, limit=limit if room is None else min(room, limit),
-                max_bytes=BATCH_BYTES, epoch=self.epoch,
-            )
-            if not raws:
-                await store.wait(sid, self.cursor, epoch=self.epoch)
-                continue
-            await self._send(frame_for(raws))
-            self.cursor += len(raws)
-            flow.on_sent(self.cursor)
-            self.gw.metrics.sent(len(raws))
+            elif step is Step.EXPIRED:
+                # Idle until a new run of this sid appears.
+                await self.gw.await_session(sid, self.ws)
+                await self._restart()
+            else:
+                if step is Step.LAGGED:
+                    await self._fail(rules.lagged())
+                await self._restart()
 
     # --- the reader -----------------------------------------------------------
 
     async def _read(self) -> None:
-        cfg = self.gw.config
+        rules = self.rules
         async for msg in self.ws:
-            try:
-                frame: Any = decode_client(msg, cfg.max_frame)
-            except ProtocolError as exc:
-                if exc.fatal or exc.rid is None:
-                    raise
-                frame = exc  # a request whose value cannot travel: answered below
-            self._size = len(msg)
-            # An ack that moves the window is flow control, not abuse: never
-            # charged, so acking every window/2 events cannot trip the limit
-            # on a fast backlog (a refused ack would shut the window for good).
-            # Redundant acks are charged like any frame.
-            free = isinstance(frame, Ack) and self.flow.advances(frame.seq)
-            if not free and not self._limiter.allow():
-                fatal = self._limiter.strikes > cfg.rate_strikes
-                raise_or_tell = ProtocolError(
-                    ErrorCode.RATE_LIMITED,
-                    "too many frames: slow down and re-send (requests are idempotent by rid)",
-                    fatal=fatal,
-                )
-                if fatal:
-                    raise raise_or_tell
-                await self._fail(raise_or_tell)
+            out = rules.receive(msg, self._clock())
+            if out is None:
+                if rules.acked:
+                    self._acked.set()
                 continue
-            if isinstance(frame, ProtocolError):
-                assert frame.rid is not None
-                await self._send(encode(Replied(frame.rid, False, frame.code.value)))
-                continue
-            reply = self._handle(frame)
-            if reply is None and isinstance(frame, (Reply, Send, Cancel)):
-                reply = await self._not_local(frame)
-            if reply is not None:
+            if isinstance(out, Request):
+                reply = self._handle(out)
+                if reply is None:
+                    reply = await self._not_local(out)
                 await self._send(encode(reply))
+                continue
+            if isinstance(out, Error):
+                self.gw.metrics.error(out.code)
+            await self._send(encode(out))
 
-    async def _not_local(self, frame: Reply | Send | Cancel) -> Replied:
+    def _handle(self, req: Request) -> Replied | None:
+        """Run a request against the session of this process (None: it runs elsewhere)."""
+        s, frame, grant = self.session, req.frame, self.rules.grant
+        if s is None or s.epoch != self.rules.epoch:
+            return None
+        if isinstance(frame, Reply):
+            return s.request(frame.rid, grant, lambda: s.answer(frame.ask, frame.value))
+        if isinstance(frame, Send):
+            return s.request(frame.rid, grant, lambda: s.deliver(frame.data, req.size))
+        return s.request(frame.rid, grant, lambda: s.cancel(frame.reason))
+
+    async def _not_local(self, req: Request) -> Replied:
         """A request for a run this process does not hold."""
-        if self.grant is not Grant.OPERATOR:
+        frame = req.frame
+        if self.rules.grant is not Grant.OPERATOR:
             return Replied(frame.rid, False, ErrorCode.FORBIDDEN)
         info = await self.gw.store.info(self.sid)
-        if info is not None and info.epoch == self.epoch and not info.ended:
+        if info is not None and info.epoch == self.rules.epoch and not info.ended:
             # alive, but its agent runs on another node sharing the store
             return Replied(frame.rid, False, ErrorCode.NOT_HERE)
         err = ErrorCode.ASK_CLOSED if isinstance(frame, Reply) else ErrorCode.ENDED
         return Replied(frame.rid, False, err)
-
-    def _handle(self, frame: Any) -> Replied | Pong | None:
-        if isinstance(frame, Ack):
-            if self.flow.on_ack(frame.seq):
-                self._acked.set()
-            return None
-        if isinstance(frame, Ping):
-            return Pong(frame.n)
-        if isinstance(frame, Hello):
-            raise ProtocolError(ErrorCode.BAD_FRAME, "hello may be sent only once")
-        s = self.session
-        if s is None or s.epoch != self.epoch:
-            return None  # not run here: _not_local answers
-        if isinstance(frame, Reply):
-            return s.request(frame.rid, self.grant, lambda: s.answer(frame.ask, frame.value))
-        if isinstance(frame, Send):
-            return s.request(frame.rid, self.grant, lambda: s.deliver(frame.data, self._size))
-        if isinstance(frame, Cancel):
-            return s.request(frame.rid, self.grant, lambda: s.cancel(frame.reason))
-        raise AssertionError(f"unhandled frame {frame!r}")  # pragma: no cover

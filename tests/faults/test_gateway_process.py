@@ -11,8 +11,8 @@ import signal
 from typing import Any
 
 import pytest
-from conftest import PrivateRedis, free_port
-from proxy import FaultProxy
+from faultproxy import FaultProxy
+from servers import PrivateRedis, free_port
 from support import TIMEOUT
 
 pytestmark = pytest.mark.redis

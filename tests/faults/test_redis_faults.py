@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import PrivateRedis
-from proxy import FaultProxy
+from faultproxy import FaultProxy
+from servers import PrivateRedis
 from support import TIMEOUT, final
 
 from gateway import Gateway, RedisStore

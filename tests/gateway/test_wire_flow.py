@@ -106,10 +106,10 @@ async def test_window_never_exceeded_and_acks_open_it(gw, raw):
         pong = await r.recv()
         assert pong.t == "pong"  # the pump had every chance to overrun meanwhile
         (conn,) = [c for c in gw._conns if c.sid == "win"]
-        assert conn.flow.sent == 10 and conn.cursor == 10
+        assert conn.rules.flow.sent == 10 and conn.rules.cursor == 10
         await r.send({"t": "ack", "seq": 10})
         got += await r.events(lambda e: e.seq == 20)
-        assert conn.flow.sent - conn.flow.acked <= 10
+        assert conn.rules.flow.sent - conn.rules.flow.acked <= 10
     assert [e.seq for e in got] == list(range(1, 21))
 
 
@@ -136,11 +136,11 @@ async def test_python_client_acks_what_its_consumer_took_so_the_window_bounds_it
         # the gateway has seen every ack the client sent so far: none, since
         # 3 < window/2 were consumed, whatever the client received meanwhile.
         await c.ping()
-        assert conn.flow.acked == 0
+        assert conn.rules.flow.acked == 0
         assert c.buffered <= 8 and c.last_seq <= 8
         evs.append(await anext(c))  # the 4th consumed: ack 4
         await c.ping()
-        assert conn.flow.acked == 4
+        assert conn.rules.flow.acked == 4
         assert c.buffered <= 8 and c.last_seq <= 12
         while not final(evs[-1]):  # consuming again drains the run
             evs.append(await asyncio.wait_for(anext(c), TIMEOUT))
@@ -189,7 +189,7 @@ async def test_a_stalled_client_does_not_slow_the_others(gw, raw):
         assert len(evs) == n + 1
         (conn,) = [c for c in gw._conns if c.ws.remote_address == stalled.ws.local_address]
         # the stalled client's server side holds a cursor, not a queue of the rest
-        assert conn.cursor < n, conn.cursor
+        assert conn.rules.cursor < n, conn.rules.cursor
         stalled.ws.transport.abort()  # a graceful close would wait on the stalled reader
 
 

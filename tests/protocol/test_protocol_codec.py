@@ -478,3 +478,42 @@ def test_packb_fallbacks() -> None:
     assert rt(_Point) == repr(_Point)  # a dataclass type is not an instance
     assert rt({"nested": [_Model()]}) == {"nested": [{"mode": "json"}]}
     assert rt(b"b") == b"b"  # bin, not str
+
+
+def test_values_and_their_limits() -> None:
+    from protocol import MAX_DEPTH, check_value
+    from protocol.codec import walk_value
+
+    class Thing:
+        pass
+
+    assert walk_value({"a": 1}) == (None, False)  # flat: decided at once
+    assert walk_value(3) == (None, False)
+    assert walk_value(Thing()) == (None, True)  # the encoder will expand it
+    assert walk_value({"a": [Thing()]}) == (None, True)
+    assert walk_value([1, 2, {"k": None}]) == (None, False)
+    assert check_value({1: "a", 2.5: "b", None: "c", b"k": "d", True: "e"}) is None
+    assert "map key" in (check_value({"a": {frozenset(): 1}}) or "")
+
+    class Name(str):
+        pass
+
+    assert check_value({Name("k"): [1], "b": 2}) is None  # a str subclass is a str key
+    deep: object = "leaf"
+    for _ in range(MAX_DEPTH + 1):
+        deep = {"k": deep}
+    assert "deeper" in (check_value(deep) or "")
+    assert check_value(deep, limit=MAX_DEPTH + 1) is None
+
+
+def test_a_hello_whose_start_input_is_too_deep_is_a_bad_frame() -> None:
+    from protocol import MAX_DEPTH
+
+    deep: object = 1
+    for _ in range(MAX_DEPTH + 1):
+        deep = [deep]
+    with pytest.raises(ProtocolError) as err:
+        decode_client(packb({"t": "hello", "sid": "s", "start": {"app": "a", "input": deep}}))
+    assert err.value.code is ErrorCode.BAD_FRAME and "input" in err.value.msg
+    ok = decode_client(packb({"t": "hello", "sid": "s", "start": {"app": "a", "input": [[1]]}}))
+    assert ok.start == {"app": "a", "input": [[1]]}

@@ -196,3 +196,14 @@ def test_only_status_is_final(k: str) -> None:
 @pytest.mark.parametrize("d", [None, "done", ["done"], {}, {"detail": "done"}])
 def test_is_final_ignores_malformed_payloads(d: Any) -> None:
     assert is_final("status", d) is False
+
+
+def test_store_errors_are_both_wirepipe_errors_and_builtin_ones() -> None:
+    from protocol import LogMissing, LogReplaced, SeqGap, StoreError, WirepipeError
+
+    missing = LogMissing("no log for 's'")
+    assert isinstance(missing, KeyError) and isinstance(missing, StoreError)
+    assert str(missing) == "no log for 's'" and str(LogMissing()) == "no log"  # not KeyError's quotes
+    assert isinstance(LogReplaced("x"), ValueError) and isinstance(LogReplaced("x"), WirepipeError)
+    gap = SeqGap("behind", 7)
+    assert isinstance(gap, ValueError) and gap.head == 7

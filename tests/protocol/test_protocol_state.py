@@ -327,3 +327,27 @@ def test_only_an_ack_that_moves_the_window_advances_it() -> None:
     w.on_ack(12)
     assert not w.advances(12) and not w.advances(11)  # redundant now
     assert w.advances(13)
+
+
+def test_a_snapshot_map_folds_back_into_the_same_reducer() -> None:
+    m = {
+        "status": {"state": "running"},
+        "plan": {"goal": "g", "tasks": [{"id": "1", "status": "running"}], "current": "1"},
+        "asks": [{"id": "a1", "prompt": "?"}, "junk"],
+        "texts": [{"id": "t1", "text": "hel"}, {"no": "id"}],
+    }
+    s = Snapshot.from_map(m)
+    assert s.as_map() == {**m, "asks": [m["asks"][0]], "texts": [m["texts"][0]]}
+    s.apply("text", {"id": "t1", "delta": "lo"})
+    assert s.as_map()["texts"] == [{"id": "t1", "text": "hello"}]
+    assert m["texts"][0]["text"] == "hel"  # the map it came from is untouched
+    assert Snapshot.from_map(None).as_map() == Snapshot().as_map()
+
+
+def test_an_owned_payload_is_kept_without_a_copy() -> None:
+    s = Snapshot()
+    plan = {"goal": "g", "tasks": []}
+    s.apply("plan", plan, owned=True)
+    assert s.plan is plan
+    s.apply("plan", plan)
+    assert s.plan is not plan and s.plan == plan
