@@ -5,8 +5,9 @@
 
 from typing import Any
 
+from .config import Config
 from .pipe import WebPipe
-from .server import Config, Gateway
+from .server import Gateway
 from .stores import MemoryStore, Retention, Store
 
 __all__ = ["Config", "Gateway", "MemoryStore", "RedisStore", "Retention", "Store", "WebPipe"]

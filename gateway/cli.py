@@ -14,8 +14,9 @@ from typing import Any
 
 from protocol import Grant, RemoteError
 
+from .config import App, Config
 from .front import is_loopback, normalize_host, normalize_origin
-from .server import App, Config, Gateway
+from .server import Gateway
 from .stores import MemoryStore, Retention, Store
 
 

@@ -20,6 +20,7 @@ import asyncio
 import inspect
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection as WebSocket
@@ -43,19 +44,36 @@ from protocol import (
 )
 from protocol.server import BATCH_BYTES, Limits, Request, ServerConnection, Step
 
+from .config import Auth, Config
+from .metrics import Metrics
+from .runs import Runs
+from .stores import Store
+
 if TYPE_CHECKING:
-    from .server import Gateway
     from .sessions import Session
 
 log = logging.getLogger("wirepipe.connection")
 
-__all__ = ["BATCH_BYTES", "Connection"]
+__all__ = ["BATCH_BYTES", "Connection", "Services"]
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a connection needs of its gateway, and nothing more."""
+
+    config: Config
+    store: Store
+    runs: Runs
+    metrics: Metrics
+    secret: bytes
+    auth: Auth | None
+    default_grant: Grant
 
 
 class Connection:
     """Serves one WebSocket client for its whole life."""
 
-    def __init__(self, gw: Gateway, ws: WebSocket) -> None:
+    def __init__(self, gw: Services, ws: WebSocket) -> None:
         self.gw = gw
         self.ws = ws
         cfg = gw.config
@@ -173,11 +191,11 @@ class Connection:
             if self.rules.grant is not Grant.OPERATOR:
                 await self._fail(ProtocolError(ErrorCode.FORBIDDEN, "a viewer cannot start a run"))
             else:
-                gw.start_run(hello.sid, hello.start["app"], hello.start.get("input"))
-        self.session = await gw.await_session(hello.sid, self.ws)
+                gw.runs.start_run(hello.sid, hello.start["app"], hello.start.get("input"))
+        self.session = await gw.runs.await_session(hello.sid, self.ws)
         info = await gw.store.info(hello.sid)
         if info is None:  # expired between the two awaits, or lost with the store
-            raise gw.missing_log(hello.sid)
+            raise gw.runs.missing_log(hello.sid)
         token_epoch = token.epoch if token is not None else None
         if self.rules.recovers(hello, token_epoch, info.epoch, info.first, info.head):
             assert hello.after is not None
@@ -197,11 +215,11 @@ class Connection:
             snapshot, at = await store.snapshot(sid)
             info = await store.info(sid)
             if info is None:
-                raise self.gw.missing_log(sid)
+                raise self.gw.runs.missing_log(sid)
             if before is not None and before.epoch == info.epoch:
                 break
         cursor = at if live else info.first - 1
-        self.session = self.gw.local_session(sid, info.epoch)
+        self.session = self.gw.runs.local_session(sid, info.epoch)
         await self._welcome(info.epoch, cursor, info.first, at, snapshot)
 
     async def _welcome(
@@ -237,7 +255,7 @@ class Connection:
                 await self._acked.wait()
             elif step is Step.EXPIRED:
                 # Idle until a new run of this sid appears.
-                await self.gw.await_session(sid, self.ws)
+                await self.gw.runs.await_session(sid, self.ws)
                 await self._restart()
             else:
                 if step is Step.LAGGED:

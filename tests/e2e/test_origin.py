@@ -24,7 +24,7 @@ import pytest
 from support import TIMEOUT
 
 from gateway import Gateway, MemoryStore
-from gateway.server import STATIC, _client_dir
+from gateway.http_front import STATIC, client_dir
 
 pytestmark = pytest.mark.browser
 
@@ -46,7 +46,7 @@ window.outcome = new Promise((resolve) => {
 def _file(path: str) -> Path | None:
     """What the other site serves besides its page: the JS client and its MessagePack dependency."""
     if path.startswith("/client/"):
-        return _client_dir() / path[len("/client/"):]
+        return client_dir() / path[len("/client/"):]
     if path.startswith("/vendor/"):
         return STATIC / path.lstrip("/")
     return None

@@ -16,7 +16,7 @@ import pytest
 from support import TIMEOUT
 
 from gateway import Config, Gateway
-from gateway.server import STATIC, _client_dir
+from gateway.http_front import STATIC, client_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 INDEX = STATIC / "index.html"
@@ -73,7 +73,7 @@ async def test_nested_static_files_are_served(gw: Gateway) -> None:
 
 
 async def test_the_js_client_is_served(gw: Gateway) -> None:
-    served = _client_dir() / "wirepipe.js"
+    served = client_dir() / "wirepipe.js"
     if not JS_SRC.is_file() and not served.is_file():
         pytest.skip("clients/js/src/wirepipe.js does not exist")
     status, headers, body = await get(gw, "/client/wirepipe.js")
@@ -148,7 +148,7 @@ async def test_path_traversal_is_404(gw: Gateway, path: str) -> None:
 
 def _escapes() -> list[str]:
     """Paths that, joined naively to their root, name real files outside it."""
-    client = _client_dir()
+    client = client_dir()
     return [
         "/" + os.path.relpath(ROOT / "pyproject.toml", STATIC),
         "/" + os.path.relpath(STATIC.parent / "server.py", STATIC),
@@ -159,7 +159,7 @@ def _escapes() -> list[str]:
 
 async def test_escapes_to_real_files_are_404(gw: Gateway) -> None:
     for path in _escapes():
-        root = _client_dir() if path.startswith("/client/") else STATIC
+        root = client_dir() if path.startswith("/client/") else STATIC
         rel = path.removeprefix("/client/") if path.startswith("/client/") else path[1:]
         assert (root / rel).is_file(), f"{path} should name a real file, naively"
         status, _, body = await get(gw, path)

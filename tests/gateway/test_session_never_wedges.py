@@ -229,7 +229,7 @@ async def test_runs_ended_in_the_tick_they_start_are_all_reclaimed() -> None:
         await gw.sweep()  # before the logs exist: nothing may be forgotten yet
         await asyncio.gather(*(p.drained() for p in pipes))
         await gw.sweep()
-        assert len(gw._sessions) == 0
+        assert len(gw.runs.sessions) == 0
         assert len(store) == 0, "ended logs were left behind"
 
 

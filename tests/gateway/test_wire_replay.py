@@ -222,7 +222,7 @@ async def test_ended_runs_are_forgotten_once_their_logs_expire(make_gw):
     done.close()
     await done.drained()
     assert await g.sweep() == 1
-    assert set(g._sessions) == {"still-running"} and live.closed is False
+    assert set(g.runs.sessions) == {"still-running"} and live.closed is False
     again = g.pipe("finished")  # the sid is free for a new run
     assert again.epoch != done.epoch
 
@@ -233,4 +233,4 @@ async def test_a_waiting_client_that_leaves_leaves_nothing_behind(gw, raw):
         await r.send({"t": "ping", "n": 1})  # processed only after the welcome: none comes
     # the server notices the close (its handler ends) and forgets the sid it waited for
     await asyncio.wait_for(gw.wait_connections(lambda n: n == 0), TIMEOUT)
-    assert gw._born == {} and gw._born_waiters == {}
+    assert gw.runs._born == {} and gw.runs._born_waiters == {}

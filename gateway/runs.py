@@ -1,0 +1,238 @@
+"""The runs of one gateway: the registry of sessions in this process, and the app runner.
+
+``Runs`` is where a reader finds everything about the life of a run here:
+the session of each sid and its Pipe (``pipe``), starting a registered app
+(``start_run``) and ending it with the right final status (``_run_app``),
+clients that wait for a run that has not started (``await_session``), what a
+client of a sid whose log is missing gets (``missing_log``), forgetting
+ended runs once their logs expired (``sweep``), and stopping every run when
+the gateway closes (``stop``).  Connections use it; it knows nothing of
+sockets but the one a waiting client may close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection as WebSocket
+
+from protocol import ErrorCode, ProtocolError, RunState, StoreUnavailable
+from protocol.codec import SID_RE
+
+from .config import App, Config
+from .metrics import Metrics
+from .pipe import WebPipe
+from .sessions import Limits, Session, _on_loop
+from .stores import Store
+
+log = logging.getLogger("wirepipe")
+
+
+class Runs:
+    """The sessions this process writes, and the registered apps it runs."""
+
+    def __init__(self, store: Store, config: Config, apps: dict[str, App], metrics: Metrics) -> None:
+        self.store = store
+        self.config = config
+        self.apps = apps
+        self.metrics = metrics
+        self.loop: asyncio.AbstractEventLoop | None = None  # set when the gateway starts
+        self.closing = False
+        #: The session of each sid run here (the latest run), and its Pipe.
+        self.sessions: dict[str, Session] = {}
+        self._pipes: dict[str, WebPipe] = {}
+        self._born: dict[str, asyncio.Future[Session]] = {}  # sids clients wait for
+        self._born_waiters: dict[str, int] = {}
+
+    # --- sessions ---------------------------------------------------------------------
+
+    def pipe(self, sid: str) -> WebPipe:
+        """The Pipe of session ``sid``: the open run's, or a new run's (see ``Gateway.pipe``)."""
+        if not SID_RE.fullmatch(sid):
+            raise ValueError(f"invalid sid {sid!r}: 1-128 chars of [A-Za-z0-9._:-]")
+        loop = self.loop
+        if loop is None or self.closing:
+            raise RuntimeError("the gateway is not running")
+        if not _on_loop(loop):
+            async def make() -> WebPipe:
+                return self.pipe(sid)
+
+            return asyncio.run_coroutine_threadsafe(make(), loop).result()
+        s = self.sessions.get(sid)
+        if s is None or s.ended:
+            cfg = self.config
+            limits = Limits(cfg.backlog_events, cfg.backlog_bytes, cfg.inbox_messages, cfg.inbox_bytes)
+            s = Session(sid, self.store, loop, predecessor=s, limits=limits)
+            self._pipes[sid] = WebPipe(s)
+            self.sessions[sid] = s
+            fut = self._born.pop(sid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(s)
+        return self._pipes[sid]
+
+    def local_session(self, sid: str, epoch: str) -> Session | None:
+        """The session of ``sid`` if this process writes it, in ``epoch``."""
+        s = self.sessions.get(sid)
+        return s if s is not None and s.epoch == epoch else None
+
+    def missing_log(self, sid: str) -> Exception:
+        """What a client of ``sid`` gets when its log is not in the store.
+
+        If this process runs the session, its log was lost (a store restarted
+        without persistence) and is being re-created: retry soon.  Otherwise
+        there is no such session.
+        """
+        s = self.sessions.get(sid)
+        if s is not None and not s.finished:
+            s.poke()
+            return StoreUnavailable(f"the log of {sid!r} is being re-created")
+        return ProtocolError(ErrorCode.NO_SESSION, f"no session {sid!r}")
+
+    async def await_session(self, sid: str, ws: WebSocket) -> Session | None:
+        """The session a new client of ``sid`` joins; waits for a run if there is none.
+
+        Returns None for a log served from the store alone (its run is not
+        in this process).
+
+        Raises:
+            ProtocolError: ``no_session`` when the gateway does not wait for runs.
+            StoreUnavailable: the store fails while the run's log is created.
+            ConnectionClosed: the client left while waiting.
+        """
+        while True:
+            s = self.sessions.get(sid)
+            if s is not None:
+                if not s.ready.done():
+                    # The log is being created; if the store fails meanwhile, say
+                    # so (a retryable close) instead of holding the client.
+                    trouble: asyncio.Future[Any] = asyncio.ensure_future(s.troubled.wait())
+                    ready: asyncio.Future[Any] = s.ready
+                    try:
+                        await asyncio.wait({ready, trouble}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        trouble.cancel()
+                    if not s.ready.done():
+                        raise StoreUnavailable(f"the store cannot be reached: {s.trouble}")
+                await s.ready
+                return s
+            if await self.store.info(sid) is not None:
+                return None
+            if not self.config.wait_for_run:
+                raise ProtocolError(ErrorCode.NO_SESSION, f"no session {sid!r}")
+            fut = self._born.get(sid)
+            if fut is None or fut.done():
+                fut = self._born[sid] = asyncio.get_running_loop().create_future()
+            closed: asyncio.Future[Any] = asyncio.ensure_future(ws.wait_closed())
+            waiting: set[asyncio.Future[Any]] = {fut, closed}
+            self._born_waiters[sid] = self._born_waiters.get(sid, 0) + 1
+            try:
+                # A run started here resolves fut; one started on another node
+                # sharing the store shows up in the store: look again now and then.
+                await asyncio.wait(waiting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+                left = self._born_waiters[sid] - 1
+                if left:
+                    self._born_waiters[sid] = left
+                else:  # nobody waits for this sid any more: forget it
+                    del self._born_waiters[sid]
+                    if self._born.get(sid) is fut and not fut.done():
+                        del self._born[sid]
+            if closed.done():
+                await ws.recv()  # raises ConnectionClosed: the client left
+
+    # --- apps --------------------------------------------------------------------------
+
+    def start_run(self, sid: str, app_name: str, value: Any) -> WebPipe:
+        """Start a run of the registered app ``app_name`` under ``sid`` (see ``Gateway.start_run``)."""
+        app = self.apps.get(app_name)
+        if app is None:
+            raise ProtocolError(ErrorCode.NO_APP, f"no app {app_name!r}")
+        s = self.sessions.get(sid)
+        if s is not None and not s.ended:
+            raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {sid!r} already has a run")
+        pipe = self.pipe(sid)
+        session = self.sessions[sid]
+        session.task = asyncio.ensure_future(self._run_app(app, pipe, value))
+        self.metrics.runs_started += 1
+        return pipe
+
+    async def _run_app(self, app: App, pipe: WebPipe, value: Any) -> None:
+        pipe.emit("status", {"state": RunState.RUNNING})
+        try:
+            if inspect.iscoroutinefunction(app):
+                await app(pipe, value)
+            else:
+                result = await asyncio.to_thread(app, pipe, value)
+                if inspect.isawaitable(result):
+                    await result
+        except asyncio.CancelledError:
+            pipe.close(RunState.CANCELLED, detail=pipe.cancel_reason or "cancelled")
+            return
+        except Exception as exc:
+            log.exception("app run %s failed", pipe.sid)
+            pipe.close(RunState.FAILED, detail=_public_detail(exc))
+            return
+        if pipe.cancelled.is_set():
+            pipe.close(RunState.CANCELLED, detail=pipe.cancel_reason or "cancelled")
+        else:
+            pipe.close(RunState.DONE)
+
+    # --- the end ---------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Forget ended runs whose logs the store has expired; returns how many.
+
+        Only runs whose end is stored count: a run that ended before its log
+        was even created is not forgotten until its log exists and expires.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
+        gone = [
+            sid for sid, s in list(self.sessions.items())
+            if s.finished and await self.store.info(sid) is None
+        ]
+        for sid in gone:
+            s = self.sessions.get(sid)
+            if s is not None and s.finished:  # not replaced by a new run meanwhile
+                del self.sessions[sid]
+                del self._pipes[sid]
+        return len(gone)
+
+    async def stop(self) -> None:
+        """Cancel the runs, then give their final events ``drain_timeout`` to be stored."""
+        self.closing = True
+        for s in list(self.sessions.values()):
+            if s.task is not None and not s.task.done():
+                s.task.cancel()
+        tasks = [s.task for s in self.sessions.values() if s.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        sessions = list(self.sessions.values())
+        drains = [asyncio.ensure_future(s.drained()) for s in sessions]
+        if drains:
+            await asyncio.wait(drains, timeout=self.config.drain_timeout)
+        for s, fut in zip(sessions, drains, strict=True):
+            fut.cancel()
+            if s.backlog or not s.writer.done():
+                if s.backlog:
+                    log.error("closing: session %s: %d events not stored (%s)",
+                              s.sid, s.backlog, s.trouble or "the store did not answer")
+                s.writer.cancel()
+        await asyncio.gather(*(s.writer for s in sessions), return_exceptions=True)
+        for born in self._born.values():
+            born.cancel()
+
+
+def _public_detail(exc: BaseException) -> str:
+    """What clients see of a failed run: the type and the first line, short.
+
+    The full text (which may quote inputs, configs or environments) stays in
+    the gateway's log.
+    """
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
