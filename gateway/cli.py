@@ -108,6 +108,26 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--drain-timeout", type=float, default=Config().drain_timeout, metavar="SECONDS",
                    help="on shutdown, how long to wait for the store to take what sessions hold "
                         "(default: %(default)s)")
+    p.add_argument("--write-limit", type=_positive, default=Config().write_limit, metavar="BYTES",
+                   help="per client: bytes buffered in its socket before the gateway waits for it "
+                        "(default: %(default)s)")
+    p.add_argument("--batch-max", type=_positive, default=Config().batch_max, metavar="N",
+                   help="most events in one batch frame (default: %(default)s)")
+    p.add_argument("--token-ttl", type=float, default=Config().token_ttl, metavar="SECONDS",
+                   help="how long a resume token is valid (default: %(default)s)")
+    p.add_argument("--no-wait-for-run", action="store_true",
+                   help="a hello for a sid with no run gets no_session (4404) instead of waiting for one")
+    p.add_argument("--rate", type=float, default=Config().rate, metavar="FRAMES",
+                   help="per client: frames a second before rate_limited; acks that move the window "
+                        "are free (default: %(default)s)")
+    p.add_argument("--burst", type=float, default=Config().burst, metavar="FRAMES",
+                   help="per client: frames allowed in a burst (default: %(default)s)")
+    p.add_argument("--rate-strikes", type=_positive, default=Config().rate_strikes, metavar="N",
+                   help="refused frames before the connection is closed 4429 (default: %(default)s)")
+    p.add_argument("--close-timeout", type=float, default=Config().close_timeout, metavar="SECONDS",
+                   help="how long a client has to finish a close before it is dropped (default: %(default)s)")
+    p.add_argument("--stall-timeout", type=float, default=None, metavar="SECONDS",
+                   help="a client that takes no byte for this long is dropped (default: the heartbeat)")
     p.add_argument("--redis", metavar="URL", default=os.environ.get("WIREPIPE_REDIS"),
                    help="keep session logs in Redis Streams at URL (env WIREPIPE_REDIS), e.g. "
                         "redis://127.0.0.1:6379/0.  Gateways sharing it (and --secret) all serve "
@@ -150,6 +170,10 @@ def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None)
             backlog_events=args.backlog_events, backlog_bytes=args.backlog_bytes,
             inbox_messages=args.inbox_messages, inbox_bytes=args.inbox_bytes,
             drain_timeout=args.drain_timeout,
+            write_limit=args.write_limit, batch_max=args.batch_max, token_ttl=args.token_ttl,
+            wait_for_run=not args.no_wait_for_run, rate=args.rate, burst=args.burst,
+            rate_strikes=args.rate_strikes, close_timeout=args.close_timeout,
+            stall_timeout=args.stall_timeout,
         ),
     )
 

@@ -21,7 +21,14 @@ Auth = Callable[[str | None, str], "str | None | Awaitable[str | None]"]
 
 @dataclass(frozen=True)
 class Config:
-    """Limits and knobs; every one has a ``wirepipe serve`` flag."""
+    """Limits and knobs.
+
+    Every field has a ``wirepipe serve`` flag of the same name (``max_frame``:
+    ``--max-frame``), except the booleans and the grant, which say it the
+    other way round: ``--no-compression``, ``--no-ui`` (``serve_ui``),
+    ``--no-wait-for-run``, and ``--insecure`` (``default_grant`` operator).
+    ``tests/gateway/test_cli.py`` keeps this true.
+    """
 
     max_frame: int = DEFAULT_MAX_FRAME
     handshake_timeout: float = 10.0

@@ -7,11 +7,13 @@ killed in a ``finally`` so a failing test leaves nothing behind.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import re
 import signal
+import subprocess
 import sys
 from asyncio.subprocess import PIPE, Process
 from pathlib import Path
@@ -199,3 +201,31 @@ async def test_watch_a_refused_start_is_a_clear_error() -> None:
         assert code == 0, server_err
     finally:
         await reap(server)
+
+
+def test_every_config_knob_has_a_serve_flag() -> None:
+    """Config's docstring promises it; a knob added without a flag fails here."""
+    import dataclasses
+
+    from gateway.config import Config
+
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--help"], capture_output=True,
+                         text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    spelled = {"compression": "--no-compression", "serve_ui": "--no-ui", "wait_for_run": "--no-wait-for-run",
+               "default_grant": "--insecure", "allow_origins": "--allow-origin", "allow_hosts": "--allow-host"}
+    missing = [f.name for f in dataclasses.fields(Config)
+               if spelled.get(f.name, "--" + f.name.replace("_", "-")) not in out]
+    assert missing == []
+
+
+def test_serve_flags_reach_the_config() -> None:
+    from gateway.cli import _add_server_args, _gateway
+
+    parser = argparse.ArgumentParser()
+    _add_server_args(parser, 8765)
+    args = parser.parse_args(["--rate", "5", "--burst", "9", "--stall-timeout", "3", "--no-wait-for-run",
+                              "--token-ttl", "60", "--batch-max", "10", "--close-timeout", "1",
+                              "--write-limit", "4096", "--rate-strikes", "2"])
+    cfg = _gateway(args).config
+    assert (cfg.rate, cfg.burst, cfg.stall_timeout, cfg.wait_for_run, cfg.token_ttl, cfg.batch_max,
+            cfg.close_timeout, cfg.write_limit, cfg.rate_strikes) == (5, 9, 3, False, 60, 10, 1, 4096, 2)
