@@ -6,11 +6,12 @@
 from typing import Any
 
 from .config import Config
+from .middleware import Middleware
 from .pipe import WebPipe
 from .server import Gateway
 from .stores import MemoryStore, Retention, Store
 
-__all__ = ["Config", "Gateway", "MemoryStore", "RedisStore", "Retention", "Store", "WebPipe"]
+__all__ = ["Config", "Gateway", "MemoryStore", "Middleware", "RedisStore", "Retention", "Store", "WebPipe"]
 __version__ = "0.1.0"
 
 

@@ -16,6 +16,7 @@ from protocol import Grant, RemoteError
 
 from .config import App, Config
 from .front import is_loopback, normalize_host, normalize_origin
+from .middleware import Middleware
 from .server import Gateway
 from .stores import MemoryStore, Retention, Store
 
@@ -33,6 +34,23 @@ def _load_app(spec: str) -> tuple[str, App]:
             f"cannot load app {spec!r}: {type(exc).__name__}: {first[:300]}"
         ) from exc
     return name, obj
+
+
+def _load_middleware(spec: str) -> Middleware:
+    module, colon, attr = spec.partition(":")
+    if not colon or not module or not attr:
+        raise argparse.ArgumentTypeError(f"--middleware takes module:name, not {spec!r}")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+        mw = obj() if isinstance(obj, type) else obj
+    except Exception as exc:  # whatever importing or making it raised: say it
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise argparse.ArgumentTypeError(
+            f"cannot load middleware {spec!r}: {type(exc).__name__}: {first[:300]}"
+        ) from exc
+    if not callable(getattr(mw, "on_event", None)) and not callable(getattr(mw, "on_request", None)):
+        raise argparse.ArgumentTypeError(f"{spec!r} has neither on_event nor on_request")
+    return mw  # type: ignore[no-any-return]
 
 
 def _origin(value: str) -> str:
@@ -133,6 +151,9 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
                         "redis://127.0.0.1:6379/0.  Gateways sharing it (and --secret) all serve "
                         "every session's events and resume each other's tokens; replies, sends and "
                         "cancels are taken by the gateway running the agent.  Default: in memory")
+    p.add_argument("--middleware", action="append", default=[], type=_load_middleware, metavar="module:name",
+                   help="pass every event and client request through this middleware (an object, or a "
+                        "class made with no arguments; see docs/middleware.md); repeatable, in order")
     p.add_argument("--app", action="append", default=[], type=_load_app, metavar="NAME=module:callable",
                    help="register an app that hello.start can run; repeatable")
     p.add_argument("--no-ui", action="store_true", help="do not serve the web UI")
@@ -160,6 +181,7 @@ def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None)
     apps.update(dict(args.app))
     return Gateway(
         args.host, args.port, store=store, secret=args.secret, apps=apps, auth=auth,
+        middleware=args.middleware,
         config=Config(
             max_frame=args.max_frame, handshake_timeout=args.handshake_timeout,
             heartbeat=args.heartbeat, compression=not args.no_compression, serve_ui=not args.no_ui,

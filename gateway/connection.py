@@ -46,6 +46,7 @@ from protocol.server import BATCH_BYTES, Limits, Request, ServerConnection, Step
 
 from .config import Auth, Config
 from .metrics import Metrics
+from .middleware import Middleware, apply_requests
 from .runs import Runs
 from .stores import Store
 
@@ -68,6 +69,7 @@ class Services:
     secret: bytes
     auth: Auth | None
     default_grant: Grant
+    middleware: tuple[Middleware, ...] = ()
 
 
 class Connection:
@@ -283,15 +285,26 @@ class Connection:
             await self._send(encode(out))
 
     def _handle(self, req: Request) -> Replied | None:
-        """Run a request against the session of this process (None: it runs elsewhere)."""
-        s, frame, grant = self.session, req.frame, self.rules.grant
+        """Run a request against the session of this process (None: it runs elsewhere).
+
+        The session decides once per rid (idempotent) and refuses viewers;
+        what it runs is the request as the middleware passes it on.
+        """
+        s, grant, chain = self.session, self.rules.grant, self.gw.middleware
         if s is None or s.epoch != self.rules.epoch:
             return None
-        if isinstance(frame, Reply):
-            return s.request(frame.rid, grant, lambda: s.answer(frame.ask, frame.value))
-        if isinstance(frame, Send):
-            return s.request(frame.rid, grant, lambda: s.deliver(frame.data, req.size))
-        return s.request(frame.rid, grant, lambda: s.cancel(frame.reason))
+
+        def act() -> str | None:
+            frame = apply_requests(chain, self.sid, req.frame, grant) if chain else req.frame
+            if frame is None:
+                return ErrorCode.REFUSED
+            if isinstance(frame, Reply):
+                return s.answer(frame.ask, frame.value)
+            if isinstance(frame, Send):
+                return s.deliver(frame.data, req.size)
+            return s.cancel(frame.reason)
+
+        return s.request(req.frame.rid, grant, act)
 
     async def _not_local(self, req: Request) -> Replied:
         """A request for a run this process does not hold."""

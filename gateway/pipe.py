@@ -78,7 +78,8 @@ class WebPipe:
     # --- writing ----------------------------------------------------------------
 
     def emit(self, k: str, d: Any) -> int:
-        """Append one event of kind ``k``; returns its seq (0 if the run has ended).
+        """Append one event of kind ``k``; returns its seq (0 if the run has ended or a
+        middleware dropped it).
 
         Raises:
             ValueError: ``k`` is not a non-empty string, a known kind's

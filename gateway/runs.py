@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection as WebSocket
@@ -24,6 +25,7 @@ from protocol.codec import SID_RE
 
 from .config import App, Config
 from .metrics import Metrics
+from .middleware import Middleware
 from .pipe import WebPipe
 from .sessions import Limits, Session, _on_loop
 from .stores import Store
@@ -34,8 +36,16 @@ log = logging.getLogger("wirepipe")
 class Runs:
     """The sessions this process writes, and the registered apps it runs."""
 
-    def __init__(self, store: Store, config: Config, apps: dict[str, App], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        apps: dict[str, App],
+        metrics: Metrics,
+        middleware: Sequence[Middleware] = (),
+    ) -> None:
         self.store = store
+        self.middleware = tuple(middleware)
         self.config = config
         self.apps = apps
         self.metrics = metrics
@@ -65,7 +75,7 @@ class Runs:
         if s is None or s.ended:
             cfg = self.config
             limits = Limits(cfg.backlog_events, cfg.backlog_bytes, cfg.inbox_messages, cfg.inbox_bytes)
-            s = Session(sid, self.store, loop, predecessor=s, limits=limits)
+            s = Session(sid, self.store, loop, predecessor=s, limits=limits, middleware=self.middleware)
             self._pipes[sid] = WebPipe(s)
             self.sessions[sid] = s
             fut = self._born.pop(sid, None)

@@ -42,6 +42,7 @@ from .connection import Connection, Services
 from .front import FrontDoor, is_loopback, redacting_logger
 from .http_front import HttpFront
 from .metrics import Metrics
+from .middleware import Middleware
 from .pipe import WebPipe
 from .runs import Runs
 from .stores import MemoryStore, Store
@@ -73,6 +74,7 @@ class Gateway:
         apps: dict[str, App] | None = None,
         auth: Auth | None = None,
         config: Config | None = None,
+        middleware: Sequence[Middleware] = (),
         **knobs: Any,
     ) -> None:
         self.host = host
@@ -88,7 +90,9 @@ class Gateway:
         self.config = config or Config(**knobs)
         self.front = FrontDoor.of(host, self.config.allow_origins, self.config.allow_hosts)
         self.metrics = Metrics()
-        self.runs = Runs(self.store, self.config, self.apps, self.metrics)
+        #: Every event and client request passes these, in order (docs/middleware.md).
+        self.middleware = tuple(middleware)
+        self.runs = Runs(self.store, self.config, self.apps, self.metrics, self.middleware)
         self.http = HttpFront(
             self.config, self.front, self.metrics,
             apps=lambda: sorted(self.apps),
@@ -96,7 +100,8 @@ class Gateway:
             closing=lambda: self._closing,
         )
         self._services = Services(
-            self.config, self.store, self.runs, self.metrics, self.secret, self.auth, self.default_grant
+            self.config, self.store, self.runs, self.metrics, self.secret, self.auth, self.default_grant,
+            self.middleware,
         )
         self._conns: set[Connection] = set()
         self._conns_changed = asyncio.Condition()

@@ -40,7 +40,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -65,6 +65,7 @@ from protocol import (
 from protocol.codec import walk_value
 from protocol.events import FINAL_STATES
 
+from .middleware import Middleware, apply_events
 from .stores import Appended, Store
 
 log = logging.getLogger("wirepipe.session")
@@ -119,12 +120,14 @@ class Session:
         loop: asyncio.AbstractEventLoop,
         predecessor: Session | None = None,
         limits: Limits | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.sid = sid
         self.epoch = secrets.token_hex(8)
         self.store = store
         self.loop = loop
         self.limits = limits or Limits()
+        self.middleware = tuple(middleware)
         self._max_events = self.limits.backlog_events
         self._max_bytes = self.limits.backlog_bytes
         self._lock = threading.Lock()
@@ -183,7 +186,10 @@ class Session:
         return self._waiting
 
     def emit(self, k: str, d: Any, ts: float | None = None, *, checked: bool = False, force: bool = False) -> int:
-        """Append one event; returns its seq (0 if the run has ended).  Never blocks on I/O.
+        """Append one event; returns its seq.  Never blocks on I/O.
+
+        Returns 0 if the run has ended, or if a middleware dropped the event
+        (docs/middleware.md: every event passes the session's middleware first).
 
         ``checked``: ``d`` is known to be a well-formed value (built here).
         ``force``: the event fits even a full backlog (the few that close a
@@ -196,6 +202,13 @@ class Session:
             BacklogFull: too many events wait for the store (nothing appended).
         """
         opaque = False
+        if self.middleware:
+            out = apply_events(self.middleware, self.sid, k, d)
+            if out is None:
+                return 0  # dropped by a middleware: no seq
+            if out[0] is not k or out[1] is not d:
+                k, d = out
+                checked = False
         if not checked:
             why, opaque = walk_value(d)
             if why is not None:
@@ -579,7 +592,7 @@ class Session:
         if grant is not Grant.OPERATOR:
             return self._remember(Replied(rid, False, ErrorCode.FORBIDDEN))
         err = act()
-        if err == ErrorCode.INBOX_FULL:
+        if err in (ErrorCode.INBOX_FULL, ErrorCode.REFUSED):
             return Replied(rid, False, err)  # not remembered: the same rid may try again later
         return self._remember(Replied(rid, err is None, err))
 

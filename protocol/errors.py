@@ -56,6 +56,8 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     # Additive: the agent's inbox is full (a `send` refused; re-send later).
     INBOX_FULL = "inbox_full"
+    # Additive: a middleware of the gateway refused the request (or failed on it).
+    REFUSED = "refused"
 
 
 class CloseCode(IntEnum):
@@ -98,6 +100,7 @@ CLOSE_FOR: dict[ErrorCode, CloseCode | None] = {
     ErrorCode.NOT_HERE: None,
     ErrorCode.UNAVAILABLE: CloseCode.TRY_AGAIN_LATER,
     ErrorCode.INBOX_FULL: None,
+    ErrorCode.REFUSED: None,
 }
 
 #: Close codes after which a client reconnects (exponential backoff, full jitter).

@@ -45,6 +45,7 @@ SPEC_CLOSE = {
     "not_here": None,  # additive (docs/protocol.md): never fatal
     "unavailable": 1013,  # additive: the store is down; reconnect with backoff
     "inbox_full": None,  # additive: a send refused; re-send later
+    "refused": None,  # additive: a middleware refused the request
 }
 RETRY = {1001, 1006, 1011, 1012, 1013, 4408, 4429}
 STOP = {1000, 1009, 4400, 4404, 4409}

@@ -45,6 +45,8 @@ export const ErrorCode = Object.freeze({
   UNAVAILABLE: 'unavailable',
   // Additive: the agent's inbox is full; re-send the `send` later (same rid).
   INBOX_FULL: 'inbox_full',
+  // Additive: a middleware of the gateway refused the request (or failed on it).
+  REFUSED: 'refused',
 });
 
 /** The close code that follows a fatal error of each code (null: never fatal). */
@@ -69,6 +71,7 @@ export const CLOSE_FOR = Object.freeze({
   not_here: null,
   unavailable: CloseCode.TRY_AGAIN_LATER,
   inbox_full: null,
+  refused: null,
 });
 
 /** What a client does after a close: reconnect with backoff, stop, or wait for new credentials. */

@@ -22,7 +22,7 @@ export declare const CloseCode: Readonly<{
 export type ErrorCodeName =
   | 'bad_frame' | 'too_big' | 'no_hello' | 'unauthorized' | 'bad_token' | 'no_session'
   | 'rate_limited' | 'forbidden' | 'no_app' | 'sid_taken' | 'unknown_ask' | 'ask_closed'
-  | 'bad_value' | 'lagged' | 'shutdown' | 'internal' | 'ended' | 'not_here' | 'unavailable' | 'inbox_full';
+  | 'bad_value' | 'lagged' | 'shutdown' | 'internal' | 'ended' | 'not_here' | 'unavailable' | 'inbox_full' | 'refused';
 
 export declare const ErrorCode: Readonly<{
   BAD_FRAME: 'bad_frame';
@@ -45,6 +45,7 @@ export declare const ErrorCode: Readonly<{
   NOT_HERE: 'not_here';
   UNAVAILABLE: 'unavailable';
   INBOX_FULL: 'inbox_full';
+  REFUSED: 'refused';
 }>;
 
 /** The close code that follows a fatal error of each code (null: never fatal). */
