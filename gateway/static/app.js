@@ -13,6 +13,7 @@
 
 import { SID_RE } from '@wirepipe/client/state.js';
 import { View } from './render.js';
+/** @type {(id: string) => any} the page's elements, by id (they are in index.html) */
 const $ = (id) => document.getElementById(id);
 
 const ui = {
@@ -257,7 +258,7 @@ async function start() {
 
   let connect;
   try {
-    ({ connect } = await import('/client/wirepipe.js'));
+    ({ connect } = await import('@wirepipe/client/wirepipe.js'));
   } catch (err) {
     showBanner(`Could not load the wirepipe client (/client/wirepipe.js): ${err.message || err}`);
     return;

@@ -50,12 +50,15 @@ export class View {
   /**
    * elements: {feed, planGoal, planTasks, planProgress, asks, asksPanel, logs,
    * runStatus}; onReply(askId, value) -> Promise<{ok, err}>.
+   * @param {Record<string, any>} elements
+   * @param {{onReply?: (askId: string, value: unknown) => Promise<{ok: boolean, err?: string}>}} [options]
    */
   constructor(elements, { onReply } = {}) {
     this.e = elements;
     this.onReply = onReply || (async () => ({ ok: false, err: 'not_connected' }));
     this.readOnly = false;
     this.stats = { events: 0, duplicates: 0, gaps: 0, errors: 0 };
+    /** @type {(status: Record<string, any> | null) => void} */
     this.onStatus = () => {};
     this.clear();
   }
@@ -115,7 +118,7 @@ export class View {
     this.project();
     for (const id of this.state.texts.keys()) {
       const text = str(this.state.text(id));
-      const stream = this.textStream(str(id));
+      const stream = this.textStream(id);
       const span = el('span', { dataset: { snapshot: '' } }, text);
       stream.body.append(span);
       stream.base = { span, text, replayed: 0 };
@@ -395,6 +398,7 @@ export class View {
 }
 
 // One handler per known kind; `this` is the View, d is a plain object.
+/** @type {Record<string, (this: View, ev: any, d: any) => void>} */
 const HANDLERS = {
   text(ev, d) {
     const stream = this.textStream(str(d.id));

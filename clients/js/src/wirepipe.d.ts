@@ -88,7 +88,8 @@ export interface PlanTask {
   status: 'pending' | 'running' | 'done' | 'failed' | 'skipped';
 }
 
-export interface Snapshot {
+/** A welcome's `snapshot` map (PROTOCOL.md section 4); `Snapshot.fromMap` folds it. */
+export interface SnapshotMap {
   status?: { state: string; detail?: string } | null;
   plan?: { goal: string; tasks: PlanTask[]; current: string | null } | null;
   asks?: Array<{ id: string; prompt: string; choices?: unknown[]; default?: unknown; timeout?: number }>;
@@ -105,7 +106,7 @@ export interface Welcome {
   first: number;
   recovered: boolean;
   grant: 'viewer' | 'operator';
-  snapshot: Snapshot | null;
+  snapshot: SnapshotMap | null;
   window: number | null;
   /** ms */
   heartbeat: number;
@@ -113,7 +114,7 @@ export interface Welcome {
 }
 
 export interface ResetInfo {
-  snapshot: Snapshot | null;
+  snapshot: SnapshotMap | null;
   welcome: Welcome;
 }
 
@@ -196,7 +197,7 @@ export declare class Client implements AsyncIterable<WirepipeEvent> {
   readonly lastSeq: number;
   readonly grant: 'viewer' | 'operator' | null;
   /** Snapshot of the latest welcome that carried one. */
-  readonly snapshot: Snapshot | null;
+  readonly snapshot: SnapshotMap | null;
   readonly welcome: Welcome | null;
   readonly lastClose: CloseInfo | null;
   /** Events received twice (dropped), holes in the seqs, sockets opened. */
@@ -255,7 +256,7 @@ export declare class Snapshot {
   /** Fold one event in; malformed payloads are ignored. */
   apply(k: string, d: unknown): void;
   static fromMap(m: unknown): Snapshot;
-  asMap(): { status: Record<string, any> | null; plan: Record<string, any> | null; asks: Record<string, any>[]; texts: Array<{ id: string; text: string }> };
+  asMap(): SnapshotMap;
   /** The text of the open stream `id`, or undefined. */
   text(id: string): string | undefined;
   readonly finished: boolean;

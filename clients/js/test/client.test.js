@@ -253,7 +253,7 @@ describe('reconnect and resume', () => {
     const reset = next(c, 'reset');
     conn0.cut();
     await reset;
-    await rec.until((ev) => rec.events.length === 4);
+    await rec.until(() => rec.events.length === 4);
     assert.deepEqual(rec.seqs(), [1, 2, 1, 2]);
   });
 
