@@ -38,22 +38,17 @@ from websockets.typing import Subprotocol
 
 from protocol import (
     SUBPROTOCOL,
-    Ack,
     Cancel,
+    ClientProtocol,
     Error,
     Event,
-    Hello,
-    Ping,
     Pong,
     RemoteError,
     Replied,
     Reply,
     Send,
     Welcome,
-    close_action,
-    decode_server,
-    encode,
-    events_of,
+    Welcomed,
 )
 
 from .front import redacting_logger
@@ -62,7 +57,12 @@ log = logging.getLogger("wirepipe.client")
 
 
 class Client:
-    """An auto-resuming wirepipe client.  Use as ``async with``."""
+    """An auto-resuming wirepipe client.  Use as ``async with``.
+
+    The protocol's rules (hellos, position, duplicates, resets, acks, pending
+    requests, close codes) live in ``protocol.ClientProtocol``; this class
+    drives it: sockets, backoff timers, the event queue.
+    """
 
     def __init__(
         self,
@@ -81,42 +81,87 @@ class Client:
     ) -> None:
         self.url = url
         self.sid = sid
-        self.auth = auth
-        self.window = window
-        self.start = start
-        self.live = live
-        self.name = name
         self.backoff = backoff
         self.max_retries = max_retries
         self.on_reset = on_reset
         self.compression = compression
-        self.welcome: Welcome | None = None
-        self.resets: list[Welcome] = []
-        self.errors: list[Error] = []
-        self.epoch: str | None = None
-        self.last_seq = 0
-        #: Events received twice (dropped; the protocol promises none) and
-        #: holes in the seqs (the protocol promises none): for diagnostics.
-        self.duplicates = 0
-        self.gaps = 0
-        self.connects = 0
+        self.proto = ClientProtocol(sid, auth=auth, window=window, start=start, live=live, client=name)
         self.closed_with: int | None = None
-        self._resume: str | None = None
         self._ws: ClientConnection | None = None
+        # Events are queued with the generation they were delivered in (see ClientProtocol.consumed).
         self._events: asyncio.Queue[tuple[int, Event] | BaseException | None] = asyncio.Queue()
-        self._pending: dict[str, tuple[bytes, asyncio.Future[Replied]]] = {}
+        self._replies: dict[str, asyncio.Future[Replied]] = {}
         self._task: asyncio.Task[None] | None = None
         self._welcomed = asyncio.Event()
         self._pongs: dict[Any, asyncio.Future[None]] = {}
-        # Flow control: events are queued as (generation, event); the
-        # generation moves at every socket and every welcome, both of which
-        # restart the gateway's window, so older events are owed no ack.
-        self._gen = 0
-        self._ack_every = 0
-        self._acked_seq = 0
         self._buffered = 0
         self._stopping = False
-        self._welcomed_now = False
+
+    # --- the protocol's state, read through ---------------------------------------
+
+    @property
+    def auth(self) -> str | None:
+        """The credential of the next hello (set it before a reconnect to change it)."""
+        return self.proto.auth
+
+    @auth.setter
+    def auth(self, value: str | None) -> None:
+        self.proto.auth = value
+
+    @property
+    def window(self) -> int | None:
+        return self.proto.window
+
+    @property
+    def start(self) -> dict[str, Any] | None:
+        return self.proto.start
+
+    @property
+    def live(self) -> bool:
+        return self.proto.live
+
+    @property
+    def name(self) -> str | None:
+        return self.proto.client
+
+    @property
+    def welcome(self) -> Welcome | None:
+        """The last welcome."""
+        return self.proto.welcome
+
+    @property
+    def resets(self) -> list[Welcome]:
+        """Every welcome after the first that reset the stream (``recovered`` false)."""
+        return self.proto.resets
+
+    @property
+    def errors(self) -> list[Error]:
+        """Every ``error`` frame received."""
+        return self.proto.errors
+
+    @property
+    def epoch(self) -> str | None:
+        return self.proto.epoch
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last event received in the current epoch."""
+        return self.proto.last_seq
+
+    @property
+    def duplicates(self) -> int:
+        """Events received twice (dropped; the protocol promises none)."""
+        return self.proto.duplicates
+
+    @property
+    def gaps(self) -> int:
+        """Holes in the seqs (the protocol promises none): for diagnostics."""
+        return self.proto.gaps
+
+    @property
+    def connects(self) -> int:
+        """Sockets opened so far."""
+        return self.proto.connects
 
     # --- life -------------------------------------------------------------------
 
@@ -155,10 +200,11 @@ class Client:
         self._finish(None)
 
     def _finish(self, exc: BaseException | None) -> None:
-        for _, fut in self._pending.values():
+        for fut in self._replies.values():
             if not fut.done():
                 fut.set_exception(exc or RemoteError("closed", "client closed"))
-        self._pending.clear()
+        self._replies.clear()
+        self.proto.pending.clear()
         self._events.put_nowait(exc)
 
     @property
@@ -170,6 +216,7 @@ class Client:
         attempt = 0
         try:
             while not self._stopping:
+                welcomed = False
                 try:
                     await self._session()
                     code = 1000
@@ -178,17 +225,18 @@ class Client:
                 except (OSError, InvalidStatus, TimeoutError) as exc:
                     log.debug("connect failed: %s", exc)
                     code = 1006
-                self._ws = None
+                finally:
+                    welcomed = self.proto.welcomed
+                    self._ws = None
                 self.closed_with = code
+                action = self.proto.closed(code)
                 if self._stopping:
                     break
-                if close_action(code) != "retry" or (
-                    self.max_retries is not None and attempt >= self.max_retries
-                ):
+                if action != "retry" or (self.max_retries is not None and attempt >= self.max_retries):
                     err = self.errors[-1] if self.errors else None
                     raise RemoteError(err.code if err else str(code), err.msg if err else "")
                 base, cap = self.backoff
-                if self._welcomed_now:  # that connection worked: start the backoff over
+                if welcomed:  # that connection worked: start the backoff over
                     attempt = 0
                 await asyncio.sleep(random.uniform(0, min(cap, base * 2**attempt)))
                 attempt += 1
@@ -207,67 +255,46 @@ class Client:
             logger=redacting_logger("wirepipe.client.ws"),
         ) as ws:
             self._ws = ws
-            self._gen += 1
-            self._ack_every = 0  # no acks on this socket before its welcome
-            self._welcomed_now = False
-            first = self.connects == 0
-            self.connects += 1
-            hello = Hello(
-                sid=self.sid,
-                auth=self.auth,
-                resume=self._resume,
-                epoch=self.epoch,
-                after=self.last_seq if self.epoch is not None else None,
-                live=self.live and first,
-                window=self.window,
-                client=self.name,
-                start=self.start if first else None,
-            )
-            await ws.send(encode(hello))
+            self.proto.opened()
+            await self._flush(ws)
             async for msg in ws:
-                await self._on_frame(ws, decode_server(msg))
+                gaps = self.proto.gaps
+                for out in self.proto.receive_data(msg):
+                    self._handle(out)
+                if self.proto.gaps != gaps:
+                    log.warning("sid %s: %d event(s) skipped a seq", self.sid, self.proto.gaps - gaps)
+                await self._flush(ws)
 
-    async def _on_frame(self, ws: ClientConnection, frame: Any) -> None:
-        if isinstance(frame, Welcome):
-            if not frame.recovered:
-                if self.welcome is not None:
-                    self.resets.append(frame)
-                    if self.on_reset is not None:
-                        self.on_reset(frame)
-                self.last_seq = frame.first - 1 if not (self.live and self.welcome is None) else frame.head
-            self.welcome = frame
-            self.epoch = frame.epoch
-            self._resume = frame.resume
-            # The gateway's window restarts at our position: after (the last
-            # event received) when recovered, else where the events resume.
-            self._gen += 1
-            self._acked_seq = self.last_seq
-            self._ack_every = max(1, frame.window // 2) if frame.window else 0
-            self._welcomed_now = True
+    async def _flush(self, ws: ClientConnection) -> None:
+        for data in self.proto.data_to_send():
+            await ws.send(data)
+
+    def _handle(self, out: object) -> None:
+        if isinstance(out, Welcomed):
+            if out.reset and not out.first and self.on_reset is not None:
+                self.on_reset(out.welcome)
             self._welcomed.set()
-            for raw, _ in list(self._pending.values()):  # re-send, same rid
-                await ws.send(raw)
-            return
-        for ev in events_of(frame):
-            if ev.seq <= self.last_seq:
-                self.duplicates += 1
-                continue  # a duplicate
-            if ev.seq != self.last_seq + 1:
-                self.gaps += 1  # the gateway broke its promise: say so, keep going
-                log.warning("sid %s: events %d..%d never arrived", self.sid, self.last_seq + 1, ev.seq - 1)
-            self.last_seq = ev.seq
-            self._events.put_nowait((self._gen, ev))
+        elif isinstance(out, Event):
+            self._events.put_nowait((self.proto.generation, out))
             self._buffered += 1
-        if isinstance(frame, Replied):
-            entry = self._pending.pop(frame.rid, None)
-            if entry is not None and not entry[1].done():
-                entry[1].set_result(frame)
-        elif isinstance(frame, Pong):
-            fut = self._pongs.pop(frame.n, None)
+        elif isinstance(out, Replied):
+            fut = self._replies.pop(out.rid, None)
             if fut is not None and not fut.done():
-                fut.set_result(None)
-        elif isinstance(frame, Error):
-            self.errors.append(frame)
+                fut.set_result(out)
+        elif isinstance(out, Pong):
+            pong = self._pongs.pop(out.n, None)
+            if pong is not None and not pong.done():
+                pong.set_result(None)
+
+    async def _send_queued(self) -> None:
+        ws = self._ws
+        if ws is None:
+            self.proto.frames_to_send()  # nowhere to go: the rules re-send what matters
+            return
+        try:
+            await self._flush(ws)
+        except ConnectionClosed:
+            pass  # the reconnect's hello and welcome take over
 
     # --- events -------------------------------------------------------------------
 
@@ -287,22 +314,11 @@ class Client:
         if isinstance(item, BaseException):
             self._events.put_nowait(item)
             raise item
-        gen, ev = item
+        generation, ev = item
         self._buffered -= 1
-        if gen == self._gen and self._ack_every and ev.seq - self._acked_seq >= self._ack_every:
-            await self._ack(ev.seq)
+        if self.proto.consumed(ev.seq, generation) is not None:
+            await self._send_queued()
         return ev
-
-    async def _ack(self, seq: int) -> None:
-        """Ack, cumulatively, every event up to ``seq`` (the consumer took them)."""
-        self._acked_seq = seq
-        ws = self._ws
-        if ws is None:
-            return
-        try:
-            await ws.send(encode(Ack(seq)))
-        except ConnectionClosed:
-            pass  # the reconnect's hello.after restarts the window
 
     async def until(self, pred: Callable[[Event], bool]) -> list[Event]:
         """Collect events until one satisfies ``pred`` (included)."""
@@ -317,13 +333,9 @@ class Client:
 
     async def _request(self, frame: Reply | Send | Cancel) -> Replied:
         fut: asyncio.Future[Replied] = asyncio.get_running_loop().create_future()
-        raw = encode(frame)
-        self._pending[frame.rid] = (raw, fut)
-        if self._ws is not None:
-            try:
-                await self._ws.send(raw)
-            except ConnectionClosed:
-                pass  # re-sent after the reconnect
+        self._replies[frame.rid] = fut
+        self.proto.request(frame)
+        await self._send_queued()
         return await fut
 
     async def reply(self, ask: str, value: Any, rid: str | None = None) -> Replied:
@@ -342,10 +354,11 @@ class Client:
         """Round trip a ``ping``."""
         n = uuid.uuid4().hex
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pongs[n] = fut
         if self._ws is None:
             raise RemoteError("closed", "not connected")
-        await self._ws.send(encode(Ping(n)))
+        self._pongs[n] = fut
+        self.proto.ping(n)
+        await self._flush(self._ws)
         await fut
 
 

@@ -4,6 +4,7 @@ Nothing in this package does I/O or imports asyncio: bytes go in, frames and
 bytes come out.  ``gateway`` builds on it; it never imports ``gateway``.
 """
 
+from .client import ClientEvent, ClientProtocol, Welcomed
 from .codec import (
     DEFAULT_MAX_FRAME,
     MAX_DEPTH,
@@ -59,7 +60,7 @@ from .tokens import ResumeToken, sign, verify
 
 __all__ = [
     "MAX_DEPTH", "BacklogFull", "LogMissing", "LogReplaced", "SeqGap", "StoreError", "StoreUnavailable",
-    "check_value",
+    "check_value", "ClientEvent", "ClientProtocol", "Welcomed",
     "DEFAULT_MAX_FRAME", "FINAL_STATES", "SUBPROTOCOL", "Ack", "Batch", "Cancel", "ClientFrame",
     "CloseCode", "ConnState", "Error", "ErrorCode", "Event", "FlowWindow", "Frame", "FrameType",
     "Grant", "Hello", "Kind", "Ping", "Pong", "ProtocolError", "RemoteError", "Replied", "Reply",

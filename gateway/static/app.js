@@ -6,11 +6,14 @@
 // sid, then rewrites the URL to ?sid=... so a reload resumes instead of
 // starting again. Optional: auth=... (kept in sessionStorage, removed from the
 // URL), live=1 (skip history), window=N (flow-control window).
+//
+// What tests read is on the page: #conn[data-history] (every connection
+// state), body[data-resets] (how many times the view was rebuilt) and the
+// feed's data-events/-duplicates/-gaps/-errors (render.js).
 
+import { SID_RE } from '@wirepipe/client/state.js';
 import { View } from './render.js';
-
-const SID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
-const FINAL = new Set(['done', 'failed', 'cancelled']);
+/** @type {(id: string) => any} the page's elements, by id (they are in index.html) */
 const $ = (id) => document.getElementById(id);
 
 const ui = {
@@ -39,9 +42,8 @@ const view = new View({
   runStatus: $('run-status'),
 }, { onReply: (askId, value) => reply(askId, value) });
 
-// For tests and for poking at the page from the devtools console.
-const debug = { view, client: null, states: [], resets: 0 };
-window.wirepipe = debug;
+const states = [];
+let resets = 0;
 
 let client = null;
 let grant = null;
@@ -104,9 +106,9 @@ function readUrl() {
 // ---- header widgets -------------------------------------------------------------
 
 function setConn(state) {
-  debug.states.push(state);
+  states.push(state);
   ui.conn.dataset.state = state;
-  ui.conn.dataset.history = debug.states.join(' ');
+  ui.conn.dataset.history = states.join(' ');
   ui.conn.querySelector('b').textContent = state;
   document.body.dataset.conn = state;
   syncControls();
@@ -256,7 +258,7 @@ async function start() {
 
   let connect;
   try {
-    ({ connect } = await import('/client/wirepipe.js'));
+    ({ connect } = await import('@wirepipe/client/wirepipe.js'));
   } catch (err) {
     showBanner(`Could not load the wirepipe client (/client/wirepipe.js): ${err.message || err}`);
     return;
@@ -270,7 +272,6 @@ async function start() {
   if (plan.app) options.start = { app: plan.app, input: parseInput(plan.input) };
 
   client = connect(`${scheme}//${location.host}/`, options);
-  debug.client = client;
 
   client.on('state', (state) => setConn(state));
   client.on('welcome', (welcome) => {
@@ -282,7 +283,8 @@ async function start() {
     syncControls();
   });
   client.on('reset', ({ snapshot, welcome }) => {
-    debug.resets += 1;
+    resets += 1;
+    document.body.dataset.resets = String(resets);
     view.reset(snapshot, welcome);
     syncControls();
     syncTitle();

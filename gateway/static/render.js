@@ -7,10 +7,21 @@
 // the open-ask cards, the status badge) carry no data-seq, so
 // `document.querySelectorAll('[data-seq]')` lists each event once.
 // Things rebuilt from a snapshot carry data-snapshot instead.
+//
+// The state panels are a projection of the client's reducer (`Snapshot` of
+// clients/js/src/state.js, the twin of protocol/state.py): every event with
+// seq > the snapshot's head is folded into it, and the plan, the status badge
+// and the open-ask cards show what it holds, nothing more. The feed, the logs
+// and the text streams are the timeline: every event, history included.
+//
+// The counters (events, duplicates, gaps, render errors) are published as
+// data-* attributes of the feed, for tests and the curious.
 
+import { Snapshot, isMap } from '@wirepipe/client/state.js';
 import { clock, el, formatValue, shortValue, str, token } from './dom.js';
 
-const FINAL_STATES = new Set(['done', 'failed', 'cancelled']);
+/** Kinds whose events change the state panels. */
+const STATE_KINDS = new Set(['plan', 'task', 'status', 'ask', 'answer']);
 
 // Log level -> rank used by the level filter (CSS hides .lvl-N below the
 // selected rank). Loguru (MetaGPT) and stdlib names, and stdlib numbers.
@@ -30,9 +41,7 @@ export function levelRank(level) {
   return rank === undefined ? 1 : rank;
 }
 
-function isObject(value) {
-  return value !== null && typeof value === 'object' && !Array.isArray(value);
-}
+const isObject = isMap;
 
 let uid = 0;
 const nextId = (prefix) => `${prefix}-${++uid}`;
@@ -41,25 +50,28 @@ export class View {
   /**
    * elements: {feed, planGoal, planTasks, planProgress, asks, asksPanel, logs,
    * runStatus}; onReply(askId, value) -> Promise<{ok, err}>.
+   * @param {Record<string, any>} elements
+   * @param {{onReply?: (askId: string, value: unknown) => Promise<{ok: boolean, err?: string}>}} [options]
    */
   constructor(elements, { onReply } = {}) {
     this.e = elements;
     this.onReply = onReply || (async () => ({ ok: false, err: 'not_connected' }));
     this.readOnly = false;
     this.stats = { events: 0, duplicates: 0, gaps: 0, errors: 0 };
+    /** @type {(status: Record<string, any> | null) => void} */
     this.onStatus = () => {};
     this.clear();
   }
 
   clear() {
+    this.state = new Snapshot();  // what the state panels show
     this.lastSeq = null;          // seq of the last event applied, null after a reset
     this.texts = new Map();       // stream id -> {block, body}
     this.codes = new Map();       // code id -> {cell, outputs}
-    this.asks = new Map();        // open ask id -> {card, controls}
+    this.asks = new Map();        // ask id -> {card, controls}: a card per open ask of the state
+    this.dismissed = new Set();   // ask ids whose reply said the ask is gone: no card
     this.askEntries = new Map();  // ask id -> feed entry of its ask event
     this.taskRows = new Map();    // task id -> <li>
-    this.plan = null;
-    this.status = null;
     this.snapshotHead = 0;
     this.e.feed.replaceChildren();
     this.e.logs.replaceChildren();
@@ -67,40 +79,49 @@ export class View {
     this.renderPlan();
     this.setStatus(null);
     this.syncAsksPanel();
+    this.publish();
+  }
+
+  /** The latest status payload of the state, or null. */
+  get status() {
+    return this.state.status;
+  }
+
+  /** The counters, as data-* attributes of the feed. */
+  publish() {
+    for (const [key, value] of Object.entries(this.stats)) this.e.feed.dataset[key] = String(value);
+  }
+
+  /** Show what the state holds in the panels of `k` (every panel without `k`). */
+  project(k) {
+    if (!k || k === 'plan' || k === 'task') this.renderPlan();
+    if (!k || k === 'status') this.setStatus(this.state.status);
+    if (!k || k === 'ask' || k === 'answer') this.syncAsks();
   }
 
   /**
    * Drop everything and rebuild from a snapshot map (PROTOCOL.md section 4).
    *
-   * The snapshot reflects the log up to welcome.head, and unless the client
+   * The snapshot is the state as of welcome.head, and unless the client
    * asked for `live` the events from welcome.first follow, so they overlap
-   * it. Replaying plan, task, status, ask and answer events over the snapshot
-   * is harmless (they set state, and the replay ends where the snapshot is),
-   * but text deltas append: for a stream the snapshot already holds, each
-   * replayed delta (seq <= head) is taken off the end of the snapshot's text
-   * instead, so what shows once the replay has passed the head is the
-   * snapshot's text exactly, with the retained deltas as their own spans.
+   * it: those (seq <= head) are history, shown in the timeline but never
+   * folded into the state a second time. Text deltas are timeline too: for a
+   * stream the snapshot already holds, each replayed delta is taken off the
+   * end of the snapshot's text instead, so what shows once the replay has
+   * passed the head is the snapshot's text exactly, with the retained deltas
+   * as their own spans.
    */
   reset(snapshot, welcome) {
     this.clear();
     this.snapshotHead = welcome && typeof welcome.head === 'number' ? welcome.head : 0;
-    if (!isObject(snapshot)) return;
-    if (isObject(snapshot.status)) this.setStatus(snapshot.status);
-    if (isObject(snapshot.plan)) {
-      this.plan = this.normalisePlan(snapshot.plan);
-      this.renderPlan();
-    }
-    if (Array.isArray(snapshot.texts)) {
-      for (const t of snapshot.texts) {
-        if (!isObject(t)) continue;
-        const stream = this.textStream(str(t.id));
-        const span = el('span', { dataset: { snapshot: '' } }, str(t.text));
-        stream.body.append(span);
-        stream.base = { span, text: str(t.text), replayed: 0 };
-      }
-    }
-    if (Array.isArray(snapshot.asks)) {
-      for (const a of snapshot.asks) if (isObject(a)) this.openAsk(a, null);
+    this.state = Snapshot.fromMap(snapshot);
+    this.project();
+    for (const id of this.state.texts.keys()) {
+      const text = str(this.state.text(id));
+      const stream = this.textStream(id);
+      const span = el('span', { dataset: { snapshot: '' } }, text);
+      stream.body.append(span);
+      stream.base = { span, text, replayed: 0 };
     }
   }
 
@@ -117,6 +138,8 @@ export class View {
     this.stats.events += 1;
     const k = str(ev && ev.k, '?');
     const d = ev ? ev.d : undefined;
+    const toState = seq === null || seq > this.snapshotHead;
+    if (toState) this.state.apply(k, d);
     try {
       const handler = HANDLERS[k];
       if (handler && isObject(d)) handler.call(this, ev, d);
@@ -130,6 +153,8 @@ export class View {
       }
       this.generic(ev, k, d);
     }
+    if (toState && STATE_KINDS.has(k)) this.project(k);
+    this.publish();
   }
 
   // ---- building blocks -------------------------------------------------
@@ -185,8 +210,11 @@ export class View {
 
   // ---- plan ---------------------------------------------------------------
 
-  normalisePlan(d) {
-    const tasks = Array.isArray(d.tasks) ? d.tasks.filter(isObject).map((t) => ({ ...t })) : [];
+  /** The state's plan as shown: only the tasks that are maps. */
+  get plan() {
+    const d = this.state.plan;
+    if (!d) return null;
+    const tasks = Array.isArray(d.tasks) ? d.tasks.filter(isObject) : [];
     return { goal: d.goal, tasks, current: d.current, proposed: d.proposed === true };
   }
 
@@ -194,23 +222,24 @@ export class View {
     const { planGoal, planTasks, planProgress } = this.e;
     this.taskRows.clear();
     planTasks.replaceChildren();
-    if (!this.plan) {
+    const plan = this.plan;
+    if (!plan) {
       planGoal.textContent = 'No plan yet.';
       planGoal.classList.add('muted');
       planProgress.textContent = '';
       return;
     }
     planGoal.classList.remove('muted');
-    planGoal.textContent = str(this.plan.goal, '(no goal)');
-    if (this.plan.proposed) {
+    planGoal.textContent = str(plan.goal, '(no goal)');
+    if (plan.proposed) {
       planGoal.append(' ', el('span', { class: 'pill st-waiting', title: 'shown for review; not applied yet' },
         'proposed'));
     }
-    for (const task of this.plan.tasks) this.renderTask(task);
-    this.updateProgress();
+    for (const task of plan.tasks) this.renderTask(task, plan);
+    this.updateProgress(plan);
   }
 
-  renderTask(task) {
+  renderTask(task, plan) {
     const id = str(task.id);
     // An unknown status shows as it is, in the neutral style.
     const status = token(str(task.status, 'pending'));
@@ -227,8 +256,8 @@ export class View {
     if (task.result !== undefined && task.result !== null && task.result !== '') {
       row.querySelector('.task-main').append(this.resultDetails(task.result));
     }
-    if (status === 'running' && this.plan && this.plan.current !== undefined
-        && this.plan.current !== null && str(this.plan.current) === id) {
+    if (status === 'running' && plan.current !== undefined
+        && plan.current !== null && str(plan.current) === id) {
       row.setAttribute('aria-current', 'step');
     }
     const old = this.taskRows.get(id);
@@ -241,18 +270,24 @@ export class View {
       el('summary', {}, 'result'), el('pre', {}, formatValue(result)));
   }
 
-  updateProgress() {
-    if (!this.plan) return;
-    const total = this.plan.tasks.length;
-    const done = this.plan.tasks.filter((t) => t.status === 'done' || t.status === 'skipped').length;
+  updateProgress(plan) {
+    const total = plan.tasks.length;
+    const done = plan.tasks.filter((t) => t.status === 'done' || t.status === 'skipped').length;
     this.e.planProgress.textContent = total ? `${done}/${total} done` : '';
   }
 
   // ---- asks -----------------------------------------------------------------
 
-  openAsk(d, entry) {
-    const id = str(d.id);
-    if (entry) this.askEntries.set(id, entry);
+  /** One card per open ask of the state (and none for a dismissed one). */
+  syncAsks() {
+    for (const [id, d] of this.state.asks) {
+      if (!this.asks.has(id) && !this.dismissed.has(id)) this.openAsk(id, d);
+    }
+    for (const id of [...this.asks.keys()]) if (!this.state.asks.has(id)) this.closeAsk(id);
+    this.syncAsksPanel();
+  }
+
+  openAsk(id, d) {
     if (this.asks.has(id)) return;
     const promptId = nextId('ask-prompt');
     const errorLine = el('p', { class: 'ask-error', role: 'alert' });
@@ -274,7 +309,12 @@ export class View {
       card.classList.remove('pending');
       if (result && result.ok) return;  // the answer event removes the card
       const code = result && result.err;
-      if (code === 'ask_closed' || code === 'unknown_ask') { this.closeAsk(id); return; }
+      if (code === 'ask_closed' || code === 'unknown_ask') {
+        // The answer event will say so too; until then, no card to click.
+        this.dismissed.add(id);
+        this.closeAsk(id);
+        return;
+      }
       errorLine.textContent = code === 'forbidden'
         ? 'Read-only: this connection may not answer.'
         : `Reply failed: ${code || 'unknown error'}`;
@@ -344,7 +384,6 @@ export class View {
   // ---- status -----------------------------------------------------------
 
   setStatus(d) {
-    this.status = d;
     const badge = this.e.runStatus;
     const state = d ? str(d.state, '?') : '';
     badge.dataset.state = d ? token(state) : 'none';
@@ -354,11 +393,12 @@ export class View {
   }
 
   get finished() {
-    return !!(this.status && FINAL_STATES.has(this.status.state));
+    return this.state.finished;
   }
 }
 
 // One handler per known kind; `this` is the View, d is a plain object.
+/** @type {Record<string, (this: View, ev: any, d: any) => void>} */
 const HANDLERS = {
   text(ev, d) {
     const stream = this.textStream(str(d.id));
@@ -387,32 +427,19 @@ const HANDLERS = {
   },
 
   plan(ev, d) {
-    this.plan = this.normalisePlan(d);
-    this.renderPlan();
-    const n = this.plan.tasks.length;
+    const n = Array.isArray(d.tasks) ? d.tasks.filter(isObject).length : 0;
     this.line(ev, 'plan', `${d.proposed === true ? 'proposed: ' : ''}${str(d.goal, '(no goal)')} — ${n} task${n === 1 ? '' : 's'}`);
   },
 
   task(ev, d) {
+    // The plan panel shows the state (a task the plan does not have is not
+    // added to it); the timeline shows the update as it came.
     const id = str(d.id);
     const status = str(d.status, '?');
-    if (!this.plan) this.plan = { goal: undefined, tasks: [], current: undefined };
-    let task = this.plan.tasks.find((t) => str(t.id) === id);
-    if (!task) {
-      task = { id, instruction: undefined, deps: [], type: undefined, status };
-      this.plan.tasks.push(task);
-      if (this.e.planGoal.classList.contains('muted')) this.e.planGoal.textContent = '';
-    }
-    task.status = status;
-    if (d.result !== undefined) task.result = d.result;
-    if (status === 'running') {
-      this.plan.current = id;
-      for (const row of this.taskRows.values()) row.removeAttribute('aria-current');
-    }
-    this.renderTask(task);
-    this.updateProgress();
+    const plan = this.plan;
+    const task = plan && typeof d.id === 'string' ? plan.tasks.find((t) => t.id === d.id) : undefined;
     const node = this.line(ev, 'task', `#${id} `, el('span', { class: `pill st-${token(status)}` }, status),
-      task.instruction ? el('span', { class: 'muted' }, ` ${shortValue(task.instruction, 80)}`) : null);
+      task && task.instruction ? el('span', { class: 'muted' }, ` ${shortValue(task.instruction, 80)}`) : null);
     if (d.result !== undefined && d.result !== null && d.result !== '') {
       node.append(this.resultDetails(d.result));
     }
@@ -472,12 +499,11 @@ const HANDLERS = {
   ask(ev, d) {
     const entry = this.line(ev, 'ask', str(d.prompt, '(no prompt)'));
     entry.classList.add('open');
-    this.openAsk(d, entry);
+    this.askEntries.set(str(d.id), entry);
   },
 
   answer(ev, d) {
     const id = str(d.id);
-    this.closeAsk(id);
     const entry = this.askEntries.get(id);
     if (entry) entry.classList.replace('open', 'answered');
     const by = str(d.by, '?');
@@ -491,7 +517,6 @@ const HANDLERS = {
   },
 
   status(ev, d) {
-    this.setStatus(d);
     const state = str(d.state, '?');
     this.line(ev, 'status',
       el('span', { class: `pill st-${token(state)}` }, state),

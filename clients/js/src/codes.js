@@ -77,6 +77,7 @@ export const CLOSE_FOR = Object.freeze({
 /** What a client does after a close: reconnect with backoff, stop, or wait for new credentials. */
 export const CloseAction = Object.freeze({ RETRY: 'retry', STOP: 'stop', REAUTH: 'reauth' });
 
+/** @type {Set<number>} */
 const RETRY = new Set([
   CloseCode.GOING_AWAY,
   CloseCode.ABNORMAL,

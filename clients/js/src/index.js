@@ -16,3 +16,5 @@ export {
   closeAction,
   isRetryableClose,
 } from './codes.js';
+export { ClientCore } from './core.js';
+export { FINAL_STATES, RUN_STATES, SID_RE, Snapshot, isFinal, isMap } from './state.js';

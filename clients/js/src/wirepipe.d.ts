@@ -1,4 +1,4 @@
-// Types of @wirepipe/client (src/index.js, src/wirepipe.js, src/codes.js).
+// Types of @wirepipe/client (src/index.js, src/wirepipe.js, src/codes.js, src/state.js, src/core.js).
 // Hand-written: keep in step with the JavaScript and with PROTOCOL.md.
 
 // ---- codes.js ----
@@ -89,7 +89,8 @@ export interface PlanTask {
   status: 'pending' | 'running' | 'done' | 'failed' | 'skipped';
 }
 
-export interface Snapshot {
+/** A welcome's `snapshot` map (PROTOCOL.md section 4); `Snapshot.fromMap` folds it. */
+export interface SnapshotMap {
   status?: { state: string; detail?: string } | null;
   plan?: { goal: string; tasks: PlanTask[]; current: string | null } | null;
   asks?: Array<{ id: string; prompt: string; choices?: unknown[]; default?: unknown; timeout?: number }>;
@@ -106,7 +107,7 @@ export interface Welcome {
   first: number;
   recovered: boolean;
   grant: 'viewer' | 'operator';
-  snapshot: Snapshot | null;
+  snapshot: SnapshotMap | null;
   window: number | null;
   /** ms */
   heartbeat: number;
@@ -114,7 +115,7 @@ export interface Welcome {
 }
 
 export interface ResetInfo {
-  snapshot: Snapshot | null;
+  snapshot: SnapshotMap | null;
   welcome: Welcome;
 }
 
@@ -159,7 +160,7 @@ export interface ConnectOptions {
   window?: number;
   /** Start a run of a registered app under this sid. Sent on the first hello only, never on a reconnect. */
   start?: { app: string; input?: unknown };
-  /** Skip history: start at the head. Sent on every hello. */
+  /** Skip history: start at the head. Sent until the first welcome; a reconnect resumes from the last event seen. */
   live?: boolean;
   /** hello.client; default 'wirepipe-js/0.1'. */
   client?: string;
@@ -197,9 +198,11 @@ export declare class Client implements AsyncIterable<WirepipeEvent> {
   readonly lastSeq: number;
   readonly grant: 'viewer' | 'operator' | null;
   /** Snapshot of the latest welcome that carried one. */
-  readonly snapshot: Snapshot | null;
+  readonly snapshot: SnapshotMap | null;
   readonly welcome: Welcome | null;
   readonly lastClose: CloseInfo | null;
+  /** Events received twice (dropped), holes in the seqs, sockets opened. */
+  readonly stats: { duplicates: number; gaps: number; connects: number };
 
   /** Returns a function that removes the listener. Throws TypeError on an unknown name. */
   on<K extends keyof ClientEvents>(name: K, fn: (arg: ClientEvents[K]) => void): () => void;
@@ -229,3 +232,86 @@ export declare function backoffDelay(
   backoff?: { base?: number; max?: number },
   random?: () => number,
 ): number;
+
+// ---- state.js ----
+
+/** Session ids: 1-128 chars of [A-Za-z0-9._:-]. */
+export declare const SID_RE: RegExp;
+/** Run states after which no event follows: done, failed, cancelled. */
+export declare const FINAL_STATES: ReadonlySet<string>;
+/** Every run state a `status` event may carry. */
+export declare const RUN_STATES: ReadonlySet<string>;
+/** True for the `status` event that ends a run. */
+export declare function isFinal(k: string, d: unknown): boolean;
+/** A decoded MessagePack map (a plain object; not an array, not bytes). */
+export declare function isMap(value: unknown): value is Record<string, any>;
+
+/** The session snapshot reducer (protocol/state.py `Snapshot`). */
+export declare class Snapshot {
+  status: Record<string, any> | null;
+  plan: Record<string, any> | null;
+  /** Open asks by id, in the order they were asked. */
+  asks: Map<string, Record<string, any>>;
+  /** Open text streams by id: their deltas. */
+  texts: Map<string, string[]>;
+  /** Fold one event in; malformed payloads are ignored. */
+  apply(k: string, d: unknown): void;
+  static fromMap(m: unknown): Snapshot;
+  asMap(): SnapshotMap;
+  /** The text of the open stream `id`, or undefined. */
+  text(id: string): string | undefined;
+  readonly finished: boolean;
+}
+
+// ---- core.js ----
+
+export interface CoreOptions {
+  sid: string;
+  auth?: string;
+  window?: number;
+  start?: { app: string; input?: unknown };
+  live?: boolean;
+  client?: string;
+}
+
+export type CoreOutput =
+  | { type: 'welcome'; welcome: Welcome; reset: boolean; first: boolean }
+  | { type: 'event'; ev: WirepipeEvent }
+  | { type: 'replied'; frame: Record<string, any> }
+  | { type: 'pong'; frame: Record<string, any> }
+  | { type: 'error'; frame: Record<string, any> };
+
+/** The client's protocol rules without I/O (protocol/client.py `ClientProtocol`). */
+export declare class ClientCore {
+  constructor(opts: CoreOptions);
+  sid: string;
+  auth: string | undefined;
+  window: number | undefined;
+  start: { app: string; input?: unknown } | undefined;
+  live: boolean;
+  client: string | undefined;
+  welcome: Welcome | null;
+  resets: Welcome[];
+  errors: Record<string, any>[];
+  epoch: string | null;
+  resume: string | null;
+  lastSeq: number;
+  duplicates: number;
+  gaps: number;
+  connects: number;
+  welcomed: boolean;
+  generation: number;
+  pending: Map<string, Record<string, any>>;
+  /** The frames queued for the current socket (then forgotten). */
+  framesToSend(): Record<string, any>[];
+  /** A new socket is open: queues and returns its hello. */
+  opened(): Record<string, any>;
+  /** The socket is gone: what to do next. */
+  closed(code: number): CloseActionName;
+  /** One decoded server frame in; what it means out, in order. */
+  receive(frame: Record<string, any>): CoreOutput[];
+  /** The application took event `seq` of `generation`: the ack the rule asks for, or null. */
+  consumed(seq: number, generation: number): { t: 'ack'; seq: number } | null;
+  request(frame: Record<string, any>): void;
+  ping(n: unknown): { t: 'ping'; n: unknown };
+}

@@ -10,26 +10,30 @@
 // `closed` (for good after close() or a stop code; or, after 4401, until
 // setAuth() gives new credentials).
 //
-// Position. The client remembers (epoch, lastSeq) and the resume token of the
-// last welcome, and sends them in the hello of every reconnect. Events with
-// seq <= lastSeq are duplicates and are dropped. A welcome that says
-// `recovered: false`, changes the epoch, or follows a `lagged` error starts
-// over: lastSeq goes back to welcome.first - 1 (welcome.head with `live`),
-// where the events that follow begin, and `reset` fires with the snapshot, so
-// a UI drops what it showed and rebuilds. The very first welcome fires `reset`
+// The protocol's rules live in core.js (`ClientCore`, the JavaScript twin of
+// protocol/client.py): what each hello says, the position (epoch, lastSeq),
+// duplicates, resets, the ack rule, pending requests, close codes. This file
+// drives it: the socket, timers, listeners and async iterators.
+//
+// Position. Events with seq <= lastSeq are duplicates and are dropped. A
+// welcome that says `recovered: false`, changes the epoch, or follows a
+// `lagged` error starts over, and `reset` fires with the snapshot, so a UI
+// drops what it showed and rebuilds. The very first welcome fires `reset`
 // too, so that a UI builds its first view and every later one by the same
 // code. Events of two epochs are never spliced: a `reset` sits between them.
+// `live` is sent only until the first welcome: a reconnect resumes from the
+// last event seen.
 //
 // Requests. reply/send/cancel get a fresh rid and stay pending until their
-// `replied` frame arrives. Pending frames are (re)sent after every welcome
-// with the SAME rid: the server answers a repeated rid with the first outcome,
-// so re-sending after a drop is safe. They reject only when the client is
-// closed for good.
+// `replied` frame arrives. Pending frames are (re)sent after each socket's
+// welcome with the SAME rid: the server answers a repeated rid with the first
+// outcome, so re-sending after a drop is safe. They reject only when the
+// client is closed for good.
 //
-// Flow control. With a window in force (welcome.window, else the window the
-// client asked for) the client acks cumulatively once
-// max(1, floor(window / 2)) events have been processed since the last ack
-// (docs/protocol.md section 6; the Python client follows the same rule). An event is processed once the `event` listeners returned
+// Flow control. With a window in force (welcome.window) the client acks
+// cumulatively once max(1, floor(window / 2)) events have been processed
+// since the last ack (docs/protocol.md section 6; the Python client follows
+// the same rule). An event is processed once the `event` listeners returned
 // and every open async iterator has taken it, so a slow `for await` loop
 // holds the acks back and the server stops at the window: the iterator's
 // buffer is bounded by its consumer. Without a window the client never acks
@@ -43,7 +47,9 @@
 // dropped and handled as a 1006 close (reconnect with backoff).
 
 import { Decoder, Encoder } from '@msgpack/msgpack';
-import { CloseAction, CloseCode, closeAction } from './codes.js';
+import { CloseAction, CloseCode } from './codes.js';
+import { ClientCore } from './core.js';
+import { SID_RE } from './state.js';
 
 /** The WebSocket subprotocol of this protocol version. */
 export const PROTOCOL = 'wirepipe.v1';
@@ -67,7 +73,6 @@ const TRANSITIONS = Object.freeze({
 });
 
 const EVENT_NAMES = new Set(['event', 'welcome', 'reset', 'state', 'error', 'close']);
-const SID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
 const WS_OPEN = 1;
 
 /** Raised (as a rejection) for requests that can no longer be answered because the client is closed for good. */
@@ -151,27 +156,26 @@ export class Client {
       throw new TypeError('wirepipe: opts.window must be a positive integer');
     }
     this.url = url;
-    this._sid = opts.sid;
     this._opts = opts;
-    this._auth = opts.auth;
-    this._client = opts.client ?? DEFAULT_CLIENT;
+    this._core = new ClientCore({
+      sid: opts.sid,
+      auth: opts.auth,
+      window: opts.window,
+      start: opts.start,
+      live: opts.live,
+      client: opts.client ?? DEFAULT_CLIENT,
+    });
     this._backoff = { base: opts.backoff?.base ?? 250, max: opts.backoff?.max ?? 10000 };
     this._random = opts.random ?? Math.random;
     this._maxRetries = opts.maxRetries ?? Infinity;
 
     this._state = State.CONNECTING;
-    this._epoch = null;
-    this._lastSeq = 0;
     this._grant = null;
     this._snapshot = null;
-    this._welcome = null;
-    this._resume = null;
     this._lastClose = null;
 
     this._ws = null;
     this._welcomed = false; // a welcome arrived on the current socket
-    this._lagged = false;
-    this._startSent = false;
     this._final = false; // closed for good
     this._authWait = false; // stopped by 4401 until setAuth()
     this._attempt = 0;
@@ -187,11 +191,7 @@ export class Client {
     this._pending = new Map();
     this._listeners = new Map();
     this._iters = new Set();
-    this._gen = 0; // bumped at every reset: events of two epochs are told apart
     this._delivered = 0;
-    this._window = null;
-    this._ackEvery = 0;
-    this._ackedSeq = 0;
 
     this._open();
   }
@@ -201,15 +201,19 @@ export class Client {
     return this._state;
   }
   get sid() {
-    return this._sid;
+    return this._core.sid;
   }
   /** The epoch of the last welcome, or null before the first one. */
   get epoch() {
-    return this._epoch;
+    return this._core.epoch;
   }
   /** The seq of the last event delivered in the current epoch; after a reset, welcome.first - 1 (welcome.head with `live`). */
   get lastSeq() {
-    return this._lastSeq;
+    return this._core.lastSeq;
+  }
+  /** Events received twice (dropped) and holes in the seqs: the protocol promises neither. */
+  get stats() {
+    return { duplicates: this._core.duplicates, gaps: this._core.gaps, connects: this._core.connects };
   }
   /** 'viewer' or 'operator', from the last welcome. */
   get grant() {
@@ -221,7 +225,7 @@ export class Client {
   }
   /** The last welcome frame. */
   get welcome() {
-    return this._welcome;
+    return this._core.welcome;
   }
   /** The last close: {code, reason, willRetry, delay?}, or null. */
   get lastClose() {
@@ -288,7 +292,8 @@ export class Client {
     const at = Date.now();
     return new Promise((resolve, reject) => {
       this._pings.set(n, { resolve: () => resolve(Date.now() - at), reject });
-      this._sendFrame({ t: 'ping', n });
+      this._core.ping(n);
+      this._flush();
     });
   }
 
@@ -298,7 +303,7 @@ export class Client {
    * and a `reset`.
    */
   setAuth(auth) {
-    this._auth = auth;
+    this._core.auth = auth;
     if (this._authWait && !this._final) {
       this._authWait = false;
       this._attempt = 0;
@@ -423,18 +428,13 @@ export class Client {
   }
 
   _sendHello() {
-    const hello = { t: 'hello', sid: this._sid, client: this._client };
-    if (this._auth != null) hello.auth = this._auth;
-    if (this._resume != null && this._epoch != null) {
-      hello.resume = this._resume;
-      hello.epoch = this._epoch;
-      hello.after = this._lastSeq;
-    }
-    if (this._opts.live) hello.live = true;
-    if (this._opts.window != null) hello.window = this._opts.window;
-    const withStart = this._opts.start != null && !this._startSent;
-    if (withStart) hello.start = this._opts.start;
-    if (this._sendFrame(hello) && withStart) this._startSent = true;
+    this._core.opened();
+    this._flush();
+  }
+
+  // Sends what the core queued for this socket.
+  _flush() {
+    for (const frame of this._core.framesToSend()) this._sendFrame(frame);
   }
 
   _reconnect() {
@@ -447,7 +447,7 @@ export class Client {
     this._welcomed = false;
     this._stopHeartbeat();
     this._failPings(new Error('wirepipe: connection lost'));
-    const action = closeAction(code);
+    const action = this._core.closed(code);
     if (action === CloseAction.RETRY && this._attempt < this._maxRetries) {
       const delay = backoffDelay(this._attempt, this._backoff, this._random);
       this._attempt++;
@@ -459,7 +459,6 @@ export class Client {
       this._enter(State.RECOVERING);
       this._announce(State.RECOVERING);
     } else if (action === CloseAction.REAUTH) {
-      this._resume = null;
       this._authWait = true;
       this._lastClose = { code, reason, willRetry: false };
       this._enter(State.CLOSED);
@@ -488,6 +487,7 @@ export class Client {
     const err = new ClientClosedError(`wirepipe client closed (${code}${reason ? ` ${reason}` : ''})`);
     for (const p of this._pending.values()) p.reject(err);
     this._pending.clear();
+    this._core.pending.clear();
     for (const it of this._iters) {
       it.done = true;
       for (const w of it.waiters.splice(0)) w({ value: undefined, done: true });
@@ -534,57 +534,41 @@ export class Client {
       this._emit('error', { code: 'bad_frame', msg: 'from server: frame is not a map', fatal: false });
       return;
     }
-    switch (frame.t) {
-      case 'welcome':
-        this._onWelcome(frame);
-        break;
-      case 'ev':
-        this._deliver([frame]);
-        break;
-      case 'batch':
-        if (Array.isArray(frame.evs)) this._deliver(frame.evs);
-        break;
-      case 'replied':
-        this._onReplied(frame);
-        break;
-      case 'pong':
-        this._onPong(frame);
-        break;
-      case 'error':
-        if (frame.code === 'lagged') this._lagged = true;
-        this._emit('error', { code: frame.code, msg: frame.msg ?? '', fatal: frame.fatal === true });
-        break;
-      default:
-        // Unknown frame types are a later, additive protocol change: ignore them.
-        break;
+    const outputs = this._core.receive(frame);
+    let delivered = false;
+    for (const out of outputs) {
+      if (this._final) break;
+      switch (out.type) {
+        case 'welcome':
+          this._onWelcome(out.welcome, out.reset);
+          break;
+        case 'event':
+          // A listener may have closed the client, or the socket gone, mid-batch.
+          if (!this._welcomed) break;
+          this._deliver(out.ev);
+          delivered = true;
+          break;
+        case 'replied':
+          this._onReplied(out.frame);
+          break;
+        case 'pong':
+          this._onPong(out.frame);
+          break;
+        case 'error': {
+          const f = out.frame;
+          this._emit('error', { code: f.code, msg: f.msg ?? '', fatal: f.fatal === true });
+          break;
+        }
+      }
     }
+    if (delivered) this._maybeAck();
+    this._flush();
   }
 
-  _onWelcome(w) {
+  _onWelcome(w, reset) {
     const firstOnSocket = !this._welcomed;
-    const reset =
-      this._welcome === null || w.recovered !== true || w.epoch !== this._epoch || this._lagged;
-    this._welcome = w;
-    this._epoch = w.epoch ?? null;
     this._grant = w.grant ?? null;
-    this._resume = w.resume ?? null;
-    this._lagged = false;
-    if (reset) {
-      // Events follow from `first`, or from head + 1 with `live`: that is our
-      // position now, and the `after` of the next hello.
-      const base = this._opts.live ? w.head : w.first - 1;
-      this._lastSeq = Number.isInteger(base) && base > 0 ? base : 0;
-      this._gen++;
-      // 0, not lastSeq: at worst one early ack, never a window that stays shut.
-      this._ackedSeq = 0;
-      this._snapshot = w.snapshot ?? null;
-    } else {
-      if (w.snapshot != null) this._snapshot = w.snapshot;
-      // The hello's `after` told the server we processed up to lastSeq.
-      this._ackedSeq = this._lastSeq;
-    }
-    this._window = w.window !== undefined ? w.window : (this._opts.window ?? null);
-    this._ackEvery = this._window > 0 ? Math.max(1, Math.floor(this._window / 2)) : 0;
+    if (reset || w.snapshot != null) this._snapshot = w.snapshot ?? null;
     this._welcomed = true;
     this._attempt = 0;
     this._startHeartbeat(w.heartbeat);
@@ -593,29 +577,17 @@ export class Client {
     if (this._final || !this._welcomed) return;
     if (reset) this._emit('reset', { snapshot: this._snapshot, welcome: w });
     if (this._final || !this._welcomed) return;
-    if (firstOnSocket) {
-      this._setState(State.OPEN);
-      for (const p of this._pending.values()) this._sendFrame(p.frame);
-    }
+    if (firstOnSocket) this._setState(State.OPEN);
   }
 
-  _deliver(evs) {
-    const gen = this._gen;
-    for (const raw of evs) {
-      if (this._final || !this._welcomed || gen !== this._gen) break;
-      if (raw === null || typeof raw !== 'object') continue;
-      const seq = raw.seq;
-      if (typeof seq !== 'number' || seq <= this._lastSeq) continue; // a duplicate
-      this._lastSeq = seq;
-      const ev = { seq, k: raw.k, ts: raw.ts, d: raw.d };
-      const n = ++this._delivered;
-      this._emit('event', ev);
-      for (const it of this._iters) {
-        if (it.waiters.length) it.waiters.shift()({ value: ev, done: false });
-        else it.queue.push({ ev, gen, n });
-      }
+  _deliver(ev) {
+    const gen = this._core.generation;
+    const n = ++this._delivered;
+    this._emit('event', ev);
+    for (const it of this._iters) {
+      if (it.waiters.length) it.waiters.shift()({ value: ev, done: false });
+      else it.queue.push({ ev, gen, n });
     }
-    this._maybeAck();
   }
 
   // The last seq of the current epoch that every consumer has processed.
@@ -625,30 +597,30 @@ export class Client {
       const rec = it.queue[it.head];
       if (rec && (oldest === null || rec.n < oldest.n)) oldest = rec;
     }
-    if (oldest === null) return this._lastSeq;
-    return oldest.gen === this._gen ? oldest.ev.seq - 1 : 0;
+    if (oldest === null) return this._core.lastSeq;
+    // Events of an older generation (before the last welcome) are owed no ack.
+    return oldest.gen === this._core.generation ? oldest.ev.seq - 1 : null;
   }
 
   _maybeAck() {
-    if (!this._ackEvery || !this._welcomed) return;
     const seq = this._processedSeq();
-    if (seq - this._ackedSeq >= this._ackEvery) {
-      if (this._sendFrame({ t: 'ack', seq })) this._ackedSeq = seq;
-    }
+    if (seq === null) return;
+    if (this._core.consumed(seq, this._core.generation)) this._flush();
   }
 
   _request(frame) {
     if (this._final) return Promise.reject(new ClientClosedError());
     frame.rid = newRid();
     return new Promise((resolve, reject) => {
-      this._pending.set(frame.rid, { frame, resolve, reject });
-      if (this._welcomed) this._sendFrame(frame);
+      this._pending.set(frame.rid, { resolve, reject });
+      this._core.request(frame);
+      this._flush();
     });
   }
 
   _onReplied(frame) {
     const p = this._pending.get(frame.rid);
-    if (!p) return; // an answer to a re-sent rid that was already settled
+    if (!p) return;
     this._pending.delete(frame.rid);
     const out = { rid: frame.rid, ok: frame.ok === true };
     if (frame.err != null) out.err = frame.err;
