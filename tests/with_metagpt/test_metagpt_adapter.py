@@ -139,7 +139,7 @@ async def test_a_role_given_a_stream_pipe_reports_to_it(gw: Any) -> None:
 def test_tool_output_becomes_tool_events(metagpt_root: Any) -> None:
     import metagpt.logs
 
-    from gateway import metagpt as adapter
+    from gateway.integrations.metagpt import Run, hooks
 
     # 0.8.2 has no set_tool_output_logfunc: the adapter feature-detects it.
     assert not hasattr(metagpt.logs, "set_tool_output_logfunc")
@@ -157,9 +157,9 @@ def test_tool_output_becomes_tool_events(metagpt_root: Any) -> None:
             self.name, self.value, self.type_ = name, value, type_
 
     pipe = Pipe()
-    run = adapter.Run(pipe)
-    adapter._emit_tools(run, [Item("search", {"hits": 2}, "dict"), Item("end_marker", "")], "")
-    adapter._emit_tools(run, {"name": "shell", "type": "str", "value": "ok"}, "")
+    run = Run(pipe)
+    hooks._emit_tools(run, [Item("search", {"hits": 2}, "dict"), Item("end_marker", "")], "")
+    hooks._emit_tools(run, {"name": "shell", "type": "str", "value": "ok"}, "")
     assert pipe.events == [
         {"k": "tool", "d": {"name": "search", "type": "dict", "value": {"hits": 2}}},
         {"k": "tool", "d": {"name": "shell", "type": "str", "value": "ok"}},
