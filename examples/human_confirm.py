@@ -24,8 +24,8 @@ import sys
 
 from gateway import Gateway
 from gateway.client import Client
-from gateway.metagpt import prepare
-from gateway.metagpt_apps import data_interpreter
+from gateway.integrations.metagpt import prepare
+from gateway.integrations.metagpt.apps import data_interpreter
 
 
 async def main() -> int:

@@ -20,8 +20,8 @@ import sys
 
 from gateway import Gateway
 from gateway.client import Client
-from gateway.metagpt import attach, prepare
-from gateway.offline_llm import use
+from gateway.integrations.metagpt import attach, prepare
+from gateway.integrations.metagpt.offline_llm import use
 
 
 async def agent(pipe, idea: str, level: str, offline: bool) -> None:

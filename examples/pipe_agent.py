@@ -4,7 +4,7 @@
     python examples/pipe_agent.py --llm config        # the LLM of your config2.yaml
 
 The role is handed the pipe, as in the design note.  MetaGPT 0.8.2 accepts
-``stream_pipe=`` and ignores it; after ``gateway.metagpt.install()`` a role
+``stream_pipe=`` and ignores it; after ``gateway.integrations.metagpt.install()`` a role
 given a pipe reports its whole run to it (tokens, logs, plan, tasks, code,
 output, messages), routed by a ContextVar so that concurrent runs never mix.
 The pipe is two-way: here the client sends the idea (``send``) and the agent
@@ -20,8 +20,8 @@ import sys
 
 from gateway import Gateway
 from gateway.client import Client
-from gateway.metagpt import install, new_executor, prepare
-from gateway.offline_llm import use
+from gateway.integrations.metagpt import install, new_executor, prepare
+from gateway.integrations.metagpt.offline_llm import use
 
 
 async def agent(pipe, offline: bool, delay: float) -> None:

@@ -8,7 +8,7 @@ as MetaGPT's examples/stream_output_via_api.py does), producing into a
 thread-safe queue; a consumer yields from it.  Here the queue is the pipe
 (``set_message`` is thread-safe and gives every event one gap-free seq) and
 the consumer is a WebSocket client; the gateway's loop never waits for the
-agent.  ``gateway.metagpt.run_in_thread`` packages the same thing, with
+agent.  ``gateway.integrations.metagpt.run_in_thread`` packages the same thing, with
 cancellation carried into the thread.
 """
 
@@ -22,8 +22,8 @@ import threading
 
 from gateway import Gateway
 from gateway.client import Client
-from gateway.metagpt import attach, new_executor, prepare
-from gateway.offline_llm import use
+from gateway.integrations.metagpt import attach, new_executor, prepare
+from gateway.integrations.metagpt.offline_llm import use
 
 
 def agent_thread(

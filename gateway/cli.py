@@ -220,11 +220,11 @@ async def _serve(gw: Gateway, banner: str = "") -> None:
 
 
 def _demo_apps() -> tuple[dict[str, App], str]:
-    from .demo_agent import app as demo
+    from .integrations.demo import app as demo
 
     apps: dict[str, App] = {"demo": demo}
     try:
-        mg = importlib.import_module("gateway.metagpt_apps")
+        mg = importlib.import_module("gateway.integrations.metagpt.apps")
         for name in ("data_interpreter", "team"):
             if hasattr(mg, name):
                 apps[name] = getattr(mg, name)

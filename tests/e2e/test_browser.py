@@ -96,7 +96,7 @@ def store() -> MemoryStore:
 
 @pytest.fixture
 async def gw(store: MemoryStore) -> AsyncIterator[Gateway]:
-    from gateway.demo_agent import app as demo_app
+    from gateway.integrations.demo import app as demo_app
 
     apps = {"demo": demo_app, "zoo": zoo_app, "odd": odd_app}
     async with Gateway(host="127.0.0.1", port=0, store=store, apps=apps) as gateway:
@@ -349,7 +349,7 @@ async def test_forms_start_watch_and_cancel(gw: Gateway, store: MemoryStore, ope
 
 
 async def test_viewer_is_read_only(store: MemoryStore, open_page: Any) -> None:
-    from gateway.demo_agent import app as demo_app
+    from gateway.integrations.demo import app as demo_app
 
     def auth(credential: str | None, sid: str) -> str:
         return "operator" if credential == "op-secret" else "viewer"

@@ -115,10 +115,10 @@ async def test_serve_on_a_public_address_needs_a_secret() -> None:
     ("spec", "why"),
     [
         ("nonsense", "--app takes NAME=module:callable"),
-        ("=gateway.demo_agent:app", "--app takes NAME=module:callable"),
-        ("demo=gateway.demo_agent", "--app takes NAME=module:callable"),
+        ("=gateway.integrations.demo:app", "--app takes NAME=module:callable"),
+        ("demo=gateway.integrations.demo", "--app takes NAME=module:callable"),
         ("demo=no_such_module_for_wirepipe:app", "cannot load app"),
-        ("demo=gateway.demo_agent:no_such_attr", "cannot load app"),
+        ("demo=gateway.integrations.demo:no_such_attr", "cannot load app"),
     ],
 )
 def test_bad_app_spec_is_a_clear_error(spec: str, why: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -132,7 +132,7 @@ def test_bad_app_spec_is_a_clear_error(spec: str, why: str, capsys: pytest.Captu
 
 
 async def start_server() -> tuple[Process, str]:
-    server = await spawn("serve", "--port", "0", "--app", "demo=gateway.demo_agent:app")
+    server = await spawn("serve", "--port", "0", "--app", "demo=gateway.integrations.demo:app")
     try:
         assert server.stdout is not None
         line = (await asyncio.wait_for(server.stdout.readline(), TIMEOUT)).decode()

@@ -184,7 +184,7 @@ async def test_without_the_ui_only_health_and_metrics_are_served(make_gw: Any) -
 async def test_apps_lists_the_registered_app_names(make_gw: Any) -> None:
     import json
 
-    from gateway.demo_agent import app
+    from gateway.integrations.demo import app
 
     g = await make_gw(apps={"zeta": app, "alpha": app})
     status, headers, body = await get(g, "/apps")

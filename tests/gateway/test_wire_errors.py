@@ -122,7 +122,7 @@ async def test_unauthorized(make_gw, raw):
 
 
 async def test_start_errors(make_gw, raw):
-    from gateway.demo_agent import app
+    from gateway.integrations.demo import app
 
     g = await make_gw(apps={"demo": app})
     async with raw(g.url) as r:

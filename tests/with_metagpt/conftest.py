@@ -1,7 +1,7 @@
 """Fixtures for the MetaGPT tests (marker ``metagpt``): real MetaGPT 0.8.2, offline.
 
 MetaGPT is imported once per process, with its root (logs, workspace) in a
-temporary directory; every LLM is the scripted one of ``gateway.offline_llm``.
+temporary directory; every LLM is the scripted one of ``gateway.integrations.metagpt.offline_llm``.
 Runs go through a real gateway on a loopback port and the real Python client.
 After each test, every process the test started (Jupyter kernels, example
 scripts) must be gone: the check waits on their exit, never on a clock.
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.metagpt import available
+from gateway.integrations.metagpt import available
 
 # Not find_spec("metagpt"): a folder named metagpt on sys.path would pass it
 # (this folder used to be tests/metagpt, and pytest puts tests/ on sys.path).
@@ -25,7 +25,7 @@ if not available():  # pragma: no cover - without MetaGPT
 @pytest.fixture(scope="session")
 def metagpt_root(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """MetaGPT imported, rooted in a scratch directory, hooks installed."""
-    from gateway.metagpt import prepare
+    from gateway.integrations.metagpt import prepare
 
     return prepare(tmp_path_factory.mktemp("metagpt-root"))
 
@@ -47,7 +47,7 @@ def no_leftover_processes() -> Any:
 @pytest.fixture
 async def gw(metagpt_root: Any) -> AsyncIterator[Any]:
     from gateway import Gateway, MemoryStore
-    from gateway.metagpt_apps import data_interpreter, team
+    from gateway.integrations.metagpt.apps import data_interpreter, team
 
     apps = {"data_interpreter": data_interpreter, "team": team}
     async with Gateway(host="127.0.0.1", port=0, store=MemoryStore(), apps=apps) as g:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -22,19 +24,21 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_core_and_adapter_import_without_metagpt() -> None:
+def test_the_integration_imports_without_metagpt() -> None:
+    # The core's side of it: tests/gateway/test_metagpt_absent.py.
     code = textwrap.dedent("""
         import sys
         sys.modules["metagpt"] = None  # as if not installed
-        import protocol, gateway, gateway.server, gateway.cli
-        import gateway.metagpt, gateway.offline_llm
+        import gateway.integrations.metagpt as mg
+        import gateway.integrations.metagpt.offline_llm, gateway.integrations.demo
+        import gateway.metagpt, gateway.offline_llm, gateway.demo_agent  # the old paths
         assert not [m for m in sys.modules if m.startswith("metagpt.")]
         try:
-            gateway.metagpt.prepare()
+            mg.prepare()
         except ImportError as exc:
             print("prepare:", exc)
         try:
-            import gateway.metagpt_apps
+            import gateway.integrations.metagpt.apps
         except ImportError as exc:
             print("apps:", exc)
     """)
@@ -45,10 +49,85 @@ def test_core_and_adapter_import_without_metagpt() -> None:
     assert "apps: MetaGPT is not installed" in out.stdout
 
 
+def _fresh_machine(tmp: Path) -> dict[str, str]:
+    """An environment with an empty HOME and temp dir and no MetaGPT root set: a new user's."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("METAGPT_PROJECT_ROOT", "WIREPIPE_METAGPT_ROOT")}
+    for name in ("home", "tmp"):
+        (tmp / name).mkdir()
+    env.update(HOME=str(tmp / "home"), TMPDIR=str(tmp / "tmp"), PYTHONPATH=str(REPO),
+               PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+def _files(tmp: Path) -> list[str]:
+    return sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+
+
+IMPORT_AND_REPORT = textwrap.dedent("""
+    import importlib, json, os, sys
+    before = dict(os.environ)
+    for name in sys.argv[1:]:
+        importlib.import_module(name)
+    after = dict(os.environ)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    print(json.dumps({"changed": changed, "metagpt": "metagpt" in sys.modules}))
+""")
+
+
+def _import_on_a_fresh_machine(tmp: Path, *modules: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", IMPORT_AND_REPORT, *modules], cwd=tmp,
+                         env=_fresh_machine(tmp), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    report["files"] = _files(tmp)
+    return report
+
+
+def test_importing_the_integration_has_no_side_effect(tmp_path: Path) -> None:
+    report = _import_on_a_fresh_machine(
+        tmp_path, "gateway.integrations", "gateway.integrations.metagpt",
+        *(f"gateway.integrations.metagpt.{m}"
+          for m in ("setup", "run", "hooks", "mapping", "offline_llm", "apps")),
+        "gateway.integrations.demo", "gateway.offline_llm", "gateway.metagpt_apps",
+        "gateway.demo_agent",
+    )
+    assert report == {"changed": [], "metagpt": False, "files": []}
+
+
+def test_the_old_path_prepares_metagpts_environment_on_import(tmp_path: Path) -> None:
+    # The one deliberate exception (gateway/metagpt.py): and the check above can see a write.
+    report = _import_on_a_fresh_machine(tmp_path, "gateway.metagpt")
+    root = f"tmp/wirepipe-metagpt-{os.getuid()}"
+    assert report == {"changed": ["METAGPT_PROJECT_ROOT"], "metagpt": False,
+                      "files": [f"{root}/config/config2.yaml"]}
+    assert (tmp_path / root / "config/config2.yaml").read_text().startswith("# written by wirepipe")
+
+
+def test_the_old_paths_are_the_new_objects(metagpt_root: Any) -> None:
+    import gateway.demo_agent
+    import gateway.integrations.demo
+    import gateway.integrations.metagpt as new
+    import gateway.integrations.metagpt.apps
+    import gateway.integrations.metagpt.offline_llm
+    import gateway.metagpt as old
+    import gateway.metagpt_apps
+    import gateway.offline_llm
+
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(new, name), name
+    for name in gateway.offline_llm.__all__:
+        assert getattr(gateway.offline_llm, name) is getattr(
+            gateway.integrations.metagpt.offline_llm, name), name
+    assert gateway.metagpt_apps.data_interpreter is gateway.integrations.metagpt.apps.data_interpreter
+    assert gateway.metagpt_apps.team is gateway.integrations.metagpt.apps.team
+    assert gateway.demo_agent.app is gateway.integrations.demo.app
+
+
 async def test_log_records_follow_the_level_of_their_run(gw: Any) -> None:
     from metagpt.logs import logger
 
-    from gateway.metagpt import attach
+    from gateway.integrations.metagpt import attach
 
     pipe = gw.pipe("logs-1")
     async with pipe, attach(pipe, log_level="WARNING"):
@@ -67,8 +146,8 @@ async def test_log_records_follow_the_level_of_their_run(gw: Any) -> None:
 async def test_llm_calls_stream_as_text_through_metagpts_own_path(gw: Any) -> None:
     from metagpt.logs import log_llm_stream
 
-    from gateway.metagpt import attach
-    from gateway.offline_llm import OFFLINE_MODEL, use
+    from gateway.integrations.metagpt import attach
+    from gateway.integrations.metagpt.offline_llm import OFFLINE_MODEL, use
 
     pipe = gw.pipe("text-1")
     async with pipe, attach(pipe) as run:
@@ -94,7 +173,7 @@ def test_config_selects_the_scripted_provider(metagpt_root: Any) -> None:
     from metagpt.provider.llm_provider_registry import create_llm_instance
     from metagpt.provider.metagpt_api import MetaGPTLLM
 
-    from gateway.offline_llm import offline_llm_config, scripted_llm_class
+    from gateway.integrations.metagpt.offline_llm import offline_llm_config, scripted_llm_class
 
     llm = create_llm_instance(LLMConfig(**offline_llm_config()))
     assert isinstance(llm, scripted_llm_class())
@@ -106,8 +185,7 @@ async def test_a_role_given_a_stream_pipe_reports_to_it(gw: Any) -> None:
     from metagpt.actions import Action
     from metagpt.roles import Role
 
-    from gateway.metagpt import current_run, install
-    from gateway.offline_llm import use
+    from gateway.integrations.metagpt import current_run, install, use
 
     install()
 
@@ -139,7 +217,7 @@ async def test_a_role_given_a_stream_pipe_reports_to_it(gw: Any) -> None:
 def test_tool_output_becomes_tool_events(metagpt_root: Any) -> None:
     import metagpt.logs
 
-    from gateway import metagpt as adapter
+    from gateway.integrations.metagpt import Run, hooks
 
     # 0.8.2 has no set_tool_output_logfunc: the adapter feature-detects it.
     assert not hasattr(metagpt.logs, "set_tool_output_logfunc")
@@ -157,9 +235,9 @@ def test_tool_output_becomes_tool_events(metagpt_root: Any) -> None:
             self.name, self.value, self.type_ = name, value, type_
 
     pipe = Pipe()
-    run = adapter.Run(pipe)
-    adapter._emit_tools(run, [Item("search", {"hits": 2}, "dict"), Item("end_marker", "")], "")
-    adapter._emit_tools(run, {"name": "shell", "type": "str", "value": "ok"}, "")
+    run = Run(pipe)
+    hooks._emit_tools(run, [Item("search", {"hits": 2}, "dict"), Item("end_marker", "")], "")
+    hooks._emit_tools(run, {"name": "shell", "type": "str", "value": "ok"}, "")
     assert pipe.events == [
         {"k": "tool", "d": {"name": "search", "type": "dict", "value": {"hits": 2}}},
         {"k": "tool", "d": {"name": "shell", "type": "str", "value": "ok"}},

@@ -78,3 +78,68 @@ def test_human_confirm(tmp_path: Path) -> None:
     out = run_example("human_confirm.py", "--delay", "0", "--answer", change, root=tmp_path)
     assert "proposed plan" in out and f"[stdout] reviewer: {change}" in out
     assert out.strip().splitlines()[-1] == "human_confirm: 5 reviews, status done"
+
+
+DOCS = {"README.md": "## MetaGPT", "docs/metagpt.md": "## The adapter"}
+
+SERVE_SNIPPET = """
+import asyncio, sys
+from gateway import Gateway, MemoryStore
+from gateway.client import Client
+
+import snippet  # the user's module: the documentation's code, as is
+
+async def main():
+    async with Gateway(host="127.0.0.1", port=0, store=MemoryStore(),
+                       apps={"di": snippet.app}) as gw:
+        start = {"app": "di", "input": "Count the words of this short sentence"}
+        async with Client(gw.url, "doc-1", start=start) as c:
+            async for ev in c:
+                if ev.k == "ask":
+                    await c.reply(ev.d["id"], "confirm")
+                if ev.k == "code":
+                    print("code", ev.d["task"], flush=True)
+                if ev.k == "status" and ev.d["state"] in ("done", "failed", "cancelled"):
+                    print("status", ev.d["state"], ev.d.get("detail", ""), flush=True)
+                    return
+
+asyncio.run(main())
+"""
+
+
+def python_block(doc: str, section: str) -> str:
+    """The first ```python block after ``section`` in ``doc``, as it is written there."""
+    text = (EXAMPLES.parent / doc).read_text()
+    after = text[text.index(section):]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start:after.index("```", start)]
+
+
+@pytest.mark.parametrize("doc", sorted(DOCS))
+def test_the_documented_snippet_runs_on_a_fresh_machine(doc: str, tmp_path: Path) -> None:
+    """No MetaGPT config anywhere, no root set: the snippet must import and run as written."""
+    code = python_block(doc, DOCS[doc])
+    assert "from gateway.integrations.metagpt import attach" in code
+    (tmp_path / "snippet.py").write_text(code)
+    for name in ("home", "tmp"):
+        (tmp_path / name).mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("METAGPT_PROJECT_ROOT", "WIREPIPE_METAGPT_ROOT")}
+    env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path / "tmp"),
+               PYTHONPATH=os.pathsep.join([str(tmp_path), str(EXAMPLES.parent)]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE_SNIPPET], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, f"{out[-3000:]}\n{err[-3000:]}"
+    assert out.strip().splitlines()[-1] == "status done", out
+    assert "code 3" in out  # the DataInterpreter really ran the plan's last task
+    root = tmp_path / "tmp" / f"wirepipe-metagpt-{os.getuid()}"
+    assert (root / "config" / "config2.yaml").exists()  # prepare() wrote the offline config
+    assert not orphan_kernels(root)

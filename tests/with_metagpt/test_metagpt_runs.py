@@ -77,8 +77,8 @@ async def test_data_interpreter_streams_every_kind_and_takes_answers(gw: Any) ->
 async def test_a_change_answer_reaches_the_planner(gw: Any) -> None:
     from metagpt.roles.di.data_interpreter import DataInterpreter
 
-    from gateway.metagpt import attach, new_executor
-    from gateway.offline_llm import DemoScript, use
+    from gateway.integrations.metagpt import attach, new_executor
+    from gateway.integrations.metagpt.offline_llm import DemoScript, use
 
     pipe = gw.pipe("di-change")
     script = DemoScript()
@@ -113,8 +113,8 @@ async def test_a_change_answer_reaches_the_planner(gw: Any) -> None:
 async def test_two_runs_at_once_do_not_mix(gw: Any) -> None:
     from metagpt.roles.di.data_interpreter import DataInterpreter
 
-    from gateway.metagpt import attach, new_executor
-    from gateway.offline_llm import use
+    from gateway.integrations.metagpt import attach, new_executor
+    from gateway.integrations.metagpt.offline_llm import use
 
     ideas = {"mix-a": "alpha alpha beta", "mix-b": "gamma delta delta delta epsilon"}
 
@@ -187,8 +187,8 @@ async def test_cancel_ends_the_run_cancelled(gw: Any, when: str) -> None:
 async def test_cancel_reaches_a_run_attached_by_hand(gw: Any) -> None:
     from metagpt.roles.di.data_interpreter import DataInterpreter
 
-    from gateway.metagpt import attach, new_executor
-    from gateway.offline_llm import use
+    from gateway.integrations.metagpt import attach, new_executor
+    from gateway.integrations.metagpt.offline_llm import use
 
     pipe = gw.pipe("cancel-attach")
 
