@@ -14,7 +14,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from protocol import Event, decode_server, events_of, packb
+from gateway.stores import Appended
+from protocol import Event, decode_event, decode_server, encode_event, events_of, is_final, packb
 
 MS = float(os.environ.get("WIREPIPE_TEST_MS", "1")) / 1000
 #: The longest any single wait in a test may take before it is a failure.
@@ -76,4 +77,26 @@ def answers(frames: list[Any]) -> list[Event]:
 
 def final(ev: Event) -> bool:
     """True for the run's final status event."""
-    return ev.k == "status" and ev.d.get("state") in ("done", "failed", "cancelled")
+    return is_final(ev.k, ev.d)
+
+
+# --- stores ---------------------------------------------------------------------------
+
+
+def ev(seq: int, k: str = "log", d: Any = None) -> Appended:
+    """One event to append; the default payloads all encode to the same size (for seq < 128)."""
+    if d is None:
+        d = {"level": "INFO", "msg": f"event {seq:04d}"}
+    return Appended(seq, k, d, encode_event(seq, k, 1.0, d))
+
+
+def seqs(raws: list[bytes]) -> list[int]:
+    """The seq of each encoded event."""
+    return [decode_event(r).seq for r in raws]
+
+
+async def started(task: asyncio.Task[Any]) -> None:
+    """Let ``task`` run to its first suspension, and check it did suspend."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not task.done(), "wait() returned while there was nothing to wait for"
