@@ -22,6 +22,7 @@ from gateway import Gateway
 from gateway.client import Client
 from gateway.metagpt import install, new_executor, prepare
 from gateway.offline_llm import use
+from protocol import is_final
 
 
 async def agent(pipe, offline: bool, delay: float) -> None:
@@ -65,7 +66,7 @@ async def main() -> int:
                     print(f"task {ev.d['id']}: {ev.d['status']}")
                 elif ev.k == "output":
                     print(f"[{ev.d['stream']}] {ev.d['text'].rstrip()}")
-                elif ev.k == "status" and ev.d["state"] in ("done", "failed", "cancelled"):
+                elif is_final(ev.k, ev.d):
                     state = ev.d["state"]
                     break
         await asyncio.gather(run, return_exceptions=True)

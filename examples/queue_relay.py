@@ -24,6 +24,7 @@ from gateway import Gateway
 from gateway.client import Client
 from gateway.metagpt import attach, new_executor, prepare
 from gateway.offline_llm import use
+from protocol import is_final
 
 
 def agent_thread(
@@ -77,7 +78,7 @@ async def main() -> int:
                     print(f"[{ev.d['stream']}] {ev.d['text'].rstrip()}")
                 elif ev.k == "task":
                     print(f"task {ev.d['id']}: {ev.d['status']}")
-                elif ev.k == "status" and ev.d["state"] in ("done", "failed", "cancelled"):
+                elif is_final(ev.k, ev.d):
                     state = ev.d["state"]
                     break
         await asyncio.to_thread(producer.join)
