@@ -2,6 +2,12 @@
 
 ``MS`` scales every timeout in the suite (set WIREPIPE_TEST_MS to slow the
 whole suite down on a loaded machine); no test sleeps to synchronise.
+
+A test skips only for an optional service or tool that a developer's machine
+may lack (Redis, redis-server, chromium, MetaGPT), through ``missing``, which
+fails instead when ``CI`` is set: CI installs all of them (``./run test``), so
+there a missing one is a broken setup.  A missing part of the product or of
+the dev tools (requirements/dev.txt) is a failure everywhere.
 """
 
 from __future__ import annotations
@@ -9,13 +15,22 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
+import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.stores import Appended
 from protocol import Event, decode_event, decode_server, encode_event, events_of, is_final, packb
+
+
+def missing(what: str, fix: str) -> NoReturn:
+    """Skip the calling test because ``what`` is missing, or fail it when ``CI`` is set."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what}; CI is set, so the tests that need it must run: {fix}", pytrace=False)
+    pytest.skip(f"{what} ({fix}); set CI=1 to make this a failure")
+
 
 MS = float(os.environ.get("WIREPIPE_TEST_MS", "1")) / 1000
 #: The longest any single wait in a test may take before it is a failure.

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from proxy import FaultProxy
+from support import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -91,7 +92,7 @@ class PrivateRedis:
 
 def _redis(tmp_path: Path, *, start: bool = True, **kw: Any) -> Iterator[PrivateRedis]:
     if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
+        missing("redis-server is not installed", "apt-get install redis-server, or scripts/bootstrap.sh --redis")
     r = PrivateRedis(tmp_path, **kw)
     if start:
         r.start()
