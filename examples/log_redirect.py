@@ -1,4 +1,4 @@
-"""Scheme 2 of the design note, log redirection: MetaGPT's LLM stream and log, on the web.
+"""Scheme 2 of docs/metagpt.md, log redirection: MetaGPT's LLM stream and log, on the web.
 
     python examples/log_redirect.py                   # offline: the scripted LLM
     python examples/log_redirect.py --level DEBUG     # more log lines
