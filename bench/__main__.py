@@ -99,7 +99,7 @@ async def bench_bare(n: int) -> dict[str, float]:
         await ws.recv()  # the hello
         t0 = time.time()
         ts = time.time()
-        for i, m in enumerate(msgs, 1):  # one frame per message: the design note's WebPipe
+        for i, m in enumerate(msgs, 1):  # one frame per message, no batching or replay: the bare baseline
             await ws.send(msgpack.packb({"t": "ev", "seq": i, "k": "text", "ts": ts,
                                          "d": {"id": "t1", "delta": m}}))
         await finished.wait()

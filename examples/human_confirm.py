@@ -26,6 +26,7 @@ from gateway import Gateway
 from gateway.client import Client
 from gateway.integrations.metagpt import prepare
 from gateway.integrations.metagpt.apps import data_interpreter
+from protocol import is_final
 
 
 async def main() -> int:
@@ -76,7 +77,7 @@ async def main() -> int:
                     replied = await client.reply(ev.d["id"], value)
                     if not replied.ok:  # another client answered first
                         print(f"(not taken: {replied.err})")
-                elif ev.k == "status" and ev.d["state"] in ("done", "failed", "cancelled"):
+                elif is_final(ev.k, ev.d):
                     state = ev.d["state"]
                     break
     print(f"human_confirm: {asked} reviews, status {state}")

@@ -1,4 +1,4 @@
-"""Scheme 2 of the design note, log redirection: MetaGPT's LLM stream and log, on the web.
+"""Scheme 2 of docs/metagpt.md, log redirection: MetaGPT's LLM stream and log, on the web.
 
     python examples/log_redirect.py                   # offline: the scripted LLM
     python examples/log_redirect.py --level DEBUG     # more log lines
@@ -22,6 +22,7 @@ from gateway import Gateway
 from gateway.client import Client
 from gateway.integrations.metagpt import attach, prepare
 from gateway.integrations.metagpt.offline_llm import use
+from protocol import is_final
 
 
 async def agent(pipe, idea: str, level: str, offline: bool) -> None:
@@ -80,7 +81,7 @@ async def main() -> int:
                     print(f"[{ev.d['level']}] {ev.d['msg'][:120]}")
                 elif ev.k == "message":
                     print(f"[message from {ev.d.get('name', ev.d['role'])}]")
-                elif ev.k == "status" and ev.d["state"] in ("done", "failed", "cancelled"):
+                elif is_final(ev.k, ev.d):
                     state = ev.d["state"]
                     break
         await asyncio.gather(run, return_exceptions=True)

@@ -1,4 +1,4 @@
-"""Scheme 3 of the design note, the event pipe: ``DataInterpreter(stream_pipe=pipe)``.
+"""Scheme 3 of docs/metagpt.md, the event pipe: ``DataInterpreter(stream_pipe=pipe)``.
 
     python examples/pipe_agent.py                     # offline: the scripted LLM
     python examples/pipe_agent.py --llm config        # the LLM of your config2.yaml
@@ -22,6 +22,7 @@ from gateway import Gateway
 from gateway.client import Client
 from gateway.integrations.metagpt import install, new_executor, prepare
 from gateway.integrations.metagpt.offline_llm import use
+from protocol import is_final
 
 
 async def agent(pipe, offline: bool, delay: float) -> None:
@@ -65,7 +66,7 @@ async def main() -> int:
                     print(f"task {ev.d['id']}: {ev.d['status']}")
                 elif ev.k == "output":
                     print(f"[{ev.d['stream']}] {ev.d['text'].rstrip()}")
-                elif ev.k == "status" and ev.d["state"] in ("done", "failed", "cancelled"):
+                elif is_final(ev.k, ev.d):
                     state = ev.d["state"]
                     break
         await asyncio.gather(run, return_exceptions=True)

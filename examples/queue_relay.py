@@ -1,9 +1,9 @@
-"""Scheme 1 of the design note, the queue relay: the agent in a thread, a client consuming.
+"""Scheme 1 of docs/metagpt.md, the queue relay: the agent in a thread, a client consuming.
 
     python examples/queue_relay.py                    # offline: the scripted LLM
     python examples/queue_relay.py --llm config       # the LLM of your config2.yaml
 
-The design note's pattern: the agent runs in a thread (``asyncio.run`` there,
+The pattern: the agent runs in a thread (``asyncio.run`` there,
 as MetaGPT's examples/stream_output_via_api.py does), producing into a
 thread-safe queue; a consumer yields from it.  Here the queue is the pipe
 (``set_message`` is thread-safe and gives every event one gap-free seq) and
@@ -24,6 +24,7 @@ from gateway import Gateway
 from gateway.client import Client
 from gateway.integrations.metagpt import attach, new_executor, prepare
 from gateway.integrations.metagpt.offline_llm import use
+from protocol import is_final
 
 
 def agent_thread(
@@ -68,7 +69,7 @@ async def main() -> int:
         )
         producer.start()
         async with Client(gw.url, "queue-relay") as client:
-            async for ev in client:  # the consumer: `yield queue.get()` of the design note
+            async for ev in client:  # the consumer: `yield queue.get()` of the pattern
                 seqs.append(ev.seq)
                 kinds[ev.k] = kinds.get(ev.k, 0) + 1
                 if ev.k == "code":
@@ -77,7 +78,7 @@ async def main() -> int:
                     print(f"[{ev.d['stream']}] {ev.d['text'].rstrip()}")
                 elif ev.k == "task":
                     print(f"task {ev.d['id']}: {ev.d['status']}")
-                elif ev.k == "status" and ev.d["state"] in ("done", "failed", "cancelled"):
+                elif is_final(ev.k, ev.d):
                     state = ev.d["state"]
                     break
         await asyncio.to_thread(producer.join)

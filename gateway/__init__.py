@@ -12,6 +12,10 @@ from .server import Gateway
 from .stores import MemoryStore, Retention, Store
 
 __all__ = ["Config", "Gateway", "MemoryStore", "Middleware", "RedisStore", "Retention", "Store", "WebPipe"]
+
+# The one place the version is written: pyproject.toml reads it from here
+# (setuptools' dynamic version); clients/js/package.json must equal it
+# (tests/test_packaging.py).
 __version__ = "0.1.0"
 
 

@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Any
 
-from protocol import Grant, RemoteError
+from protocol import Grant, RemoteError, is_final
 
 from .config import App, Config
 from .front import is_loopback, normalize_host, normalize_origin
@@ -262,7 +262,7 @@ async def _watch(args: argparse.Namespace) -> int:
                 r = await c.reply(ev.d["id"], answer)
                 if not r.ok:
                     print(f"# reply refused: {r.err}", flush=True)
-            if ev.k == "status" and ev.d.get("state") in ("done", "failed", "cancelled"):
+            if is_final(ev.k, ev.d):
                 if not args.follow:
                     return 0 if ev.d["state"] == "done" else 1
     return 0

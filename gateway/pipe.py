@@ -1,7 +1,7 @@
-"""The Pipe: what an agent writes to (PROTOCOL.md section 9).
+"""The Pipe: what an agent writes to (docs/protocol.md section 9).
 
-``WebPipe`` has the interface of MetaGPT's ``StreamPipe`` and of the design
-note's ``WebPipe``: ``set_message``, ``get_message``, ``msg2stream``, plus
+``WebPipe`` has the interface of MetaGPT's ``StreamPipe`` (docs/metagpt.md,
+"The adapter"): ``set_message``, ``get_message``, ``msg2stream``, plus
 ``ask`` for a human's answer and ``close`` for the end of the run.  Every
 write is safe from the event loop and from any thread, and never waits for a
 client.

@@ -2,6 +2,12 @@
 
 ``MS`` scales every timeout in the suite (set WIREPIPE_TEST_MS to slow the
 whole suite down on a loaded machine); no test sleeps to synchronise.
+
+A test skips only for an optional service or tool that a developer's machine
+may lack (Redis, redis-server, chromium, MetaGPT), through ``missing``, which
+fails instead when ``CI`` is set: CI installs all of them (``./run test``), so
+there a missing one is a broken setup.  A missing part of the product or of
+the dev tools (requirements/dev.txt) is a failure everywhere.
 """
 
 from __future__ import annotations
@@ -9,12 +15,22 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
+import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from protocol import Event, decode_server, events_of, packb
+from gateway.stores import Appended
+from protocol import Event, decode_event, decode_server, encode_event, events_of, is_final, packb
+
+
+def missing(what: str, fix: str) -> NoReturn:
+    """Skip the calling test because ``what`` is missing, or fail it when ``CI`` is set."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what}; CI is set, so the tests that need it must run: {fix}", pytrace=False)
+    pytest.skip(f"{what} ({fix}); set CI=1 to make this a failure")
+
 
 MS = float(os.environ.get("WIREPIPE_TEST_MS", "1")) / 1000
 #: The longest any single wait in a test may take before it is a failure.
@@ -76,4 +92,26 @@ def answers(frames: list[Any]) -> list[Event]:
 
 def final(ev: Event) -> bool:
     """True for the run's final status event."""
-    return ev.k == "status" and ev.d.get("state") in ("done", "failed", "cancelled")
+    return is_final(ev.k, ev.d)
+
+
+# --- stores ---------------------------------------------------------------------------
+
+
+def ev(seq: int, k: str = "log", d: Any = None) -> Appended:
+    """One event to append; the default payloads all encode to the same size (for seq < 128)."""
+    if d is None:
+        d = {"level": "INFO", "msg": f"event {seq:04d}"}
+    return Appended(seq, k, d, encode_event(seq, k, 1.0, d))
+
+
+def seqs(raws: list[bytes]) -> list[int]:
+    """The seq of each encoded event."""
+    return [decode_event(r).seq for r in raws]
+
+
+async def started(task: asyncio.Task[Any]) -> None:
+    """Let ``task`` run to its first suspension, and check it did suspend."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not task.done(), "wait() returned while there was nothing to wait for"

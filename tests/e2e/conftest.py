@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import MS
+from support import MS, missing
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 #: Playwright takes milliseconds; MS (WIREPIPE_TEST_MS) scales it like every other timeout.
@@ -53,9 +53,10 @@ def artifacts() -> Path:
 async def browser() -> AsyncIterator[Any]:
     """One headless Debian chromium per test, closed afterwards."""
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    playwright_api = pytest.importorskip("playwright.async_api")
-    async with playwright_api.async_playwright() as pw:
+        missing(f"no chromium at {CHROMIUM}", "apt-get install chromium, or scripts/bootstrap.sh --browser")
+    from playwright.async_api import async_playwright  # a dev tool (requirements/dev.txt): never skipped
+
+    async with async_playwright() as pw:
         chromium = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             yield chromium

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
+from playwright.async_api import expect
 
 from gateway import Gateway, MemoryStore, WebPipe
 
@@ -24,8 +25,6 @@ pytestmark = pytest.mark.browser
 
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
-
-expect: Any = pytest.importorskip("playwright.async_api").expect
 
 
 # ---- apps the tests run -------------------------------------------------------

@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 from faultproxy import FaultProxy
 from servers import REDIS_SERVER, GatewayProcess, PrivateRedis
+from support import missing
 
 pytestmark = pytest.mark.redis
 
 
 def _redis(tmp_path: Path, *, start: bool = True, **kw: Any) -> Iterator[PrivateRedis]:
     if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
+        missing("redis-server is not installed", "apt-get install redis-server, or scripts/bootstrap.sh --redis")
     r = PrivateRedis(tmp_path, **kw)
     if start:
         r.start()

@@ -1,4 +1,4 @@
-"""The Pipe, the agent's side (PROTOCOL.md section 9), against a real gateway.
+"""The Pipe, the agent's side (docs/protocol.md section 9), against a real gateway.
 
 Events are checked where clients see them: in the store the gateway serves
 from, or through a real client over a loopback socket.

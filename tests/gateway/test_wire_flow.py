@@ -229,7 +229,7 @@ async def test_a_failing_app_ends_failed(make_gw):
 
 
 async def test_a_sync_app_runs_in_a_thread(make_gw):
-    def relay(pipe, value):  # the design note's queue relay: plain blocking code
+    def relay(pipe, value):  # the queue relay (docs/metagpt.md): plain blocking code
         for i in range(value):
             pipe.set_message(f"{i} ")
         answer = pipe.ask_sync("More?", choices=["no"])

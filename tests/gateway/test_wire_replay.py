@@ -1,4 +1,4 @@
-"""Replay and recovery over real sockets: PROTOCOL.md sections 2 and 4."""
+"""Replay and recovery over real sockets: docs/protocol.md sections 2 and 4."""
 
 from __future__ import annotations
 

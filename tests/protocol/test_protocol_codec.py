@@ -1,4 +1,4 @@
-"""The codec: round trips, every bad_frame case of PROTOCOL.md section 7, size limits."""
+"""The codec: round trips, every bad_frame case of docs/protocol.md section 7, size limits."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from protocol import (
 from protocol.errors import CLOSE_FOR
 from protocol.events import REQUIRED
 
-# PROTOCOL.md section 7, written out independently of errors.py.
+# docs/protocol.md section 7, written out independently of errors.py.
 SPEC_CLOSE = {
     "bad_frame": 4400,
     "too_big": 1009,

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from support import MS, TIMEOUT, final
+from support import MS, TIMEOUT, ev, final, seqs, started
 
 from gateway import Gateway
 from gateway.client import Client
-from gateway.stores import Appended, LogInfo, MemoryStore, Retention, Store
+from gateway.stores import LogInfo, MemoryStore, Retention, Store
 from gateway.stores.redis import RedisStore
-from protocol import Event, Snapshot, decode_event, encode_event
+from protocol import Event, Snapshot
 
 pytestmark = pytest.mark.redis
 
@@ -45,12 +45,6 @@ def open_store(redis_url: str, prefix: str) -> Opener:
             await store.close()
 
     return opened
-
-
-def ev(seq: int, k: str = "log", d: Any = None) -> Appended:
-    if d is None:
-        d = {"level": "INFO", "msg": f"event {seq}"}
-    return Appended(seq, k, d, encode_event(seq, k, 1.0, d))
 
 
 def script(rng: random.Random, n: int) -> list[tuple[str, Any]]:
@@ -78,16 +72,6 @@ def script(rng: random.Random, n: int) -> list[tuple[str, Any]]:
         else:
             out.append(("log", {"level": "INFO", "msg": "m" * rng.randrange(1, 2000)}))
     return out
-
-
-def seqs(raws: list[bytes]) -> list[int]:
-    return [decode_event(r).seq for r in raws]
-
-
-async def started(task: asyncio.Task[Any]) -> None:
-    for _ in range(3):
-        await asyncio.sleep(0)
-    assert not task.done()
 
 
 # --- the contract, against the reference, with trimming and checkpoints ----------------

@@ -12,27 +12,15 @@ import time
 from typing import Any
 
 import pytest
-from support import MS, TIMEOUT
+from support import MS, TIMEOUT, ev, seqs, started
 
 from gateway.stores import Appended, LogInfo, Retention, Store
-from protocol import decode_event, encode_event
 
 # --- helpers --------------------------------------------------------------------
 
 
-def ev(seq: int, k: str = "log", d: Any = None) -> Appended:
-    """One event; the default payloads all encode to the same size (for seq < 128)."""
-    if d is None:
-        d = {"level": "INFO", "msg": f"event {seq:04d}"}
-    return Appended(seq, k, d, encode_event(seq, k, 1.0, d))
-
-
 def evs(first: int, n: int) -> list[Appended]:
     return [ev(s) for s in range(first, first + n)]
-
-
-def seqs(raws: list[bytes]) -> list[int]:
-    return [decode_event(r).seq for r in raws]
 
 
 async def filled(store: Store, sid: str, n: int, epoch: str = "e1") -> list[Appended]:
@@ -47,13 +35,6 @@ def past(t: float) -> None:
     """Return once the wall clock reads later than ``t`` (no sleeping: it is a few ns away)."""
     while time.time() <= t:
         pass
-
-
-async def started(task: asyncio.Task[Any]) -> None:
-    """Let ``task`` run to its first suspension, and check it did suspend."""
-    for _ in range(3):
-        await asyncio.sleep(0)
-    assert not task.done(), "wait() returned while there was nothing to wait for"
 
 
 # --- the basics -------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-FINAL = ("done", "failed", "cancelled")
+from support import final
 
 Answer = Callable[[Any], Any]
 
@@ -20,7 +20,7 @@ async def drive(client: Any, answer: Answer | None = None) -> list[Any]:
             if value is not None:
                 replied = await client.reply(ev.d["id"], value)
                 assert replied.ok, replied
-        if ev.k == "status" and ev.d["state"] in FINAL:
+        if final(ev):
             break
     return events
 
@@ -33,8 +33,9 @@ def of(events: list[Any], k: str) -> list[dict[str, Any]]:
     return [ev.d for ev in events if ev.k == k]
 
 
-def final(events: list[Any]) -> dict[str, Any]:
-    assert events and events[-1].k == "status", events[-1:]
+def final_status(events: list[Any]) -> dict[str, Any]:
+    """The payload of the run's final status, which must be the last event."""
+    assert events and final(events[-1]), events[-1:]
     return events[-1].d
 
 

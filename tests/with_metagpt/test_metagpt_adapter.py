@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mg_helpers import drive, final, of, texts
+from mg_helpers import drive, final_status, of, texts
 
 from gateway.client import Client
 
@@ -209,7 +209,7 @@ async def test_a_role_given_a_stream_pipe_reports_to_it(gw: Any) -> None:
     assert current_run() is None
     async with Client(gw.url, "stream-pipe-1") as c:
         events = await drive(c)
-    assert final(events)["state"] == "done"
+    assert final_status(events)["state"] == "done"
     assert [d.get("name") for d in of(events, "message")] == [None, "Bo"]
     assert "biscuits" in "".join(texts(events).values())
 

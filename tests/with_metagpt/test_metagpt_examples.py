@@ -12,6 +12,7 @@ import pytest
 
 pytestmark = [
     pytest.mark.metagpt,
+    pytest.mark.usefixtures("require_metagpt"),
     # MetaGPT 0.8.2 on pydantic 2.14 and google-generativeai: their warnings, not ours.
     pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),
 ]
@@ -40,7 +41,8 @@ def run_example(name: str, *args: str, root: Path) -> str:
 
 def orphan_kernels(root: Path) -> list[object]:
     """Jupyter kernels started by an example (they inherit its METAGPT_PROJECT_ROOT) still alive."""
-    psutil = pytest.importorskip("psutil")
+    import psutil  # installed with MetaGPT (requirements/metagpt-lock.txt)
+
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:

@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from mg_helpers import drive, final, kinds, of, texts
+from mg_helpers import drive, final_status, kinds, of, texts
+from support import final
 
 from gateway.client import Client
 
@@ -28,7 +29,7 @@ async def test_data_interpreter_streams_every_kind_and_takes_answers(gw: Any) ->
     async with Client(gw.url, "di-1", start=start("data_interpreter", idea=IDEA)) as c:
         events = await drive(c, answer=lambda ev: "confirm")
 
-    assert final(events)["state"] == "done"
+    assert final_status(events)["state"] == "done"
     assert {"plan", "task", "code", "output", "text", "log", "ask", "answer", "message",
             "status"} <= kinds(events)
     seqs = [ev.seq for ev in events]
@@ -95,7 +96,7 @@ async def test_a_change_answer_reaches_the_planner(gw: Any) -> None:
         events = await drive(c, answer=lambda ev: next(answers, "confirm"))
     await run
 
-    assert final(events)["state"] == "done"
+    assert final_status(events)["state"] == "done"
     # MetaGPT's planner put the reviewer's words in the next WritePlan prompt ...
     plan_prompts = [p for p in script.prompts if "# Available Task Types:" in p]
     assert len(plan_prompts) == 2
@@ -135,7 +136,7 @@ async def test_two_runs_at_once_do_not_mix(gw: Any) -> None:
     by_sid = dict(zip(ideas, results[:2], strict=True))
     for sid, events in by_sid.items():
         other = next(s for s in ideas if s != sid)
-        assert final(events)["state"] == "done"
+        assert final_status(events)["state"] == "done"
         assert {d["goal"] for d in of(events, "plan")} == {ideas[sid]}
         sources = "\n".join(d["source"] for d in of(events, "code"))
         assert repr(ideas[sid]) in sources and ideas[other] not in sources
@@ -157,9 +158,9 @@ async def test_a_run_in_a_thread_streams_gap_free(gw: Any) -> None:
             events.append(ev)
             if ev.k == "code" and len(of(events, "code")) == 1:
                 await c.ping()  # the gateway's loop answers while the agent works
-            if ev.k == "status" and ev.d["state"] in ("done", "failed", "cancelled"):
+            if final(ev):
                 break
-    assert final(events)["state"] == "done"
+    assert final_status(events)["state"] == "done"
     assert [ev.seq for ev in events] == list(range(1, len(events) + 1))
     assert len(texts(events)) == 4
     assert [d["id"] for d in of(events, "task") if d["status"] == "done"] == ["1", "2", "3"]
@@ -175,9 +176,9 @@ async def test_cancel_ends_the_run_cancelled(gw: Any, when: str) -> None:
             events.append(ev)
             if ev.k == when and len(of(events, when)) == 1:
                 assert (await c.cancel("enough")).ok
-            if ev.k == "status" and ev.d["state"] in ("done", "failed", "cancelled"):
+            if final(ev):
                 break
-    assert final(events) == {"state": "cancelled", "detail": "enough"}
+    assert final_status(events) == {"state": "cancelled", "detail": "enough"}
     assert "done" not in {d["status"] for d in of(events, "task")}
     if review:
         assert of(events, "answer")[-1]["by"] == "closed"  # the open ask was withdrawn
@@ -205,18 +206,18 @@ async def test_cancel_reaches_a_run_attached_by_hand(gw: Any) -> None:
             events.append(ev)
             if ev.k == "output" and len(of(events, "output")) == 1:
                 await c.cancel("stop")
-            if ev.k == "status" and ev.d["state"] in ("done", "failed", "cancelled"):
+            if final(ev):
                 break
     with pytest.raises(asyncio.CancelledError):
         await run
-    assert final(events)["state"] == "cancelled"
+    assert final_status(events)["state"] == "cancelled"
 
 
 async def test_an_unanswered_review_settles_to_its_default(gw: Any) -> None:
     input = {"review_timeout": 0.05, "review_default": "confirm"}
     async with Client(gw.url, "timeout-1", start=start("data_interpreter", **input)) as c:
         events = await drive(c, answer=lambda ev: None)  # nobody answers
-    assert final(events)["state"] == "done"
+    assert final_status(events)["state"] == "done"
     asks = of(events, "ask")
     assert len(asks) == 4 and all(a["timeout"] == 0.05 and a["default"] == "confirm"
                                   for a in asks)
@@ -226,9 +227,9 @@ async def test_an_unanswered_review_settles_to_its_default(gw: Any) -> None:
 async def test_exit_answer_ends_the_run_not_the_gateway(gw: Any) -> None:
     async with Client(gw.url, "exit-1", start=start("data_interpreter")) as c:
         events = await drive(c, answer=lambda ev: "exit")
-    assert final(events) == {"state": "cancelled", "detail": "exit"}
+    assert final_status(events) == {"state": "cancelled", "detail": "exit"}
     async with Client(gw.url, "exit-2", start=start("data_interpreter", review=False)) as c:
-        assert final(await drive(c))["state"] == "done"  # the gateway still runs MetaGPT
+        assert final_status(await drive(c))["state"] == "done"  # the gateway still runs MetaGPT
 
 
 async def test_team_app_with_a_human_critic(gw: Any) -> None:
@@ -236,7 +237,7 @@ async def test_team_app_with_a_human_critic(gw: Any) -> None:
     run = start("team", idea="a launch plan for a tiny library", review=True)
     async with Client(gw.url, "team-1", start=run) as c:
         events = await drive(c, answer=lambda ev: critique)
-    assert final(events)["state"] == "done"
+    assert final_status(events)["state"] == "done"
     said = [(d.get("name"), d["content"]) for d in of(events, "message")]
     assert said[0] == (None, "a launch plan for a tiny library")
     assert [name for name, _ in said[1:]] == ["Ada", "Cy", "Ada"]
@@ -249,5 +250,5 @@ async def test_team_app_with_a_human_critic(gw: Any) -> None:
 async def test_bad_input_fails_the_run(gw: Any) -> None:
     async with Client(gw.url, "bad-1", start={"app": "team", "input": {"nope": 1}}) as c:
         events = await drive(c)
-    assert final(events)["state"] == "failed"
-    assert "nope" in final(events)["detail"]
+    assert final_status(events)["state"] == "failed"
+    assert "nope" in final_status(events)["detail"]
