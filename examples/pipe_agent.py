@@ -3,7 +3,7 @@
     python examples/pipe_agent.py                     # offline: the scripted LLM
     python examples/pipe_agent.py --llm config        # the LLM of your config2.yaml
 
-The role is handed the pipe, as in the design note.  MetaGPT 0.8.2 accepts
+The role is handed the pipe (the third scheme of docs/metagpt.md).  MetaGPT 0.8.2 accepts
 ``stream_pipe=`` and ignores it; after ``gateway.integrations.metagpt.install()`` a role
 given a pipe reports its whole run to it (tokens, logs, plan, tasks, code,
 output, messages), routed by a ContextVar so that concurrent runs never mix.

@@ -36,6 +36,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
+
 from protocol import (
     SUBPROTOCOL,
     Cancel,
@@ -51,9 +52,13 @@ from protocol import (
     Welcomed,
 )
 
+from . import __version__
 from .front import redacting_logger
 
 log = logging.getLogger("wirepipe.client")
+
+#: ``hello.client`` of this client: its name and the package version.
+CLIENT_NAME = f"wirepipe-py/{__version__}"
 
 
 class Client:
@@ -73,7 +78,7 @@ class Client:
         window: int | None = None,
         start: dict[str, Any] | None = None,
         live: bool = False,
-        name: str = "wirepipe-py/0.1",
+        name: str = CLIENT_NAME,
         backoff: tuple[float, float] = (0.05, 5.0),
         max_retries: int | None = None,
         on_reset: Callable[[Welcome], Any] | None = None,

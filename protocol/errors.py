@@ -29,7 +29,7 @@ from enum import IntEnum, StrEnum
 
 
 class ErrorCode(StrEnum):
-    """The error codes of PROTOCOL.md section 7 (additions documented in docs/protocol.md)."""
+    """The error codes of docs/protocol.md section 7 (the additive ones are marked there)."""
 
     BAD_FRAME = "bad_frame"
     TOO_BIG = "too_big"

@@ -1,4 +1,4 @@
-"""Event kinds (``k``) and the shapes of their payloads (``d``), PROTOCOL.md section 5.
+"""Event kinds (``k``) and the shapes of their payloads (``d``), docs/protocol.md section 5.
 
 Clients pass through kinds they do not know, so the server accepts any kind
 an agent writes; the kinds below are the ones wirepipe itself understands

@@ -1,4 +1,4 @@
-"""One frozen dataclass per frame type of PROTOCOL.md sections 3 and 4.
+"""One frozen dataclass per frame type of docs/protocol.md sections 3 and 4.
 
 Frames are plain values: building one never validates against the wire
 rules (the codec does that when decoding), so servers and tests can make any

@@ -1,6 +1,6 @@
 """State that lives in one place: the session snapshot and a connection's state machine.
 
-``Snapshot`` is the reducer of PROTOCOL.md section 4: fold every event of a
+``Snapshot`` is the reducer of docs/protocol.md section 4: fold every event of a
 log into it, in order, and ``as_map()`` is what a ``welcome`` carries when it
 cannot recover a client.  ``ConnState`` and ``TRANSITIONS`` are the whole
 life of one client connection on the server; ``FlowWindow`` is the

@@ -64,6 +64,14 @@ def build_wheel(tmp_path: Path) -> Path:
     return wheel
 
 
+def test_both_clients_say_the_version_in_their_hello() -> None:
+    from gateway.client import CLIENT_NAME
+
+    assert CLIENT_NAME == f"wirepipe-py/{gateway.__version__}"
+    js = (JS / "src" / "wirepipe.js").read_text()
+    assert f"DEFAULT_CLIENT = 'wirepipe-js/{gateway.__version__}'" in js
+
+
 def test_the_wheel_ships_types_ui_js_client_and_every_module(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
     assert wheel.name.startswith(f"wirepipe-{gateway.__version__}-")

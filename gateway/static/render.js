@@ -100,7 +100,7 @@ export class View {
   }
 
   /**
-   * Drop everything and rebuild from a snapshot map (PROTOCOL.md section 4).
+   * Drop everything and rebuild from a snapshot map (docs/protocol.md section 4).
    *
    * The snapshot is the state as of welcome.head, and unless the client
    * asked for `live` the events from welcome.first follow, so they overlap

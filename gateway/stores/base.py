@@ -120,7 +120,7 @@ class Store(Protocol):
         """Where the log stands, or None if there is none (never created, or expired)."""
 
     async def snapshot(self, sid: str) -> tuple[dict[str, Any], int]:
-        """The compacted state (PROTOCOL.md section 4) and the seq it reflects."""
+        """The compacted state (docs/protocol.md section 4) and the seq it reflects."""
 
     async def end(self, sid: str) -> None:
         """Mark the run ended; the log expires ``retention.ttl_after_end`` seconds later."""

@@ -1,4 +1,4 @@
-// Close codes and error codes of the wirepipe protocol (PROTOCOL.md section 7)
+// Close codes and error codes of the wirepipe protocol (docs/protocol.md section 7)
 // and what each close code means for a reconnect.
 // mirrored from protocol/errors.py; keep both in step.
 

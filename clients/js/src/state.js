@@ -1,4 +1,4 @@
-// The session snapshot reducer (PROTOCOL.md section 4), mirrored from
+// The session snapshot reducer (docs/protocol.md section 4), mirrored from
 // protocol/state.py `Snapshot`: fold events in, in order, and asMap() is what
 // a welcome's `snapshot` holds. tests/cases/client_cases.json keeps both in
 // step; the web UI renders what this holds (gateway/static/render.js).

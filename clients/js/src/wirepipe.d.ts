@@ -1,5 +1,5 @@
 // Types of @wirepipe/client (src/index.js, src/wirepipe.js, src/codes.js, src/state.js, src/core.js).
-// Hand-written: keep in step with the JavaScript and with PROTOCOL.md.
+// Hand-written: keep in step with the JavaScript and with docs/protocol.md.
 
 // ---- codes.js ----
 
@@ -71,7 +71,7 @@ export declare const State: Readonly<{
   CLOSED: 'closed';
 }>;
 
-/** One event of the session log (PROTOCOL.md section 5). Unknown kinds pass through. */
+/** One event of the session log (docs/protocol.md section 5). Unknown kinds pass through. */
 export interface WirepipeEvent<D = any> {
   seq: number;
   /** Event kind: 'text', 'message', 'plan', 'task', 'code', 'output', 'tool', 'log', 'ask', 'answer', 'status', or a newer one. */
@@ -89,7 +89,7 @@ export interface PlanTask {
   status: 'pending' | 'running' | 'done' | 'failed' | 'skipped';
 }
 
-/** A welcome's `snapshot` map (PROTOCOL.md section 4); `Snapshot.fromMap` folds it. */
+/** A welcome's `snapshot` map (docs/protocol.md section 4); `Snapshot.fromMap` folds it. */
 export interface SnapshotMap {
   status?: { state: string; detail?: string } | null;
   plan?: { goal: string; tasks: PlanTask[]; current: string | null } | null;
@@ -162,7 +162,7 @@ export interface ConnectOptions {
   start?: { app: string; input?: unknown };
   /** Skip history: start at the head. Sent until the first welcome; a reconnect resumes from the last event seen. */
   live?: boolean;
-  /** hello.client; default 'wirepipe-js/0.1'. */
+  /** hello.client; default 'wirepipe-js/<version>'. */
   client?: string;
   /** WebSocket constructor; default globalThis.WebSocket, else the `ws` package. */
   WebSocket?: WebSocketConstructor;

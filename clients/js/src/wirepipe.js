@@ -1,5 +1,5 @@
 // The wirepipe client: one session over one WebSocket, speaking wirepipe.v1
-// (PROTOCOL.md), in the browser without a build step and in Node 20.
+// (docs/protocol.md), in the browser without a build step and in Node 20.
 //
 // Theory of operation
 //
@@ -54,7 +54,7 @@ import { SID_RE } from './state.js';
 /** The WebSocket subprotocol of this protocol version. */
 export const PROTOCOL = 'wirepipe.v1';
 /** The default `hello.client`. */
-export const DEFAULT_CLIENT = 'wirepipe-js/0.1';
+export const DEFAULT_CLIENT = 'wirepipe-js/0.1.0'; // the package version (tests/test_packaging.py)
 
 export const State = Object.freeze({
   CONNECTING: 'connecting',

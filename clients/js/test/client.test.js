@@ -40,7 +40,7 @@ describe('handshake', () => {
     assert.equal(c.state, 'connecting');
     const conn = await server.connection(0);
     assert.equal(conn.protocol, 'wirepipe.v1');
-    assert.deepEqual(conn.hello, { t: 'hello', sid: 's1', client: 'wirepipe-js/0.1', auth: 'secret' });
+    assert.deepEqual(conn.hello, { t: 'hello', sid: 's1', client: 'wirepipe-js/0.1.0', auth: 'secret' });
     const w = await welcome;
     const r = await reset;
     await opened;

@@ -1,4 +1,4 @@
-// The close-code table of PROTOCOL.md section 7 (and its mirror in
+// The close-code table of docs/protocol.md section 7 (and its mirror in
 // protocol/errors.py), and the rule that src/ imports nothing a browser
 // without a build step could not load.
 

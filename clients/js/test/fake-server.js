@@ -1,5 +1,5 @@
 // A small wirepipe server for the client's tests: it speaks enough of
-// PROTOCOL.md (hello/welcome with resume tokens, ev/batch, replied, pong,
+// docs/protocol.md (hello/welcome with resume tokens, ev/batch, replied, pong,
 // error) and lets a test cut a connection or close it with any code.
 //
 // Every connection, hello, frame and close is appended to `records`, and
@@ -171,7 +171,7 @@ export class FakeServer {
 
   /**
    * Sends a welcome computed from the log and the hello (recovery rules of
-   * PROTOCOL.md section 4), then replays the log from the right seq as `ev`
+   * docs/protocol.md section 4), then replays the log from the right seq as `ev`
    * frames, and marks the connection live.
    */
   welcome(conn, overrides = null) {

@@ -8,7 +8,7 @@
 run the calling code belongs to; a ContextVar follows asyncio tasks and is
 copied into an ``asyncio.run`` thread started under
 ``contextvars.copy_context()``, so two runs at once never see each other's
-events.  ``run_in_thread`` is the design note's queue relay; ``new_executor``
+events.  ``run_in_thread`` is the queue relay of docs/metagpt.md; ``new_executor``
 gives a DataInterpreter a notebook of its own.  MetaGPT is imported lazily.
 """
 
@@ -359,7 +359,7 @@ async def run_in_thread(
 ) -> T:
     """Run ``await main(*args)`` attached to ``pipe`` in a new thread with its own event loop.
 
-    The design note's queue relay: the agent runs in ``asyncio.run`` in a
+    The queue relay (docs/metagpt.md): the agent runs in ``asyncio.run`` in a
     thread, every event goes through the pipe (whose writes are thread-safe,
     one gap-free order), and nothing the agent does can block the caller's
     loop.  Call it on the pipe's loop.  Cancelling the caller cancels the
