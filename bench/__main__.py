@@ -36,8 +36,9 @@ PAYLOAD = "x" * 54  # with a 10-char counter: 64-byte strings
 class Receiver:
     def __init__(self, url: str, sid: str, n: int, *, replay: bool = False) -> None:
         args = [sys.executable, "-m", "bench.receiver", url, sid, str(n)] + (["--replay"] if replay else [])
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=Path(__file__).resolve().parent.parent)
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent
+        )
 
     async def line(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -100,8 +101,7 @@ async def bench_bare(n: int) -> dict[str, float]:
         t0 = time.time()
         ts = time.time()
         for i, m in enumerate(msgs, 1):  # one frame per message, no batching or replay: the bare baseline
-            await ws.send(msgpack.packb({"t": "ev", "seq": i, "k": "text", "ts": ts,
-                                         "d": {"id": "t1", "delta": m}}))
+            await ws.send(msgpack.packb({"t": "ev", "seq": i, "k": "text", "ts": ts, "d": {"id": "t1", "delta": m}}))
         await finished.wait()
 
     async with serve(handler, "127.0.0.1", 0, subprotocols=["wirepipe.v1"]) as server:  # type: ignore[list-item]
@@ -161,8 +161,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--replay", type=int, default=10_000)
     p.add_argument("--repeat", type=int, default=3)

@@ -61,8 +61,9 @@ async def replay(url: str, sid: str, n: int) -> None:
     await asyncio.to_thread(sys.stdin.readline)  # the parent wrote n events meanwhile
     t0 = time.perf_counter()
     async with connect(url, subprotocols=["wirepipe.v1"], max_size=None) as ws:
-        await ws.send(msgpack.packb({"t": "hello", "sid": sid, "resume": w["resume"],
-                                     "epoch": w["epoch"], "after": w["head"]}))
+        await ws.send(
+            msgpack.packb({"t": "hello", "sid": sid, "resume": w["resume"], "epoch": w["epoch"], "after": w["head"]})
+        )
         welcome = msgpack.unpackb(await ws.recv())
         assert welcome["recovered"], welcome
         seq = w["head"]

@@ -120,8 +120,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="python -m bench.stores", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.stores", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--events", type=int, default=20_000, help="events appended, in batches of 100")
     p.add_argument("--read", type=int, default=10_000, help="events read back")
     p.add_argument("--repeat", type=int, default=5)

@@ -33,8 +33,9 @@ async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--idea", default="Count the words of this sentence and report the top one")
     ap.add_argument("--answer", action="append", default=[], help="a review answer, in order")
-    ap.add_argument("--timeout", type=float, default=None,
-                    help="seconds after which an unanswered review settles to 'confirm'")
+    ap.add_argument(
+        "--timeout", type=float, default=None, help="seconds after which an unanswered review settles to 'confirm'"
+    )
     ap.add_argument("--ui", action="store_true", help="answer in the web UI, not here")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--llm", choices=("offline", "config"), default="offline")
@@ -44,12 +45,17 @@ async def main() -> int:
 
     answers = list(args.answer)
     asked, state = 0, "?"
-    start = {"app": "data_interpreter", "input": {
-        "idea": args.idea, "review": True, "review_timeout": args.timeout,
-        "llm": args.llm, "delay": args.delay,
-    }}
-    async with Gateway(host="127.0.0.1", port=args.port,
-                       apps={"data_interpreter": data_interpreter}) as gw:
+    start = {
+        "app": "data_interpreter",
+        "input": {
+            "idea": args.idea,
+            "review": True,
+            "review_timeout": args.timeout,
+            "llm": args.llm,
+            "delay": args.delay,
+        },
+    }
+    async with Gateway(host="127.0.0.1", port=args.port, apps={"data_interpreter": data_interpreter}) as gw:
         if args.ui:
             print(f"open {gw.http_url} and join session 'confirm-1' to answer")
         async with Client(gw.url, "confirm-1", start=start) as client:

@@ -34,8 +34,7 @@ async def agent(pipe, idea: str, level: str, offline: bool) -> None:
 
         async def run(self, history) -> str:
             return await self._aask(
-                f"## Draft request\nIdea: {idea}\n"
-                "Write a short draft (three sentences at most) for the idea."
+                f"## Draft request\nIdea: {idea}\nWrite a short draft (three sentences at most) for the idea."
             )
 
     class Writer(Role):

@@ -27,9 +27,7 @@ from gateway.integrations.metagpt.offline_llm import use
 from protocol import is_final
 
 
-def agent_thread(
-    pipe, loop: asyncio.AbstractEventLoop, idea: str, offline: bool, delay: float
-) -> None:
+def agent_thread(pipe, loop: asyncio.AbstractEventLoop, idea: str, offline: bool, delay: float) -> None:
     """The producer: a DataInterpreter run on this thread's own event loop."""
 
     async def agent() -> None:
@@ -83,8 +81,7 @@ async def main() -> int:
                     break
         await asyncio.to_thread(producer.join)
     gap_free = seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else False
-    print(f"queue_relay: {len(seqs)} events, gap-free {gap_free}, kinds {sorted(kinds)}, "
-          f"status {state}")
+    print(f"queue_relay: {len(seqs)} events, gap-free {gap_free}, kinds {sorted(kinds)}, status {state}")
     return 0 if state == "done" and gap_free else 1
 
 

@@ -1,6 +1,6 @@
 """wirepipe's gateway: the asyncio world around the sans-I/O ``protocol`` package.
 
-    from gateway import Gateway, WebPipe, MemoryStore
+from gateway import Gateway, WebPipe, MemoryStore
 """
 
 from typing import Any

@@ -30,9 +30,7 @@ def _load_app(spec: str) -> tuple[str, App]:
         obj = getattr(importlib.import_module(module), attr)
     except Exception as exc:  # whatever importing the user's module raised: say it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise argparse.ArgumentTypeError(
-            f"cannot load app {spec!r}: {type(exc).__name__}: {first[:300]}"
-        ) from exc
+        raise argparse.ArgumentTypeError(f"cannot load app {spec!r}: {type(exc).__name__}: {first[:300]}") from exc
     return name, obj
 
 
@@ -77,85 +75,219 @@ def _positive(value: str) -> int:
 def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=port, help="port; 0 picks a free one (default: %(default)s)")
-    p.add_argument("--secret", default=os.environ.get("WIREPIPE_SECRET"),
-                   help="HMAC secret for resume tokens (env WIREPIPE_SECRET); default: random per process")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback bind without --secret, and make every client "
-                        "without a credential an operator there (default: off: on a non-loopback "
-                        "bind with no --operator-token, clients are viewers)")
-    p.add_argument("--allow-origin", action="append", default=[], type=_origin, metavar="ORIGIN",
-                   help="also accept browser pages from ORIGIN (scheme://host[:port]); repeatable. "
-                        "'null' allows sandboxed and file:// pages, '*' every origin (unsafe: any "
-                        "web site can then drive the gateway).  Default: only the gateway's own pages")
-    p.add_argument("--allow-host", action="append", default=[], type=_allowed_host, metavar="HOST",
-                   help="also accept requests whose Host header is HOST (host or host:port, e.g. "
-                        "behind a reverse proxy); repeatable; '*' any.  Default: on a loopback bind "
-                        "only loopback names (127.x.x.x, localhost, [::1]); elsewhere, unchecked")
-    p.add_argument("--max-connections", type=_positive, default=Config().max_connections, metavar="N",
-                   help="open WebSocket connections; over it a handshake gets HTTP 503 with "
-                        "Retry-After (default: %(default)s)")
-    p.add_argument("--operator-token", action="append", default=[], metavar="TOKEN",
-                   help="a credential (hello.auth) that grants operator; repeatable")
-    p.add_argument("--viewer-token", action="append", default=[], metavar="TOKEN",
-                   help="a credential that grants viewer; repeatable.  With any token set, "
-                        "a hello without a valid one is refused (4401)")
-    p.add_argument("--max-frame", type=int, default=Config().max_frame,
-                   help="largest client frame, in bytes (default: %(default)s)")
-    p.add_argument("--handshake-timeout", type=float, default=Config().handshake_timeout,
-                   help="seconds a client has to send hello (default: %(default)s)")
-    p.add_argument("--heartbeat", type=float, default=Config().heartbeat,
-                   help="WebSocket ping interval and timeout, in seconds; welcome.heartbeat "
-                        "carries it in ms (default: %(default)s)")
+    p.add_argument(
+        "--secret",
+        default=os.environ.get("WIREPIPE_SECRET"),
+        help="HMAC secret for resume tokens (env WIREPIPE_SECRET); default: random per process",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback bind without --secret, and make every client "
+        "without a credential an operator there (default: off: on a non-loopback "
+        "bind with no --operator-token, clients are viewers)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        type=_origin,
+        metavar="ORIGIN",
+        help="also accept browser pages from ORIGIN (scheme://host[:port]); repeatable. "
+        "'null' allows sandboxed and file:// pages, '*' every origin (unsafe: any "
+        "web site can then drive the gateway).  Default: only the gateway's own pages",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        type=_allowed_host,
+        metavar="HOST",
+        help="also accept requests whose Host header is HOST (host or host:port, e.g. "
+        "behind a reverse proxy); repeatable; '*' any.  Default: on a loopback bind "
+        "only loopback names (127.x.x.x, localhost, [::1]); elsewhere, unchecked",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=Config().max_connections,
+        metavar="N",
+        help="open WebSocket connections; over it a handshake gets HTTP 503 with Retry-After (default: %(default)s)",
+    )
+    p.add_argument(
+        "--operator-token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="a credential (hello.auth) that grants operator; repeatable",
+    )
+    p.add_argument(
+        "--viewer-token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="a credential that grants viewer; repeatable.  With any token set, "
+        "a hello without a valid one is refused (4401)",
+    )
+    p.add_argument(
+        "--max-frame",
+        type=int,
+        default=Config().max_frame,
+        help="largest client frame, in bytes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=Config().handshake_timeout,
+        help="seconds a client has to send hello (default: %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=Config().heartbeat,
+        help="WebSocket ping interval and timeout, in seconds; welcome.heartbeat "
+        "carries it in ms (default: %(default)s)",
+    )
     p.add_argument("--no-compression", action="store_true", help="turn permessage-deflate off")
-    p.add_argument("--retain-events", type=int, default=Retention().max_events,
-                   help="events kept per session (default: %(default)s)")
-    p.add_argument("--retain-bytes", type=int, default=Retention().max_bytes,
-                   help="bytes kept per session (default: %(default)s)")
-    p.add_argument("--retain-seconds", type=float, default=Retention().ttl_after_end,
-                   help="seconds a session is kept after its run ended (default: %(default)s)")
-    p.add_argument("--backlog-events", type=_positive, default=Config().backlog_events, metavar="N",
-                   help="per session: events written and not yet stored (the store is unreachable) "
-                        "before the Pipe refuses writes with BacklogFull (default: %(default)s)")
-    p.add_argument("--backlog-bytes", type=_positive, default=Config().backlog_bytes, metavar="BYTES",
-                   help="per session: bytes of those events (default: %(default)s)")
-    p.add_argument("--inbox-messages", type=_positive, default=Config().inbox_messages, metavar="N",
-                   help="per session: client sends the agent has not taken before a send gets "
-                        "inbox_full (default: %(default)s)")
-    p.add_argument("--inbox-bytes", type=_positive, default=Config().inbox_bytes, metavar="BYTES",
-                   help="per session: bytes of those sends (default: %(default)s)")
-    p.add_argument("--drain-timeout", type=float, default=Config().drain_timeout, metavar="SECONDS",
-                   help="on shutdown, how long to wait for the store to take what sessions hold "
-                        "(default: %(default)s)")
-    p.add_argument("--write-limit", type=_positive, default=Config().write_limit, metavar="BYTES",
-                   help="per client: bytes buffered in its socket before the gateway waits for it "
-                        "(default: %(default)s)")
-    p.add_argument("--batch-max", type=_positive, default=Config().batch_max, metavar="N",
-                   help="most events in one batch frame (default: %(default)s)")
-    p.add_argument("--token-ttl", type=float, default=Config().token_ttl, metavar="SECONDS",
-                   help="how long a resume token is valid (default: %(default)s)")
-    p.add_argument("--no-wait-for-run", action="store_true",
-                   help="a hello for a sid with no run gets no_session (4404) instead of waiting for one")
-    p.add_argument("--rate", type=float, default=Config().rate, metavar="FRAMES",
-                   help="per client: frames a second before rate_limited; acks that move the window "
-                        "are free (default: %(default)s)")
-    p.add_argument("--burst", type=float, default=Config().burst, metavar="FRAMES",
-                   help="per client: frames allowed in a burst (default: %(default)s)")
-    p.add_argument("--rate-strikes", type=_positive, default=Config().rate_strikes, metavar="N",
-                   help="refused frames before the connection is closed 4429 (default: %(default)s)")
-    p.add_argument("--close-timeout", type=float, default=Config().close_timeout, metavar="SECONDS",
-                   help="how long a client has to finish a close before it is dropped (default: %(default)s)")
-    p.add_argument("--stall-timeout", type=float, default=None, metavar="SECONDS",
-                   help="a client that takes no byte for this long is dropped (default: the heartbeat)")
-    p.add_argument("--redis", metavar="URL", default=os.environ.get("WIREPIPE_REDIS"),
-                   help="keep session logs in Redis Streams at URL (env WIREPIPE_REDIS), e.g. "
-                        "redis://127.0.0.1:6379/0.  Gateways sharing it (and --secret) all serve "
-                        "every session's events and resume each other's tokens; replies, sends and "
-                        "cancels are taken by the gateway running the agent.  Default: in memory")
-    p.add_argument("--middleware", action="append", default=[], type=_load_middleware, metavar="module:name",
-                   help="pass every event and client request through this middleware (an object, or a "
-                        "class made with no arguments; see docs/middleware.md); repeatable, in order")
-    p.add_argument("--app", action="append", default=[], type=_load_app, metavar="NAME=module:callable",
-                   help="register an app that hello.start can run; repeatable")
+    p.add_argument(
+        "--retain-events",
+        type=int,
+        default=Retention().max_events,
+        help="events kept per session (default: %(default)s)",
+    )
+    p.add_argument(
+        "--retain-bytes", type=int, default=Retention().max_bytes, help="bytes kept per session (default: %(default)s)"
+    )
+    p.add_argument(
+        "--retain-seconds",
+        type=float,
+        default=Retention().ttl_after_end,
+        help="seconds a session is kept after its run ended (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backlog-events",
+        type=_positive,
+        default=Config().backlog_events,
+        metavar="N",
+        help="per session: events written and not yet stored (the store is unreachable) "
+        "before the Pipe refuses writes with BacklogFull (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backlog-bytes",
+        type=_positive,
+        default=Config().backlog_bytes,
+        metavar="BYTES",
+        help="per session: bytes of those events (default: %(default)s)",
+    )
+    p.add_argument(
+        "--inbox-messages",
+        type=_positive,
+        default=Config().inbox_messages,
+        metavar="N",
+        help="per session: client sends the agent has not taken before a send gets inbox_full (default: %(default)s)",
+    )
+    p.add_argument(
+        "--inbox-bytes",
+        type=_positive,
+        default=Config().inbox_bytes,
+        metavar="BYTES",
+        help="per session: bytes of those sends (default: %(default)s)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=Config().drain_timeout,
+        metavar="SECONDS",
+        help="on shutdown, how long to wait for the store to take what sessions hold (default: %(default)s)",
+    )
+    p.add_argument(
+        "--write-limit",
+        type=_positive,
+        default=Config().write_limit,
+        metavar="BYTES",
+        help="per client: bytes buffered in its socket before the gateway waits for it (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-max",
+        type=_positive,
+        default=Config().batch_max,
+        metavar="N",
+        help="most events in one batch frame (default: %(default)s)",
+    )
+    p.add_argument(
+        "--token-ttl",
+        type=float,
+        default=Config().token_ttl,
+        metavar="SECONDS",
+        help="how long a resume token is valid (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-wait-for-run",
+        action="store_true",
+        help="a hello for a sid with no run gets no_session (4404) instead of waiting for one",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=Config().rate,
+        metavar="FRAMES",
+        help="per client: frames a second before rate_limited; acks that move the window "
+        "are free (default: %(default)s)",
+    )
+    p.add_argument(
+        "--burst",
+        type=float,
+        default=Config().burst,
+        metavar="FRAMES",
+        help="per client: frames allowed in a burst (default: %(default)s)",
+    )
+    p.add_argument(
+        "--rate-strikes",
+        type=_positive,
+        default=Config().rate_strikes,
+        metavar="N",
+        help="refused frames before the connection is closed 4429 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--close-timeout",
+        type=float,
+        default=Config().close_timeout,
+        metavar="SECONDS",
+        help="how long a client has to finish a close before it is dropped (default: %(default)s)",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a client that takes no byte for this long is dropped (default: the heartbeat)",
+    )
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("WIREPIPE_REDIS"),
+        help="keep session logs in Redis Streams at URL (env WIREPIPE_REDIS), e.g. "
+        "redis://127.0.0.1:6379/0.  Gateways sharing it (and --secret) all serve "
+        "every session's events and resume each other's tokens; replies, sends and "
+        "cancels are taken by the gateway running the agent.  Default: in memory",
+    )
+    p.add_argument(
+        "--middleware",
+        action="append",
+        default=[],
+        type=_load_middleware,
+        metavar="module:name",
+        help="pass every event and client request through this middleware (an object, or a "
+        "class made with no arguments; see docs/middleware.md); repeatable, in order",
+    )
+    p.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        type=_load_app,
+        metavar="NAME=module:callable",
+        help="register an app that hello.start can run; repeatable",
+    )
     p.add_argument("--no-ui", action="store_true", help="do not serve the web UI")
     p.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
 
@@ -180,21 +312,37 @@ def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None)
     apps = dict(extra_apps or {})
     apps.update(dict(args.app))
     return Gateway(
-        args.host, args.port, store=store, secret=args.secret, apps=apps, auth=auth,
+        args.host,
+        args.port,
+        store=store,
+        secret=args.secret,
+        apps=apps,
+        auth=auth,
         middleware=args.middleware,
         config=Config(
-            max_frame=args.max_frame, handshake_timeout=args.handshake_timeout,
-            heartbeat=args.heartbeat, compression=not args.no_compression, serve_ui=not args.no_ui,
+            max_frame=args.max_frame,
+            handshake_timeout=args.handshake_timeout,
+            heartbeat=args.heartbeat,
+            compression=not args.no_compression,
+            serve_ui=not args.no_ui,
             # None: operator on loopback, viewer elsewhere (Config.default_grant)
             default_grant=Grant.OPERATOR if args.insecure else None,
-            allow_origins=tuple(args.allow_origin), allow_hosts=tuple(args.allow_host),
+            allow_origins=tuple(args.allow_origin),
+            allow_hosts=tuple(args.allow_host),
             max_connections=args.max_connections,
-            backlog_events=args.backlog_events, backlog_bytes=args.backlog_bytes,
-            inbox_messages=args.inbox_messages, inbox_bytes=args.inbox_bytes,
+            backlog_events=args.backlog_events,
+            backlog_bytes=args.backlog_bytes,
+            inbox_messages=args.inbox_messages,
+            inbox_bytes=args.inbox_bytes,
             drain_timeout=args.drain_timeout,
-            write_limit=args.write_limit, batch_max=args.batch_max, token_ttl=args.token_ttl,
-            wait_for_run=not args.no_wait_for_run, rate=args.rate, burst=args.burst,
-            rate_strikes=args.rate_strikes, close_timeout=args.close_timeout,
+            write_limit=args.write_limit,
+            batch_max=args.batch_max,
+            token_ttl=args.token_ttl,
+            wait_for_run=not args.no_wait_for_run,
+            rate=args.rate,
+            burst=args.burst,
+            rate_strikes=args.rate_strikes,
+            close_timeout=args.close_timeout,
             stall_timeout=args.stall_timeout,
         ),
     )
@@ -248,8 +396,7 @@ async def _watch(args: argparse.Namespace) -> int:
         start = {"app": args.start, "input": value}
     async with Client(args.url, args.sid, auth=args.auth, start=start) as c:
         assert c.welcome is not None
-        print(f"# session {c.sid} epoch {c.epoch} grant {c.welcome.grant.value} "
-              f"head {c.welcome.head}", flush=True)
+        print(f"# session {c.sid} epoch {c.epoch} grant {c.welcome.grant.value} head {c.welcome.head}", flush=True)
         async for ev in c:
             print(_render(ev.seq, ev.k, ev.d), end="", flush=True)
             if ev.k == "ask" and not args.no_input:
@@ -300,15 +447,19 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run a gateway", description="Run a wirepipe gateway.")
     _add_server_args(p_serve, 8765)
     p_demo = sub.add_parser(
-        "demo", help="run the gateway with an offline example agent and its web UI",
+        "demo",
+        help="run the gateway with an offline example agent and its web UI",
         description="Run the gateway with offline example agents (MetaGPT's DataInterpreter on a "
-                    "scripted LLM when MetaGPT is installed) and print where to watch them.",
+        "scripted LLM when MetaGPT is installed) and print where to watch them.",
     )
     _add_server_args(p_demo, 8765)
-    p_watch = sub.add_parser("watch", help="watch a session in the terminal and answer its asks",
-                             description="A terminal client: print a session's events and answer its asks "
-                                         "(type a choice's number, or any text; Enter takes the default).  "
-                                         "Exits 0 when the run ends done, 1 when it ends failed or cancelled.")
+    p_watch = sub.add_parser(
+        "watch",
+        help="watch a session in the terminal and answer its asks",
+        description="A terminal client: print a session's events and answer its asks "
+        "(type a choice's number, or any text; Enter takes the default).  "
+        "Exits 0 when the run ends done, 1 when it ends failed or cancelled.",
+    )
     p_watch.add_argument("url", help="the gateway's ws:// URL")
     p_watch.add_argument("--sid", required=True, help="the session id")
     p_watch.add_argument("--auth", help="credential (hello.auth)")

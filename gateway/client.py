@@ -36,7 +36,6 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
-
 from protocol import (
     SUBPROTOCOL,
     Cancel,

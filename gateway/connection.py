@@ -224,14 +224,17 @@ class Connection:
         self.session = self.gw.runs.local_session(sid, info.epoch)
         await self._welcome(info.epoch, cursor, info.first, at, snapshot)
 
-    async def _welcome(
-        self, epoch: str, cursor: int, first: int, head: int, snapshot: dict[str, Any] | None
-    ) -> None:
+    async def _welcome(self, epoch: str, cursor: int, first: int, head: int, snapshot: dict[str, Any] | None) -> None:
         cfg = self.gw.config
         token = ResumeToken(self.sid, epoch, self.rules.grant, time.time() + cfg.token_ttl)
         welcome = self.rules.welcome(
-            epoch=epoch, cursor=cursor, first=first, head=head, snapshot=snapshot,
-            resume=sign(self.gw.secret, token), heartbeat_ms=int(cfg.heartbeat * 1000),
+            epoch=epoch,
+            cursor=cursor,
+            first=first,
+            head=head,
+            snapshot=snapshot,
+            resume=sign(self.gw.secret, token),
+            heartbeat_ms=int(cfg.heartbeat * 1000),
         )
         await self._send(encode(welcome))
 

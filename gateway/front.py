@@ -82,8 +82,14 @@ def normalize_origin(origin: str) -> str:
     if value in (ANY, "null"):
         return value
     parts = urlsplit(value)
-    if not parts.scheme or not parts.hostname or parts.path not in ("", "/") or parts.query \
-            or parts.fragment or parts.username is not None:
+    if (
+        not parts.scheme
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
         raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
     scheme, host, port = parts.scheme.lower(), parts.hostname.rstrip("."), parts.port
     shown = f"[{host}]" if ":" in host else host

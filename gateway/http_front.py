@@ -69,7 +69,10 @@ class HttpFront:
             log.info(
                 "refused %s %.200s: %s (Origin %.200r, Host %.200r)",
                 "WebSocket handshake to" if upgrade else "HTTP request for",
-                path, refusal, request.headers.get("Origin"), request.headers.get("Host"),
+                path,
+                refusal,
+                request.headers.get("Origin"),
+                request.headers.get("Host"),
             )
             return ws.respond(HTTPStatus.FORBIDDEN, f"{refusal}\n")
         if upgrade:
@@ -98,8 +101,7 @@ class HttpFront:
         """
         self._admitted = {c for c in self._admitted if c.state in (State.CONNECTING, State.OPEN)}
         if len(self._admitted) >= self.config.max_connections:
-            log.info("refused a WebSocket handshake: %d connections open (--max-connections)",
-                     len(self._admitted))
+            log.info("refused a WebSocket handshake: %d connections open (--max-connections)", len(self._admitted))
             response = ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
             response.headers["Retry-After"] = "1"
             return response

@@ -65,19 +65,26 @@ def apply_events(chain: Sequence[Middleware], sid: str, k: str, d: Any) -> tuple
         try:
             out = mw.on_event(sid, k, d)
         except Exception:
-            log.exception("middleware %s failed on a %r event of %s; the event is kept as it was",
-                          type(mw).__name__, k, sid)
+            log.exception(
+                "middleware %s failed on a %r event of %s; the event is kept as it was", type(mw).__name__, k, sid
+            )
             continue
         if out is None:
             if k in CONTROL_KINDS:
-                log.error("middleware %s tried to drop a %r event of %s; kept (it steers the run)",
-                          type(mw).__name__, k, sid)
+                log.error(
+                    "middleware %s tried to drop a %r event of %s; kept (it steers the run)", type(mw).__name__, k, sid
+                )
                 continue
             return None
         why = _why_bad(k, out)
         if why is not None:
-            log.error("middleware %s returned %s for a %r event of %s; the event is kept as it was",
-                      type(mw).__name__, why, k, sid)
+            log.error(
+                "middleware %s returned %s for a %r event of %s; the event is kept as it was",
+                type(mw).__name__,
+                why,
+                k,
+                sid,
+            )
             continue
         k, d = out
     return k, d
@@ -98,14 +105,23 @@ def apply_requests(chain: Sequence[Middleware], sid: str, request: Request, gran
         try:
             out = mw.on_request(sid, request, grant)
         except Exception:
-            log.exception("middleware %s failed on a %s request of %s; the request is refused",
-                          type(mw).__name__, request.t.value, sid)
+            log.exception(
+                "middleware %s failed on a %s request of %s; the request is refused",
+                type(mw).__name__,
+                request.t.value,
+                sid,
+            )
             return None
         if out is None:
             return None
         if not isinstance(out, (Reply, Send, Cancel)) or out.rid != request.rid:
-            log.error("middleware %s returned %r for a %s request of %s; the request is refused",
-                      type(mw).__name__, type(out).__name__, request.t.value, sid)
+            log.error(
+                "middleware %s returned %r for a %s request of %s; the request is refused",
+                type(mw).__name__,
+                type(out).__name__,
+                request.t.value,
+                sid,
+            )
             return None
         request = out
     return request

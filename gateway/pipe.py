@@ -190,9 +190,7 @@ class WebPipe:
         After ``timeout`` seconds the ask settles to ``default``.  If the run
         has ended, returns ``default`` at once.
         """
-        return await self._s.ask(
-            prompt, choices=choices, default=default, timeout=timeout, other=other, **extra
-        )
+        return await self._s.ask(prompt, choices=choices, default=default, timeout=timeout, other=other, **extra)
 
     def ask_sync(
         self,
@@ -235,9 +233,7 @@ class WebPipe:
     def __enter__(self) -> WebPipe:
         return self
 
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self._finish(et)
 
     async def __aenter__(self) -> WebPipe:

@@ -67,6 +67,7 @@ class Runs:
         if loop is None or self.closing:
             raise RuntimeError("the gateway is not running")
         if not _on_loop(loop):
+
             async def make() -> WebPipe:
                 return self.pipe(sid)
 
@@ -202,10 +203,7 @@ class Runs:
         Raises:
             StoreUnavailable: the store cannot be reached.
         """
-        gone = [
-            sid for sid, s in list(self.sessions.items())
-            if s.finished and await self.store.info(sid) is None
-        ]
+        gone = [sid for sid, s in list(self.sessions.items()) if s.finished and await self.store.info(sid) is None]
         for sid in gone:
             s = self.sessions.get(sid)
             if s is not None and s.finished:  # not replaced by a new run meanwhile
@@ -229,8 +227,12 @@ class Runs:
             fut.cancel()
             if s.backlog or not s.writer.done():
                 if s.backlog:
-                    log.error("closing: session %s: %d events not stored (%s)",
-                              s.sid, s.backlog, s.trouble or "the store did not answer")
+                    log.error(
+                        "closing: session %s: %d events not stored (%s)",
+                        s.sid,
+                        s.backlog,
+                        s.trouble or "the store did not answer",
+                    )
                 s.writer.cancel()
         await asyncio.gather(*(s.writer for s in sessions), return_exceptions=True)
         for born in self._born.values():

@@ -94,13 +94,21 @@ class Gateway:
         self.middleware = tuple(middleware)
         self.runs = Runs(self.store, self.config, self.apps, self.metrics, self.middleware)
         self.http = HttpFront(
-            self.config, self.front, self.metrics,
+            self.config,
+            self.front,
+            self.metrics,
             apps=lambda: sorted(self.apps),
             gauges=lambda: {"wirepipe_sessions": len(self.runs.sessions)},
             closing=lambda: self._closing,
         )
         self._services = Services(
-            self.config, self.store, self.runs, self.metrics, self.secret, self.auth, self.default_grant,
+            self.config,
+            self.store,
+            self.runs,
+            self.metrics,
+            self.secret,
+            self.auth,
+            self.default_grant,
             self.middleware,
         )
         self._conns: set[Connection] = set()

@@ -237,9 +237,7 @@ class Session:
             except _ENCODE_ERRORS as exc:
                 raise ValueError(f"cannot write a {str(k)!r} event: {type(exc).__name__}: {exc}") from None
             size = len(raw)
-            if not force and (
-                self._waiting >= self._max_events or self._pending_bytes + size > self._max_bytes
-            ):
+            if not force and (self._waiting >= self._max_events or self._pending_bytes + size > self._max_bytes):
                 raise BacklogFull(
                     f"session {self.sid}: {self._waiting} events ({self._pending_bytes} bytes) "
                     f"wait for the store ({self.trouble or 'busy'}); write refused"
@@ -360,7 +358,11 @@ class Session:
         old, self.epoch = self.epoch, secrets.token_hex(8)
         log.warning(
             "session %s: its log was lost (%s); continuing under epoch %s from seq %d (was %s)",
-            self.sid, why, self.epoch, self.stored + 1, old,
+            self.sid,
+            why,
+            self.epoch,
+            self.stored + 1,
+            old,
         )
         snapshot = self._snap.as_map()
         await self._retry(lambda: self.store.create(self.sid, self.epoch, head=self.stored, snapshot=snapshot))
@@ -391,7 +393,11 @@ class Session:
                 if failures == 1 or failures % 50 == 0:
                     log.warning(
                         "session %s: store call failed (%d in a row, %d events waiting): %s; retrying",
-                        self.sid, failures, self._waiting, self.trouble, exc_info=not transient,
+                        self.sid,
+                        failures,
+                        self._waiting,
+                        self.trouble,
+                        exc_info=not transient,
                     )
                 await asyncio.sleep(delay)  # backoff
                 delay = min(delay * 2, RETRY_CAP)
@@ -411,11 +417,11 @@ class Session:
             self._waiting = self._pending_bytes = 0
             self.ended = True  # nothing more is accepted
         if replaced:
-            log.error("session %s: a newer run replaced its log; this run stops (%d events not stored)",
-                      self.sid, lost)
+            log.error("session %s: a newer run replaced its log; this run stops (%d events not stored)", self.sid, lost)
         else:
-            log.error("session %s: its events cannot be stored (%d not stored); the run fails",
-                      self.sid, lost, exc_info=exc)
+            log.error(
+                "session %s: its events cannot be stored (%d not stored); the run fails", self.sid, lost, exc_info=exc
+            )
         if self.task is not None and not self.task.done():
             self.task.cancel()
         closing: list[tuple[str, Any]] = []
@@ -449,8 +455,9 @@ class Session:
             except Exception as again:
                 # The log cannot take even that: a fresh epoch that continues
                 # from what is stored, with its state.
-                log.warning("session %s: the log refuses its end too (%s); ending it under a new epoch",
-                            self.sid, again)
+                log.warning(
+                    "session %s: the log refuses its end too (%s); ending it under a new epoch", self.sid, again
+                )
                 snapshot = self._snap.as_map()
                 if not self._keep_snap:
                     snapshot = (await self._retry(lambda: self.store.snapshot(self.sid)))[0]

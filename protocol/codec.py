@@ -244,9 +244,7 @@ def _unpack(data: bytes | str, max_size: int) -> tuple[str, dict[str, Any]]:
     if isinstance(data, str):
         raise _bad("text messages are not allowed; send binary MessagePack")
     if len(data) > max_size:
-        raise ProtocolError(
-            ErrorCode.TOO_BIG, f"frame of {len(data)} bytes over the {max_size} limit"
-        )
+        raise ProtocolError(ErrorCode.TOO_BIG, f"frame of {len(data)} bytes over the {max_size} limit")
     try:
         m = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises a zoo of types; all mean the same here

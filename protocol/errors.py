@@ -143,9 +143,7 @@ class ProtocolError(WirepipeError):
     connection must then be closed, with ``close_code``.
     """
 
-    def __init__(
-        self, code: ErrorCode, msg: str, *, fatal: bool | None = None, rid: str | None = None
-    ) -> None:
+    def __init__(self, code: ErrorCode, msg: str, *, fatal: bool | None = None, rid: str | None = None) -> None:
         super().__init__(f"{code.value}: {msg}")
         self.code = code
         self.msg = msg

@@ -85,9 +85,7 @@ class Snapshot:
         s.status = copy.deepcopy(m.get("status"))
         s.plan = copy.deepcopy(m.get("plan"))
         s.asks = {a["id"]: copy.deepcopy(a) for a in m.get("asks") or () if isinstance(a, dict) and "id" in a}
-        s.texts = {
-            t["id"]: [t.get("text", "")] for t in m.get("texts") or () if isinstance(t, dict) and "id" in t
-        }
+        s.texts = {t["id"]: [t.get("text", "")] for t in m.get("texts") or () if isinstance(t, dict) and "id" in t}
         return s
 
     def as_map(self) -> dict[str, Any]:

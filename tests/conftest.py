@@ -54,5 +54,3 @@ def raw() -> Any:
             yield Raw(ws)
 
     return open_raw
-
-

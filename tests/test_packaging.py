@@ -23,8 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 JS = ROOT / "clients" / "js"
 #: Not part of a build: caches, virtualenvs, earlier build output, npm's packages.
 NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "node_modules", "build", "dist", "*.egg-info", "__pycache__",
-    ".hypothesis", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".stamps",
+    ".git",
+    ".venv",
+    "node_modules",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".hypothesis",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".stamps",
 )
 
 
@@ -55,9 +65,21 @@ def build_wheel(tmp_path: Path) -> Path:
     shutil.copytree(ROOT, src, ignore=NOT_SOURCE)
     out = tmp_path / "dist"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q", "-w", str(out),
-         str(src)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, f"pip wheel failed:\n{done.stdout}\n{done.stderr}"
     (wheel,) = out.glob("wirepipe-*.whl")

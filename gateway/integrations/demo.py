@@ -53,16 +53,13 @@ async def app(pipe: WebPipe, input: Any = None) -> None:
         code_id = f"c{tid}"
         source = f"total = sum(range({int(tid) * 10}))\nprint(total)"
         pipe.emit("code", {"id": code_id, "lang": "python", "source": source})
-        pipe.emit(
-            "output", {"id": code_id, "stream": "stdout", "text": f"{sum(range(int(tid) * 10))}\n"}
-        )
+        pipe.emit("output", {"id": code_id, "stream": "stdout", "text": f"{sum(range(int(tid) * 10))}\n"})
         pipe.emit("log", {"level": "DEBUG", "msg": f"task {tid} checked", "logger": "demo"})
         pipe.emit("task", {"id": tid, "status": "done", "result": f"step {tid} ok"})
     if ask:
         pipe.emit("status", {"state": "waiting", "detail": "waiting for a human"})
         value = await pipe.ask("Ship the result?", choices=["yes", "no"], default="no")
         pipe.emit("status", {"state": "running"})
-        pipe.emit("message", {"role": "assistant", "content": f"The human said {value!r}.",
-                              "name": "demo"})
+        pipe.emit("message", {"role": "assistant", "content": f"The human said {value!r}.", "name": "demo"})
     else:
         pipe.emit("message", {"role": "assistant", "content": "Done.", "name": "demo"})

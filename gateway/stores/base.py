@@ -66,9 +66,7 @@ class Store(Protocol):
 
     retention: Retention
 
-    async def create(
-        self, sid: str, epoch: str, *, head: int = 0, snapshot: dict[str, Any] | None = None
-    ) -> None:
+    async def create(self, sid: str, epoch: str, *, head: int = 0, snapshot: dict[str, Any] | None = None) -> None:
         """Start a new, empty log for ``sid`` under ``epoch``, replacing any older one.
 
         ``head`` and ``snapshot`` continue a log that was lost: the first

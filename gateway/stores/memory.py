@@ -83,9 +83,7 @@ class MemoryStore:
                 return None
         return log
 
-    async def create(
-        self, sid: str, epoch: str, *, head: int = 0, snapshot: dict[str, Any] | None = None
-    ) -> None:
+    async def create(self, sid: str, epoch: str, *, head: int = 0, snapshot: dict[str, Any] | None = None) -> None:
         self._purge()
         old = self._logs.get(sid)
         log = self._logs[sid] = _Log(epoch, head)

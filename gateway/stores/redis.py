@@ -427,9 +427,7 @@ class RedisStore:
 
     # --- the Store protocol ---------------------------------------------------
 
-    async def create(
-        self, sid: str, epoch: str, *, head: int = 0, snapshot: dict[str, Any] | None = None
-    ) -> None:
+    async def create(self, sid: str, epoch: str, *, head: int = 0, snapshot: dict[str, Any] | None = None) -> None:
         self._writers.pop(sid, None)
         snap = Snapshot.from_map(snapshot)
         packed = self._empty_snap if snapshot is None else packb(snap.as_map())

@@ -46,7 +46,7 @@ window.outcome = new Promise((resolve) => {
 def _file(path: str) -> Path | None:
     """What the other site serves besides its page: the JS client and its MessagePack dependency."""
     if path.startswith("/client/"):
-        return client_dir() / path[len("/client/"):]
+        return client_dir() / path[len("/client/") :]
     if path.startswith("/vendor/"):
         return STATIC / path.lstrip("/")
     return None
@@ -65,7 +65,8 @@ async def _respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
             status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
         writer.write(
             f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n\r\n".encode() + body
+            f"Connection: close\r\n\r\n".encode()
+            + body
         )
         await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):

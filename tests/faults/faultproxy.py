@@ -107,9 +107,7 @@ class FaultProxy:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._tasks.difference_update(tasks)
 
-    async def _pump(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, pair: _Pair, *, upstream: bool
-    ) -> None:
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, pair: _Pair, *, upstream: bool) -> None:
         with contextlib.suppress(OSError, ConnectionError):
             while True:
                 data = await src.read(65536)

@@ -43,8 +43,23 @@ class PrivateRedis:
 
     def start(self) -> None:
         assert REDIS_SERVER is not None
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--save", "", "--logfile", "", "--daemonize", "no", "--protected-mode", "yes"]
+        args = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--logfile",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
         if self.persistent:  # every acknowledged write is on disk before the reply
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
@@ -85,8 +100,22 @@ class GatewayProcess:
 
     def __init__(self, port: int, redis_url: str, secret: str, *extra: str) -> None:
         self.port = port
-        self.args = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--redis", redis_url,
-                     "--secret", secret, "--app", "slow=faultapps:slow", "--no-ui", *extra]
+        self.args = [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--redis",
+            redis_url,
+            "--secret",
+            secret,
+            "--app",
+            "slow=faultapps:slow",
+            "--no-ui",
+            *extra,
+        ]
         self.proc: subprocess.Popen[str] | None = None
         self.out: list[str] = []
 
@@ -96,8 +125,9 @@ class GatewayProcess:
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]), PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=env, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
+        )
         assert self.proc.stdout is not None
         for line in self.proc.stdout:  # until it says it serves
             self.out.append(line)

@@ -33,9 +33,7 @@ async def test_a_killed_gateway_restarted_resumes_every_client(
     gw.kill()  # no shutdown frame, no final flush
     gw2 = gateway_process(port, private_redis.url, SECRET)
     async with raw(gw2.url) as r:
-        back = await r.hello(
-            "killed", resume=welcome.resume, epoch=welcome.epoch, after=seen[-1].seq
-        )
+        back = await r.hello("killed", resume=welcome.resume, epoch=welcome.epoch, after=seen[-1].seq)
         assert back.t == "welcome" and back.recovered is True and back.epoch == welcome.epoch
         rest = await r.events(lambda e: e.seq >= back.head) if back.head > seen[-1].seq else []
     got = [e.seq for e in seen + rest]
@@ -49,8 +47,7 @@ async def test_sigterm_exits_while_redis_never_answers(
 ) -> None:
     """Before: a session that could not drain made close() wait forever, so SIGTERM did nothing."""
     async with FaultProxy(private_redis.port) as proxy:
-        gw = gateway_process(free_port(), f"redis://127.0.0.1:{proxy.port}/0", SECRET,
-                             "--drain-timeout", "1")
+        gw = gateway_process(free_port(), f"redis://127.0.0.1:{proxy.port}/0", SECRET, "--drain-timeout", "1")
         async with raw(gw.url) as r:
             await r.hello("hang", start={"app": "slow", "input": {"n": 5}})
             await r.events(lambda e: e.k == "ask")

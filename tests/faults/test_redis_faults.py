@@ -95,7 +95,8 @@ async def test_connections_cut_again_and_again(proxied_redis: tuple[PrivateRedis
 
 
 async def test_close_ends_within_its_timeout_while_redis_hangs(
-    proxied_redis: tuple[PrivateRedis, FaultProxy], caplog: pytest.LogCaptureFixture,
+    proxied_redis: tuple[PrivateRedis, FaultProxy],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A black-holed Redis (packets vanish, nothing is reset): close() still returns."""
     _, proxy = proxied_redis

@@ -209,12 +209,24 @@ def test_every_config_knob_has_a_serve_flag() -> None:
 
     from gateway.config import Config
 
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--help"], capture_output=True,
-                         text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
-    spelled = {"compression": "--no-compression", "serve_ui": "--no-ui", "wait_for_run": "--no-wait-for-run",
-               "default_grant": "--insecure", "allow_origins": "--allow-origin", "allow_hosts": "--allow-host"}
-    missing = [f.name for f in dataclasses.fields(Config)
-               if spelled.get(f.name, "--" + f.name.replace("_", "-")) not in out]
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout
+    spelled = {
+        "compression": "--no-compression",
+        "serve_ui": "--no-ui",
+        "wait_for_run": "--no-wait-for-run",
+        "default_grant": "--insecure",
+        "allow_origins": "--allow-origin",
+        "allow_hosts": "--allow-host",
+    }
+    missing = [
+        f.name for f in dataclasses.fields(Config) if spelled.get(f.name, "--" + f.name.replace("_", "-")) not in out
+    ]
     assert missing == []
 
 
@@ -223,9 +235,36 @@ def test_serve_flags_reach_the_config() -> None:
 
     parser = argparse.ArgumentParser()
     _add_server_args(parser, 8765)
-    args = parser.parse_args(["--rate", "5", "--burst", "9", "--stall-timeout", "3", "--no-wait-for-run",
-                              "--token-ttl", "60", "--batch-max", "10", "--close-timeout", "1",
-                              "--write-limit", "4096", "--rate-strikes", "2"])
+    args = parser.parse_args(
+        [
+            "--rate",
+            "5",
+            "--burst",
+            "9",
+            "--stall-timeout",
+            "3",
+            "--no-wait-for-run",
+            "--token-ttl",
+            "60",
+            "--batch-max",
+            "10",
+            "--close-timeout",
+            "1",
+            "--write-limit",
+            "4096",
+            "--rate-strikes",
+            "2",
+        ]
+    )
     cfg = _gateway(args).config
-    assert (cfg.rate, cfg.burst, cfg.stall_timeout, cfg.wait_for_run, cfg.token_ttl, cfg.batch_max,
-            cfg.close_timeout, cfg.write_limit, cfg.rate_strikes) == (5, 9, 3, False, 60, 10, 1, 4096, 2)
+    assert (
+        cfg.rate,
+        cfg.burst,
+        cfg.stall_timeout,
+        cfg.wait_for_run,
+        cfg.token_ttl,
+        cfg.batch_max,
+        cfg.close_timeout,
+        cfg.write_limit,
+        cfg.rate_strikes,
+    ) == (5, 9, 3, False, 60, 10, 1, 4096, 2)

@@ -86,9 +86,7 @@ def records(caplog: pytest.LogCaptureFixture) -> Records:
 # --- Origin ----------------------------------------------------------------------------------
 
 
-async def test_a_foreign_origin_is_refused_before_the_upgrade(
-    make_gw: Any, records: Records
-) -> None:
+async def test_a_foreign_origin_is_refused_before_the_upgrade(make_gw: Any, records: Records) -> None:
     gw = await make_gw()
     gw.pipe("s1").set_message("x")
     with pytest.raises(InvalidStatus) as info:
@@ -172,8 +170,15 @@ async def test_a_rebound_name_is_refused_on_a_loopback_bind(make_gw: Any) -> Non
     assert await request(gw, "/", host=name) == refused
     assert await request(gw, "/healthz", host="evil.example") == refused
     # what gets in: loopback names, with or without a port, and no Host at all
-    for host in ("127.0.0.1", f"127.9.9.9:{gw.port}", "localhost", f"LOCALHOST:{gw.port}",
-                 f"[::1]:{gw.port}", "[::1]", None):
+    for host in (
+        "127.0.0.1",
+        f"127.9.9.9:{gw.port}",
+        "localhost",
+        f"LOCALHOST:{gw.port}",
+        f"[::1]:{gw.port}",
+        "[::1]",
+        None,
+    ):
         assert (await request(gw, "/healthz", host=host))[0] == 200, host
         assert (await request(gw, "/", host=host, websocket=True))[0] == 101, host
 
@@ -211,9 +216,7 @@ def test_origin_normal_form() -> None:
 # --- grants by bind ------------------------------------------------------------------------------
 
 
-async def test_a_non_loopback_bind_without_credentials_makes_viewers(
-    raw: Any, records: Records
-) -> None:
+async def test_a_non_loopback_bind_without_credentials_makes_viewers(raw: Any, records: Records) -> None:
     async with Gateway(host="0.0.0.0", port=0, apps={"noop": _noop}) as gw:
         warnings = [r for r in records if r.name == "wirepipe" and r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "viewer" in warnings[0].getMessage()
@@ -265,8 +268,18 @@ def test_cli_grants(argv: list[str], grant: Grant) -> None:
 def test_cli_front_door_flags() -> None:
     parser = argparse.ArgumentParser()
     _add_server_args(parser, 0)
-    args = parser.parse_args(["--allow-origin", "https://A.example/", "--allow-origin", "null",
-                              "--allow-host", "wp.example", "--max-connections", "7"])
+    args = parser.parse_args(
+        [
+            "--allow-origin",
+            "https://A.example/",
+            "--allow-origin",
+            "null",
+            "--allow-host",
+            "wp.example",
+            "--max-connections",
+            "7",
+        ]
+    )
     cfg = _gateway(args).config
     assert cfg.allow_origins == ("https://a.example", "null")
     assert cfg.allow_hosts == ("wp.example",)

@@ -75,8 +75,13 @@ CORE_IMPORTS = textwrap.dedent("""
 def test_the_core_never_imports_metagpt_nor_an_integration(mode: str) -> None:
     import json
 
-    out = subprocess.run([sys.executable, "-c", CORE_IMPORTS, mode, ",".join(SHIMS)], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", CORE_IMPORTS, mode, ",".join(SHIMS)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     # the walk really found the core's modules
@@ -122,8 +127,9 @@ def test_a_metagpt_folder_on_the_path_is_not_taken_for_metagpt(tmp_path: Path) -
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow), str(REPO), str(site)])}
     env.pop("PYTHONHOME", None)
     # -S: no site-packages but the copy (the venv's own one has MetaGPT)
-    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "find_spec: True" in out.stdout  # the trap is really there
     assert "prepare: MetaGPT is not installed" in out.stdout

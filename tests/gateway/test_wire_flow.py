@@ -24,6 +24,7 @@ async def test_ask_answered_once_when_two_clients_reply_at_once(gw, raw):
             a.send({"t": "reply", "ask": ask_id, "rid": "ra", "value": "yes"}),
             b.send({"t": "reply", "ask": ask_id, "rid": "rb", "value": "no"}),
         )
+
         # the replied frame and the answer event may come in either order
         def both(fs):
             return bool(replied(fs)) and bool(answers(fs))
@@ -179,8 +180,7 @@ async def test_a_stalled_client_does_not_slow_the_others(gw, raw):
 
     pipe = gw.pipe("slow")
     n = 8_000
-    async with raw(gw.url, max_queue=1, compression=None) as stalled, \
-            Client(gw.url, "slow", compression=False) as fast:
+    async with raw(gw.url, max_queue=1, compression=None) as stalled, Client(gw.url, "slow", compression=False) as fast:
         await stalled.hello("slow")  # then never reads again
         for _i in range(n):
             pipe.emit("output", {"id": "c", "stream": "stdout", "text": os.urandom(1000).hex()})

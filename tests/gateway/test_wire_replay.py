@@ -82,8 +82,9 @@ async def _take(c, n):
 
 async def test_late_client_gets_whole_history_then_live(gw, raw):
     pipe = gw.pipe("late")
-    pipe.emit("plan", {"goal": "g", "tasks": [{"id": "1", "instruction": "x", "deps": [],
-                                               "type": "t", "status": "pending"}]})
+    pipe.emit(
+        "plan", {"goal": "g", "tasks": [{"id": "1", "instruction": "x", "deps": [], "type": "t", "status": "pending"}]}
+    )
     for i in range(50):
         pipe.set_message(f"{i} ")
     await pipe.drained()

@@ -48,8 +48,7 @@ finite = st.floats(allow_nan=False)  # NaN != NaN would break frame equality
 scalars = st.none() | st.booleans() | i64 | finite | st.text(max_size=12) | st.binary(max_size=12)
 values: st.SearchStrategy[Any] = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=10,
 )
 
@@ -62,9 +61,7 @@ sids = st.text(alphabet=SID_ALPHABET, min_size=1, max_size=128)
 ids = st.text(min_size=1, max_size=256)
 texts = st.text(max_size=20)
 windows = st.integers(min_value=1, max_value=1_000_000)
-starts = st.fixed_dictionaries(
-    {"app": st.text(min_size=1, max_size=10)}, optional={"input": values}
-)
+starts = st.fixed_dictionaries({"app": st.text(min_size=1, max_size=10)}, optional={"input": values})
 
 # --- frames ------------------------------------------------------------------
 
@@ -115,24 +112,61 @@ server_frames = st.one_of(
 
 # --- anything a peer might send ---------------------------------------------
 
-FRAME_TYPES = ["hello", "ack", "reply", "send", "cancel", "ping",
-               "welcome", "ev", "batch", "replied", "pong", "error"]
-FRAME_KEYS = ["sid", "auth", "resume", "epoch", "after", "live", "window", "client", "start",
-              "seq", "ask", "rid", "value", "data", "reason", "n", "head", "first", "recovered",
-              "grant", "snapshot", "heartbeat", "k", "ts", "d", "evs", "ok", "err", "code",
-              "msg", "fatal", "app", "input"]
+FRAME_TYPES = ["hello", "ack", "reply", "send", "cancel", "ping", "welcome", "ev", "batch", "replied", "pong", "error"]
+FRAME_KEYS = [
+    "sid",
+    "auth",
+    "resume",
+    "epoch",
+    "after",
+    "live",
+    "window",
+    "client",
+    "start",
+    "seq",
+    "ask",
+    "rid",
+    "value",
+    "data",
+    "reason",
+    "n",
+    "head",
+    "first",
+    "recovered",
+    "grant",
+    "snapshot",
+    "heartbeat",
+    "k",
+    "ts",
+    "d",
+    "evs",
+    "ok",
+    "err",
+    "code",
+    "msg",
+    "fatal",
+    "app",
+    "input",
+]
 
 any_scalars = (
-    st.none() | st.booleans() | i64 | st.floats() | st.text(max_size=12) | st.binary(max_size=12)
+    st.none()
+    | st.booleans()
+    | i64
+    | st.floats()
+    | st.text(max_size=12)
+    | st.binary(max_size=12)
     | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=8))
     | st.sampled_from(FRAME_TYPES + FRAME_KEYS + ["viewer", "operator"])
 )
 any_keys = st.sampled_from(FRAME_KEYS) | st.text(max_size=4) | st.binary(max_size=4) | i64
 any_values: st.SearchStrategy[Any] = st.recursive(
     any_scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(any_keys, inner, max_size=4)
-    | st.dictionaries(st.sampled_from(FRAME_KEYS), inner, max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(any_keys, inner, max_size=4)
+        | st.dictionaries(st.sampled_from(FRAME_KEYS), inner, max_size=6)
+    ),
     max_leaves=12,
 )
 # Maps shaped like frames: a random (mostly known) `t`, known and random keys.

@@ -79,8 +79,17 @@ def test_server_frames_round_trip(frame: Any) -> None:
     "frame",
     [
         Hello("s"),
-        Hello("a.b:c_d-1", auth="x", resume="r", epoch="e", after=0, live=True, window=1,
-              client="cli/1", start={"app": "demo", "input": [1, {"x": None}]}),
+        Hello(
+            "a.b:c_d-1",
+            auth="x",
+            resume="r",
+            epoch="e",
+            after=0,
+            live=True,
+            window=1,
+            client="cli/1",
+            start={"app": "demo", "input": [1, {"x": None}]},
+        ),
         Ack(0),
         Reply("a", "r", None),
         Send(None, "r"),
@@ -117,9 +126,7 @@ def test_server_examples_round_trip(frame: Any) -> None:
 
 def test_encode_leaves_out_none_optionals_but_keeps_nullable_keys() -> None:
     hello = msgpack.unpackb(encode(Hello("s")))
-    assert {k: v for k, v in hello.items() if v is not None} == {
-        "t": "hello", "sid": "s", "live": False
-    }
+    assert {k: v for k, v in hello.items() if v is not None} == {"t": "hello", "sid": "s", "live": False}
     assert "auth" not in hello and "start" not in hello
     assert msgpack.unpackb(encode(Ping())) == {"t": "ping"}
     assert msgpack.unpackb(encode(Reply("a", "r", None)))["value"] is None
@@ -215,9 +222,7 @@ def test_garbage_bytes_are_a_bad_frame(data: bytes) -> None:
     assert info.value.code is ErrorCode.BAD_FRAME
 
 
-@pytest.mark.parametrize(
-    "m", [{}, {"t": "nope"}, {"t": 1}, {"t": None}, {"t": b"hello"}, {"t": "HELLO", "sid": "s"}]
-)
+@pytest.mark.parametrize("m", [{}, {"t": "nope"}, {"t": 1}, {"t": None}, {"t": b"hello"}, {"t": "HELLO", "sid": "s"}])
 def test_missing_or_unknown_t_is_a_bad_frame(m: dict[str, Any]) -> None:
     bad(decode_client, pk(m))
     bad(decode_server, pk(m))
@@ -313,20 +318,70 @@ def test_missing_required_keys_are_a_bad_frame(m: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "m",
     [
-        {"t": "welcome", "epoch": "e", "resume": "r", "head": 0, "first": 0, "recovered": False,
-         "grant": "viewer"},
-        {"t": "welcome", "sid": "s", "epoch": "e", "resume": "r", "head": 0, "first": 0,
-         "recovered": False, "grant": "admin"},
-        {"t": "welcome", "sid": "s", "epoch": "e", "resume": "r", "head": -1, "first": 0,
-         "recovered": False, "grant": "viewer"},
-        {"t": "welcome", "sid": "s", "epoch": "e", "resume": "r", "head": 0, "first": 0,
-         "recovered": 0, "grant": "viewer"},
-        {"t": "welcome", "sid": "s", "epoch": "e", "resume": "r", "head": 0, "first": 0,
-         "recovered": False, "grant": "viewer", "snapshot": []},
-        {"t": "welcome", "sid": "s", "epoch": "e", "resume": "r", "head": 0, "first": 0,
-         "recovered": False, "grant": "viewer", "window": 0},
-        {"t": "welcome", "sid": "s", "epoch": "e", "resume": "r", "head": 0, "first": 0,
-         "recovered": False, "grant": "viewer", "heartbeat": -1},
+        {"t": "welcome", "epoch": "e", "resume": "r", "head": 0, "first": 0, "recovered": False, "grant": "viewer"},
+        {
+            "t": "welcome",
+            "sid": "s",
+            "epoch": "e",
+            "resume": "r",
+            "head": 0,
+            "first": 0,
+            "recovered": False,
+            "grant": "admin",
+        },
+        {
+            "t": "welcome",
+            "sid": "s",
+            "epoch": "e",
+            "resume": "r",
+            "head": -1,
+            "first": 0,
+            "recovered": False,
+            "grant": "viewer",
+        },
+        {
+            "t": "welcome",
+            "sid": "s",
+            "epoch": "e",
+            "resume": "r",
+            "head": 0,
+            "first": 0,
+            "recovered": 0,
+            "grant": "viewer",
+        },
+        {
+            "t": "welcome",
+            "sid": "s",
+            "epoch": "e",
+            "resume": "r",
+            "head": 0,
+            "first": 0,
+            "recovered": False,
+            "grant": "viewer",
+            "snapshot": [],
+        },
+        {
+            "t": "welcome",
+            "sid": "s",
+            "epoch": "e",
+            "resume": "r",
+            "head": 0,
+            "first": 0,
+            "recovered": False,
+            "grant": "viewer",
+            "window": 0,
+        },
+        {
+            "t": "welcome",
+            "sid": "s",
+            "epoch": "e",
+            "resume": "r",
+            "head": 0,
+            "first": 0,
+            "recovered": False,
+            "grant": "viewer",
+            "heartbeat": -1,
+        },
         {"t": "ev", "seq": 1, "k": "log", "ts": "now", "d": {}},
         {"t": "ev", "seq": True, "k": "log", "ts": 1.0, "d": {}},
         {"t": "ev", "seq": 1, "k": 5, "ts": 1.0, "d": {}},
@@ -356,19 +411,23 @@ def test_nil_optionals_are_absent() -> None:
     assert decode_client(pk({"t": "cancel", "rid": "r", "reason": None})) == Cancel("r")
     assert decode_client(pk({"t": "ping", "n": None})) == Ping()
     assert decode_client(pk({"t": "ping"})) == Ping()
-    w = {"t": "welcome", "sid": "s", "epoch": "e", "resume": "r", "head": 1, "first": 1,
-         "recovered": True, "grant": "operator"}
+    w = {
+        "t": "welcome",
+        "sid": "s",
+        "epoch": "e",
+        "resume": "r",
+        "head": 1,
+        "first": 1,
+        "recovered": True,
+        "grant": "operator",
+    }
     want = Welcome("s", "e", "r", 1, 1, True, Grant.OPERATOR)
     assert decode_server(pk({**w, "snapshot": None, "window": None, "heartbeat": None})) == want
-    assert decode_server(pk({"t": "replied", "rid": "r", "ok": True, "err": None})) == Replied(
-        "r", True
-    )
+    assert decode_server(pk({"t": "replied", "rid": "r", "ok": True, "err": None})) == Replied("r", True)
 
 
 def test_nil_is_a_value_where_any_value_is_allowed() -> None:
-    assert decode_client(pk({"t": "reply", "ask": "a", "rid": "r", "value": None})) == Reply(
-        "a", "r", None
-    )
+    assert decode_client(pk({"t": "reply", "ask": "a", "rid": "r", "value": None})) == Reply("a", "r", None)
     assert decode_client(pk({"t": "send", "rid": "r", "data": None})) == Send(None, "r")
     ev = decode_server(pk({"t": "ev", "seq": 1, "k": "x", "ts": 0.5, "d": None}))
     assert ev == Event(1, "x", 0.5, None)
@@ -421,14 +480,12 @@ def test_server_default_limit_is_larger() -> None:
 def test_decode_event() -> None:
     raw = encode_event(4, "log", 1.25, {"level": "info", "msg": "m"})
     assert decode_event(raw) == Event(4, "log", 1.25, {"level": "info", "msg": "m"})
-    assert msgpack.unpackb(raw) == {"seq": 4, "k": "log", "ts": 1.25, "d": {"level": "info",
-                                                                            "msg": "m"}}
+    assert msgpack.unpackb(raw) == {"seq": 4, "k": "log", "ts": 1.25, "d": {"level": "info", "msg": "m"}}
 
 
 @pytest.mark.parametrize(
     "raw",
-    [b"\xc1", pk([1]), pk({"seq": 1, "k": "x", "ts": 1.0}), pk({"seq": -1, "k": "x", "ts": 1.0,
-                                                                "d": 0}), "text"],
+    [b"\xc1", pk([1]), pk({"seq": 1, "k": "x", "ts": 1.0}), pk({"seq": -1, "k": "x", "ts": 1.0, "d": 0}), "text"],
 )
 def test_decode_event_rejects(raw: Any) -> None:
     with pytest.raises(ProtocolError) as info:

@@ -85,8 +85,13 @@ def test_close_action_of_each_error_code(code: ErrorCode) -> None:
     action = close_action(close)
     if code in (ErrorCode.UNAUTHORIZED, ErrorCode.BAD_TOKEN):
         assert action == "reauth"
-    elif code in (ErrorCode.NO_HELLO, ErrorCode.RATE_LIMITED, ErrorCode.SHUTDOWN,
-                  ErrorCode.INTERNAL, ErrorCode.UNAVAILABLE):
+    elif code in (
+        ErrorCode.NO_HELLO,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.SHUTDOWN,
+        ErrorCode.INTERNAL,
+        ErrorCode.UNAVAILABLE,
+    ):
         assert action == "retry"
     else:
         assert action == "stop"

@@ -33,8 +33,7 @@ def test_hello_opens_and_a_second_hello_is_a_bad_frame() -> None:
     conn = ServerConnection()
     hello = conn.receive_hello(packb({"t": "hello", "sid": "s", "window": 4}))
     assert isinstance(hello, Hello) and conn.sid == "s" and conn.flow.size == 4
-    w = conn.welcome(epoch="e1", cursor=3, first=1, head=3, snapshot={"status": None}, resume="t",
-                     heartbeat_ms=1000)
+    w = conn.welcome(epoch="e1", cursor=3, first=1, head=3, snapshot={"status": None}, resume="t", heartbeat_ms=1000)
     assert isinstance(w, Welcome) and w.recovered is False and w.window == 4 and w.grant is Grant.VIEWER
     assert conn.state is ConnState.OPEN and conn.cursor == 3 and conn.epoch == "e1"
     with pytest.raises(ProtocolError) as err:

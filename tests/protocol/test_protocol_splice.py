@@ -57,12 +57,16 @@ def test_batch_frame_equals_encode(evs: list[Event]) -> None:
 
 @pytest.mark.parametrize(
     ("n", "header"),
-    [(0, b"\x90"), (1, b"\x91"), (15, b"\x9f"), (16, b"\xdc\x00\x10"), (65535, b"\xdc\xff\xff"),
-     (65536, b"\xdd\x00\x01\x00\x00")],
+    [
+        (0, b"\x90"),
+        (1, b"\x91"),
+        (15, b"\x9f"),
+        (16, b"\xdc\x00\x10"),
+        (65535, b"\xdc\xff\xff"),
+        (65536, b"\xdd\x00\x01\x00\x00"),
+    ],
 )
-def test_batch_array_header_sizes(
-    n: int, header: bytes, stored: tuple[list[Event], list[bytes]]
-) -> None:
+def test_batch_array_header_sizes(n: int, header: bytes, stored: tuple[list[Event], list[bytes]]) -> None:
     evs, raws = stored[0][:n], stored[1][:n]
     frame = batch_frame(raws)
     prefix = msgpack.packb({"t": "batch", "evs": []})[:-1]

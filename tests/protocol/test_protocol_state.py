@@ -24,10 +24,7 @@ def fold(*events: tuple[str, Any]) -> Snapshot:
 def plan(*task_ids: str, current: str | None = None) -> dict[str, Any]:
     return {
         "goal": "g",
-        "tasks": [
-            {"id": t, "instruction": f"do {t}", "deps": [], "type": "x", "status": "pending"}
-            for t in task_ids
-        ],
+        "tasks": [{"id": t, "instruction": f"do {t}", "deps": [], "type": "x", "status": "pending"} for t in task_ids],
         "current": current,
     }
 
@@ -49,8 +46,7 @@ def test_latest_status_wins() -> None:
     assert snap.status == {"state": "done"}
 
 
-@pytest.mark.parametrize("d", [{}, {"detail": "x"}, {"state": "exploded"}, {"state": ["done"]},
-                               "running", None])
+@pytest.mark.parametrize("d", [{}, {"detail": "x"}, {"state": "exploded"}, {"state": ["done"]}, "running", None])
 def test_malformed_status_is_ignored(d: Any) -> None:
     snap = fold(("status", {"state": "running"}), ("status", d))
     assert snap.status == {"state": "running"}
@@ -68,9 +64,7 @@ def test_plan_with_task_updates() -> None:
         ("task", {"id": "3", "status": "skipped"}),
     )
     p = snap.as_map()["plan"]
-    assert [(t["id"], t["status"]) for t in p["tasks"]] == [
-        ("1", "done"), ("2", "running"), ("3", "skipped")
-    ]
+    assert [(t["id"], t["status"]) for t in p["tasks"]] == [("1", "done"), ("2", "running"), ("3", "skipped")]
     assert p["tasks"][0]["result"] == "ok"
     assert "result" not in p["tasks"][1]
     assert p["current"] == "2"  # follows the running task
@@ -150,8 +144,7 @@ def test_snapshot_deep_copies_what_it_keeps() -> None:
     result["rows"].append(2)
     status["detail"]["step"] = 2
     ask["choices"].append("maybe")
-    assert snap.plan == plan("1") | {"tasks": [plan("1")["tasks"][0] | {
-        "status": "done", "result": {"rows": [1]}}]}
+    assert snap.plan == plan("1") | {"tasks": [plan("1")["tasks"][0] | {"status": "done", "result": {"rows": [1]}}]}
     assert snap.status == {"state": "running", "detail": {"step": 1}}
     assert snap.asks == {"a": {"id": "a", "prompt": "ok?", "choices": ["y", "n"]}}
     assert snap.as_map() == before

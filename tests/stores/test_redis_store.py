@@ -54,11 +54,21 @@ def script(rng: random.Random, n: int) -> list[tuple[str, Any]]:
     for i in range(n):
         r = rng.random()
         if r < 0.4:
-            out.append(("text", {"id": f"t{rng.randrange(3)}", "delta": "x" * rng.randrange(1, 300),
-                                 **({"end": True} if rng.random() < 0.1 else {})}))
+            out.append(
+                (
+                    "text",
+                    {
+                        "id": f"t{rng.randrange(3)}",
+                        "delta": "x" * rng.randrange(1, 300),
+                        **({"end": True} if rng.random() < 0.1 else {}),
+                    },
+                )
+            )
         elif r < 0.5:
-            tasks = [{"id": str(j), "instruction": "i", "deps": [], "type": "t", "status": "pending"}
-                     for j in range(rng.randrange(1, 4))]
+            tasks = [
+                {"id": str(j), "instruction": "i", "deps": [], "type": "t", "status": "pending"}
+                for j in range(rng.randrange(1, 4))
+            ]
             out.append(("plan", {"goal": f"g{i}", "tasks": tasks, "current": None}))
         elif r < 0.6:
             out.append(("task", {"id": str(rng.randrange(3)), "status": rng.choice(["running", "done"])}))
@@ -364,9 +374,7 @@ async def test_gateway_on_redis_client_resumes_gap_free_after_a_drop(redis_url: 
             t.join(TIMEOUT)
 
 
-async def test_a_second_gateway_serves_history_and_recovers_the_first_ones_token(
-    redis_url: str, prefix: str
-) -> None:
+async def test_a_second_gateway_serves_history_and_recovers_the_first_ones_token(redis_url: str, prefix: str) -> None:
     secret = "s3cret"
     a = Gateway(host="127.0.0.1", port=0, store=RedisStore(redis_url, prefix=prefix), secret=secret)
     b = Gateway(host="127.0.0.1", port=0, store=RedisStore(redis_url, prefix=prefix), secret=secret)

@@ -42,8 +42,7 @@ def test_the_integration_imports_without_metagpt() -> None:
         except ImportError as exc:
             print("apps:", exc)
     """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "prepare: MetaGPT is not installed" in out.stdout
     assert "apps: MetaGPT is not installed" in out.stdout
@@ -51,12 +50,10 @@ def test_the_integration_imports_without_metagpt() -> None:
 
 def _fresh_machine(tmp: Path) -> dict[str, str]:
     """An environment with an empty HOME and temp dir and no MetaGPT root set: a new user's."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("METAGPT_PROJECT_ROOT", "WIREPIPE_METAGPT_ROOT")}
+    env = {k: v for k, v in os.environ.items() if k not in ("METAGPT_PROJECT_ROOT", "WIREPIPE_METAGPT_ROOT")}
     for name in ("home", "tmp"):
         (tmp / name).mkdir()
-    env.update(HOME=str(tmp / "home"), TMPDIR=str(tmp / "tmp"), PYTHONPATH=str(REPO),
-               PYTHONDONTWRITEBYTECODE="1")
+    env.update(HOME=str(tmp / "home"), TMPDIR=str(tmp / "tmp"), PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
     return env
 
 
@@ -76,8 +73,14 @@ IMPORT_AND_REPORT = textwrap.dedent("""
 
 
 def _import_on_a_fresh_machine(tmp: Path, *modules: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", IMPORT_AND_REPORT, *modules], cwd=tmp,
-                         env=_fresh_machine(tmp), capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_AND_REPORT, *modules],
+        cwd=tmp,
+        env=_fresh_machine(tmp),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     report["files"] = _files(tmp)
@@ -86,10 +89,13 @@ def _import_on_a_fresh_machine(tmp: Path, *modules: str) -> dict[str, Any]:
 
 def test_importing_the_integration_has_no_side_effect(tmp_path: Path) -> None:
     report = _import_on_a_fresh_machine(
-        tmp_path, "gateway.integrations", "gateway.integrations.metagpt",
-        *(f"gateway.integrations.metagpt.{m}"
-          for m in ("setup", "run", "hooks", "mapping", "offline_llm", "apps")),
-        "gateway.integrations.demo", "gateway.offline_llm", "gateway.metagpt_apps",
+        tmp_path,
+        "gateway.integrations",
+        "gateway.integrations.metagpt",
+        *(f"gateway.integrations.metagpt.{m}" for m in ("setup", "run", "hooks", "mapping", "offline_llm", "apps")),
+        "gateway.integrations.demo",
+        "gateway.offline_llm",
+        "gateway.metagpt_apps",
         "gateway.demo_agent",
     )
     assert report == {"changed": [], "metagpt": False, "files": []}
@@ -99,8 +105,7 @@ def test_the_old_path_prepares_metagpts_environment_on_import(tmp_path: Path) ->
     # The one deliberate exception (gateway/metagpt.py): and the check above can see a write.
     report = _import_on_a_fresh_machine(tmp_path, "gateway.metagpt")
     root = f"tmp/wirepipe-metagpt-{os.getuid()}"
-    assert report == {"changed": ["METAGPT_PROJECT_ROOT"], "metagpt": False,
-                      "files": [f"{root}/config/config2.yaml"]}
+    assert report == {"changed": ["METAGPT_PROJECT_ROOT"], "metagpt": False, "files": [f"{root}/config/config2.yaml"]}
     assert (tmp_path / root / "config/config2.yaml").read_text().startswith("# written by wirepipe")
 
 
@@ -117,8 +122,7 @@ def test_the_old_paths_are_the_new_objects(metagpt_root: Any) -> None:
     for name in old.__all__:
         assert getattr(old, name) is getattr(new, name), name
     for name in gateway.offline_llm.__all__:
-        assert getattr(gateway.offline_llm, name) is getattr(
-            gateway.integrations.metagpt.offline_llm, name), name
+        assert getattr(gateway.offline_llm, name) is getattr(gateway.integrations.metagpt.offline_llm, name), name
     assert gateway.metagpt_apps.data_interpreter is gateway.integrations.metagpt.apps.data_interpreter
     assert gateway.metagpt_apps.team is gateway.integrations.metagpt.apps.team
     assert gateway.demo_agent.app is gateway.integrations.demo.app
@@ -137,9 +141,7 @@ async def test_log_records_follow_the_level_of_their_run(gw: Any) -> None:
     logger.warning("outside any run: not sent")
     async with Client(gw.url, "logs-1") as c:
         events = await drive(c)
-    assert [(d["level"], d["msg"]) for d in of(events, "log")] == [
-        ("WARNING", "sent"), ("ERROR", "sent too")
-    ]
+    assert [(d["level"], d["msg"]) for d in of(events, "log")] == [("WARNING", "sent"), ("ERROR", "sent too")]
     assert of(events, "log")[0]["logger"] == __name__
 
 

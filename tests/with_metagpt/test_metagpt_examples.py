@@ -25,8 +25,13 @@ def run_example(name: str, *args: str, root: Path) -> str:
     env = dict(os.environ, METAGPT_PROJECT_ROOT=str(root))
     proc = subprocess.Popen(
         [sys.executable, str(EXAMPLES / name), *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env, cwd=root, start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+        start_new_session=True,
     )
     try:
         out, err = proc.communicate(timeout=150)
@@ -112,9 +117,9 @@ asyncio.run(main())
 def python_block(doc: str, section: str) -> str:
     """The first ```python block after ``section`` in ``doc``, as it is written there."""
     text = (EXAMPLES.parent / doc).read_text()
-    after = text[text.index(section):]
+    after = text[text.index(section) :]
     start = after.index("```python\n") + len("```python\n")
-    return after[start:after.index("```", start)]
+    return after[start : after.index("```", start)]
 
 
 @pytest.mark.parametrize("doc", sorted(DOCS))
@@ -125,13 +130,21 @@ def test_the_documented_snippet_runs_on_a_fresh_machine(doc: str, tmp_path: Path
     (tmp_path / "snippet.py").write_text(code)
     for name in ("home", "tmp"):
         (tmp_path / name).mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("METAGPT_PROJECT_ROOT", "WIREPIPE_METAGPT_ROOT")}
-    env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path / "tmp"),
-               PYTHONPATH=os.pathsep.join([str(tmp_path), str(EXAMPLES.parent)]))
+    env = {k: v for k, v in os.environ.items() if k not in ("METAGPT_PROJECT_ROOT", "WIREPIPE_METAGPT_ROOT")}
+    env.update(
+        HOME=str(tmp_path / "home"),
+        TMPDIR=str(tmp_path / "tmp"),
+        PYTHONPATH=os.pathsep.join([str(tmp_path), str(EXAMPLES.parent)]),
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE_SNIPPET], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, start_new_session=True,
+        [sys.executable, "-c", SERVE_SNIPPET],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
     )
     try:
         out, err = proc.communicate(timeout=150)

@@ -30,8 +30,7 @@ async def test_data_interpreter_streams_every_kind_and_takes_answers(gw: Any) ->
         events = await drive(c, answer=lambda ev: "confirm")
 
     assert final_status(events)["state"] == "done"
-    assert {"plan", "task", "code", "output", "text", "log", "ask", "answer", "message",
-            "status"} <= kinds(events)
+    assert {"plan", "task", "code", "output", "text", "log", "ask", "answer", "message", "status"} <= kinds(events)
     seqs = [ev.seq for ev in events]
     assert seqs == list(range(1, len(seqs) + 1))
 
@@ -42,17 +41,14 @@ async def test_data_interpreter_streams_every_kind_and_takes_answers(gw: Any) ->
     assert [t["id"] for t in last["tasks"]] == ["1", "2", "3"]
     assert last["tasks"][1]["deps"] == ["1"]
     assert {t["status"] for t in last["tasks"]} == {"done"}
-    assert {tuple(sorted(t)) for t in last["tasks"]} == {
-        ("deps", "id", "instruction", "status", "type")
-    }
+    assert {tuple(sorted(t)) for t in last["tasks"]} == {("deps", "id", "instruction", "status", "type")}
 
     done = [d for d in of(events, "task") if d["status"] == "done"]
     assert [d["id"] for d in done] == ["1", "2", "3"]
     assert done[0]["result"].strip() == f"{len(IDEA)} characters"
 
     codes = of(events, "code")
-    assert [(d["lang"], d["task"]) for d in codes] == [("python", "1"), ("python", "2"),
-                                                      ("python", "3")]
+    assert [(d["lang"], d["task"]) for d in codes] == [("python", "1"), ("python", "2"), ("python", "3")]
     outputs = of(events, "output")
     assert {d["id"] for d in outputs} <= {d["id"] for d in codes}
     assert {d["stream"] for d in outputs} == {"stdout", "stderr", "result"}
@@ -69,8 +65,7 @@ async def test_data_interpreter_streams_every_kind_and_takes_answers(gw: Any) ->
     answers = of(events, "answer")
     assert [(a["value"], a["by"]) for a in answers] == [("confirm", "client")] * 4
     assert {d["level"] for d in of(events, "log")} <= {"INFO", "SUCCESS", "WARNING", "ERROR"}
-    assert of(events, "message")[0] == {"role": "user", "content": IDEA,
-                                       "cause": "UserRequirement"}
+    assert of(events, "message")[0] == {"role": "user", "content": IDEA, "cause": "UserRequirement"}
     states = [d["state"] for d in of(events, "status")]
     assert states[0] == "running" and "waiting" in states
 
@@ -130,9 +125,7 @@ async def test_two_runs_at_once_do_not_mix(gw: Any) -> None:
         async with Client(gw.url, sid) as c:
             return await drive(c)
 
-    results = await asyncio.gather(
-        watch("mix-a"), watch("mix-b"), agent("mix-a", "INFO"), agent("mix-b", "WARNING")
-    )
+    results = await asyncio.gather(watch("mix-a"), watch("mix-b"), agent("mix-a", "INFO"), agent("mix-b", "WARNING"))
     by_sid = dict(zip(ideas, results[:2], strict=True))
     for sid, events in by_sid.items():
         other = next(s for s in ideas if s != sid)
@@ -219,8 +212,7 @@ async def test_an_unanswered_review_settles_to_its_default(gw: Any) -> None:
         events = await drive(c, answer=lambda ev: None)  # nobody answers
     assert final_status(events)["state"] == "done"
     asks = of(events, "ask")
-    assert len(asks) == 4 and all(a["timeout"] == 0.05 and a["default"] == "confirm"
-                                  for a in asks)
+    assert len(asks) == 4 and all(a["timeout"] == 0.05 and a["default"] == "confirm" for a in asks)
     assert [(a["value"], a["by"]) for a in of(events, "answer")] == [("confirm", "timeout")] * 4
 
 

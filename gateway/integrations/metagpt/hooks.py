@@ -129,9 +129,7 @@ def _install() -> None:
 
 def _hook_llm(mlogs: Any, BaseLLM: Any) -> None:
     """The ONE process-wide LLM-stream function, routed by ``RUN``; one stream per ``aask``."""
-    mlogs.set_llm_stream_logfunc(
-        functools.partial(_llm_stream, getattr(mlogs, "_llm_stream_log", None))
-    )
+    mlogs.set_llm_stream_logfunc(functools.partial(_llm_stream, getattr(mlogs, "_llm_stream_log", None)))
     _patch(BaseLLM, "aask", _wrap_llm_aask)
 
 
@@ -245,9 +243,7 @@ async def _human_input(previous: Any, prompt: str = "", *args: Any, **kwargs: An
         if asyncio.iscoroutinefunction(previous):
             return await previous(prompt, *args, **kwargs)
         return previous(prompt)
-    value = await run.ask(
-        prompt, default=run.input_default or None, timeout=run.input_timeout, kind="input"
-    )
+    value = await run.ask(prompt, default=run.input_default or None, timeout=run.input_timeout, kind="input")
     return run.default_if_none(value, run.input_default)
 
 
@@ -256,12 +252,11 @@ def _wrap_human_aask(mlogs: Any, orig: Any) -> Any:
         run = RUN.get()
         if run is None:
             return await orig(self, msg, *args, **kwargs)
-        mlogs.logger.info(
-            "It's your turn, please type in your response. "
-            "You may also refer to the context below"
-        )
+        mlogs.logger.info("It's your turn, please type in your response. You may also refer to the context below")
         value = await run.ask(
-            str(msg), default=run.input_default or None, timeout=run.input_timeout,
+            str(msg),
+            default=run.input_default or None,
+            timeout=run.input_timeout,
             kind="input",
         )
         rsp = run.default_if_none(value, run.input_default)
@@ -279,23 +274,20 @@ def _wrap_ask_review(ask_review: Any, orig: Any) -> Any:
     mlogger = ask_review.logger.patch(lambda r: r.update(name=ask_review.__name__))
 
     async def run(
-        self: Any, context: list[Any] | None = None, plan: Any = None,
+        self: Any,
+        context: list[Any] | None = None,
+        plan: Any = None,
         trigger: str = ReviewConst.TASK_REVIEW_TRIGGER,
     ) -> tuple[str, bool]:
         current = RUN.get()
         if current is None:
-            mine: tuple[str, bool] = await orig(
-                self, context=context or [], plan=plan, trigger=trigger
-            )
+            mine: tuple[str, bool] = await orig(self, context=context or [], plan=plan, trigger=trigger)
             return mine
         context = context or []
         if plan:
             mlogger.info("Current overall plan:")
             mlogger.info(
-                "\n".join(
-                    f"{task.task_id}: {task.instruction}, is_finished: {task.is_finished}"
-                    for task in plan.tasks
-                )
+                "\n".join(f"{task.task_id}: {task.instruction}, is_finished: {task.is_finished}" for task in plan.tasks)
             )
         mlogger.info("Most recent context:")
         latest_action = context[-1].cause_by if context and context[-1].cause_by else ""
@@ -313,10 +305,7 @@ def _wrap_ask_review(ask_review: Any, orig: Any) -> Any:
         rsp = await current.review(prompt, trigger)
         if rsp.lower() in ReviewConst.EXIT_WORDS:
             raise current.exit()
-        confirmed = (
-            rsp.lower() in ReviewConst.CONTINUE_WORDS
-            or ReviewConst.CONTINUE_WORDS[0] in rsp.lower()
-        )
+        confirmed = rsp.lower() in ReviewConst.CONTINUE_WORDS or ReviewConst.CONTINUE_WORDS[0] in rsp.lower()
         return rsp, confirmed
 
     return run
@@ -328,8 +317,7 @@ def _wrap_ask_review(ask_review: Any, orig: Any) -> Any:
 def _hook_plans(planner_mod: Any, Planner: Any, Role: Any, DataInterpreter: Any) -> None:
     from metagpt.actions.di.write_plan import update_plan_from_rsp
 
-    _patch(planner_mod, "precheck_update_plan_from_rsp",
-           functools.partial(_wrap_precheck, update_plan_from_rsp))
+    _patch(planner_mod, "precheck_update_plan_from_rsp", functools.partial(_wrap_precheck, update_plan_from_rsp))
     _patch(Planner, "update_plan", _wrap_update_plan)
     _patch(Planner, "confirm_task", _wrap_confirm_task)
     _patch(Role, "_act_on_task", _wrap_act_on_task)
@@ -338,6 +326,7 @@ def _hook_plans(planner_mod: Any, Planner: Any, Role: Any, DataInterpreter: Any)
 
 def _wrap_precheck(update_plan_from_rsp: Callable[[str, Any], Any], orig: Any) -> Any:
     """WritePlan's answer passed its check: send the plan it proposes, before its review."""
+
     def precheck(rsp: str, current_plan: Any) -> Any:
         ok, err = orig(rsp, current_plan)
         run = RUN.get()
@@ -501,9 +490,7 @@ def _wrap_role_run(orig: Any) -> Any:
     async def run_role(self: Any, *args: Any, **kwargs: Any) -> Any:
         pipe = (getattr(self, "model_extra", None) or {}).get("stream_pipe")
         current = RUN.get()
-        if pipe is None or not hasattr(pipe, "set_message") or (
-            current is not None and current.pipe is pipe
-        ):
+        if pipe is None or not hasattr(pipe, "set_message") or (current is not None and current.pipe is pipe):
             return await orig(self, *args, **kwargs)
         async with attach(pipe):
             return await orig(self, *args, **kwargs)

@@ -45,11 +45,15 @@ def plan_event(plan: Any, running: str | None) -> dict[str, Any]:
             status = "running"
         else:
             status = "pending"
-        tasks.append({
-            "id": str(t.task_id), "instruction": t.instruction,
-            "deps": [str(x) for x in t.dependent_task_ids], "type": t.task_type,
-            "status": status,
-        })
+        tasks.append(
+            {
+                "id": str(t.task_id),
+                "instruction": t.instruction,
+                "deps": [str(x) for x in t.dependent_task_ids],
+                "type": t.task_type,
+                "status": status,
+            }
+        )
     return {"goal": plan.goal, "tasks": tasks, "current": plan.current_task_id or None}
 
 
@@ -92,8 +96,7 @@ def output_events(cid: str, outputs: list[Any]) -> tuple[list[dict[str, Any]], i
         elif kind == "error":
             errors += 1
             stream = "error"
-            text = _ANSI.sub("", "\n".join(out.get("traceback", [])) or
-                             f"{out.get('ename')}: {out.get('evalue')}")
+            text = _ANSI.sub("", "\n".join(out.get("traceback", [])) or f"{out.get('ename')}: {out.get('evalue')}")
         else:
             continue
         if isinstance(text, list):
@@ -123,5 +126,4 @@ def tool_events(output: Any, tool_name: str) -> list[dict[str, Any]]:
 
 def log_event(record: Any) -> dict[str, Any]:
     """A ``log`` event from a loguru record."""
-    return {"level": record["level"].name, "msg": str(record["message"]),
-            "logger": str(record["name"] or "")}
+    return {"level": record["level"].name, "msg": str(record["message"]), "logger": str(record["name"] or "")}

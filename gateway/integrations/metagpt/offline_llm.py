@@ -146,10 +146,7 @@ def _build_class() -> type:
 
         def _reply(self, text: str) -> dict[str, Any]:
             return {
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "stop"}
-                ],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0},
             }
 
@@ -234,19 +231,19 @@ _DEMO_TASKS: Final[tuple[tuple[str, list[str], str, str], ...]] = (
 )
 
 _CODE: Final = {
-    "1": "idea = {idea!r}\nprint(f\"{{len(idea)}} characters\")",
+    "1": 'idea = {idea!r}\nprint(f"{{len(idea)}} characters")',
     "2": (
         "import sys\n"
         "from collections import Counter\n"
         "words = [w.strip('.,;:!?\"').lower() for w in idea.split()]\n"
         "counts = Counter(w for w in words if w)\n"
         "print('counting words case-insensitively', file=sys.stderr)\n"
-        "print(f\"{{len(words)}} words, {{len(counts)}} distinct\")"
+        'print(f"{{len(words)}} words, {{len(counts)}} distinct")'
     ),
     "3": (
         "top, n = counts.most_common(1)[0] if counts else ('nothing', 0)\n"
-        "f\"The idea has {{len(idea)}} characters and {{len(words)}} words; "
-        "the most common word is {{top!r}} ({{n}}x).\""
+        'f"The idea has {{len(idea)}} characters and {{len(words)}} words; '
+        'the most common word is {{top!r}} ({{n}}x)."'
     ),
 }
 #: Task 2 with a bug, for ``DemoScript(bug=True)``: MetaGPT retries it.
@@ -313,8 +310,7 @@ class DemoScript:
             ]
         else:
             tasks = [
-                {"task_id": i, "dependent_task_ids": d, "instruction": s, "task_type": t,
-                 "_done": False}
+                {"task_id": i, "dependent_task_ids": d, "instruction": s, "task_type": t, "_done": False}
                 for i, d, s, t in _DEMO_TASKS
             ]
         for advice in _CHANGE.findall(prompt):
@@ -354,7 +350,7 @@ def _section(prompt: str, heading: str) -> str | None:
     at = prompt.find(heading)
     if at < 0:
         return None
-    rest = prompt[at + len(heading):]
+    rest = prompt[at + len(heading) :]
     for line in rest.splitlines():
         if line.strip():
             return line.strip()

@@ -46,16 +46,20 @@ T = TypeVar("T")
 #: The run the calling code belongs to (set by ``attach``); every hook asks it.
 RUN: contextvars.ContextVar[Run | None] = contextvars.ContextVar("wirepipe_run", default=None)
 #: The text stream id of the LLM call the calling code is in (set by the ``aask`` hook).
-STREAM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "wirepipe_llm_stream", default=None
-)
+STREAM: contextvars.ContextVar[str | None] = contextvars.ContextVar("wirepipe_llm_stream", default=None)
 _run_ids = itertools.count(1)
 #: The name of ``run_in_thread``'s threads.
 RUN_THREAD_NAME: Final = "wirepipe-metagpt-run"
 
 #: loguru's level numbers, so a level can be checked without importing loguru.
 _LEVELS: Final = {
-    "TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50,
+    "TRACE": 5,
+    "DEBUG": 10,
+    "INFO": 20,
+    "SUCCESS": 25,
+    "WARNING": 30,
+    "ERROR": 40,
+    "CRITICAL": 50,
 }
 
 
@@ -105,9 +109,7 @@ class Run:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.pipe = pipe
-        self.log_level = _LEVELS.get(str(log_level).upper(), 20) if isinstance(
-            log_level, str
-        ) else int(log_level)
+        self.log_level = _LEVELS.get(str(log_level).upper(), 20) if isinstance(log_level, str) else int(log_level)
         self.review_timeout = review_timeout
         self.review_default = review_default
         self.input_timeout = input_timeout
@@ -354,9 +356,7 @@ class attach:
             raise asyncio.CancelledError
 
 
-async def run_in_thread(
-    pipe: Any, main: Callable[..., Awaitable[T]], /, *args: Any, **options: Any
-) -> T:
+async def run_in_thread(pipe: Any, main: Callable[..., Awaitable[T]], /, *args: Any, **options: Any) -> T:
     """Run ``await main(*args)`` attached to ``pipe`` in a new thread with its own event loop.
 
     The queue relay (docs/metagpt.md): the agent runs in ``asyncio.run`` in a
