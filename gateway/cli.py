@@ -478,6 +478,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wirepipe watch: {exc}", file=sys.stderr)
             return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # websockets says "HTTP response sent" and "connection closed" at INFO
+        # for every request: at the default level, only its warnings.
+        logging.getLogger("wirepipe.ws").setLevel(logging.WARNING)
     extra: dict[str, App] = {}
     banner = ""
     if args.cmd == "demo":
