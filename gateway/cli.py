@@ -78,7 +78,8 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument(
         "--secret",
         default=os.environ.get("WIREPIPE_SECRET"),
-        help="HMAC secret for resume tokens (env WIREPIPE_SECRET); default: random per process",
+        help="HMAC secret for resume tokens (env WIREPIPE_SECRET); required off loopback unless "
+        "--insecure; default: random per process (tokens die with it)",
     )
     p.add_argument(
         "--insecure",
@@ -289,7 +290,13 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
         help="register an app that hello.start can run; repeatable",
     )
     p.add_argument("--no-ui", action="store_true", help="do not serve the web UI")
-    p.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default: %(default)s)",
+    )
 
 
 def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None) -> Gateway:
@@ -439,6 +446,9 @@ def _render(seq: int, k: str, d: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # As `python -m` does: --app and --middleware name modules of the current directory.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     parser = argparse.ArgumentParser(
         prog="wirepipe",
         description="Stream an AI agent's run to web pages, terminals and notebooks, and answer it.",
@@ -465,7 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     p_watch.add_argument("--auth", help="credential (hello.auth)")
     p_watch.add_argument("--start", metavar="APP", help="start a run of this app under --sid")
     p_watch.add_argument("--input", help="the run's input (JSON, or a plain string)")
-    p_watch.add_argument("--no-input", action="store_true", help="never prompt; only watch")
+    p_watch.add_argument(
+        "--no-input",
+        action="store_true",
+        help="never prompt; only watch (an ask then waits for another client's answer or its timeout)",
+    )
     p_watch.add_argument("--follow", action="store_true", help="keep watching after the run ends")
     args = parser.parse_args(argv)
 

@@ -41,8 +41,10 @@ from protocol import (
     Cancel,
     ClientProtocol,
     Error,
+    ErrorCode,
     Event,
     Pong,
+    ProtocolError,
     RemoteError,
     Replied,
     Reply,
@@ -247,6 +249,10 @@ class Client:
         except RemoteError as exc:
             self._finish(exc)
             return
+        except Exception as exc:  # a bug: the iterator and every pending request learn it
+            log.exception("client of %s stopped", self.sid)
+            self._finish(exc)
+            return
         self._finish(None)
 
     async def _session(self) -> None:
@@ -263,10 +269,23 @@ class Client:
             await self._flush(ws)
             async for msg in ws:
                 gaps = self.proto.gaps
-                for out in self.proto.receive_data(msg):
+                try:
+                    outs = self.proto.receive_data(msg)
+                except ProtocolError as exc:
+                    # The gateway sent something that is not a frame: a local,
+                    # non-fatal error, as the JS client reports it; a hole it
+                    # leaves in the seqs is counted in ``gaps``.
+                    log.warning("sid %s: an undecodable frame from the gateway: %s", self.sid, exc.msg)
+                    self.proto.errors.append(Error(exc.code.value, exc.msg, False))
+                    continue
+                for out in outs:
                     self._handle(out)
                 if self.proto.gaps != gaps:
                     log.warning("sid %s: %d event(s) skipped a seq", self.sid, self.proto.gaps - gaps)
+                if self.proto.start is not None and not self.proto.welcomed:
+                    refused = [e for e in self.proto.errors if e.code == ErrorCode.FORBIDDEN]
+                    if refused:  # the run this client came to start will not come from it
+                        raise RemoteError(refused[-1].code, refused[-1].msg)
                 await self._flush(ws)
 
     async def _flush(self, ws: ClientConnection) -> None:

@@ -42,7 +42,7 @@ from protocol import (
     sign,
     verify,
 )
-from protocol.server import BATCH_BYTES, Limits, Request, ServerConnection, Step
+from protocol.server import BATCH_BYTES, ConnectionLimits, Request, ServerConnection, Step
 
 from .config import Auth, Config
 from .metrics import Metrics
@@ -81,7 +81,7 @@ class Connection:
         cfg = gw.config
         self._clock = asyncio.get_running_loop().time
         self.rules = ServerConnection(
-            Limits(cfg.max_frame, cfg.rate, cfg.burst, cfg.rate_strikes, cfg.batch_max), now=self._clock()
+            ConnectionLimits(cfg.max_frame, cfg.rate, cfg.burst, cfg.rate_strikes, cfg.batch_max), now=self._clock()
         )
         self.session: Session | None = None
         self._acked = asyncio.Event()
@@ -190,8 +190,9 @@ class Connection:
         gw = self.gw
         self.rules.grant, token = await self._authorize(hello)
         if hello.start is not None:
-            if self.rules.grant is not Grant.OPERATOR:
-                await self._fail(ProtocolError(ErrorCode.FORBIDDEN, "a viewer cannot start a run"))
+            refused = self.rules.refuse_start()
+            if refused is not None:
+                await self._fail(refused)
             else:
                 gw.runs.start_run(hello.sid, hello.start["app"], hello.start.get("input"))
         self.session = await gw.runs.await_session(hello.sid, self.ws)
@@ -220,7 +221,7 @@ class Connection:
                 raise self.gw.runs.missing_log(sid)
             if before is not None and before.epoch == info.epoch:
                 break
-        cursor = at if live else info.first - 1
+        cursor = self.rules.restart_cursor(live, info.first, at)
         self.session = self.gw.runs.local_session(sid, info.epoch)
         await self._welcome(info.epoch, cursor, info.first, at, snapshot)
 
@@ -294,7 +295,7 @@ class Connection:
         what it runs is the request as the middleware passes it on.
         """
         s, grant, chain = self.session, self.rules.grant, self.gw.middleware
-        if s is None or s.epoch != self.rules.epoch:
+        if s is None or not self.rules.follows(s.epoch):
             return None
 
         def act() -> str | None:
@@ -311,12 +312,6 @@ class Connection:
 
     async def _not_local(self, req: Request) -> Replied:
         """A request for a run this process does not hold."""
-        frame = req.frame
-        if self.rules.grant is not Grant.OPERATOR:
-            return Replied(frame.rid, False, ErrorCode.FORBIDDEN)
         info = await self.gw.store.info(self.sid)
-        if info is not None and info.epoch == self.rules.epoch and not info.ended:
-            # alive, but its agent runs on another node sharing the store
-            return Replied(frame.rid, False, ErrorCode.NOT_HERE)
-        err = ErrorCode.ASK_CLOSED if isinstance(frame, Reply) else ErrorCode.ENDED
-        return Replied(frame.rid, False, err)
+        alive = info is not None and self.rules.follows(info.epoch) and not info.ended
+        return self.rules.not_local(req.frame, alive)

@@ -93,7 +93,7 @@ class Step(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class ConnectionLimits:
     """What one connection may do: frame size and rate (``Config`` sets them)."""
 
     max_frame: int = DEFAULT_MAX_FRAME
@@ -106,8 +106,8 @@ class Limits:
 class ServerConnection:
     """The rules of one client connection on the server (see the module docstring)."""
 
-    def __init__(self, limits: Limits | None = None, *, now: float = 0.0) -> None:
-        self.limits = limits or Limits()
+    def __init__(self, limits: ConnectionLimits | None = None, *, now: float = 0.0) -> None:
+        self.limits = limits or ConnectionLimits()
         self.state = ConnState.AWAIT_HELLO
         self.sid = ""
         self.epoch = ""
@@ -146,15 +146,45 @@ class ServerConnection:
         """Whether ``hello`` resumes the log exactly (section 4).
 
         ``token_epoch`` is the epoch of the hello's verified resume token
-        (None without one); ``epoch``, ``first``, ``head`` describe the log.
+        (None without one): a token resumes only the epoch it was issued
+        for.  ``epoch``, ``first``, ``head`` describe the log.
         """
         return (
             token_epoch is not None
-            and hello.epoch == epoch
+            and token_epoch == hello.epoch == epoch
             and hello.after is not None
             and first <= hello.after + 1
             and hello.after <= head
         )
+
+    def refuse_start(self) -> ProtocolError | None:
+        """Why this client may not start a run (a viewer), or None (section 7, ``forbidden``)."""
+        if self.grant is not Grant.OPERATOR:
+            return ProtocolError(ErrorCode.FORBIDDEN, "a viewer cannot start a run")
+        return None
+
+    @staticmethod
+    def restart_cursor(live: bool | None, first: int, head: int) -> int:
+        """Where a ``recovered: false`` welcome starts: ``first`` (all history), or after
+        ``head`` with ``live`` (section 4)."""
+        return head if live else first - 1
+
+    def follows(self, epoch: str) -> bool:
+        """True if ``epoch`` is the one this client follows (requests act on that run only)."""
+        return epoch == self.epoch
+
+    def not_local(self, request: Reply | Send | Cancel, alive: bool) -> Replied:
+        """The answer to a request whose run is not in this process.
+
+        ``alive``: the log of the followed epoch has not ended (its agent runs
+        on another node sharing the store).
+        """
+        rid = request.rid
+        if self.grant is not Grant.OPERATOR:
+            return Replied(rid, False, ErrorCode.FORBIDDEN)
+        if alive:
+            return Replied(rid, False, ErrorCode.NOT_HERE)
+        return Replied(rid, False, ErrorCode.ASK_CLOSED if isinstance(request, Reply) else ErrorCode.ENDED)
 
     def welcome(
         self,

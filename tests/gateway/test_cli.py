@@ -268,3 +268,21 @@ def test_serve_flags_reach_the_config() -> None:
         cfg.write_limit,
         cfg.rate_strikes,
     ) == (5, 9, 3, False, 60, 10, 1, 4096, 2)
+
+
+def test_the_wirepipe_command_finds_modules_of_the_current_directory(tmp_path: Path) -> None:
+    """As ``python -m`` does: the README's ``--app mine=my_module:my_app`` names a file in ``.``."""
+    script = Path(sys.executable).parent / "wirepipe"
+    assert script.is_file(), f"{script} is missing: the package is not installed in this venv"
+    (tmp_path / "my_policies.py").write_text("from gateway import Middleware\n\nclass Quiet(Middleware):\n    pass\n")
+    (tmp_path / "my_module.py").write_text("async def my_app(pipe, input):\n    pass\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [str(script), "serve", "--middleware", "my_policies:Quiet", "--app", "mine=my_module:my_app", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
-from support import MS, final
+from support import MS, TIMEOUT, final
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -193,3 +194,49 @@ async def test_internal_errors_never_show_a_traceback(make_gw, raw):
         code, frames = await r.closed()
     assert code == 1011
     assert frames[-1].code == "internal" and "secret" not in frames[-1].msg
+
+
+async def test_the_python_client_survives_a_bad_frame_from_the_server() -> None:
+    """A server that sends garbage once: the client reports it and goes on (it used to hang)."""
+    from websockets.asyncio.server import serve
+
+    from gateway.client import Client
+
+    async def server(ws: Any) -> None:
+        await ws.recv()  # hello
+        await ws.send(
+            packb(
+                {
+                    "t": "welcome",
+                    "sid": "s",
+                    "epoch": "e",
+                    "resume": "r",
+                    "head": 0,
+                    "first": 1,
+                    "recovered": False,
+                    "grant": "operator",
+                    "snapshot": None,
+                }
+            )
+        )
+        await ws.send(packb({"t": "ev", "seq": 1, "k": "log", "ts": 1.0, "d": {"level": "INFO", "msg": "a"}}))
+        await ws.send(packb({"t": "ev", "seq": "oops", "k": "log", "ts": 1.0, "d": {}}))
+        await ws.send(packb({"t": "ev", "seq": 2, "k": "status", "ts": 1.0, "d": {"state": "done"}}))
+        await ws.wait_closed()
+
+    async with serve(server, "127.0.0.1", 0) as srv:
+        port = next(iter(srv.sockets)).getsockname()[1]
+        async with Client(f"ws://127.0.0.1:{port}/", "s") as c:
+            evs = await asyncio.wait_for(c.until(final), TIMEOUT)
+    assert [e.seq for e in evs] == [1, 2]
+    assert [e.code for e in c.errors] == ["bad_frame"]
+
+
+async def test_a_viewer_that_asks_to_start_a_run_is_told_not_left_waiting(make_gw: Any) -> None:
+    from gateway.client import Client
+    from protocol import RemoteError
+
+    gw = await make_gw(auth=lambda cred, sid: "viewer", apps={"app": lambda pipe, value: None})
+    with pytest.raises(RemoteError) as err:
+        await asyncio.wait_for(Client(gw.url, "v-1", start={"app": "app"}).connect(), TIMEOUT)
+    assert err.value.code == "forbidden"

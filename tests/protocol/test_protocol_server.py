@@ -7,11 +7,11 @@ import pytest
 from protocol import ConnState, ErrorCode, Grant, Hello, Pong, ProtocolError, Replied, Welcome, packb
 from protocol.codec import MAX_DEPTH
 from protocol.frames import Error
-from protocol.server import Limits, RateLimiter, Request, ServerConnection, Step
+from protocol.server import ConnectionLimits, RateLimiter, Request, ServerConnection, Step
 
 
 def opened(window: int | None = None, **limits: object) -> ServerConnection:
-    conn = ServerConnection(Limits(**limits))  # type: ignore[arg-type]
+    conn = ServerConnection(ConnectionLimits(**limits))  # type: ignore[arg-type]
     hello = {"t": "hello", "sid": "s"} | ({"window": window} if window else {})
     conn.receive_hello(packb(hello))
     conn.welcome(epoch="e1", cursor=0, first=1, head=0, snapshot=None, resume="tok", heartbeat_ms=20000)
@@ -72,6 +72,7 @@ def test_no_hello_is_its_own_error() -> None:
         ("e1", "e1", None, 1, 9, False),  # no position
         ("e1", "e1", 2, 5, 9, False),  # trimmed away
         ("e1", "e1", 10, 1, 9, False),  # beyond the head
+        ("e0", "e1", 5, 1, 9, False),  # a token of another epoch
     ],
 )
 def test_the_recovery_decision(
@@ -173,3 +174,25 @@ def test_every_state_change_is_in_the_table() -> None:
     assert conn.state is ConnState.CLOSING
     conn.closed()
     assert conn.state is ConnState.CLOSED
+
+
+def test_who_may_start_and_where_a_restart_begins() -> None:
+    conn = opened()
+    refused = conn.refuse_start()
+    assert refused is not None and refused.code is ErrorCode.FORBIDDEN and not refused.fatal
+    conn.grant = Grant.OPERATOR
+    assert conn.refuse_start() is None
+    assert ServerConnection.restart_cursor(False, first=5, head=9) == 4  # all retained history
+    assert ServerConnection.restart_cursor(True, first=5, head=9) == 9  # live: after the head
+
+
+def test_requests_for_a_run_elsewhere() -> None:
+    from protocol import Cancel, Reply, Send
+
+    conn = opened()
+    assert conn.follows("e1") and not conn.follows("e2")
+    assert conn.not_local(Send(1, "r"), alive=True) == Replied("r", False, "forbidden")  # a viewer
+    conn.grant = Grant.OPERATOR
+    assert conn.not_local(Send(1, "r"), alive=True) == Replied("r", False, "not_here")
+    assert conn.not_local(Reply("a1", "r", 1), alive=False) == Replied("r", False, "ask_closed")
+    assert conn.not_local(Cancel("r"), alive=False) == Replied("r", False, "ended")
