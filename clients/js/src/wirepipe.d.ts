@@ -146,6 +146,8 @@ export interface WebSocketLike {
   binaryType: string;
   send(data: Uint8Array): void;
   close(code?: number, reason?: string): void;
+  /** Called instead of close() when present (the `ws` package's), to drop a dead connection without a closing handshake. */
+  terminate?(): void;
   addEventListener(type: string, listener: (ev: any) => void): void;
 }
 
