@@ -420,7 +420,7 @@ export class Client {
 
   /**
    * Yields every event delivered after this call, in order; ends when the client is closed for good.
-   * @returns {AsyncIterableIterator<WirepipeEvent>}
+   * @returns {AsyncIterableIterator<WirepipeEvent> & {return(): Promise<IteratorResult<WirepipeEvent>>}}
    */
   [Symbol.asyncIterator]() {
     const client = this;
