@@ -12,43 +12,70 @@
 // feed's data-events/-duplicates/-gaps/-errors (render.js).
 
 import { SID_RE } from '@wirepipe/client/state.js';
+import { child, errorMessage } from './dom.js';
 import { View } from './render.js';
-/** @type {(id: string) => any} the page's elements, by id (they are in index.html) */
-const $ = (id) => document.getElementById(id);
+
+/**
+ * @typedef {import('@wirepipe/client/wirepipe.js').Client} Client
+ * @typedef {import('@wirepipe/client/wirepipe.js').ConnectOptions} ConnectOptions
+ * @typedef {{label: string, run: () => void}} BannerAction
+ */
+
+/**
+ * The page's element `id` (index.html has them all), as a `type`: a missing one is a bug, said as such.
+ * @template {HTMLElement} T
+ * @param {string} id
+ * @param {{new (): T, prototype: T}} type
+ * @returns {T}
+ */
+function $(id, type) {
+  const node = document.getElementById(id);
+  if (!(node instanceof type)) throw new Error(`wirepipe: index.html has no ${type.name} #${id}`);
+  return node;
+}
 
 const ui = {
-  sid: $('sid'),
-  conn: $('conn'),
-  runStatus: $('run-status'),
-  grant: $('grant'),
-  cancel: $('cancel'),
-  banner: $('banner'),
-  controls: $('controls'),
-  startForm: $('start-form'),
-  watchForm: $('watch-form'),
-  sendForm: $('send-form'),
-  logLevel: $('log-level'),
-  logs: $('logs'),
+  sid: $('sid', HTMLElement),
+  conn: $('conn', HTMLElement),
+  runStatus: $('run-status', HTMLElement),
+  grant: $('grant', HTMLElement),
+  cancel: $('cancel', HTMLButtonElement),
+  banner: $('banner', HTMLElement),
+  controls: $('controls', HTMLDetailsElement),
+  startForm: $('start-form', HTMLFormElement),
+  watchForm: $('watch-form', HTMLFormElement),
+  sendForm: $('send-form', HTMLFormElement),
+  logLevel: $('log-level', HTMLSelectElement),
+  logs: $('logs', HTMLElement),
 };
 
 const view = new View({
-  feed: $('feed'),
-  planGoal: $('plan-goal'),
-  planTasks: $('plan-tasks'),
-  planProgress: $('plan-progress'),
-  asks: $('asks'),
-  asksPanel: $('asks-panel'),
-  logs: $('logs'),
-  runStatus: $('run-status'),
+  feed: $('feed', HTMLElement),
+  planGoal: $('plan-goal', HTMLElement),
+  planTasks: $('plan-tasks', HTMLElement),
+  planProgress: $('plan-progress', HTMLElement),
+  asks: $('asks', HTMLElement),
+  asksPanel: $('asks-panel', HTMLElement),
+  logs: $('logs', HTMLElement),
+  runStatus: $('run-status', HTMLElement),
 }, { onReply: (askId, value) => reply(askId, value) });
 
+/** @type {string[]} */
 const states = [];
 let resets = 0;
 
+/** @type {Client | null} */
 let client = null;
+/** @type {'viewer' | 'operator' | null} */
 let grant = null;
 
-// Storage can throw (disabled cookies, sandboxed frames): then it is just not remembered.
+/**
+ * Storage can throw (disabled cookies, sandboxed frames): then it is just not remembered.
+ * @param {'session' | 'local'} area
+ * @param {string} key
+ * @param {string} [value] absent: read
+ * @returns {string | null}
+ */
 function stored(area, key, value) {
   try {
     const store = area === 'session' ? sessionStorage : localStorage;
@@ -68,7 +95,11 @@ function newSid() {
   return `run-${rand}`;
 }
 
-/** JSON if it parses, else the text itself; empty means nil. */
+/**
+ * JSON if it parses, else the text itself; empty means nil.
+ * @param {string} text
+ * @returns {unknown}
+ */
 function parseInput(text) {
   const trimmed = text.trim();
   if (trimmed === '') return null;
@@ -81,16 +112,16 @@ function parseInput(text) {
 
 function readUrl() {
   const params = new URLSearchParams(location.search);
+  const auth = params.get('auth');
+  if (auth) stored('session', 'wirepipe.auth', auth);
   const plan = {
     sid: params.get('sid') || '',
     app: params.get('app') || '',
     input: params.get('input') ?? '',
     live: ['1', 'true', 'yes'].includes(params.get('live') || ''),
     window: Number.parseInt(params.get('window') || '', 10),
+    auth: auth || stored('session', 'wirepipe.auth') || '',
   };
-  const auth = params.get('auth');
-  if (auth) stored('session', 'wirepipe.auth', auth);
-  plan.auth = auth || stored('session', 'wirepipe.auth') || '';
   if (plan.app && !plan.sid) plan.sid = newSid();
   if (plan.sid || auth) {
     // Keep only what a reload needs: starting twice would be `sid_taken`,
@@ -105,11 +136,12 @@ function readUrl() {
 
 // ---- header widgets -------------------------------------------------------------
 
+/** @param {string} state */
 function setConn(state) {
   states.push(state);
   ui.conn.dataset.state = state;
   ui.conn.dataset.history = states.join(' ');
-  ui.conn.querySelector('b').textContent = state;
+  child(ui.conn, 'b', HTMLElement).textContent = state;
   document.body.dataset.conn = state;
   syncControls();
 }
@@ -132,22 +164,32 @@ function syncTitle() {
 
 view.onStatus = () => { syncControls(); syncTitle(); };
 
+/** @type {BannerAction | null} */
 let bannerAction = null;
+/**
+ * @param {string} text
+ * @param {{kind?: string, action?: BannerAction | null}} [options]
+ */
 function showBanner(text, { kind = 'error', action = null } = {}) {
   ui.banner.hidden = false;
   ui.banner.dataset.kind = kind;
-  ui.banner.querySelector('.banner-text').textContent = text;
-  const button = ui.banner.querySelector('.banner-action');
+  child(ui.banner, '.banner-text', HTMLElement).textContent = text;
+  const button = child(ui.banner, '.banner-action', HTMLButtonElement);
   bannerAction = action;
   button.hidden = !action;
   if (action) button.textContent = action.label;
 }
 function hideBanner() { ui.banner.hidden = true; bannerAction = null; }
-ui.banner.querySelector('.banner-close').addEventListener('click', hideBanner);
-ui.banner.querySelector('.banner-action').addEventListener('click', () => bannerAction && bannerAction.run());
+child(ui.banner, '.banner-close', HTMLButtonElement).addEventListener('click', hideBanner);
+child(ui.banner, '.banner-action', HTMLButtonElement).addEventListener('click', () => bannerAction && bannerAction.run());
 
 // ---- actions ------------------------------------------------------------------
 
+/**
+ * @param {string} askId
+ * @param {unknown} value
+ * @returns {Promise<{ok: boolean, err?: string}>}
+ */
 async function reply(askId, value) {
   if (!client) return { ok: false, err: 'not_connected' };
   return client.reply(askId, value);
@@ -155,6 +197,7 @@ async function reply(askId, value) {
 
 // Cancel asks once more instead of a modal confirm(): a stray tap on a phone
 // should not stop a long run.
+/** @type {ReturnType<typeof setTimeout> | null} */
 let cancelArmed = null;
 ui.cancel.addEventListener('click', async () => {
   if (!client) return;
@@ -170,12 +213,12 @@ ui.cancel.addEventListener('click', async () => {
     const result = await client.cancel('cancelled from the web UI');
     if (result && !result.ok) showBanner(`Cancel failed: ${result.err || 'unknown error'}`);
   } catch (err) {
-    showBanner(`Cancel failed: ${err && err.message ? err.message : err}`);
+    showBanner(`Cancel failed: ${errorMessage(err)}`);
   }
   syncControls();
 });
 function disarmCancel() {
-  clearTimeout(cancelArmed);
+  if (cancelArmed !== null) clearTimeout(cancelArmed);
   cancelArmed = null;
   ui.cancel.textContent = 'Cancel run';
   ui.cancel.classList.remove('armed');
@@ -183,16 +226,16 @@ function disarmCancel() {
 
 ui.sendForm.addEventListener('submit', async (event) => {
   event.preventDefault();
-  const input = $('send-text');
+  const input = $('send-text', HTMLInputElement);
   if (!client || input.value === '') return;
-  const button = ui.sendForm.querySelector('button');
+  const button = child(ui.sendForm, 'button', HTMLButtonElement);
   button.disabled = true;
   try {
     const result = await client.send(input.value);
     if (result && result.ok) input.value = '';
     else showBanner(`Send failed: ${(result && result.err) || 'unknown error'}`);
   } catch (err) {
-    showBanner(`Send failed: ${err && err.message ? err.message : err}`);
+    showBanner(`Send failed: ${errorMessage(err)}`);
   } finally {
     button.disabled = false;
   }
@@ -201,14 +244,14 @@ ui.sendForm.addEventListener('submit', async (event) => {
 ui.startForm.addEventListener('submit', (event) => {
   event.preventDefault();
   const params = new URLSearchParams();
-  params.set('app', $('start-app').value.trim());
-  params.set('input', $('start-input').value);
+  params.set('app', $('start-app', HTMLInputElement).value.trim());
+  params.set('input', $('start-input', HTMLTextAreaElement).value);
   location.assign(`?${params}`);
 });
 
 ui.watchForm.addEventListener('submit', (event) => {
   event.preventDefault();
-  location.assign(`?sid=${encodeURIComponent($('watch-sid').value.trim())}`);
+  location.assign(`?sid=${encodeURIComponent($('watch-sid', HTMLInputElement).value.trim())}`);
 });
 
 // The level filter is CSS (.logs[data-min=N] hides .lvl-M for M < N), so
@@ -241,15 +284,15 @@ function queueScroll() {
 
 async function start() {
   const plan = readUrl();
-  $('start-app').value = plan.app;
-  $('start-input').value = plan.input;
+  $('start-app', HTMLInputElement).value = plan.app;
+  $('start-input', HTMLTextAreaElement).value = plan.input;
   if (!plan.sid) {
     ui.controls.open = true;
     setConn('idle');
     return;
   }
   ui.sid.textContent = plan.sid;
-  $('watch-sid').value = plan.sid;
+  $('watch-sid', HTMLInputElement).value = plan.sid;
   if (!SID_RE.test(plan.sid)) {
     showBanner('That session id is not valid: use 1-128 letters, digits, ".", "_", ":" or "-".');
     ui.controls.open = true;
@@ -260,11 +303,12 @@ async function start() {
   try {
     ({ connect } = await import('@wirepipe/client/wirepipe.js'));
   } catch (err) {
-    showBanner(`Could not load the wirepipe client (/client/wirepipe.js): ${err.message || err}`);
+    showBanner(`Could not load the wirepipe client (/client/wirepipe.js): ${errorMessage(err)}`);
     return;
   }
 
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  /** @type {ConnectOptions} */
   const options = { sid: plan.sid };  // only keys with a value: nil is not a str on the wire
   if (plan.auth) options.auth = plan.auth;
   if (plan.live) options.live = true;
@@ -307,7 +351,7 @@ async function start() {
       showBanner(`Disconnected (${why}).`, { action: { label: 'Reconnect', run: () => location.reload() } });
     } else {
       // Keep the error text (it says why) and offer the way back.
-      showBanner(ui.banner.querySelector('.banner-text').textContent,
+      showBanner(child(ui.banner, '.banner-text', HTMLElement).textContent ?? '',
         { action: { label: 'Reconnect', run: () => location.reload() } });
     }
     syncControls();
@@ -325,8 +369,8 @@ start();
 // Offer the gateway's registered apps in the start form (GET /apps).
 fetch('/apps').then((r) => (r.ok ? r.json() : null)).then((body) => {
   if (!body || !Array.isArray(body.apps)) return;
-  const list = $('start-apps');
-  list.replaceChildren(...body.apps.map((name) => Object.assign(document.createElement('option'), { value: String(name) })));
-  const input = $('start-app');
+  const list = $('start-apps', HTMLDataListElement);
+  list.replaceChildren(...body.apps.map((/** @type {unknown} */ name) => Object.assign(document.createElement('option'), { value: String(name) })));
+  const input = $('start-app', HTMLInputElement);
   if (!input.value && body.apps.length) input.placeholder = body.apps.join(', ');
 }).catch(() => {});

@@ -18,18 +18,40 @@
 // data-* attributes of the feed, for tests and the curious.
 
 import { Snapshot, isMap } from '@wirepipe/client/state.js';
-import { clock, el, formatValue, shortValue, str, token } from './dom.js';
+import { child, clock, el, errorMessage, formatValue, shortValue, str, token } from './dom.js';
+
+/**
+ * @typedef {import('@wirepipe/client/wirepipe.js').WirepipeEvent} WirepipeEvent
+ * @typedef {import('@wirepipe/client/wirepipe.js').SnapshotMap} SnapshotMap
+ * @typedef {import('@wirepipe/client/wirepipe.js').Welcome} Welcome
+ * @typedef {import('./dom.js').Child} Child
+ * @typedef {Record<string, any>} Payload a decoded map: an event's d, a task, an ask
+ * @typedef {{feed: HTMLElement, planGoal: HTMLElement, planTasks: HTMLElement, planProgress: HTMLElement,
+ *   asks: HTMLElement, asksPanel: HTMLElement, logs: HTMLElement, runStatus: HTMLElement}} ViewElements
+ * @typedef {{span: HTMLElement, text: string, replayed: number, moved?: boolean}} SnapshotText
+ * @typedef {{block: HTMLElement, body: HTMLElement, base?: SnapshotText}} TextStream
+ * @typedef {{cell: HTMLElement, outputs: HTMLElement}} CodeCell
+ * @typedef {HTMLButtonElement | HTMLInputElement} Control
+ * @typedef {{card: HTMLElement, controls: Control[]}} AskCard
+ * @typedef {{goal: unknown, tasks: Payload[], current: unknown, proposed: boolean}} ShownPlan
+ * @typedef {{ok: boolean, err?: string}} ReplyResult
+ */
 
 /** Kinds whose events change the state panels. */
 const STATE_KINDS = new Set(['plan', 'task', 'status', 'ask', 'answer']);
 
 // Log level -> rank used by the level filter (CSS hides .lvl-N below the
 // selected rank). Loguru (MetaGPT) and stdlib names, and stdlib numbers.
+/** @type {Record<string, number>} */
 const LEVEL_RANK = {
   TRACE: 0, DEBUG: 0, INFO: 1, SUCCESS: 1, NOTICE: 1,
   WARNING: 2, WARN: 2, ERROR: 3, CRITICAL: 3, FATAL: 3, EXCEPTION: 3,
 };
 
+/**
+ * @param {unknown} level
+ * @returns {number}
+ */
 export function levelRank(level) {
   if (typeof level === 'number') {
     if (level >= 40) return 3;
@@ -44,14 +66,34 @@ export function levelRank(level) {
 const isObject = isMap;
 
 let uid = 0;
+/** @param {string} prefix */
 const nextId = (prefix) => `${prefix}-${++uid}`;
 
 export class View {
+  // What a reset drops: clear() puts each of these back as it is here.
+  /** what the state panels show */
+  state = new Snapshot();
+  /** @type {number | null} seq of the last event applied, null after a reset */
+  lastSeq = null;
+  /** @type {Map<string, TextStream>} stream id -> {block, body} */
+  texts = new Map();
+  /** @type {Map<string, CodeCell>} code id -> {cell, outputs} */
+  codes = new Map();
+  /** @type {Map<string, AskCard>} ask id -> {card, controls}: a card per open ask of the state */
+  asks = new Map();
+  /** @type {Set<string>} ask ids whose reply said the ask is gone: no card */
+  dismissed = new Set();
+  /** @type {Map<string, HTMLElement>} ask id -> feed entry of its ask event */
+  askEntries = new Map();
+  /** @type {Map<string, HTMLElement>} task id -> <li> */
+  taskRows = new Map();
+  snapshotHead = 0;
+
   /**
    * elements: {feed, planGoal, planTasks, planProgress, asks, asksPanel, logs,
    * runStatus}; onReply(askId, value) -> Promise<{ok, err}>.
-   * @param {Record<string, any>} elements
-   * @param {{onReply?: (askId: string, value: unknown) => Promise<{ok: boolean, err?: string}>}} [options]
+   * @param {ViewElements} elements
+   * @param {{onReply?: (askId: string, value: unknown) => Promise<ReplyResult>}} [options]
    */
   constructor(elements, { onReply } = {}) {
     this.e = elements;
@@ -64,14 +106,14 @@ export class View {
   }
 
   clear() {
-    this.state = new Snapshot();  // what the state panels show
-    this.lastSeq = null;          // seq of the last event applied, null after a reset
-    this.texts = new Map();       // stream id -> {block, body}
-    this.codes = new Map();       // code id -> {cell, outputs}
-    this.asks = new Map();        // ask id -> {card, controls}: a card per open ask of the state
-    this.dismissed = new Set();   // ask ids whose reply said the ask is gone: no card
-    this.askEntries = new Map();  // ask id -> feed entry of its ask event
-    this.taskRows = new Map();    // task id -> <li>
+    this.state = new Snapshot();
+    this.lastSeq = null;
+    this.texts = new Map();
+    this.codes = new Map();
+    this.asks = new Map();
+    this.dismissed = new Set();
+    this.askEntries = new Map();
+    this.taskRows = new Map();
     this.snapshotHead = 0;
     this.e.feed.replaceChildren();
     this.e.logs.replaceChildren();
@@ -92,7 +134,10 @@ export class View {
     for (const [key, value] of Object.entries(this.stats)) this.e.feed.dataset[key] = String(value);
   }
 
-  /** Show what the state holds in the panels of `k` (every panel without `k`). */
+  /**
+   * Show what the state holds in the panels of `k` (every panel without `k`).
+   * @param {string} [k]
+   */
   project(k) {
     if (!k || k === 'plan' || k === 'task') this.renderPlan();
     if (!k || k === 'status') this.setStatus(this.state.status);
@@ -110,6 +155,8 @@ export class View {
    * end of the snapshot's text instead, so what shows once the replay has
    * passed the head is the snapshot's text exactly, with the retained deltas
    * as their own spans.
+   * @param {SnapshotMap | null} snapshot
+   * @param {Welcome} welcome
    */
   reset(snapshot, welcome) {
     this.clear();
@@ -125,7 +172,10 @@ export class View {
     }
   }
 
-  /** Apply one event {seq, k, ts, d}. Never throws. */
+  /**
+   * Apply one event {seq, k, ts, d}. Never throws.
+   * @param {WirepipeEvent} ev
+   */
   apply(ev) {
     const seq = ev && typeof ev.seq === 'number' ? ev.seq : null;
     if (seq !== null && this.lastSeq !== null) {
@@ -159,10 +209,20 @@ export class View {
 
   // ---- building blocks -------------------------------------------------
 
+  /**
+   * @param {WirepipeEvent} ev
+   * @param {string} k
+   */
   marks(ev, k) {
     return { seq: ev.seq, k };
   }
 
+  /**
+   * @param {WirepipeEvent} ev
+   * @param {string} k
+   * @param {string} cls
+   * @param {...(Child | Child[])} children
+   */
   entry(ev, k, cls, ...children) {
     const node = el('article', { class: `ev ev-${token(k)} ${cls || ''}`.trim(), dataset: this.marks(ev, k) },
       ...children);
@@ -170,15 +230,25 @@ export class View {
     return node;
   }
 
+  /**
+   * @param {string} label
+   * @param {...Child} extra
+   */
   head(label, ...extra) {
     return el('header', { class: 'ev-head' }, el('span', { class: 'ev-kind' }, label), ...extra);
   }
 
+  /** @param {WirepipeEvent} ev */
   time(ev) {
     const t = clock(ev.ts);
     return t ? el('time', { class: 'ev-time' }, t) : null;
   }
 
+  /**
+   * @param {WirepipeEvent} ev
+   * @param {string} k
+   * @param {...Child} children
+   */
   line(ev, k, ...children) {
     const node = el('div', { class: `ev line ev-${token(k)}`, dataset: this.marks(ev, k) },
       el('span', { class: 'ev-kind' }, k), el('span', { class: 'line-body' }, ...children),
@@ -187,6 +257,11 @@ export class View {
     return node;
   }
 
+  /**
+   * @param {WirepipeEvent} ev
+   * @param {string} k
+   * @param {unknown} d
+   */
   generic(ev, k, d) {
     this.entry(ev, k, 'ev-generic',
       this.head(k, this.time(ev)),
@@ -195,6 +270,10 @@ export class View {
 
   // ---- text streams -----------------------------------------------------
 
+  /**
+   * @param {string} id
+   * @returns {TextStream}
+   */
   textStream(id) {
     let stream = this.texts.get(id);
     if (!stream) {
@@ -210,7 +289,10 @@ export class View {
 
   // ---- plan ---------------------------------------------------------------
 
-  /** The state's plan as shown: only the tasks that are maps. */
+  /**
+   * The state's plan as shown: only the tasks that are maps.
+   * @returns {ShownPlan | null}
+   */
   get plan() {
     const d = this.state.plan;
     if (!d) return null;
@@ -239,12 +321,16 @@ export class View {
     this.updateProgress(plan);
   }
 
+  /**
+   * @param {Payload} task
+   * @param {ShownPlan} plan
+   */
   renderTask(task, plan) {
     const id = str(task.id);
     // An unknown status shows as it is, in the neutral style.
     const status = token(str(task.status, 'pending'));
     const deps = Array.isArray(task.deps) && task.deps.length
-      ? el('span', { class: 'task-deps' }, `after ${task.deps.map((x) => str(x)).join(', ')}`) : null;
+      ? el('span', { class: 'task-deps' }, `after ${task.deps.map((/** @type {unknown} */ x) => str(x)).join(', ')}`) : null;
     const row = el('li', { class: 'task', dataset: { taskId: id, status } },
       el('span', { class: `pill st-${token(status)}` }, status),
       el('div', { class: 'task-main' },
@@ -254,7 +340,7 @@ export class View {
           task.type ? el('span', { class: 'task-type' }, str(task.type)) : null,
           deps)));
     if (task.result !== undefined && task.result !== null && task.result !== '') {
-      row.querySelector('.task-main').append(this.resultDetails(task.result));
+      child(row, '.task-main', HTMLElement).append(this.resultDetails(task.result));
     }
     if (status === 'running' && plan.current !== undefined
         && plan.current !== null && str(plan.current) === id) {
@@ -265,11 +351,13 @@ export class View {
     this.taskRows.set(id, row);
   }
 
+  /** @param {unknown} result */
   resultDetails(result) {
     return el('details', { class: 'task-result' },
       el('summary', {}, 'result'), el('pre', {}, formatValue(result)));
   }
 
+  /** @param {ShownPlan} plan */
   updateProgress(plan) {
     const total = plan.tasks.length;
     const done = plan.tasks.filter((t) => t.status === 'done' || t.status === 'skipped').length;
@@ -287,6 +375,10 @@ export class View {
     this.syncAsksPanel();
   }
 
+  /**
+   * @param {string} id
+   * @param {Payload} d the ask's payload
+   */
   openAsk(id, d) {
     if (this.asks.has(id)) return;
     const promptId = nextId('ask-prompt');
@@ -296,15 +388,20 @@ export class View {
     el('p', { class: 'ask-prompt', id: promptId }, str(d.prompt, '(no prompt)')));
 
     const hasDefault = d.default !== undefined && d.default !== null;
+    /**
+     * @param {unknown} value
+     * @param {Control[]} controls
+     */
     const send = async (value, controls) => {
       for (const c of controls) c.disabled = true;
       errorLine.textContent = '';
       card.classList.add('pending');
+      /** @type {ReplyResult | undefined} */
       let result;
       try {
         result = await this.onReply(id, value);
       } catch (err) {
-        result = { ok: false, err: err && err.message ? err.message : String(err) };
+        result = { ok: false, err: errorMessage(err) };
       }
       card.classList.remove('pending');
       if (result && result.ok) return;  // the answer event removes the card
@@ -321,6 +418,7 @@ export class View {
       for (const c of controls) c.disabled = this.readOnly;
     };
 
+    /** @type {Control[]} */
     const controls = [];
     const hasChoices = Array.isArray(d.choices) && d.choices.length > 0;
     if (hasChoices) {
@@ -363,6 +461,7 @@ export class View {
     this.syncAsksPanel();
   }
 
+  /** @param {string} id */
   closeAsk(id) {
     const ask = this.asks.get(id);
     if (ask) {
@@ -376,6 +475,7 @@ export class View {
     this.e.asksPanel.hidden = this.asks.size === 0;
   }
 
+  /** @param {boolean} readOnly */
   setReadOnly(readOnly) {
     this.readOnly = readOnly;
     for (const ask of this.asks.values()) for (const c of ask.controls) c.disabled = readOnly;
@@ -383,11 +483,12 @@ export class View {
 
   // ---- status -----------------------------------------------------------
 
+  /** @param {Payload | null} d */
   setStatus(d) {
     const badge = this.e.runStatus;
     const state = d ? str(d.state, '?') : '';
     badge.dataset.state = d ? token(state) : 'none';
-    badge.querySelector('b').textContent = d ? state : '—';
+    child(badge, 'b', HTMLElement).textContent = d ? state : '—';
     badge.title = d && d.detail !== undefined ? formatValue(d.detail, 0) : '';
     this.onStatus(d);
   }
@@ -398,7 +499,7 @@ export class View {
 }
 
 // One handler per known kind; `this` is the View, d is a plain object.
-/** @type {Record<string, (this: View, ev: any, d: any) => void>} */
+/** @type {Record<string, (this: View, ev: WirepipeEvent, d: Payload) => void>} */
 const HANDLERS = {
   text(ev, d) {
     const stream = this.textStream(str(d.id));
@@ -470,7 +571,8 @@ const HANDLERS = {
       this.codes.set(id, code);
     }
     const stream = token(d.stream || 'stdout');
-    let block = code.outputs.lastElementChild;
+    // The outputs hold only the <pre> blocks made here.
+    let block = /** @type {HTMLElement | null} */ (code.outputs.lastElementChild);
     if (!block || block.dataset.stream !== stream) {
       block = el('pre', { class: `out out-${stream}`, dataset: { stream } });
       code.outputs.append(block);
@@ -526,6 +628,7 @@ const HANDLERS = {
 
 // A very long message (MetaGPT's final one is its whole plan context) is
 // folded: its start shows, the rest is one click away.
+/** @param {string} text */
 function messageBody(text) {
   if (text.length <= 1200) return el('div', { class: 'message-body' }, text);
   return el('details', { class: 'message-body message-long' },

@@ -18,7 +18,14 @@ export const DEST = path.resolve(here, '../../../gateway/static/vendor/msgpack')
 
 const SOURCE_MAP_COMMENT = /^\/\/# sourceMappingURL=.*$/gm;
 
+/**
+ * Every file under `dir`/`rel`, as paths relative to `dir`, sorted.
+ * @param {string} dir
+ * @param {string} [rel]
+ * @returns {Promise<string[]>}
+ */
 async function walk(dir, rel = '') {
+  /** @type {string[]} */
   const out = [];
   for (const entry of await readdir(path.join(dir, rel), { withFileTypes: true })) {
     const name = path.posix.join(rel, entry.name);
@@ -46,8 +53,13 @@ export async function expectedFiles(source = SOURCE) {
   return files;
 }
 
-/** Relative paths that differ between the vendored folder and `expected`. */
+/**
+ * Relative paths that differ between the vendored folder and `expected`.
+ * @param {Map<string, string>} expected
+ * @param {string} [dest]
+ */
 export async function differences(expected, dest = DEST) {
+  /** @type {string[]} */
   let present = [];
   try {
     present = await walk(dest);

@@ -66,6 +66,7 @@ export class ClientCore {
     return out;
   }
 
+  /** @param {Frame} frame */
   _send(frame) {
     if (this._connected) this._out.push(frame);
   }
@@ -146,10 +147,14 @@ export class ClientCore {
     return out;
   }
 
+  /**
+   * @param {unknown[]} evs
+   * @param {CoreOutput[]} out
+   */
   _events(evs, out) {
     for (const raw of evs) {
       if (raw === null || typeof raw !== 'object') continue;
-      const seq = raw.seq;
+      const { seq, k, ts, d } = /** @type {Frame} */ (raw);
       if (typeof seq !== 'number') continue;
       if (seq <= this.lastSeq) {
         this.duplicates++;
@@ -157,7 +162,7 @@ export class ClientCore {
       }
       if (seq !== this.lastSeq + 1) this.gaps++;
       this.lastSeq = seq;
-      out.push({ type: 'event', ev: { seq, k: raw.k, ts: raw.ts, d: raw.d } });
+      out.push({ type: 'event', ev: { seq, k, ts, d } });
     }
   }
 
@@ -179,7 +184,8 @@ export class ClientCore {
     this.welcomed = true;
     this.generation++;
     this._ackedSeq = this.lastSeq;
-    this._ackEvery = w.window > 0 ? Math.max(1, Math.floor(w.window / 2)) : 0;
+    const size = w.window ?? 0; // null (no window in force): no acks
+    this._ackEvery = size > 0 ? Math.max(1, Math.floor(size / 2)) : 0;
     if (firstOnSocket) for (const frame of this.pending.values()) this._send(frame);
     return /** @type {CoreOutput} */ ({ type: 'welcome', welcome: w, reset, first });
   }
@@ -208,7 +214,10 @@ export class ClientCore {
     if (this.welcomed) this._send(frame);
   }
 
-  /** Queues a ping frame (nothing when no socket is open). */
+  /**
+   * Queues a ping frame (nothing when no socket is open).
+   * @param {unknown} n
+   */
   ping(n) {
     const frame = { t: 'ping', n };
     this._send(frame);

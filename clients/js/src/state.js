@@ -31,13 +31,21 @@ export function isMap(value) {
   return value !== null && typeof value === 'object' && !Array.isArray(value) && !ArrayBuffer.isView(value);
 }
 
-// Python's truth value of a decoded value, so that `end: []` means what it means there.
+/**
+ * Python's truth value of a decoded value, so that `end: []` means what it means there.
+ * @param {unknown} value
+ */
 function truthy(value) {
   if (Array.isArray(value)) return value.length > 0;
   if (isMap(value)) return Object.keys(value).length > 0;
   return Boolean(value);
 }
 
+/**
+ * @template T
+ * @param {T} value
+ * @returns {T}
+ */
 const copy = (value) => structuredClone(value);
 
 /** The compacted state of a session: status, plan, open asks, open texts. */
@@ -95,6 +103,7 @@ export class Snapshot {
     }
   }
 
+  /** @param {Record<string, any>} d a `task` payload */
   _applyTask(d) {
     const { id, status } = d;
     // Without a string id an update would match a plan task that has no id;
@@ -139,7 +148,10 @@ export class Snapshot {
     };
   }
 
-  /** The text of the open stream `id`, or undefined. */
+  /**
+   * The text of the open stream `id`, or undefined.
+   * @param {string} id
+   */
   text(id) {
     return this.texts.get(id)?.join('');
   }

@@ -146,6 +146,8 @@ export interface WebSocketLike {
   binaryType: string;
   send(data: Uint8Array): void;
   close(code?: number, reason?: string): void;
+  /** Called instead of close() when present (the `ws` package's), to drop a dead connection without a closing handshake. */
+  terminate?(): void;
   addEventListener(type: string, listener: (ev: any) => void): void;
 }
 
@@ -220,8 +222,13 @@ export declare class Client implements AsyncIterable<WirepipeEvent> {
   setAuth(auth: string | undefined): void;
   /** Close with 1000 and stop reconnecting. Resolves when the socket is closed. */
   close(reason?: string): Promise<void>;
-  /** Events delivered after this call; ends when the client is closed for good. */
-  [Symbol.asyncIterator](): AsyncIterator<WirepipeEvent>;
+  /**
+   * Events delivered after this call; ends when the client is closed for good.
+   * The iterator is iterable itself, and always has return() (what `break` calls: it stops and drops its buffer).
+   */
+  [Symbol.asyncIterator](): AsyncIterableIterator<WirepipeEvent> & {
+    return(): Promise<IteratorResult<WirepipeEvent>>;
+  };
 }
 
 export declare function connect(url: string, opts: ConnectOptions): Client;

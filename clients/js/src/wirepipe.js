@@ -51,6 +51,25 @@ import { CloseAction, CloseCode } from './codes.js';
 import { ClientCore } from './core.js';
 import { SID_RE } from './state.js';
 
+/**
+ * @typedef {import('./wirepipe.d.ts').ConnectOptions} ConnectOptions
+ * @typedef {import('./wirepipe.d.ts').WebSocketLike} WebSocketLike
+ * @typedef {import('./wirepipe.d.ts').WebSocketConstructor} WebSocketConstructor
+ * @typedef {import('./wirepipe.d.ts').ClientEvents} ClientEvents
+ * @typedef {import('./wirepipe.d.ts').WirepipeEvent} WirepipeEvent
+ * @typedef {import('./wirepipe.d.ts').Welcome} Welcome
+ * @typedef {import('./wirepipe.d.ts').Replied} Replied
+ * @typedef {import('./wirepipe.d.ts').CloseInfo} CloseInfo
+ * @typedef {import('./wirepipe.d.ts').SnapshotMap} SnapshotMap
+ * @typedef {import('./wirepipe.d.ts').StateName} StateName
+ * @typedef {Record<string, any>} Frame
+ * @typedef {(result: IteratorResult<WirepipeEvent>) => void} Waiter
+ * @typedef {{ev: WirepipeEvent, gen: number, n: number}} Queued an event an iterator holds: its generation, its delivery number
+ * @typedef {{queue: (Queued | undefined)[], head: number, waiters: Waiter[], done: boolean}} Iter
+ * @typedef {{resolve: (replied: Replied) => void, reject: (err: Error) => void}} PendingRequest
+ * @typedef {{resolve: () => void, reject: (err: Error) => void}} PendingPing
+ */
+
 /** The WebSocket subprotocol of this protocol version. */
 export const PROTOCOL = 'wirepipe.v1';
 /** The default `hello.client`. */
@@ -65,6 +84,7 @@ export const State = Object.freeze({
 
 // Every allowed state change lives here and nowhere else.
 // closed -> connecting happens only after a 4401 stop, when setAuth() is called.
+/** @type {Readonly<Record<StateName, readonly StateName[]>>} */
 const TRANSITIONS = Object.freeze({
   connecting: ['open', 'recovering', 'closed'],
   open: ['recovering', 'closed'],
@@ -101,18 +121,23 @@ export function backoffDelay(attempt, backoff = {}, random = Math.random) {
 const encoder = new Encoder({ ignoreUndefined: true });
 const decoder = new Decoder();
 
+/** @type {WebSocketConstructor | null} */
 let defaultWebSocket = null;
 
 // The module name sits in a variable so that browsers and bundlers never see a
 // second bare specifier: src/ imports only '@msgpack/msgpack' and relative files.
 const WS_PACKAGE = 'ws';
 
+/**
+ * @param {WebSocketConstructor | undefined} override
+ * @returns {Promise<WebSocketConstructor>}
+ */
 async function resolveWebSocket(override) {
   if (override) return override;
-  if (typeof globalThis.WebSocket === 'function') return globalThis.WebSocket;
+  if (typeof globalThis.WebSocket === 'function') return /** @type {WebSocketConstructor} */ (globalThis.WebSocket);
   if (!defaultWebSocket) {
     const mod = await import(WS_PACKAGE);
-    defaultWebSocket = mod.WebSocket ?? mod.default;
+    defaultWebSocket = /** @type {WebSocketConstructor} */ (mod.WebSocket ?? mod.default);
   }
   return defaultWebSocket;
 }
@@ -126,6 +151,10 @@ function newRid() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
+/**
+ * @param {unknown} data
+ * @returns {Uint8Array | null}
+ */
 function asBytes(data) {
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
   if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
@@ -134,10 +163,19 @@ function asBytes(data) {
 
 // A listener that throws must not break the client's bookkeeping: report the
 // error the way an uncaught one is reported, after the client is done.
+/** @param {unknown} err */
 function rethrowLater(err) {
   setTimeout(() => {
     throw err;
   }, 0);
+}
+
+/**
+ * The message of a thrown value (anything may be thrown).
+ * @param {unknown} err
+ */
+function messageOf(err) {
+  return /** @type {{message?: unknown} | null | undefined} */ (err)?.message ?? err;
 }
 
 /**
@@ -146,7 +184,7 @@ function rethrowLater(err) {
 export class Client {
   /**
    * @param {string} url
-   * @param {import('./wirepipe.d.ts').ConnectOptions} opts
+   * @param {ConnectOptions} opts
    */
   constructor(url, opts) {
     if (!opts || typeof opts.sid !== 'string' || !SID_RE.test(opts.sid)) {
@@ -169,27 +207,39 @@ export class Client {
     this._random = opts.random ?? Math.random;
     this._maxRetries = opts.maxRetries ?? Infinity;
 
+    /** @type {StateName} */
     this._state = State.CONNECTING;
+    /** @type {'viewer' | 'operator' | null} */
     this._grant = null;
+    /** @type {SnapshotMap | null} */
     this._snapshot = null;
+    /** @type {CloseInfo | null} */
     this._lastClose = null;
 
+    /** @type {WebSocketLike | null} */
     this._ws = null;
     this._welcomed = false; // a welcome arrived on the current socket
     this._final = false; // closed for good
     this._authWait = false; // stopped by 4401 until setAuth()
     this._attempt = 0;
+    /** @type {ReturnType<typeof setTimeout> | null} */
     this._retryTimer = null;
 
     this._heartbeat = 0;
+    /** @type {ReturnType<typeof setInterval> | null} */
     this._hbTimer = null;
     this._lastRecv = 0;
+    /** @type {number | null} when the liveness ping went out, null when none is out */
     this._pingOut = null;
     this._pingN = 0;
+    /** @type {Map<unknown, PendingPing>} ping frames waiting for their pong, by n */
     this._pings = new Map();
 
+    /** @type {Map<string, PendingRequest>} requests waiting for their replied, by rid */
     this._pending = new Map();
+    /** @type {Map<string, Set<(arg: any) => void>>} */
     this._listeners = new Map();
+    /** @type {Set<Iter>} */
     this._iters = new Set();
     this._delivered = 0;
 
@@ -236,6 +286,10 @@ export class Client {
 
   /**
    * Adds a listener. Returns a function that removes it.
+   * @template {keyof ClientEvents} K
+   * @param {K} name
+   * @param {(arg: ClientEvents[K]) => void} fn
+   * @returns {() => void}
    * @throws {TypeError} on an unknown event name
    */
   on(name, fn) {
@@ -246,10 +300,20 @@ export class Client {
     return () => this.off(name, fn);
   }
 
+  /**
+   * @template {keyof ClientEvents} K
+   * @param {K} name
+   * @param {(arg: ClientEvents[K]) => void} fn
+   */
   off(name, fn) {
     this._listeners.get(name)?.delete(fn);
   }
 
+  /**
+   * @template {keyof ClientEvents} K
+   * @param {K} name
+   * @param {ClientEvents[K]} arg
+   */
   _emit(name, arg) {
     const set = this._listeners.get(name);
     if (!set || set.size === 0) return;
@@ -266,24 +330,36 @@ export class Client {
 
   /**
    * Answers the ask `askId`. Resolves to the `replied` outcome {rid, ok, err}.
+   * @param {string} askId
+   * @param {unknown} value
+   * @returns {Promise<Replied>}
    * @throws {ClientClosedError} (rejection) if the client is closed for good first
    */
   reply(askId, value) {
     return this._request({ t: 'reply', ask: String(askId), value: value === undefined ? null : value });
   }
 
-  /** Sends `data` to the agent (its Pipe's get_message). Resolves to {rid, ok, err}. */
+  /**
+   * Sends `data` to the agent (its Pipe's get_message). Resolves to {rid, ok, err}.
+   * @param {unknown} data
+   * @returns {Promise<Replied>}
+   */
   send(data) {
     return this._request({ t: 'send', data: data === undefined ? null : data });
   }
 
-  /** Asks the agent run to stop (closing the socket never does). Resolves to {rid, ok, err}. */
+  /**
+   * Asks the agent run to stop (closing the socket never does). Resolves to {rid, ok, err}.
+   * @param {string} [reason]
+   * @returns {Promise<Replied>}
+   */
   cancel(reason) {
     return this._request({ t: 'cancel', reason: reason == null ? undefined : String(reason) });
   }
 
   /**
    * Sends a `ping` frame; resolves to the round trip in ms when its `pong` arrives.
+   * @returns {Promise<number>}
    * @throws {Error} (rejection) if the client is not open or the connection drops first
    */
   ping() {
@@ -301,6 +377,7 @@ export class Client {
    * Sets the credential for the next hello. After a 4401 close, this reconnects.
    * The resume token is dropped on 4401, so that reconnect gets `recovered: false`
    * and a `reset`.
+   * @param {string | undefined} auth
    */
   setAuth(auth) {
     this._core.auth = auth;
@@ -315,12 +392,15 @@ export class Client {
    * Closes with 1000 and stops reconnecting, for good: pending requests reject,
    * async iterators end after their buffered events. Resolves once the socket
    * is closed.
+   * @param {string} [reason]
+   * @returns {Promise<void>}
    */
   close(reason = '') {
     const ws = this._ws;
     if (this._final) return Promise.resolve();
     this._ws = null; // its close event is no longer ours to handle
     this._welcomed = false;
+    /** @type {Promise<void>} */
     const closed =
       ws && ws.readyState !== 3
         ? new Promise((resolve) => ws.addEventListener('close', () => resolve()))
@@ -338,13 +418,18 @@ export class Client {
 
   // ---- async iteration ----
 
-  /** Yields every event delivered after this call, in order; ends when the client is closed for good. */
+  /**
+   * Yields every event delivered after this call, in order; ends when the client is closed for good.
+   * @returns {AsyncIterableIterator<WirepipeEvent> & {return(): Promise<IteratorResult<WirepipeEvent>>}}
+   */
   [Symbol.asyncIterator]() {
     const client = this;
+    /** @type {Iter} */
     const it = { queue: [], head: 0, waiters: [], done: this._final };
     if (!it.done) this._iters.add(it);
+    // Only called while it.head < it.queue.length: the slot holds an event.
     const take = () => {
-      const rec = it.queue[it.head];
+      const rec = /** @type {Queued} */ (it.queue[it.head]);
       it.queue[it.head++] = undefined;
       if (it.head > 1024 && it.head * 2 > it.queue.length) {
         it.queue = it.queue.slice(it.head);
@@ -379,7 +464,10 @@ export class Client {
 
   // ---- connection lifecycle ----
 
-  // Changes state without telling anyone; false if already there.
+  /**
+   * Changes state without telling anyone; false if already there.
+   * @param {StateName} next
+   */
   _enter(next) {
     if (this._state === next) return false;
     if (!TRANSITIONS[this._state].includes(next)) {
@@ -389,6 +477,7 @@ export class Client {
     return true;
   }
 
+  /** @param {StateName} next */
   _setState(next) {
     if (this._enter(next)) this._emit('state', next);
   }
@@ -398,7 +487,7 @@ export class Client {
     try {
       WS = await resolveWebSocket(this._opts.WebSocket);
     } catch (err) {
-      if (!this._final) this._fail(`no WebSocket implementation: ${err?.message ?? err}`);
+      if (!this._final) this._fail(`no WebSocket implementation: ${messageOf(err)}`);
       return;
     }
     if (this._final || this._authWait) return;
@@ -406,7 +495,7 @@ export class Client {
     try {
       ws = new WS(this.url, [PROTOCOL]);
     } catch (err) {
-      this._fail(`cannot open ${this.url}: ${err?.message ?? err}`);
+      this._fail(`cannot open ${this.url}: ${messageOf(err)}`);
       return;
     }
     ws.binaryType = 'arraybuffer';
@@ -442,7 +531,11 @@ export class Client {
     this._open();
   }
 
-  // The socket is gone (close event, or a dead connection). Decide what next.
+  /**
+   * The socket is gone (close event, or a dead connection). Decide what next.
+   * @param {number} code
+   * @param {string} reason
+   */
   _dropped(code, reason) {
     this._welcomed = false;
     this._stopHeartbeat();
@@ -468,15 +561,22 @@ export class Client {
     }
   }
 
-  // Emits `close`, then `state`, unless a close listener already moved on
-  // (for example by calling close()).
+  /**
+   * Emits `close`, then `state`, unless a close listener already moved on
+   * (for example by calling close()).
+   * @param {StateName} state
+   */
   _announce(state) {
-    const info = this._lastClose;
+    const info = /** @type {CloseInfo} */ (this._lastClose); // set just before
     this._emit('close', info);
     if (this._state === state && this._lastClose === info) this._emit('state', state);
   }
 
-  // Closed for good.
+  /**
+   * Closed for good.
+   * @param {number} code
+   * @param {string} reason
+   */
   _finish(code, reason) {
     this._final = true;
     this._authWait = false;
@@ -499,12 +599,16 @@ export class Client {
     if (changed) this._emit('state', State.CLOSED);
   }
 
-  // A local failure before any socket exists (no WebSocket class, bad URL): retrying would not help.
+  /**
+   * A local failure before any socket exists (no WebSocket class, bad URL): retrying would not help.
+   * @param {string} msg
+   */
   _fail(msg) {
     this._emit('error', { code: 'connect_failed', msg, fatal: true });
     this._finish(CloseCode.ABNORMAL, msg);
   }
 
+  /** @param {Frame} frame */
   _sendFrame(frame) {
     const ws = this._ws;
     if (!ws || ws.readyState !== WS_OPEN) return false;
@@ -518,6 +622,7 @@ export class Client {
 
   // ---- incoming frames ----
 
+  /** @param {unknown} data a message's data: bytes, or something else to report */
   _onMessage(data) {
     this._lastRecv = Date.now();
     this._pingOut = null;
@@ -527,7 +632,7 @@ export class Client {
       if (!bytes) throw new Error('not a binary message');
       frame = decoder.decode(bytes);
     } catch (err) {
-      this._emit('error', { code: 'bad_frame', msg: `from server: ${err?.message ?? err}`, fatal: false });
+      this._emit('error', { code: 'bad_frame', msg: `from server: ${messageOf(err)}`, fatal: false });
       return;
     }
     if (frame === null || typeof frame !== 'object' || Array.isArray(frame)) {
@@ -565,6 +670,10 @@ export class Client {
     this._flush();
   }
 
+  /**
+   * @param {Welcome} w
+   * @param {boolean} reset
+   */
   _onWelcome(w, reset) {
     const firstOnSocket = !this._welcomed;
     this._grant = w.grant ?? null;
@@ -580,18 +689,24 @@ export class Client {
     if (firstOnSocket) this._setState(State.OPEN);
   }
 
+  /** @param {WirepipeEvent} ev */
   _deliver(ev) {
     const gen = this._core.generation;
     const n = ++this._delivered;
     this._emit('event', ev);
     for (const it of this._iters) {
-      if (it.waiters.length) it.waiters.shift()({ value: ev, done: false });
+      const waiter = it.waiters.shift();
+      if (waiter) waiter({ value: ev, done: false });
       else it.queue.push({ ev, gen, n });
     }
   }
 
-  // The last seq of the current epoch that every consumer has processed.
+  /**
+   * The last seq of the current epoch that every consumer has processed.
+   * @returns {number | null}
+   */
   _processedSeq() {
+    /** @type {Queued | null} */
     let oldest = null;
     for (const it of this._iters) {
       const rec = it.queue[it.head];
@@ -608,6 +723,10 @@ export class Client {
     if (this._core.consumed(seq, this._core.generation)) this._flush();
   }
 
+  /**
+   * @param {Frame} frame
+   * @returns {Promise<Replied>}
+   */
   _request(frame) {
     if (this._final) return Promise.reject(new ClientClosedError());
     frame.rid = newRid();
@@ -618,15 +737,18 @@ export class Client {
     });
   }
 
+  /** @param {Frame} frame */
   _onReplied(frame) {
     const p = this._pending.get(frame.rid);
     if (!p) return;
     this._pending.delete(frame.rid);
+    /** @type {Replied} */
     const out = { rid: frame.rid, ok: frame.ok === true };
     if (frame.err != null) out.err = frame.err;
     p.resolve(out);
   }
 
+  /** @param {Frame} frame */
   _onPong(frame) {
     const p = this._pings.get(frame.n);
     if (!p) return;
@@ -634,6 +756,7 @@ export class Client {
     p.resolve();
   }
 
+  /** @param {Error} err */
   _failPings(err) {
     for (const p of this._pings.values()) p.reject(err);
     this._pings.clear();
@@ -641,6 +764,7 @@ export class Client {
 
   // ---- liveness ----
 
+  /** @param {unknown} hb welcome.heartbeat, ms */
   _startHeartbeat(hb) {
     this._stopHeartbeat();
     this._heartbeat = typeof hb === 'number' && hb > 0 ? hb : 0;
@@ -685,7 +809,7 @@ export class Client {
  * Opens a wirepipe session. Returns at once; the connection is made in the background.
  *
  * @param {string} url ws:// or wss:// URL of the gateway
- * @param {import('./wirepipe.d.ts').ConnectOptions} opts
+ * @param {ConnectOptions} opts
  * @returns {Client}
  * @throws {TypeError} if `opts.sid` is missing or invalid, or `opts.window` is not a positive integer
  */

@@ -12,15 +12,22 @@ import { ClientCore, Snapshot } from '../src/index.js';
 
 const CASES = JSON.parse(readFileSync(new URL('../../../tests/cases/client_cases.json', import.meta.url), 'utf8'));
 
+/**
+ * @typedef {Record<string, any>} Frame
+ * @typedef {import('../src/index.js').CoreOutput} CoreOutput
+ */
+
+/** @param {Frame} raw */
 function serverFrame(raw) {
   const frame = structuredClone(raw);
   if (frame.t === 'welcome') return { ...CASES.welcome_defaults, ...frame };
   if (frame.t === 'ev') return { ...CASES.event_defaults, ...frame };
-  if (frame.t === 'batch') frame.evs = frame.evs.map((e) => ({ ...CASES.event_defaults, ...e }));
+  if (frame.t === 'batch') frame.evs = frame.evs.map((/** @type {Frame} */ e) => ({ ...CASES.event_defaults, ...e }));
   return frame;
 }
 
 // A client frame as the cases write it: absent, nil and `live: false` are the same.
+/** @param {Frame} frame */
 function asSent(frame) {
   return Object.fromEntries(
     Object.entries(frame).filter(([k, v]) => v !== undefined && v !== null && !(k === 'live' && v === false)),
@@ -31,15 +38,17 @@ describe('client cases', () => {
   for (const c of CASES.protocol) {
     it(c.name, () => {
       const core = new ClientCore({ ...CASES.options, ...c.options });
+      /** @type {{gen: number, ev: import('../src/index.js').WirepipeEvent}[]} */
       const delivered = [];
-      c.steps.forEach((step, i) => {
+      c.steps.forEach((/** @type {Frame} */ step, /** @type {number} */ i) => {
         const where = `step ${i}: ${JSON.stringify(step)}`;
+        /** @type {CoreOutput[]} */
         let outs = [];
         if (step.open) core.opened();
         else if ('recv' in step) outs = core.receive(serverFrame(step.recv));
         else if ('consume' in step) {
           for (;;) {
-            const { gen, ev } = delivered.shift();
+            const { gen, ev } = /** @type {{gen: number, ev: import('../src/index.js').WirepipeEvent}} */ (delivered.shift());
             core.consumed(ev.seq, gen);
             if (ev.seq === step.consume) break;
           }
@@ -58,6 +67,7 @@ describe('client cases', () => {
           assert.deepEqual(welcomes, [step.welcome], where);
         }
         assert.deepEqual(core.framesToSend().map(asSent), step.sends ?? [], where);
+        /** @type {Record<string, unknown>} */
         const state = {
           last_seq: core.lastSeq,
           epoch: core.epoch,

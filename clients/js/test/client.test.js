@@ -11,7 +11,9 @@ import { next, recorder, stateLog } from './helpers.js';
 
 const TINY = { base: 1, max: 4 };
 
+/** @type {FakeServer} */
 let server;
+/** @type {import('../src/index.js').Client[]} */
 let clients;
 
 beforeEach(async () => {
@@ -24,6 +26,7 @@ afterEach(async () => {
   await server.close();
 });
 
+/** @param {Partial<import('../src/index.js').ConnectOptions>} [opts] */
 function open(opts = {}) {
   const c = connect(server.url, { sid: 's1', backoff: TINY, ...opts });
   clients.push(c);
@@ -65,6 +68,7 @@ describe('handshake', () => {
   });
 
   it('rejects a missing or invalid sid and a bad window', () => {
+    // @ts-expect-error: a missing sid is what this checks
     assert.throws(() => connect(server.url, {}), TypeError);
     assert.throws(() => connect(server.url, { sid: 'bad sid' }), TypeError);
     assert.throws(() => connect(server.url, { sid: 'x'.repeat(129) }), TypeError);
@@ -76,6 +80,10 @@ describe('handshake', () => {
     const { WebSocket } = await import('ws');
     let made = 0;
     class Counting extends WebSocket {
+      /**
+       * @param {string} url
+       * @param {string | string[]} [protocols]
+       */
       constructor(url, protocols) {
         super(url, protocols);
         made++;
@@ -138,7 +146,7 @@ describe('delivery', () => {
     const rec = recorder(c);
     const conn = await server.connection(0);
     await next(c, 'welcome');
-    const ev = (seq) => ({ seq, k: 'log', ts: 1, d: { n: seq } });
+    const ev = (/** @type {number} */ seq) => ({ seq, k: 'log', ts: 1, d: { n: seq } });
     conn.send({ t: 'ev', ...ev(1) });
     conn.send({ t: 'ev', ...ev(2) });
     conn.send({ t: 'ev', ...ev(1) });
@@ -387,6 +395,7 @@ describe('backoff', () => {
     let i = 0;
     server.onHello = (conn) => (conn.index >= 1 && conn.index <= 3 ? (conn.closeWith(1013), true) : false);
     const c = open({ backoff: { base: 4, max: 16 }, random: () => draws[i++] });
+    /** @type {(number | undefined)[]} */
     const delays = [];
     c.on('close', (info) => delays.push(info.delay));
     const conn0 = await server.connection(0);
@@ -474,7 +483,7 @@ describe('requests', () => {
 });
 
 describe('flow control', () => {
-  const acksOf = (conn) => conn.frames.filter((f) => f.t === 'ack').map((f) => f.seq);
+  const acksOf = (/** @type {import('./fake-server.js').FakeConn} */ conn) => conn.frames.filter((f) => f.t === 'ack').map((f) => f.seq);
 
   it('acks cumulatively every window/2 events, and after a batch when over half', async () => {
     const c = open({ window: 4 });
@@ -557,6 +566,7 @@ describe('async iterator', () => {
   it('yields events in order', async () => {
     const c = open();
     await next(c, 'welcome');
+    /** @type {number[]} */
     const got = [];
     const loop = (async () => {
       for await (const ev of c) {
@@ -654,7 +664,7 @@ describe('heartbeat', () => {
       code: 1006,
       reason: 'no answer to ping',
       willRetry: true,
-      delay: c.lastClose.delay,
+      delay: c.lastClose?.delay,
     });
     server.answerPings = true;
     await server.connection(1);

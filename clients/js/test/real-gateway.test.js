@@ -15,6 +15,11 @@ import { fileURLToPath } from 'node:url';
 
 import { connect } from '../src/index.js';
 
+/**
+ * @typedef {import('../src/index.js').WirepipeEvent} WirepipeEvent
+ * @typedef {import('../src/index.js').Welcome} Welcome
+ */
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(here, '../../..');
 const PYTHON = process.env.WIREPIPE_PYTHON ?? path.join(ROOT, '.venv', 'bin', 'python');
@@ -52,6 +57,13 @@ function startGateway() {
  * Resolves with the first event (among `seen`, then those to come) that
  * matches; rejects if the client closes for good first.
  */
+/**
+ * @param {import('../src/index.js').Client} c
+ * @param {(ev: WirepipeEvent) => boolean} pred
+ * @param {string} what
+ * @param {WirepipeEvent[]} [seen]
+ * @returns {Promise<WirepipeEvent>}
+ */
 function waitEvent(c, pred, what, seen = []) {
   const hit = seen.find(pred);
   if (hit) return Promise.resolve(hit);
@@ -74,21 +86,25 @@ function waitEvent(c, pred, what, seen = []) {
 }
 
 describe('real gateway', { timeout: GUARD_MS }, () => {
+  /** @type {ReturnType<typeof startGateway> | undefined} */
   let gw;
-  let url;
+  let url = '';
+  /** @type {import('../src/index.js').Client[]} */
   const clients = [];
 
   before(async () => {
     assert.ok(existsSync(PYTHON), `no Python at ${PYTHON}: run ./run test once (it creates .venv), or set WIREPIPE_PYTHON`);
-    gw = startGateway();
-    url = await gw.url;
+    const started = startGateway();
+    gw = started;
+    url = /** @type {string} */ (await started.url);
   });
 
   after(async () => {
     await Promise.all(clients.map((c) => c.close()));
     if (gw && gw.child.exitCode === null && gw.child.signalCode === null) {
-      gw.child.kill('SIGTERM');
-      const killer = setTimeout(() => gw.child.kill('SIGKILL'), 10_000);
+      const { child } = gw;
+      child.kill('SIGTERM');
+      const killer = setTimeout(() => child.kill('SIGKILL'), 10_000);
       await gw.exited;
       clearTimeout(killer);
     }
@@ -98,11 +114,14 @@ describe('real gateway', { timeout: GUARD_MS }, () => {
     const sid = `js-${process.pid}-${Date.now()}`;
     const c = connect(url, { sid, start: { app: 'demo', input: { steps: 3, ask: true } } });
     clients.push(c);
+    /** @type {WirepipeEvent[]} */
     const events = [];
     c.on('event', (ev) => events.push(ev));
+    /** @type {import('../src/index.js').ErrorInfo[]} */
     const errors = [];
     c.on('error', (e) => errors.push(e));
 
+    /** @type {Welcome} */
     const welcome = await new Promise((resolve) => c.on('welcome', resolve));
     assert.equal(welcome.sid, sid);
     assert.equal(welcome.grant, 'operator');
@@ -131,8 +150,10 @@ describe('real gateway', { timeout: GUARD_MS }, () => {
     // A second client on the same sid, no `after`: the whole retained history.
     const c2 = connect(url, { sid });
     clients.push(c2);
+    /** @type {WirepipeEvent[]} */
     const got = [];
     c2.on('event', (ev) => got.push(ev));
+    /** @type {Welcome} */
     const w2 = await new Promise((resolve) => c2.on('welcome', resolve));
     assert.equal(w2.recovered, false);
     assert.equal(w2.first, 1);
@@ -148,13 +169,14 @@ describe('real gateway', { timeout: GUARD_MS }, () => {
     const sid = `js-win-${process.pid}-${Date.now()}`;
     const c = connect(url, { sid, window: 4, start: { app: 'demo', input: { steps: 2, ask: false, delay: 0 } } });
     clients.push(c);
+    /** @type {number[]} */
     const seqs = [];
     // The iterator sees the events delivered after it is made: make it now.
     for await (const ev of c) {
       seqs.push(ev.seq);
       if (ev.k === 'status' && ev.d.state === 'done') break;
     }
-    assert.equal(c.welcome.window, 4);
+    assert.equal(c.welcome?.window, 4);
     assert.deepEqual(seqs, seqs.map((_, i) => i + 1));
     assert.ok(seqs.length > 8, `a whole run, got ${seqs.length} events`);
   });
