@@ -6,7 +6,7 @@
                 d = {**d, "msg": d["msg"].replace(SECRET, "***")}
             return k, d
 
-    Gateway(middleware=[Redact(), DropDebug(), Audit()])   # wirepipe serve --middleware mod:Redact
+    Gateway(middleware=[DropDebug(), Redact(), Audit()])   # wirepipe serve --middleware mod:Redact
 
 Every event an agent writes goes through each middleware's ``on_event``, in
 order, before it takes its seq: return ``(k, d)`` (changed or not) or None
