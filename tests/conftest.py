@@ -5,12 +5,12 @@ Helpers (``MS``, ``TIMEOUT``, ``Raw``, ``final``) live in ``tests/support.py``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from store_factories import STORE_FACTORIES, STORE_MARKS
-from support import Raw
+from support import MakeGateway, OpenRaw, Raw
 from websockets.asyncio.client import connect
 
 from gateway import Gateway, MemoryStore, Retention
@@ -26,7 +26,7 @@ async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
 
 
 @pytest.fixture
-async def make_gw() -> AsyncIterator[Callable[..., Any]]:
+async def make_gw() -> AsyncIterator[MakeGateway]:
     """Factory for started gateways with custom knobs; all are closed afterwards."""
     made: list[Gateway] = []
 
@@ -43,7 +43,7 @@ async def make_gw() -> AsyncIterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-def raw() -> Any:
+def raw() -> OpenRaw:
     """``async with raw(url) as r``: a Raw client over a real socket."""
     from contextlib import asynccontextmanager
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, NoReturn, Protocol
 
 import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from gateway import Gateway
 from gateway.stores import Appended
 from protocol import Event, decode_event, decode_server, encode_event, events_of, is_final, packb
 
@@ -78,6 +80,16 @@ class Raw:
                 frames.append(decode_server(await asyncio.wait_for(self.ws.recv(), TIMEOUT)))
         except ConnectionClosed as exc:
             return (exc.rcvd.code if exc.rcvd else None), frames
+
+
+class OpenRaw(Protocol):
+    """The ``raw`` fixture: ``async with raw(url, **connect_kw) as r`` -> a :class:`Raw` client."""
+
+    def __call__(self, url: str, **kw: Any) -> AbstractAsyncContextManager[Raw]: ...
+
+
+#: The ``make_gw`` fixture: ``await make_gw(**gateway_kw)`` -> a started :class:`Gateway`.
+MakeGateway = Callable[..., Awaitable[Gateway]]
 
 
 def replied(frames: list[Any]) -> list[Any]:

@@ -93,10 +93,12 @@ async def open_page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterat
         log = PageLog(name or f"page{len(opened) + 1}")
         page.on("console", lambda m: log.console.append(f"{m.type}: {m.text}"))
         page.on("pageerror", lambda e: log.errors.append(str(e)))
-        page.on(
-            "response",
-            lambda r: r.status >= 400 and log.console.append(f"http {r.status}: {r.url}"),
-        )
+
+        def on_response(r: Any) -> None:
+            if r.status >= 400:
+                log.console.append(f"http {r.status}: {r.url}")
+
+        page.on("response", on_response)
         opened.append((context, page, log))
         await page.goto(url)
         return page

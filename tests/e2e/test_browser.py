@@ -20,6 +20,7 @@ import pytest
 from playwright.async_api import expect
 
 from gateway import Gateway, MemoryStore, WebPipe
+from gateway.config import App
 
 pytestmark = pytest.mark.browser
 
@@ -97,7 +98,7 @@ def store() -> MemoryStore:
 async def gw(store: MemoryStore) -> AsyncIterator[Gateway]:
     from gateway.integrations.demo import app as demo_app
 
-    apps = {"demo": demo_app, "zoo": zoo_app, "odd": odd_app}
+    apps: dict[str, App] = {"demo": demo_app, "zoo": zoo_app, "odd": odd_app}
     async with Gateway(host="127.0.0.1", port=0, store=store, apps=apps) as gateway:
         yield gateway
 
@@ -109,13 +110,17 @@ def run_url(gw: Gateway, app: str, value: Any) -> str:
 async def sid_of(page: Any) -> str:
     """The sid the page generated and put into its URL (no app/input left there)."""
     await page.wait_for_function("() => new URLSearchParams(location.search).has('sid')")
-    query = parse_qs(urlparse(page.url).query)
+    url: str = page.url
+    query = parse_qs(urlparse(url).query)
     assert set(query) == {"sid"}, page.url
     return query["sid"][0]
 
 
 async def shown_seqs(page: Any) -> list[int]:
-    return await page.evaluate("() => [...document.querySelectorAll('[data-seq]')].map(e => Number(e.dataset.seq))")
+    seqs: list[int] = await page.evaluate(
+        "() => [...document.querySelectorAll('[data-seq]')].map(e => Number(e.dataset.seq))"
+    )
+    return seqs
 
 
 async def conn_states(page: Any) -> list[str]:

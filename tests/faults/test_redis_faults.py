@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,11 +35,20 @@ def check_once_in_order(evs: list[Event], first: int = 1) -> None:
     assert got == list(range(first, first + len(got))), f"gap or duplicate: {got[:5]}...{got[-5:]}"
 
 
+def seq_reached(n: int) -> Callable[[Event], bool]:
+    return lambda e: e.seq >= n
+
+
 async def stored_seqs(url: str, sid: str) -> list[int]:
     r = aioredis.Redis.from_url(url)
     try:
         entries = await r.xrange(f"wirepipe:{{{sid}}}:log")
-        return [int(eid.split(b"-")[0]) for eid, _ in entries]
+        assert entries is not None
+        seqs: list[int] = []
+        for eid, _ in entries:
+            assert isinstance(eid, bytes), eid
+            seqs.append(int(eid.split(b"-")[0]))
+        return seqs
     finally:
         await r.aclose()
 
@@ -86,7 +96,7 @@ async def test_connections_cut_again_and_again(proxied_redis: tuple[PrivateRedis
                 for _ in range(200):
                     n += 1
                     pipe.set_message(log_event(n))
-                await asyncio.wait_for(c.until(lambda e, n=n: e.seq >= n), TIMEOUT)
+                await asyncio.wait_for(c.until(seq_reached(n)), TIMEOUT)
                 assert proxy.cut() > 0
             pipe.close()
             rest = await asyncio.wait_for(c.until(final), TIMEOUT)

@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Frame
-from websockets.typing import Origin
+from websockets.typing import Origin, Subprotocol
 
 from gateway import Config, Gateway
 from gateway.cli import _add_server_args, _gateway
@@ -90,7 +90,7 @@ async def test_a_foreign_origin_is_refused_before_the_upgrade(make_gw: Any, reco
     gw = await make_gw()
     gw.pipe("s1").set_message("x")
     with pytest.raises(InvalidStatus) as info:
-        async with connect(gw.url, subprotocols=[SUBPROTOCOL], origin=Origin("https://evil.example")):
+        async with connect(gw.url, subprotocols=[Subprotocol(SUBPROTOCOL)], origin=Origin("https://evil.example")):
             pass
     assert info.value.response.status_code == 403
     assert info.value.response.body == b"origin not allowed\n"
@@ -341,7 +341,7 @@ async def test_no_credential_reaches_the_log_at_debug(
     quiet.setLevel(logging.WARNING)
     async with connect(
         gw.url + "?token=SEKRIT1",
-        subprotocols=[SUBPROTOCOL],
+        subprotocols=[Subprotocol(SUBPROTOCOL)],
         additional_headers={"Authorization": "Bearer SEKRIT2", "Cookie": "wp=SEKRIT4"},
         logger=quiet,
     ) as ws:

@@ -154,7 +154,9 @@ async def test_msg2stream_is_the_ev_frame_without_appending(gw: Gateway) -> None
         assert {key: frame.d[key] for key in d} == d, msg
     # a str goes to the open text stream
     (opened,) = await logged(gw, pipe)
-    assert decode_server(pipe.msg2stream("tok")).d["id"] == opened.d["id"]
+    tok = decode_server(pipe.msg2stream("tok"))
+    assert isinstance(tok, Event), tok
+    assert tok.d["id"] == opened.d["id"]
     assert pipe.head == head
     assert len(await logged(gw, pipe)) == 1
 

@@ -8,14 +8,16 @@ import time
 from typing import Any
 
 import pytest
-from support import MS, TIMEOUT, final
+from support import MS, TIMEOUT, MakeGateway, OpenRaw, Raw, final
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
 
+from gateway import Gateway
 from protocol import Grant, ResumeToken, packb, sign
 
 
-async def _expect_error(r, code: str, close: int) -> None:
+async def _expect_error(r: Raw, code: str, close: int) -> None:
     got_close, frames = await r.closed()
     errors = [f for f in frames if f.t == "error"]
     assert errors and errors[-1].code == code and errors[-1].fatal is True, frames
@@ -37,7 +39,7 @@ BAD_FRAMES = {
 
 
 @pytest.mark.parametrize("payload", list(BAD_FRAMES.values()), ids=list(BAD_FRAMES))
-async def test_bad_frame_in_handshake(gw, raw, payload):
+async def test_bad_frame_in_handshake(gw: Gateway, raw: OpenRaw, payload: str | bytes) -> None:
     async with raw(gw.url) as r:
         await r.ws.send(payload)
         await _expect_error(r, "bad_frame", 4400)
@@ -56,7 +58,9 @@ async def test_bad_frame_in_handshake(gw, raw, payload):
     ],
     ids=["text", "ack-str", "ack-neg", "reply-rid-int", "send-no-data", "second-hello", "unknown-t"],
 )
-async def test_bad_frame_after_welcome_spares_other_clients(gw, raw, frame):
+async def test_bad_frame_after_welcome_spares_other_clients(
+    gw: Gateway, raw: OpenRaw, frame: str | dict[str, Any]
+) -> None:
     pipe = gw.pipe("errs")
     async with raw(gw.url) as good, raw(gw.url) as bad:
         await good.hello("errs")
@@ -70,7 +74,7 @@ async def test_bad_frame_after_welcome_spares_other_clients(gw, raw, frame):
     assert [e.seq for e in evs] == [1, 2, 3, 4]  # text, text, end-of-text, status
 
 
-async def test_too_big(make_gw, raw):
+async def test_too_big(make_gw: MakeGateway, raw: OpenRaw) -> None:
     g = await make_gw(max_frame=1024)
     g.pipe("big")
     async with raw(g.url) as r:
@@ -79,7 +83,7 @@ async def test_too_big(make_gw, raw):
         await _expect_error(r, "too_big", 1009)
 
 
-async def test_no_hello(make_gw, raw):
+async def test_no_hello(make_gw: MakeGateway, raw: OpenRaw) -> None:
     g = await make_gw(handshake_timeout=50 * MS)
     async with raw(g.url) as r:
         await _expect_error(r, "no_hello", 4408)
@@ -90,7 +94,7 @@ def _token(secret: bytes, sid: str, epoch: str, exp: float) -> str:
 
 
 @pytest.mark.parametrize("kind", ["forged", "expired", "other-sid", "garbage"])
-async def test_bad_token(gw, raw, kind):
+async def test_bad_token(gw: Gateway, raw: OpenRaw, kind: str) -> None:
     pipe = gw.pipe("tok")
     now = time.time()
     token = {
@@ -104,7 +108,7 @@ async def test_bad_token(gw, raw, kind):
         await _expect_error(r, "bad_token", 4401)
 
 
-async def test_a_valid_token_is_accepted(gw, raw):
+async def test_a_valid_token_is_accepted(gw: Gateway, raw: OpenRaw) -> None:
     pipe = gw.pipe("tok2")
     async with raw(gw.url) as r:
         token = _token(gw.secret, "tok2", pipe.epoch, time.time() + 60)
@@ -112,7 +116,7 @@ async def test_a_valid_token_is_accepted(gw, raw):
         assert w.recovered is True
 
 
-async def test_unauthorized(make_gw, raw):
+async def test_unauthorized(make_gw: MakeGateway, raw: OpenRaw) -> None:
     g = await make_gw(auth=lambda cred, sid: "operator" if cred == "s3cret" else None)
     g.pipe("au")
     async with raw(g.url) as r:
@@ -122,7 +126,7 @@ async def test_unauthorized(make_gw, raw):
         assert (await r.hello("au", auth="s3cret")).grant == "operator"
 
 
-async def test_start_errors(make_gw, raw):
+async def test_start_errors(make_gw: MakeGateway, raw: OpenRaw) -> None:
     from gateway.integrations.demo import app
 
     g = await make_gw(apps={"demo": app})
@@ -135,14 +139,14 @@ async def test_start_errors(make_gw, raw):
         await _expect_error(r, "sid_taken", 4409)
 
 
-async def test_no_session_when_the_gateway_does_not_wait(make_gw, raw):
+async def test_no_session_when_the_gateway_does_not_wait(make_gw: MakeGateway, raw: OpenRaw) -> None:
     g = await make_gw(wait_for_run=False)
     async with raw(g.url) as r:
         await r.send({"t": "hello", "sid": "ghost"})
         await _expect_error(r, "no_session", 4404)
 
 
-async def test_rate_limited_first_warns_then_closes(make_gw, raw):
+async def test_rate_limited_first_warns_then_closes(make_gw: MakeGateway, raw: OpenRaw) -> None:
     g = await make_gw(rate=0.001, burst=2, rate_strikes=3)
     g.pipe("rl")
     async with raw(g.url) as r:
@@ -157,19 +161,19 @@ async def test_rate_limited_first_warns_then_closes(make_gw, raw):
     assert [f.n for f in frames if f.t == "pong"] == [0, 1]
 
 
-async def test_subprotocol_negotiation(gw):
+async def test_subprotocol_negotiation(gw: Gateway) -> None:
     gw.pipe("sp")
     async with connect(gw.url) as ws:  # none offered: accepted as v1
         assert ws.subprotocol is None
-    async with connect(gw.url, subprotocols=["other", "wirepipe.v1"]) as ws:
+    async with connect(gw.url, subprotocols=[Subprotocol("other"), Subprotocol("wirepipe.v1")]) as ws:
         assert ws.subprotocol == "wirepipe.v1"
     with pytest.raises(InvalidStatus) as info:
-        async with connect(gw.url, subprotocols=["wirepipe.v9"]):
+        async with connect(gw.url, subprotocols=[Subprotocol("wirepipe.v9")]):
             pass
     assert info.value.response.status_code == 400
 
 
-async def test_shutdown_sends_1001_to_every_client(make_gw, raw):
+async def test_shutdown_sends_1001_to_every_client(make_gw: MakeGateway, raw: OpenRaw) -> None:
     g = await make_gw()
     g.pipe("sd")
     async with raw(g.url) as a, raw(g.url) as b:
@@ -184,8 +188,8 @@ async def test_shutdown_sends_1001_to_every_client(make_gw, raw):
     await g.close()  # idempotent
 
 
-async def test_internal_errors_never_show_a_traceback(make_gw, raw):
-    def broken_auth(cred, sid):
+async def test_internal_errors_never_show_a_traceback(make_gw: MakeGateway, raw: OpenRaw) -> None:
+    def broken_auth(cred: Any, sid: str) -> str | None:
         raise RuntimeError("secret internals")
 
     g = await make_gw(auth=broken_auth)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
-from support import TIMEOUT, answers, final, replied
+from support import TIMEOUT, MakeGateway, OpenRaw, answers, final, replied
 
+from gateway import Gateway, WebPipe
 from gateway.client import Client
 from protocol import events_of
 
 
-async def test_ask_answered_once_when_two_clients_reply_at_once(gw, raw):
+async def test_ask_answered_once_when_two_clients_reply_at_once(gw: Gateway, raw: OpenRaw) -> None:
     pipe = gw.pipe("ask")
     asking = asyncio.ensure_future(pipe.ask("Proceed?", choices=["yes", "no"]))
     async with raw(gw.url) as a, raw(gw.url) as b:
@@ -26,7 +28,7 @@ async def test_ask_answered_once_when_two_clients_reply_at_once(gw, raw):
         )
 
         # the replied frame and the answer event may come in either order
-        def both(fs):
+        def both(fs: list[Any]) -> bool:
             return bool(replied(fs)) and bool(answers(fs))
 
         fa, fb = await a.collect(both), await b.collect(both)
@@ -47,7 +49,7 @@ async def test_ask_answered_once_when_two_clients_reply_at_once(gw, raw):
         assert answers(rest) == []
 
 
-async def test_unknown_ask_and_bad_value(gw):
+async def test_unknown_ask_and_bad_value(gw: Gateway) -> None:
     pipe = gw.pipe("ask2")
     asking = asyncio.ensure_future(pipe.ask("Pick", choices=[1, 2]))
     async with Client(gw.url, "ask2") as c:
@@ -58,7 +60,7 @@ async def test_unknown_ask_and_bad_value(gw):
         assert await asyncio.wait_for(asking, TIMEOUT) == 2
 
 
-async def test_ask_timeout_gives_the_default_and_is_settled_for_everyone(gw):
+async def test_ask_timeout_gives_the_default_and_is_settled_for_everyone(gw: Gateway) -> None:
     pipe = gw.pipe("ask3")
     async with Client(gw.url, "ask3") as c:
         value = await pipe.ask("Quick?", choices=["a", "b"], default="b", timeout=0.01)
@@ -68,7 +70,7 @@ async def test_ask_timeout_gives_the_default_and_is_settled_for_everyone(gw):
         assert (await c.reply(evs[0].d["id"], "a")).err == "ask_closed"
 
 
-async def test_open_asks_are_in_the_snapshot_until_answered(gw, raw):
+async def test_open_asks_are_in_the_snapshot_until_answered(gw: Gateway, raw: OpenRaw) -> None:
     pipe = gw.pipe("ask4")
     asking = asyncio.ensure_future(pipe.ask("Still there?"))
     await pipe.drained()
@@ -82,7 +84,7 @@ async def test_open_asks_are_in_the_snapshot_until_answered(gw, raw):
         assert (await r.hello("ask4")).snapshot["asks"] == []
 
 
-async def test_ask_sync_from_an_agent_thread(gw):
+async def test_ask_sync_from_an_agent_thread(gw: Gateway) -> None:
     pipe = gw.pipe("ask5")
     result: list[object] = []
     t = threading.Thread(target=lambda: result.append(pipe.ask_sync("From a thread?")))
@@ -94,7 +96,7 @@ async def test_ask_sync_from_an_agent_thread(gw):
     assert result == [{"free": "form"}]
 
 
-async def test_window_never_exceeded_and_acks_open_it(gw, raw):
+async def test_window_never_exceeded_and_acks_open_it(gw: Gateway, raw: OpenRaw) -> None:
     pipe = gw.pipe("win")
     for i in range(100):
         pipe.set_message(str(i))
@@ -114,7 +116,7 @@ async def test_window_never_exceeded_and_acks_open_it(gw, raw):
     assert [e.seq for e in got] == list(range(1, 21))
 
 
-async def test_python_client_with_window_gets_everything(gw):
+async def test_python_client_with_window_gets_everything(gw: Gateway) -> None:
     pipe = gw.pipe("win2")
     for i in range(500):
         pipe.set_message(str(i))
@@ -124,7 +126,7 @@ async def test_python_client_with_window_gets_everything(gw):
     assert [e.seq for e in evs] == list(range(1, 503))
 
 
-async def test_python_client_acks_what_its_consumer_took_so_the_window_bounds_its_buffer(gw):
+async def test_python_client_acks_what_its_consumer_took_so_the_window_bounds_its_buffer(gw: Gateway) -> None:
     pipe = gw.pipe("win3")
     for i in range(100):
         pipe.set_message(str(i))
@@ -149,7 +151,7 @@ async def test_python_client_acks_what_its_consumer_took_so_the_window_bounds_it
     assert [e.seq for e in evs] == list(range(1, pipe.head + 1))
 
 
-async def test_eight_producer_threads_keep_one_gap_free_order(gw):
+async def test_eight_producer_threads_keep_one_gap_free_order(gw: Gateway) -> None:
     pipe = gw.pipe("threads")
     n_threads, per = 8, 1500
     barrier = threading.Barrier(n_threads)
@@ -175,7 +177,7 @@ async def test_eight_producer_threads_keep_one_gap_free_order(gw):
         assert mine == list(range(per))
 
 
-async def test_a_stalled_client_does_not_slow_the_others(gw, raw):
+async def test_a_stalled_client_does_not_slow_the_others(gw: Gateway, raw: OpenRaw) -> None:
     import os
 
     pipe = gw.pipe("slow")
@@ -193,11 +195,11 @@ async def test_a_stalled_client_does_not_slow_the_others(gw, raw):
         stalled.ws.transport.abort()  # a graceful close would wait on the stalled reader
 
 
-async def test_send_reaches_get_message_and_cancel_stops_an_app_run(make_gw):
+async def test_send_reaches_get_message_and_cancel_stops_an_app_run(make_gw: MakeGateway) -> None:
     got: list[object] = []
     ready = asyncio.Event()
 
-    async def app(pipe, value):
+    async def app(pipe: WebPipe, value: Any) -> None:
         ready.set()
         got.append(await pipe.aget_message(timeout=TIMEOUT))
         await asyncio.Event().wait()  # run until cancelled
@@ -216,8 +218,8 @@ async def test_send_reaches_get_message_and_cancel_stops_an_app_run(make_gw):
     assert got == [{"hello": "agent"}]
 
 
-async def test_a_failing_app_ends_failed(make_gw):
-    async def boom(pipe, value):
+async def test_a_failing_app_ends_failed(make_gw: MakeGateway) -> None:
+    async def boom(pipe: WebPipe, value: Any) -> None:
         pipe.set_message("about to fail")
         raise ValueError("bad input\n  the full context: SECRET=hunter2")
 
@@ -228,8 +230,8 @@ async def test_a_failing_app_ends_failed(make_gw):
     assert evs[-1].d["detail"] == "ValueError: bad input"  # the first line only: no internals
 
 
-async def test_a_sync_app_runs_in_a_thread(make_gw):
-    def relay(pipe, value):  # the queue relay (docs/metagpt.md): plain blocking code
+async def test_a_sync_app_runs_in_a_thread(make_gw: MakeGateway) -> None:
+    def relay(pipe: WebPipe, value: int) -> None:  # the queue relay (docs/metagpt.md): plain blocking code
         for i in range(value):
             pipe.set_message(f"{i} ")
         answer = pipe.ask_sync("More?", choices=["no"])
@@ -244,7 +246,7 @@ async def test_a_sync_app_runs_in_a_thread(make_gw):
     assert any(e.k == "text" and e.d["delta"] == "no" for e in evs)
 
 
-async def test_cancel_flag_is_an_event_and_truthy_once_set(gw):
+async def test_cancel_flag_is_an_event_and_truthy_once_set(gw: Gateway) -> None:
     pipe = gw.pipe("flag")
     seen: list[object] = []
     pipe.on_cancel(seen.append)
@@ -261,7 +263,7 @@ async def test_cancel_flag_is_an_event_and_truthy_once_set(gw):
 BACKLOG = 100_000  # the default retention: every event stays readable
 
 
-async def test_acking_every_half_window_never_trips_the_rate_limiter(make_gw, raw):
+async def test_acking_every_half_window_never_trips_the_rate_limiter(make_gw: MakeGateway, raw: OpenRaw) -> None:
     # Section 6's rule on a fast backlog: 12,500 acks, far over the burst of
     # 400 frames; an ack that advances the window is flow control, not abuse.
     # (The limiter does not depend on the store: the memory one keeps it fast.)
@@ -285,7 +287,7 @@ async def test_acking_every_half_window_never_trips_the_rate_limiter(make_gw, ra
     assert seqs == list(range(1, BACKLOG + 1))
 
 
-async def test_python_client_with_window_consumes_a_long_backlog(make_gw):
+async def test_python_client_with_window_consumes_a_long_backlog(make_gw: MakeGateway) -> None:
     g = await make_gw()
     pipe = g.pipe("backlog2")
     for i in range(BACKLOG - 1):

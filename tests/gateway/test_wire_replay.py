@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
 
-from support import TIMEOUT, final
+from support import TIMEOUT, MakeGateway, OpenRaw, final
 
-from protocol import Welcome
+from gateway import Gateway
+from gateway.client import Client
+from protocol import Event, Welcome
 
 
 def seqs_ok(seqs: list[int], start: int = 1) -> bool:
     return seqs == list(range(start, start + len(seqs)))
 
 
-async def test_abrupt_drop_while_agent_writes_from_a_thread_recovers_gap_free(gw, raw):
+async def test_abrupt_drop_while_agent_writes_from_a_thread_recovers_gap_free(gw: Gateway, raw: OpenRaw) -> None:
     pipe = gw.pipe("r1")
     go_on = threading.Event()
     stop = threading.Event()
@@ -54,7 +57,7 @@ async def test_abrupt_drop_while_agent_writes_from_a_thread_recovers_gap_free(gw
         t.join(TIMEOUT)
 
 
-async def test_server_side_drop_python_client_resumes_by_itself(gw):
+async def test_server_side_drop_python_client_resumes_by_itself(gw: Gateway) -> None:
     from gateway.client import Client
 
     pipe = gw.pipe("r2")
@@ -71,7 +74,7 @@ async def test_server_side_drop_python_client_resumes_by_itself(gw):
     assert c.connects == 2 and c.resets == []
 
 
-async def _take(c, n):
+async def _take(c: Client, n: int) -> AsyncIterator[Event]:
     i = 0
     async for ev in c:
         yield ev
@@ -80,7 +83,7 @@ async def _take(c, n):
             return
 
 
-async def test_late_client_gets_whole_history_then_live(gw, raw):
+async def test_late_client_gets_whole_history_then_live(gw: Gateway, raw: OpenRaw) -> None:
     pipe = gw.pipe("late")
     pipe.emit(
         "plan", {"goal": "g", "tasks": [{"id": "1", "instruction": "x", "deps": [], "type": "t", "status": "pending"}]}
@@ -99,7 +102,7 @@ async def test_late_client_gets_whole_history_then_live(gw, raw):
     assert hist[0].k == "plan"
 
 
-async def test_epoch_mismatch_is_not_recovered_and_carries_the_snapshot(gw, raw):
+async def test_epoch_mismatch_is_not_recovered_and_carries_the_snapshot(gw: Gateway, raw: OpenRaw) -> None:
     pipe = gw.pipe("ep")
     pipe.emit("status", {"state": "running"})
     pipe.set_message("half a sentence")
@@ -118,7 +121,7 @@ async def test_epoch_mismatch_is_not_recovered_and_carries_the_snapshot(gw, raw)
         assert [e.seq for e in evs] == [1, 2]
 
 
-async def test_after_beyond_head_or_without_token_is_not_recovered(gw, raw):
+async def test_after_beyond_head_or_without_token_is_not_recovered(gw: Gateway, raw: OpenRaw) -> None:
     pipe = gw.pipe("nb")
     pipe.set_message("x")
     await pipe.drained()
@@ -130,7 +133,7 @@ async def test_after_beyond_head_or_without_token_is_not_recovered(gw, raw):
         assert (await r.hello("nb", epoch=w.epoch, after=1)).recovered is False
 
 
-async def test_live_skips_history(gw, raw):
+async def test_live_skips_history(gw: Gateway, raw: OpenRaw) -> None:
     pipe = gw.pipe("lv")
     for i in range(20):
         pipe.set_message(str(i))
@@ -143,7 +146,7 @@ async def test_live_skips_history(gw, raw):
     assert [e.seq for e in evs] == [21]
 
 
-async def test_a_hello_before_the_run_waits_for_it(gw, raw):
+async def test_a_hello_before_the_run_waits_for_it(gw: Gateway, raw: OpenRaw) -> None:
     async with raw(gw.url) as r:
         await r.send({"t": "hello", "sid": "early"})
         ping_wait = asyncio.ensure_future(r.recv())
@@ -157,7 +160,7 @@ async def test_a_hello_before_the_run_waits_for_it(gw, raw):
     assert evs[0].d["delta"] == "hi"
 
 
-async def test_lagged_client_gets_error_then_a_fresh_welcome(make_gw, raw):
+async def test_lagged_client_gets_error_then_a_fresh_welcome(make_gw: MakeGateway, raw: OpenRaw) -> None:
     from gateway import MemoryStore, Retention
 
     g = await make_gw(store=MemoryStore(Retention(max_events=50)))
@@ -181,7 +184,7 @@ async def test_lagged_client_gets_error_then_a_fresh_welcome(make_gw, raw):
     assert [e.seq for e in first] == list(range(1, 11))
 
 
-async def test_new_run_under_same_sid_moves_clients_to_the_new_epoch(gw, raw):
+async def test_new_run_under_same_sid_moves_clients_to_the_new_epoch(gw: Gateway, raw: OpenRaw) -> None:
     p1 = gw.pipe("again")
     p1.set_message("one")
     p1.close()
@@ -197,7 +200,7 @@ async def test_new_run_under_same_sid_moves_clients_to_the_new_epoch(gw, raw):
     assert evs[0].seq == 1 and evs[0].d["delta"] == "two" and w.epoch == p1.epoch
 
 
-async def test_a_new_run_right_after_close_never_inherits_the_old_tail(gw, raw):
+async def test_a_new_run_right_after_close_never_inherits_the_old_tail(gw: Gateway, raw: OpenRaw) -> None:
     p1 = gw.pipe("quick")
     for i in range(2500):  # more than one flush slice is still pending at close
         p1.set_message(f"{i} ")
@@ -214,7 +217,7 @@ async def test_a_new_run_right_after_close_never_inherits_the_old_tail(gw, raw):
     assert info is not None and info.ended is False  # p1's end did not end p2's log
 
 
-async def test_ended_runs_are_forgotten_once_their_logs_expire(make_gw):
+async def test_ended_runs_are_forgotten_once_their_logs_expire(make_gw: MakeGateway) -> None:
     from gateway import MemoryStore, Retention
 
     # a negative ttl: expired the moment it ended, whatever the clock resolution
@@ -228,7 +231,7 @@ async def test_ended_runs_are_forgotten_once_their_logs_expire(make_gw):
     assert again.epoch != done.epoch
 
 
-async def test_a_waiting_client_that_leaves_leaves_nothing_behind(gw, raw):
+async def test_a_waiting_client_that_leaves_leaves_nothing_behind(gw: Gateway, raw: OpenRaw) -> None:
     async with raw(gw.url) as r:
         await r.send({"t": "hello", "sid": "never"})
         await r.send({"t": "ping", "n": 1})  # processed only after the welcome: none comes

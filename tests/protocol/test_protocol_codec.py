@@ -574,4 +574,5 @@ def test_a_hello_whose_start_input_is_too_deep_is_a_bad_frame() -> None:
         decode_client(packb({"t": "hello", "sid": "s", "start": {"app": "a", "input": deep}}))
     assert err.value.code is ErrorCode.BAD_FRAME and "input" in err.value.msg
     ok = decode_client(packb({"t": "hello", "sid": "s", "start": {"app": "a", "input": [[1]]}}))
+    assert isinstance(ok, Hello), ok
     assert ok.start == {"app": "a", "input": [[1]]}

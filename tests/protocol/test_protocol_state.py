@@ -323,7 +323,7 @@ def test_only_an_ack_that_moves_the_window_advances_it() -> None:
 
 
 def test_a_snapshot_map_folds_back_into_the_same_reducer() -> None:
-    m = {
+    m: dict[str, Any] = {
         "status": {"state": "running"},
         "plan": {"goal": "g", "tasks": [{"id": "1", "status": "running"}], "current": "1"},
         "asks": [{"id": "a1", "prompt": "?"}, "junk"],

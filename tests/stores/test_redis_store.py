@@ -259,7 +259,7 @@ async def test_a_dropped_pubsub_connection_wakes_waiters_and_waiting_goes_on(
         task = asyncio.create_task(store.wait("s", 1))
         await asyncio.wait_for(store.pubsub.until(lambda h: h.parked == 1), TIMEOUT)
         assert store._pubsub is not None and store._pubsub.connection is not None
-        host, port = store._pubsub.connection._writer.get_extra_info("sockname")[:2]  # type: ignore[union-attr]
+        host, port = store._pubsub.connection._writer.get_extra_info("sockname")[:2]
         admin = Redis.from_url(redis_url)
         try:
             assert await admin.client_kill_filter(_type=None, addr=f"{host}:{port}") == 1

@@ -56,8 +56,9 @@ def no_leftover_processes() -> Any:
 @pytest.fixture
 async def gw(metagpt_root: Any) -> AsyncIterator[Any]:
     from gateway import Gateway, MemoryStore
+    from gateway.config import App
     from gateway.integrations.metagpt.apps import data_interpreter, team
 
-    apps = {"data_interpreter": data_interpreter, "team": team}
+    apps: dict[str, App] = {"data_interpreter": data_interpreter, "team": team}
     async with Gateway(host="127.0.0.1", port=0, store=MemoryStore(), apps=apps) as g:
         yield g

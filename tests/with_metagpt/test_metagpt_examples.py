@@ -60,7 +60,7 @@ def orphan_kernels(root: Path) -> list[object]:
     _, alive = psutil.wait_procs(found, timeout=15)
     for p in alive:
         p.kill()
-    return alive
+    return list(alive)
 
 
 def test_queue_relay(tmp_path: Path) -> None:

@@ -36,7 +36,8 @@ def of(events: list[Any], k: str) -> list[dict[str, Any]]:
 def final_status(events: list[Any]) -> dict[str, Any]:
     """The payload of the run's final status, which must be the last event."""
     assert events and final(events[-1]), events[-1:]
-    return events[-1].d
+    d: dict[str, Any] = events[-1].d
+    return d
 
 
 def texts(events: list[Any]) -> dict[str, str]:
