@@ -10,7 +10,8 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 from protocol import Grant, RemoteError, is_final
 
@@ -72,6 +73,55 @@ def _positive(value: str) -> int:
     return n
 
 
+#: The numeric knobs of ``Config``: (field, type, metavar, help).  Each is the flag
+#: ``--field-name`` with the field's default; ``_gateway`` hands them all to ``Config``.
+_KNOBS: Final[list[tuple[str, Callable[[str], Any], str | None, str]]] = [
+    (
+        "max_connections",
+        _positive,
+        "N",
+        "open WebSocket connections; over it a handshake gets HTTP 503 with Retry-After",
+    ),
+    ("max_frame", _positive, "BYTES", "largest client frame, in bytes"),
+    ("handshake_timeout", float, "SECONDS", "seconds a client has to send hello"),
+    (
+        "heartbeat",
+        float,
+        "SECONDS",
+        "WebSocket ping interval and timeout, in seconds; welcome.heartbeat carries it in ms",
+    ),
+    (
+        "backlog_events",
+        _positive,
+        "N",
+        "per session: events written and not yet stored (the store is unreachable) "
+        "before the Pipe refuses writes with BacklogFull",
+    ),
+    ("backlog_bytes", _positive, "BYTES", "per session: bytes of those events"),
+    (
+        "inbox_messages",
+        _positive,
+        "N",
+        "per session: client sends the agent has not taken before a send gets inbox_full",
+    ),
+    ("inbox_bytes", _positive, "BYTES", "per session: bytes of those sends"),
+    ("drain_timeout", float, "SECONDS", "on shutdown, how long to wait for the store to take what sessions hold"),
+    ("write_limit", _positive, "BYTES", "per client: bytes buffered in its socket before the gateway waits for it"),
+    ("batch_max", _positive, "N", "most events in one batch frame"),
+    ("token_ttl", float, "SECONDS", "how long a resume token is valid"),
+    ("rate", float, "FRAMES", "per client: frames a second before rate_limited; acks that move the window are free"),
+    ("burst", float, "FRAMES", "per client: frames allowed in a burst"),
+    ("rate_strikes", _positive, "N", "refused frames before the connection is closed 4429"),
+    ("close_timeout", float, "SECONDS", "how long a client has to finish a close before it is dropped"),
+    (
+        "stall_timeout",
+        float,
+        "SECONDS",
+        "a client that takes no byte for this long is dropped (default: the heartbeat)",
+    ),
+]
+
+
 def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=port, help="port; 0 picks a free one (default: %(default)s)")
@@ -109,13 +159,6 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
         "only loopback names (127.x.x.x, localhost, [::1]); elsewhere, unchecked",
     )
     p.add_argument(
-        "--max-connections",
-        type=_positive,
-        default=Config().max_connections,
-        metavar="N",
-        help="open WebSocket connections; over it a handshake gets HTTP 503 with Retry-After (default: %(default)s)",
-    )
-    p.add_argument(
         "--operator-token",
         action="append",
         default=[],
@@ -130,25 +173,11 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
         help="a credential that grants viewer; repeatable.  With any token set, "
         "a hello without a valid one is refused (4401)",
     )
-    p.add_argument(
-        "--max-frame",
-        type=int,
-        default=Config().max_frame,
-        help="largest client frame, in bytes (default: %(default)s)",
-    )
-    p.add_argument(
-        "--handshake-timeout",
-        type=float,
-        default=Config().handshake_timeout,
-        help="seconds a client has to send hello (default: %(default)s)",
-    )
-    p.add_argument(
-        "--heartbeat",
-        type=float,
-        default=Config().heartbeat,
-        help="WebSocket ping interval and timeout, in seconds; welcome.heartbeat "
-        "carries it in ms (default: %(default)s)",
-    )
+    defaults = Config()
+    for field, kind, metavar, help_text in _KNOBS:
+        default = getattr(defaults, field)
+        shown = help_text if default is None else f"{help_text} (default: %(default)s)"
+        p.add_argument("--" + field.replace("_", "-"), type=kind, default=default, metavar=metavar, help=shown)
     p.add_argument("--no-compression", action="store_true", help="turn permessage-deflate off")
     p.add_argument(
         "--retain-events",
@@ -166,102 +195,9 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
         help="seconds a session is kept after its run ended (default: %(default)s)",
     )
     p.add_argument(
-        "--backlog-events",
-        type=_positive,
-        default=Config().backlog_events,
-        metavar="N",
-        help="per session: events written and not yet stored (the store is unreachable) "
-        "before the Pipe refuses writes with BacklogFull (default: %(default)s)",
-    )
-    p.add_argument(
-        "--backlog-bytes",
-        type=_positive,
-        default=Config().backlog_bytes,
-        metavar="BYTES",
-        help="per session: bytes of those events (default: %(default)s)",
-    )
-    p.add_argument(
-        "--inbox-messages",
-        type=_positive,
-        default=Config().inbox_messages,
-        metavar="N",
-        help="per session: client sends the agent has not taken before a send gets inbox_full (default: %(default)s)",
-    )
-    p.add_argument(
-        "--inbox-bytes",
-        type=_positive,
-        default=Config().inbox_bytes,
-        metavar="BYTES",
-        help="per session: bytes of those sends (default: %(default)s)",
-    )
-    p.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=Config().drain_timeout,
-        metavar="SECONDS",
-        help="on shutdown, how long to wait for the store to take what sessions hold (default: %(default)s)",
-    )
-    p.add_argument(
-        "--write-limit",
-        type=_positive,
-        default=Config().write_limit,
-        metavar="BYTES",
-        help="per client: bytes buffered in its socket before the gateway waits for it (default: %(default)s)",
-    )
-    p.add_argument(
-        "--batch-max",
-        type=_positive,
-        default=Config().batch_max,
-        metavar="N",
-        help="most events in one batch frame (default: %(default)s)",
-    )
-    p.add_argument(
-        "--token-ttl",
-        type=float,
-        default=Config().token_ttl,
-        metavar="SECONDS",
-        help="how long a resume token is valid (default: %(default)s)",
-    )
-    p.add_argument(
         "--no-wait-for-run",
         action="store_true",
         help="a hello for a sid with no run gets no_session (4404) instead of waiting for one",
-    )
-    p.add_argument(
-        "--rate",
-        type=float,
-        default=Config().rate,
-        metavar="FRAMES",
-        help="per client: frames a second before rate_limited; acks that move the window "
-        "are free (default: %(default)s)",
-    )
-    p.add_argument(
-        "--burst",
-        type=float,
-        default=Config().burst,
-        metavar="FRAMES",
-        help="per client: frames allowed in a burst (default: %(default)s)",
-    )
-    p.add_argument(
-        "--rate-strikes",
-        type=_positive,
-        default=Config().rate_strikes,
-        metavar="N",
-        help="refused frames before the connection is closed 4429 (default: %(default)s)",
-    )
-    p.add_argument(
-        "--close-timeout",
-        type=float,
-        default=Config().close_timeout,
-        metavar="SECONDS",
-        help="how long a client has to finish a close before it is dropped (default: %(default)s)",
-    )
-    p.add_argument(
-        "--stall-timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="a client that takes no byte for this long is dropped (default: the heartbeat)",
     )
     p.add_argument(
         "--redis",
@@ -327,30 +263,14 @@ def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None)
         auth=auth,
         middleware=args.middleware,
         config=Config(
-            max_frame=args.max_frame,
-            handshake_timeout=args.handshake_timeout,
-            heartbeat=args.heartbeat,
+            **{field: getattr(args, field) for field, *_ in _KNOBS},
             compression=not args.no_compression,
             serve_ui=not args.no_ui,
+            wait_for_run=not args.no_wait_for_run,
             # None: operator on loopback, viewer elsewhere (Config.default_grant)
             default_grant=Grant.OPERATOR if args.insecure else None,
             allow_origins=tuple(args.allow_origin),
             allow_hosts=tuple(args.allow_host),
-            max_connections=args.max_connections,
-            backlog_events=args.backlog_events,
-            backlog_bytes=args.backlog_bytes,
-            inbox_messages=args.inbox_messages,
-            inbox_bytes=args.inbox_bytes,
-            drain_timeout=args.drain_timeout,
-            write_limit=args.write_limit,
-            batch_max=args.batch_max,
-            token_ttl=args.token_ttl,
-            wait_for_run=not args.no_wait_for_run,
-            rate=args.rate,
-            burst=args.burst,
-            rate_strikes=args.rate_strikes,
-            close_timeout=args.close_timeout,
-            stall_timeout=args.stall_timeout,
         ),
     )
 
