@@ -52,6 +52,7 @@ from protocol import (
     Welcome,
     Welcomed,
 )
+from protocol.codec import SID_RE
 
 from . import __version__
 from .front import redacting_logger
@@ -85,6 +86,18 @@ class Client:
         on_reset: Callable[[Welcome], Any] | None = None,
         compression: bool = True,
     ) -> None:
+        """
+        Raises:
+            ValueError: ``sid`` is not 1-128 chars of ``[A-Za-z0-9._:-]``, or
+                ``window`` is not an integer from 1 to 1,000,000 (as the JS
+                client refuses them, before any socket).
+        """
+        if not isinstance(sid, str) or not SID_RE.fullmatch(sid):
+            raise ValueError(f"invalid sid {sid!r}: 1-128 chars of [A-Za-z0-9._:-]")
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or not 0 < window <= 1_000_000
+        ):
+            raise ValueError(f"window must be an integer from 1 to 1,000,000, not {window!r}")
         self.url = url
         self.sid = sid
         self.backoff = backoff

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from websockets.asyncio.server import Server, serve
@@ -71,7 +71,7 @@ class Gateway:
         *,
         store: Store | None = None,
         secret: str | bytes | None = None,
-        apps: dict[str, App] | None = None,
+        apps: Mapping[str, App] | None = None,
         auth: Auth | None = None,
         config: Config | None = None,
         middleware: Sequence[Middleware] = (),

@@ -244,3 +244,11 @@ async def test_a_viewer_that_asks_to_start_a_run_is_told_not_left_waiting(make_g
     with pytest.raises(RemoteError) as err:
         await asyncio.wait_for(Client(gw.url, "v-1", start={"app": "app"}).connect(), TIMEOUT)
     assert err.value.code == "forbidden"
+
+
+@pytest.mark.parametrize(("sid", "window"), [("a b", None), ("", None), ("x" * 129, None), ("ok", 0), ("ok", True)])
+def test_the_python_client_refuses_a_bad_sid_or_window_before_any_socket(sid: str, window: object) -> None:
+    from gateway.client import Client
+
+    with pytest.raises(ValueError):
+        Client("ws://127.0.0.1:1/", sid, window=window)  # type: ignore[arg-type]
