@@ -209,6 +209,15 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
         "cancels are taken by the gateway running the agent.  Default: in memory",
     )
     p.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --redis: seconds a run's writer lease lives without a renewal (renewed every "
+        "third of it).  A sid leased by a live run on any node gets sid_taken; a run whose node "
+        "died is ended failed by another node within about 1.5 times this (docs/stores.md)",
+    )
+    p.add_argument(
         "--middleware",
         action="append",
         default=[],
@@ -249,7 +258,7 @@ def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None)
     if args.redis:
         from .stores.redis import RedisStore  # needs the redis package (pip install wirepipe[redis])
 
-        store = RedisStore(args.redis, retention=retention)
+        store = RedisStore(args.redis, retention=retention, lease_ttl=args.lease_ttl)
     else:
         store = MemoryStore(retention)
     apps = dict(extra_apps or {})

@@ -189,13 +189,16 @@ class Connection:
     async def _open(self, hello: Hello) -> None:
         gw = self.gw
         self.rules.grant, token = await self._authorize(hello)
+        starter = False
         if hello.start is not None:
             refused = self.rules.refuse_start()
             if refused is not None:
                 await self._fail(refused)
             else:
                 gw.runs.start_run(hello.sid, hello.start["app"], hello.start.get("input"))
-        self.session = await gw.runs.await_session(hello.sid, self.ws)
+                starter = True
+        # A run another node holds (store leases) fails here with sid_taken.
+        self.session = await gw.runs.await_session(hello.sid, self.ws, starter=starter)
         info = await gw.store.info(hello.sid)
         if info is None:  # expired between the two awaits, or lost with the store
             raise gw.runs.missing_log(hello.sid)

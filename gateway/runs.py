@@ -5,7 +5,8 @@ the session of each sid and its Pipe (``pipe``), starting a registered app
 (``start_run``) and ending it with the right final status (``_run_app``),
 clients that wait for a run that has not started (``await_session``), what a
 client of a sid whose log is missing gets (``missing_log``), forgetting
-ended runs once their logs expired (``sweep``), and stopping every run when
+ended runs once their logs expired (``sweep``), ending the runs of writers
+that died on any node (``reap``, on a store with leases), and stopping every run when
 the gateway closes (``stop``).  Connections use it; it knows nothing of
 sockets but the one a waiting client may close.
 """
@@ -15,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import secrets
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection as WebSocket
 
-from protocol import ErrorCode, ProtocolError, RunState, StoreUnavailable
+from protocol import ErrorCode, Kind, ProtocolError, RunState, StoreUnavailable, encode_event, is_final
 from protocol.codec import SID_RE
 
 from .config import App, Config
@@ -28,9 +31,12 @@ from .metrics import Metrics
 from .middleware import Middleware
 from .pipe import WebPipe
 from .sessions import Limits, Session, _on_loop
-from .stores import Store
+from .stores import Appended, Leases, Store, leases_of
 
 log = logging.getLogger("wirepipe")
+
+#: The ``detail`` of a run that another node ended because its writer's lease lapsed.
+LAPSED_DETAIL = "the writer's lease lapsed (its process died or lost the store)"
 
 
 class Runs:
@@ -102,11 +108,12 @@ class Runs:
             return StoreUnavailable(f"the log of {sid!r} is being re-created")
         return ProtocolError(ErrorCode.NO_SESSION, f"no session {sid!r}")
 
-    async def await_session(self, sid: str, ws: WebSocket) -> Session | None:
+    async def await_session(self, sid: str, ws: WebSocket, *, starter: bool = False) -> Session | None:
         """The session a new client of ``sid`` joins; waits for a run if there is none.
 
         Returns None for a log served from the store alone (its run is not
-        in this process).
+        in this process).  A run refused because another node holds the sid
+        counts as none, except for its ``starter``, who gets ``sid_taken``.
 
         Raises:
             ProtocolError: ``no_session`` when the gateway does not wait for runs.
@@ -115,6 +122,8 @@ class Runs:
         """
         while True:
             s = self.sessions.get(sid)
+            if s is not None and s.refused and not starter:
+                s = None
             if s is not None:
                 if not s.ready.done():
                     # The log is being created; if the store fails meanwhile, say
@@ -167,11 +176,21 @@ class Runs:
             raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {sid!r} already has a run")
         pipe = self.pipe(sid)
         session = self.sessions[sid]
-        session.task = asyncio.ensure_future(self._run_app(app, pipe, value))
+        session.task = asyncio.ensure_future(self._run_app(app, pipe, value, session))
         self.metrics.runs_started += 1
         return pipe
 
-    async def _run_app(self, app: App, pipe: WebPipe, value: Any) -> None:
+    async def _run_app(self, app: App, pipe: WebPipe, value: Any, session: Session) -> None:
+        if leases_of(self.store) is not None:
+            # The sid must be ours on every node first: a run refused
+            # (sid_taken) never calls the app.
+            try:
+                await asyncio.shield(session.ready)
+            except asyncio.CancelledError:
+                pipe.close(RunState.CANCELLED, detail=pipe.cancel_reason or "cancelled")
+                return
+            except Exception:
+                return
         pipe.emit("status", {"state": RunState.RUNNING})
         try:
             if inspect.iscoroutinefunction(app):
@@ -210,6 +229,55 @@ class Runs:
                 del self.sessions[sid]
                 del self._pipes[sid]
         return len(gone)
+
+    async def reap(self) -> int:
+        """End the runs whose writer's lease lapsed (their node died); returns how many.
+
+        For each sid whose lease expired, on any node: take the lease
+        (atomically: one node wins), close its open asks (``answer`` by
+        ``closed``), append ``status failed`` with ``LAPSED_DETAIL``, end the
+        log and give the lease up.  Nothing on a store without leases.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached (the next sweep retries).
+        """
+        leases = leases_of(self.store)
+        if leases is None:
+            return 0
+        n = 0
+        for sid in await leases.lapsed():
+            s = self.sessions.get(sid)
+            if s is not None and not s.finished:
+                continue  # written here: its own renewer keeps (or loses) the lease
+            holder = f"reaper-{secrets.token_hex(8)}"
+            if not await leases.claim(sid, holder):
+                continue  # still held: renewed since, or another node reaps it
+            try:
+                if await self._finalise(leases, sid, holder):
+                    n += 1
+            finally:
+                await leases.release(sid, holder)
+        return n
+
+    async def _finalise(self, leases: Leases, sid: str, holder: str) -> bool:
+        """End a dead writer's run under ``holder``'s lease; False if it had ended (or has no log)."""
+        info = await self.store.info(sid)
+        if info is None or info.ended:
+            return False
+        snapshot, head = await self.store.snapshot(sid)
+        closing: list[tuple[str, Any]] = [
+            (Kind.ANSWER, {"id": ask["id"], "value": None, "by": "closed"}) for ask in snapshot.get("asks") or ()
+        ]
+        status = snapshot.get("status")
+        if not (isinstance(status, dict) and is_final(Kind.STATUS, status)):
+            closing.append((Kind.STATUS, {"state": RunState.FAILED, "detail": LAPSED_DETAIL}))
+        now = time.time()
+        events = [Appended(head + i, k, d, encode_event(head + i, k, now, d)) for i, (k, d) in enumerate(closing, 1)]
+        if events:
+            await leases.append(sid, events, epoch=info.epoch, holder=holder)
+        await leases.end(sid, holder=holder)
+        log.warning("session %s: its writer's lease lapsed; the run is ended failed here", sid)
+        return True
 
     async def stop(self) -> None:
         """Cancel the runs, then give their final events ``drain_timeout`` to be stored."""

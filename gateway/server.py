@@ -45,7 +45,7 @@ from .metrics import Metrics
 from .middleware import Middleware
 from .pipe import WebPipe
 from .runs import Runs
-from .stores import MemoryStore, Store
+from .stores import MemoryStore, Store, leases_of
 
 log = logging.getLogger("wirepipe")
 
@@ -252,14 +252,29 @@ class Gateway:
         """Forget ended runs whose logs the store has expired; returns how many."""
         return await self.runs.sweep()
 
+    async def reap(self) -> int:
+        """End the runs whose writer's lease lapsed, on any node (stores with leases); returns how many."""
+        return await self.runs.reap()
+
     async def _sweep_forever(self) -> None:
         period = min(60.0, max(1.0, self.store.retention.ttl_after_end))
+        leases = leases_of(self.store)
+        if leases is not None and leases.lease_ttl is not None:
+            # a dead writer's run is ended within about two lease periods
+            period = min(period, leases.lease_ttl / 2)
         while True:
             await asyncio.sleep(period)
-            try:
-                await self.runs.sweep()
-            except Exception as exc:  # the store is down: sweep again next period
-                log.warning("janitor: sweep failed (%s: %s); trying again in %.0fs", type(exc).__name__, exc, period)
+            for job in (self.runs.sweep, self.runs.reap):
+                try:
+                    await job()
+                except Exception as exc:  # the store is down: again next period
+                    log.warning(
+                        "janitor: %s failed (%s: %s); trying again in %.1fs",
+                        job.__name__,
+                        type(exc).__name__,
+                        exc,
+                        period,
+                    )
 
     # --- connections ------------------------------------------------------------------
 

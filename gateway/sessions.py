@@ -28,6 +28,17 @@ in order, and never gives up on a store hiccup:
   ``failed`` with a reason every client sees (on a fresh epoch when the old
   log cannot take it), its app task cancelled, its asks closed.
 
+Writer leases.  On a store with leases (``stores.leases_of``: RedisStore,
+shared by several nodes) the writer first claims the sid under the
+session's ``holder`` id (one per Session, the same across its epochs): a
+sid another live writer holds ends this run at once, before its log is
+touched (``ready`` fails with ``sid_taken``).  While the run lives a renewer
+task renews the claim every ``lease_ttl / 3``; every create, append and end
+names the holder, so once the claim is lost (another node found it lapsed
+and finalised the run) the store refuses them with ``LeaseLost`` and this
+writer stops as if its log were replaced.  The claim is released once the
+run's end is stored.
+
 Readers never touch a session: they read the store.
 """
 
@@ -51,8 +62,10 @@ from protocol import (
     ErrorCode,
     Grant,
     Kind,
+    LeaseLost,
     LogMissing,
     LogReplaced,
+    ProtocolError,
     Replied,
     RunState,
     SeqGap,
@@ -66,7 +79,7 @@ from protocol.codec import walk_value
 from protocol.events import FINAL_STATES
 
 from .middleware import Middleware, apply_events
-from .stores import Appended, Store
+from .stores import Appended, Store, leases_of
 
 log = logging.getLogger("wirepipe.session")
 
@@ -124,7 +137,17 @@ class Session:
     ) -> None:
         self.sid = sid
         self.epoch = secrets.token_hex(8)
+        #: This writer's id in the store's lease of the sid (the same across epochs).
+        self.holder = secrets.token_hex(8)
         self.store = store
+        self._leases = leases_of(store)
+        self._lease_lost = False
+        self._renewer: asyncio.Task[None] | None = None
+        #: Lease renewals that succeeded (``await session.renewed(n)``).
+        self.renewals = 0
+        self._renewed = asyncio.Event()
+        #: True if another live writer held the sid: this run never started.
+        self.refused = False
         self.loop = loop
         self.limits = limits or Limits()
         self.middleware = tuple(middleware)
@@ -270,9 +293,16 @@ class Session:
                 # and ending its log: it finishes first, then the new log is made.
                 await self.predecessor.drained()
                 self.predecessor = None
-            await self._retry(lambda: self.store.create(self.sid, self.epoch))
+            leases = self._leases
+            if leases is not None:
+                if not await self._retry(lambda: leases.claim(self.sid, self.holder)):
+                    raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {self.sid!r} already has a run (on another node)")
+                self._renewer = self.loop.create_task(self._renew(), name=f"wirepipe-lease-{self.sid}")
+            await self._retry(lambda: self._create())
             self.ready.set_result(None)
             while True:
+                if self._lease_lost:
+                    raise LeaseLost(f"the lease of {self.sid!r} was lost")
                 if self._verify:
                     self._verify = False
                     await self._check_log()
@@ -287,6 +317,7 @@ class Session:
                 if self.ended and not self._end_stored:
                     # After the final status nothing more can be emitted: end the log.
                     await self._end()
+                    await self._release()
                     self._settle_drained()
                     return
                 self._settle_drained()
@@ -297,11 +328,73 @@ class Session:
             raise
         except Exception as exc:
             await self._give_up(exc)
+        finally:
+            if self._renewer is not None:
+                self._renewer.cancel()
+
+    # --- the store, under the lease when it has leases ---------------------------
+
+    async def _create(self, head: int = 0, snapshot: dict[str, Any] | None = None) -> None:
+        if self._leases is not None:
+            await self._leases.create(self.sid, self.epoch, head=head, snapshot=snapshot, holder=self.holder)
+        else:
+            await self.store.create(self.sid, self.epoch, head=head, snapshot=snapshot)
+
+    async def _append(self, events: Sequence[Appended]) -> None:
+        if self._leases is not None:
+            await self._leases.append(self.sid, events, epoch=self.epoch, holder=self.holder)
+        else:
+            await self.store.append(self.sid, events, epoch=self.epoch)
+
+    async def _end_store(self) -> None:
+        if self._leases is not None:
+            await self._leases.end(self.sid, holder=self.holder)
+        else:
+            await self.store.end(self.sid)
+
+    async def _renew(self) -> None:
+        """Renew the lease every ``lease_ttl / 3`` until the writer ends; flag a lost one."""
+        leases = self._leases
+        assert leases is not None and leases.lease_ttl is not None
+        period = leases.lease_ttl / 3
+        while True:
+            await asyncio.sleep(period)  # a timer, not a synchronisation
+            try:
+                held = await leases.renew(self.sid, self.holder, self.epoch)
+            except Exception as exc:  # the store is down: the next period tries again
+                log.warning("session %s: lease renewal failed: %s: %s", self.sid, type(exc).__name__, exc)
+                continue
+            if not held:
+                log.error("session %s: its lease was taken by another node; the run stops", self.sid)
+                self._lease_lost = True
+                self._more.set()
+                return
+            self.renewals += 1
+            self._renewed.set()
+            self._renewed = asyncio.Event()
+
+    async def renewed(self, n: int) -> None:
+        """Return once the lease was renewed ``n`` times (for tests and monitoring)."""
+        while self.renewals < n:
+            await self._renewed.wait()
+
+    async def _release(self) -> None:
+        """The run's end is stored: give the sid up (best effort: it lapses anyway)."""
+        if self._leases is None:
+            return
+        if self._renewer is not None:
+            self._renewer.cancel()
+        try:
+            await self._leases.release(self.sid, self.holder)
+        except Exception as exc:
+            log.warning(
+                "session %s: could not release its lease (it lapses): %s: %s", self.sid, type(exc).__name__, exc
+            )
 
     async def _store(self, batch: list[Appended]) -> None:
         while True:
             try:
-                await self._retry(lambda: self.store.append(self.sid, batch, epoch=self.epoch))
+                await self._retry(lambda: self._append(batch))
                 break
             except (LogMissing, SeqGap) as exc:
                 await self._reopen(exc)
@@ -351,7 +444,7 @@ class Session:
             raise LogReplaced(f"log {self.sid!r} was replaced")
         if info.head < self.stored:
             raise SeqGap(f"the log is at {info.head}, behind {self.stored}", info.head)
-        await self.store.end(self.sid)
+        await self._end_store()
 
     async def _reopen(self, why: Exception) -> None:
         """The log is gone or lost events: continue under a new epoch, from what is stored."""
@@ -365,7 +458,12 @@ class Session:
             old,
         )
         snapshot = self._snap.as_map()
-        await self._retry(lambda: self.store.create(self.sid, self.epoch, head=self.stored, snapshot=snapshot))
+        leases = self._leases
+        # The lease went with the log if the store lost its data: take it back,
+        # unless another node finalised the run meanwhile.
+        if leases is not None and not await self._retry(lambda: leases.renew(self.sid, self.holder, old)):
+            raise LeaseLost(f"the lease of {self.sid!r} was lost")
+        await self._retry(lambda: self._create(self.stored, snapshot))
 
     async def _retry(self, op: Callable[[], Awaitable[T]]) -> T:
         """Run a store call until it succeeds; transient errors are retried for as long as it takes.
@@ -410,14 +508,23 @@ class Session:
 
     async def _give_up(self, exc: Exception) -> None:
         """The log cannot be written for good: end the run ``failed`` where clients can see it."""
-        replaced = isinstance(exc, LogReplaced)
+        # Replaced, lease lost, or never claimed: the log belongs to another writer.
+        replaced = isinstance(exc, (LogReplaced, ProtocolError))
         with self._lock:
             lost = self._waiting
             self._pending.clear()
             self._waiting = self._pending_bytes = 0
             self.ended = True  # nothing more is accepted
-        if replaced:
-            log.error("session %s: a newer run replaced its log; this run stops (%d events not stored)", self.sid, lost)
+        if isinstance(exc, ProtocolError):
+            self.refused = True
+            log.warning("session %s: another node runs this sid; this run does not start", self.sid)
+        elif replaced:
+            log.error(
+                "session %s: another writer took its log (%s); this run stops (%d events not stored)",
+                self.sid,
+                type(exc).__name__,
+                lost,
+            )
         else:
             log.error(
                 "session %s: its events cannot be stored (%d not stored); the run fails", self.sid, lost, exc_info=exc
@@ -449,7 +556,7 @@ class Session:
             try:
                 # The log as it stands keeps its history: the refused events are
                 # dropped and the end follows what is stored.
-                await self._retry(lambda: self.store.append(self.sid, events, epoch=self.epoch))
+                await self._retry(lambda: self._append(events))
             except LogReplaced:
                 raise
             except Exception as again:
@@ -462,10 +569,11 @@ class Session:
                 if not self._keep_snap:
                     snapshot = (await self._retry(lambda: self.store.snapshot(self.sid)))[0]
                 self.epoch = secrets.token_hex(8)
-                await self._retry(lambda: self.store.create(self.sid, self.epoch, head=self.stored, snapshot=snapshot))
-                await self._retry(lambda: self.store.append(self.sid, events, epoch=self.epoch))
+                await self._retry(lambda: self._create(self.stored, snapshot))
+                await self._retry(lambda: self._append(events))
             self._seq = self.stored = events[-1].seq
-            await self._retry(lambda: self.store.end(self.sid))
+            await self._retry(lambda: self._end_store())
+            await self._release()
         except Exception:
             log.exception("session %s: could not record the failure either", self.sid)
         self._end_stored = True

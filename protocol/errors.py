@@ -12,6 +12,7 @@ The exception tree::
     │   ├── LogMissing            the log does not exist (never made, expired, lost with
     │   │                         a restarted server); also a ``KeyError``
     │   ├── LogReplaced           the log now belongs to another epoch; also a ``ValueError``
+    │   │   └── LeaseLost         another writer holds the session's lease
     │   └── SeqGap                the log is behind the writer (it lost events); also a
     │                             ``ValueError``
     └── BacklogFull               a Pipe's buffer of events not yet stored is full (the store
@@ -184,6 +185,13 @@ class LogMissing(StoreError, KeyError):
 
 class LogReplaced(StoreError, ValueError):
     """The session's log now has another epoch: a newer run replaced it."""
+
+
+class LeaseLost(LogReplaced):
+    """Another writer holds the session's lease: this one may not write its log any more.
+
+    A ``LogReplaced``: the writer stops without touching the log.
+    """
 
 
 class SeqGap(StoreError, ValueError):

@@ -7,10 +7,10 @@ no redis package.
 
 from typing import Any
 
-from .base import Appended, LogInfo, Retention, Store
+from .base import Appended, Leases, LogInfo, Retention, Store, leases_of
 from .memory import MemoryStore
 
-__all__ = ["Appended", "LogInfo", "MemoryStore", "RedisStore", "Retention", "Store"]
+__all__ = ["Appended", "Leases", "LogInfo", "MemoryStore", "RedisStore", "Retention", "Store", "leases_of"]
 
 
 def __getattr__(name: str) -> Any:

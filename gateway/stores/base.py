@@ -22,6 +22,17 @@ A store whose logs can only disappear by expiring after their run ended (one
 inside the gateway's process) may say so with a class attribute
 ``loses_no_logs = True``: writers then keep no copy of the state that a
 re-created log would need.
+
+Writer leases (optional).  A store shared by several gateway nodes may also
+implement ``Leases`` (``RedisStore`` does): each run's Session claims its sid
+before it creates the log, renews the claim every ``lease_ttl / 3`` seconds
+and releases it once the run's end is stored; its writes name the claim
+(``holder=``) and a store refuses them with ``LeaseLost`` once another
+holder has the sid.  A claim held by another live writer makes a new run of
+the sid ``sid_taken`` on every node, and a claim that lapsed (its writer's
+process died) lets any node's janitor end the run ``failed``.  Sessions and
+the janitor use leases only when ``leases_of(store)`` returns the store, so a
+store that lives inside one process (``MemoryStore``) needs nothing.
 """
 
 from __future__ import annotations
@@ -125,3 +136,59 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release resources."""
+
+
+@runtime_checkable
+class Leases(Protocol):
+    """A store's writer leases: one live writer per sid across every node sharing it.
+
+    ``holder`` is a writer's id (random, one per Session, the same across the
+    epochs it creates).  Every method raises ``StoreUnavailable`` when the
+    store cannot be reached.
+    """
+
+    #: Seconds a claim lives without a renewal; None: this store has no leases.
+    lease_ttl: float | None
+
+    async def claim(self, sid: str, holder: str) -> bool:
+        """Take ``sid`` for ``holder`` if nobody holds it (or ``holder`` does); False if another does."""
+
+    async def renew(self, sid: str, holder: str, epoch: str) -> bool:
+        """Extend ``holder``'s claim; False once it is lost.
+
+        A claim that vanished (it lapsed, or the store lost its data) is
+        taken again only if the log is still ``epoch``'s and not ended (or
+        gone with the data): a run that another node finalised stays lost.
+        """
+
+    async def release(self, sid: str, holder: str) -> None:
+        """Give up ``holder``'s claim (nothing if it is not the holder)."""
+
+    async def lapsed(self) -> list[str]:
+        """Sids whose claim was due to be renewed by now (their writer may be dead)."""
+
+    async def create(
+        self,
+        sid: str,
+        epoch: str,
+        *,
+        head: int = 0,
+        snapshot: dict[str, Any] | None = None,
+        holder: str | None = None,
+    ) -> None:
+        """``Store.create``; with ``holder``, refused (``LeaseLost``) unless it holds the sid."""
+
+    async def append(
+        self, sid: str, events: Sequence[Appended], *, epoch: str | None = None, holder: str | None = None
+    ) -> None:
+        """``Store.append``; with ``holder``, refused (``LeaseLost``) unless it holds the sid."""
+
+    async def end(self, sid: str, *, holder: str | None = None) -> None:
+        """``Store.end``; with ``holder``, refused (``LeaseLost``) unless it holds the sid."""
+
+
+def leases_of(store: Store) -> Leases | None:
+    """``store`` if it has writer leases (and they are on), else None."""
+    if isinstance(store, Leases) and store.lease_ttl is not None:
+        return store
+    return None

@@ -76,7 +76,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from protocol import LogMissing, LogReplaced, SeqGap, Snapshot, StoreUnavailable, decode_event, packb
+from protocol import LeaseLost, LogMissing, LogReplaced, SeqGap, Snapshot, StoreUnavailable, decode_event, packb
 
 from .base import Appended, LogInfo, Retention, Store
 
@@ -92,13 +92,17 @@ LINGER: Final = 30.0
 _LENGTH: Final = struct.Struct(">I")
 
 # The append script's status codes (the first element of its reply).
-_OK, _APPLIED, _MISSING, _OTHER_EPOCH, _BAD_SEQ, _NEED_SNAPSHOT = 0, 1, -1, -2, -3, -4
+_OK, _APPLIED, _MISSING, _OTHER_EPOCH, _BAD_SEQ, _NEED_SNAPSHOT, _NOT_HOLDER = 0, 1, -1, -2, -3, -4, -5
 #: What redis-py raises when the server cannot be reached or does not answer
 #: (BusyLoadingError, a restarted server loading its data, is a ConnectionError).
 _UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError, TimeoutError)
 
-# KEYS: log, meta.  ARGV: channel, epoch, snapshot, head.
+# The writer-lease check of the write scripts: KEYS[3] is the lease, which the
+# holder ARGV ('' = no check) must hold (append and end also accept a lapsed
+# lease while the log is still the writer's open one).
+# KEYS: log, meta, lease.  ARGV: channel, epoch, snapshot, head, holder.
 _CREATE: Final = """
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return -5 end
 redis.call('DEL', KEYS[1], KEYS[2])
 local head = tonumber(ARGV[4])
 redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'first', head + 1, 'head', head, 'bytes', 0,
@@ -107,23 +111,30 @@ redis.call('PUBLISH', ARGV[1], string.format('c:%d:', head) .. ARGV[2])
 return 1
 """
 
-# KEYS: log, meta.  ARGV: channel, epoch ('' = any), first seq, max_events,
-# max_bytes, snapshot ('' = none), raw events...
+# KEYS: log, meta, lease.  ARGV: channel, epoch ('' = any), first seq, max_events,
+# max_bytes, snapshot ('' = none), holder ('' = no lease check), raw events...
 _APPEND: Final = """
 local st = redis.call('HMGET', KEYS[2], 'epoch', 'head', 'first', 'bytes', 'snap_seq', 'ended_at')
+if ARGV[7] ~= '' then
+  -- Refused if another writer holds the lease, or if it lapsed and the log is
+  -- no longer this epoch's open log (another node ended it).  A lease gone
+  -- with the log (a Redis that lost its data) lets LogMissing tell the writer.
+  local v = redis.call('GET', KEYS[3])
+  if v ~= ARGV[7] and (v or (st[1] and (st[1] ~= ARGV[2] or st[6]))) then return {-5} end
+end
 if not st[1] then return {-1} end
 if ARGV[2] ~= '' and st[1] ~= ARGV[2] then return {-2, st[1]} end
 local head = tonumber(st[2])
 if tonumber(ARGV[3]) ~= head + 1 then
   -- A retry of an append that was applied (its reply was lost): nothing to do.
-  if ARGV[2] ~= '' and tonumber(ARGV[3]) + #ARGV - 7 <= head then return {1, head} end
+  if ARGV[2] ~= '' and tonumber(ARGV[3]) + #ARGV - 8 <= head then return {1, head} end
   return {-3, head}
 end
 local first, nbytes, snap_seq = tonumber(st[3]), tonumber(st[4]), tonumber(st[5])
 local max_events, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local snap = ARGV[6]
-for i = 7, #ARGV do nbytes = nbytes + #ARGV[i] end
-local new_head = head + #ARGV - 6
+for i = 8, #ARGV do nbytes = nbytes + #ARGV[i] end
+local new_head = head + #ARGV - 7
 -- Plan the trim before writing: a script that fails half way does not roll back.
 local count = new_head - first + 1
 local cut = first
@@ -139,7 +150,7 @@ while count > 1 and (count > max_events or nbytes > max_bytes) do
     size = #old[oi][2][2]
     oi = oi + 1
   else
-    size = #ARGV[6 + cut - head]
+    size = #ARGV[7 + cut - head]
   end
   nbytes = nbytes - size
   count = count - 1
@@ -147,7 +158,7 @@ while count > 1 and (count > max_events or nbytes > max_bytes) do
 end
 if snap == '' and cut > snap_seq + 1 then return {-4} end
 for s = math.max(cut, head + 1), new_head do
-  redis.call('XADD', KEYS[1], string.format('%d-0', s), 'r', ARGV[6 + s - head])
+  redis.call('XADD', KEYS[1], string.format('%d-0', s), 'r', ARGV[7 + s - head])
 end
 if cut > first then
   redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', cut))
@@ -197,8 +208,10 @@ end
 return {st[1], st[2], st[3], st[4], tail}
 """
 
-# KEYS: log, meta.  ARGV: channel, ended_at, ttl in ms.
+# KEYS: log, meta, lease.  ARGV: channel, ended_at, ttl in ms, holder.
 _END: Final = """
+local v = ARGV[4] ~= '' and redis.call('GET', KEYS[3])
+if v and v ~= ARGV[4] then return -5 end
 local st = redis.call('HMGET', KEYS[2], 'epoch', 'ended_at')
 if not st[1] or st[2] then return 0 end
 redis.call('HSET', KEYS[2], 'ended_at', ARGV[2])
@@ -206,6 +219,44 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[1], 'e:0:' .. st[1])
 return 1
+"""
+
+
+# Leases.  KEYS: lease.  ARGV: holder, ttl in ms.  Reply: the lease's expiry in
+# ms of the server's clock, or -1 (another holder has it).
+_CLAIM: Final = """
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local t = redis.call('TIME')
+return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+"""
+
+# KEYS: lease, meta.  ARGV: holder, ttl in ms, epoch.  A vanished lease is taken
+# again only while the log is that epoch's and not ended (or gone altogether).
+_RENEW: Final = """
+local v = redis.call('GET', KEYS[1])
+if v ~= ARGV[1] then
+  if v then return -1 end
+  local st = redis.call('HMGET', KEYS[2], 'epoch', 'ended_at')
+  if st[1] and (st[1] ~= ARGV[3] or st[2]) then return -1 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local t = redis.call('TIME')
+return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+"""
+
+# KEYS: lease.  ARGV: holder.
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: live.  Reply: the sids whose lease expiry (by the server's clock) passed.
+_LAPSED: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 """
 
 
@@ -323,6 +374,7 @@ class RedisStore:
         poll_interval: float = 30.0,
         max_connections: int = 64,
         command_timeout: float = 10.0,
+        lease_ttl: float | None = 10.0,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix {prefix!r} must not contain braces: keys use a {{sid}} hash tag")
@@ -332,6 +384,10 @@ class RedisStore:
             raise ValueError("poll_interval must be positive")
         if not command_timeout > 0:
             raise ValueError("command_timeout must be positive")
+        if lease_ttl is not None and not lease_ttl >= 0.01:
+            raise ValueError("lease_ttl must be at least 0.01 seconds (or None: no leases)")
+        #: Seconds a writer's lease lives without a renewal (None: no leases).
+        self.lease_ttl = lease_ttl
         self.command_timeout = command_timeout
         self.retention = retention or Retention()
         self.prefix = prefix
@@ -355,6 +411,10 @@ class RedisStore:
         self._read = r.register_script(_READ)
         self._state = r.register_script(_STATE)
         self._end = r.register_script(_END)
+        self._claim = r.register_script(_CLAIM)
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
+        self._lapsed = r.register_script(_LAPSED)
         self._empty_snap = packb(Snapshot().as_map())
         self._writers: dict[str, _Writer] = {}
         # pub/sub: watches by sid and by channel, and the task that (un)subscribes
@@ -419,23 +479,40 @@ class RedisStore:
     # --- keys -----------------------------------------------------------------
 
     def _keys(self, sid: str) -> list[str]:
+        """The log, its meta hash and its writer lease (one hash slot)."""
         tag = f"{self.prefix}{{{sid}}}"
-        return [f"{tag}:log", f"{tag}:meta"]
+        return [f"{tag}:log", f"{tag}:meta", f"{tag}:lease"]
+
+    @property
+    def _live(self) -> str:
+        return f"{self.prefix}live"
 
     def _channel(self, sid: str) -> bytes:
         return f"{self.prefix}{{{sid}}}:wake".encode()
 
     # --- the Store protocol ---------------------------------------------------
 
-    async def create(self, sid: str, epoch: str, *, head: int = 0, snapshot: dict[str, Any] | None = None) -> None:
+    async def create(
+        self,
+        sid: str,
+        epoch: str,
+        *,
+        head: int = 0,
+        snapshot: dict[str, Any] | None = None,
+        holder: str | None = None,
+    ) -> None:
         self._writers.pop(sid, None)
         snap = Snapshot.from_map(snapshot)
         packed = self._empty_snap if snapshot is None else packb(snap.as_map())
-        await self._io(self._create(keys=self._keys(sid), args=[self._channel(sid), epoch, packed, head]))
+        args: list[Any] = [self._channel(sid), epoch, packed, head, holder or ""]
+        if await self._io(self._create(keys=self._keys(sid), args=args)) == _NOT_HOLDER:
+            raise LeaseLost(f"another writer holds the lease of {sid!r}")
         self._writers[sid] = _Writer(epoch, head, snap, head, 0)
         self._wake(sid, b"c", epoch, head)
 
-    async def append(self, sid: str, events: Sequence[Appended], *, epoch: str | None = None) -> None:
+    async def append(
+        self, sid: str, events: Sequence[Appended], *, epoch: str | None = None, holder: str | None = None
+    ) -> None:
         if not events:
             if await self.info(sid) is None:
                 raise LogMissing(f"no log for {sid!r}")
@@ -464,11 +541,13 @@ class RedisStore:
         head = w.head + len(events)
         ckpt = head - w.ckpt >= self.snapshot_every or w.tail_bytes + size >= SNAPSHOT_BYTES
         raws = [ev.raw for ev in events]
-        ret = await self._run_append(sid, w, events[0].seq, raws, ckpt)
+        ret = await self._run_append(sid, w, events[0].seq, raws, ckpt, holder)
         if ret[0] == _NEED_SNAPSHOT:  # the trim reaches past the checkpoint
             ckpt = True
-            ret = await self._run_append(sid, w, events[0].seq, raws, ckpt)
+            ret = await self._run_append(sid, w, events[0].seq, raws, ckpt, holder)
         code = int(ret[0])
+        if code == _NOT_HOLDER:
+            raise LeaseLost(f"another writer holds the lease of {sid!r}")
         if code == _MISSING:
             raise LogMissing(f"no log for {sid!r}")
         if code == _OTHER_EPOCH:
@@ -478,7 +557,7 @@ class RedisStore:
             if epoch is not None and stored > w.head:
                 # Part of the batch is stored (an earlier try whose reply was
                 # lost, on another connection): reload and append the rest.
-                return await self.append(sid, events, epoch=epoch)
+                return await self.append(sid, events, epoch=epoch, holder=holder)
             if epoch is not None and stored < events[0].seq - 1:
                 raise SeqGap(f"seq {events[0].seq} does not follow seq {stored}", stored)
             raise ValueError(f"seq {events[0].seq} does not follow seq {stored}")
@@ -492,10 +571,12 @@ class RedisStore:
         self._writers[sid] = w
         self._wake(sid, b"a", w.epoch, head)
 
-    async def _run_append(self, sid: str, w: _Writer, seq: int, raws: list[bytes], ckpt: bool) -> list[Any]:
+    async def _run_append(
+        self, sid: str, w: _Writer, seq: int, raws: list[bytes], ckpt: bool, holder: str | None
+    ) -> list[Any]:
         r = self.retention
         snap = packb(w.snap.as_map()) if ckpt else b""
-        args: list[Any] = [self._channel(sid), w.epoch, seq, r.max_events, r.max_bytes, snap, *raws]
+        args: list[Any] = [self._channel(sid), w.epoch, seq, r.max_events, r.max_bytes, snap, holder or "", *raws]
         ret: list[Any] = await self._io(self._append(keys=self._keys(sid), args=args))
         return ret
 
@@ -527,10 +608,45 @@ class RedisStore:
             return dict(msgpack.unpackb(snap, raw=False, strict_map_key=False)), int(snap_seq)
         return _fold(snap, tail).as_map(), int(head)
 
-    async def end(self, sid: str) -> None:
+    async def end(self, sid: str, *, holder: str | None = None) -> None:
         self._writers.pop(sid, None)
         ttl_ms = max(0, int(self.retention.ttl_after_end * 1000))
-        await self._io(self._end(keys=self._keys(sid), args=[self._channel(sid), repr(time.time()), ttl_ms]))
+        args: list[Any] = [self._channel(sid), repr(time.time()), ttl_ms, holder or ""]
+        if await self._io(self._end(keys=self._keys(sid), args=args)) == _NOT_HOLDER:
+            raise LeaseLost(f"another writer holds the lease of {sid!r}")
+
+    # --- writer leases (base.Leases) ----------------------------------------------
+
+    def _lease_ms(self) -> int:
+        if self.lease_ttl is None:
+            raise RuntimeError("this RedisStore has no leases (lease_ttl=None)")
+        return max(1, int(self.lease_ttl * 1000))
+
+    async def claim(self, sid: str, holder: str) -> bool:
+        expiry = await self._io(self._claim(keys=[self._keys(sid)[2]], args=[holder, self._lease_ms()]))
+        if int(expiry) < 0:
+            return False
+        await self._io(self._redis.zadd(self._live, {sid: int(expiry)}))
+        return True
+
+    async def renew(self, sid: str, holder: str, epoch: str) -> bool:
+        keys = self._keys(sid)
+        expiry = await self._io(self._renew(keys=[keys[2], keys[1]], args=[holder, self._lease_ms(), epoch]))
+        if int(expiry) < 0:
+            return False
+        # A separate command (the set is not in the sid's hash slot): if it is
+        # lost the janitor finds the sid early, and its SET NX fails harmlessly.
+        await self._io(self._redis.zadd(self._live, {sid: int(expiry)}))
+        return True
+
+    async def release(self, sid: str, holder: str) -> None:
+        if await self._io(self._release(keys=[self._keys(sid)[2]], args=[holder])):
+            # A new claim made since re-adds the sid with its next renewal.
+            await self._io(self._redis.zrem(self._live, sid))
+
+    async def lapsed(self) -> list[str]:
+        sids = await self._io(self._lapsed(keys=[self._live]))
+        return [_str(s) for s in sids]
 
     async def wait(self, sid: str, after: int, timeout: float | None = None, *, epoch: str | None = None) -> bool:
         if timeout is not None and timeout <= 0:  # a poll

@@ -200,8 +200,12 @@ async def test_redis_restarted_with_persistence(persistent_redis: PrivateRedis) 
 
 
 async def test_a_run_started_while_redis_is_down(stopped_redis: PrivateRedis, raw: Any) -> None:
-    """The log cannot be created yet: clients get a retryable code, then the whole run."""
-    store = RedisStore(stopped_redis.url, command_timeout=2.0)
+    """The log cannot be created yet: clients get a retryable code, then the whole run.
+
+    Without leases the app runs at once and its events wait in the backlog;
+    with leases (the default) it starts once Redis answers and the sid is its.
+    """
+    store = RedisStore(stopped_redis.url, command_timeout=2.0, lease_ttl=None)
     started = threading.Event()
 
     async def app(pipe: Any, value: Any) -> None:
