@@ -231,6 +231,35 @@ async def test_a_run_started_while_redis_is_down(stopped_redis: PrivateRedis, ra
     assert evs[-1].d["state"] == "done" and c.duplicates == c.gaps == 0
 
 
+async def test_a_run_started_while_redis_is_down_with_leases(stopped_redis: PrivateRedis, raw: Any) -> None:
+    """With leases (the default) the app starts once Redis answers and the sid is claimed."""
+    store = RedisStore(stopped_redis.url, command_timeout=2.0)
+    calls: list[str] = []
+
+    async def app(pipe: Any, value: Any) -> None:
+        calls.append("started")
+        for i in range(1, 51):
+            pipe.set_message(log_event(i))
+        await pipe.ask("done?", ["yes"])
+
+    async with Gateway(port=0, store=store, apps={"app": app}) as gw:
+        async with raw(gw.url) as r:
+            await r.send({"t": "hello", "sid": "late-leased", "start": {"app": "app"}})
+            code, frames = await r.closed()
+        assert code == 1013, frames
+        assert [f.code for f in frames if f.t == "error"] == ["unavailable"]
+        assert calls == []  # nothing ran on a sid that may be another node's
+        stopped_redis.start()
+        async with Client(gw.url, "late-leased", backoff=(0.01, 0.2)) as c:
+            evs = await asyncio.wait_for(c.until(lambda e: e.k == "ask"), TIMEOUT)
+            assert (await c.reply("a1", "yes")).ok
+            evs += await asyncio.wait_for(c.until(final), TIMEOUT)
+    check_once_in_order(evs)
+    assert calls == ["started"]
+    assert [e.d.get("msg") for e in evs if e.k == "log"] == [f"line {i}" for i in range(1, 51)]
+    assert evs[-1].d["state"] == "done" and c.duplicates == c.gaps == 0
+
+
 async def test_a_full_redis_holds_the_run_until_it_has_room(small_redis: PrivateRedis) -> None:
     """OOM is an operator's problem to fix, not a bug: the writer waits, then stores it all."""
     store = RedisStore(small_redis.url)
