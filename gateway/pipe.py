@@ -18,7 +18,7 @@ from typing import Any
 
 from protocol import FINAL_STATES, Kind, RunState, check_event, encode_event, ev_frame
 
-from .sessions import Session, _on_loop
+from .sessions import Session, on_loop
 
 _pipe_ids = itertools.count(1)
 
@@ -163,7 +163,7 @@ class WebPipe:
         Blocks the calling thread.  On the event loop's own thread it never
         blocks (that would stop the gateway): it returns what is queued, or None.
         """
-        if _on_loop(self._s.loop):
+        if on_loop(self._s.loop):
             return self._s.take_nowait()
         fut = asyncio.run_coroutine_threadsafe(self.aget_message(timeout), self._s.loop)
         return fut.result()
@@ -208,7 +208,7 @@ class WebPipe:
             RuntimeError: called on the event loop's thread (it would
                 deadlock the gateway; use ``await pipe.ask(...)``).
         """
-        if _on_loop(self._s.loop):
+        if on_loop(self._s.loop):
             raise RuntimeError("ask_sync() on the event loop would block it; await pipe.ask()")
         coro = self.ask(prompt, choices, default, timeout, other=other, **extra)
         return asyncio.run_coroutine_threadsafe(coro, self._s.loop).result()

@@ -17,21 +17,20 @@ import asyncio
 import inspect
 import logging
 import secrets
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection as WebSocket
 
-from protocol import ErrorCode, Kind, ProtocolError, RunState, StoreUnavailable, encode_event, is_final
+from protocol import ErrorCode, Kind, ProtocolError, RunState, StoreUnavailable, is_final
 from protocol.codec import SID_RE
 
 from .config import App, Config
 from .metrics import Metrics
 from .middleware import Middleware
 from .pipe import WebPipe
-from .sessions import Limits, Session, _on_loop
-from .stores import Appended, Leases, Store, leases_of
+from .sessions import Limits, Session, failed_ending, on_loop
+from .stores import Leases, Store, leases_of
 
 log = logging.getLogger("wirepipe")
 
@@ -72,7 +71,7 @@ class Runs:
         loop = self.loop
         if loop is None or self.closing:
             raise RuntimeError("the gateway is not running")
-        if not _on_loop(loop):
+        if not on_loop(loop):
 
             async def make() -> WebPipe:
                 return self.pipe(sid)
@@ -265,14 +264,10 @@ class Runs:
         if info is None or info.ended:
             return False
         snapshot, head = await self.store.snapshot(sid)
-        closing: list[tuple[str, Any]] = [
-            (Kind.ANSWER, {"id": ask["id"], "value": None, "by": "closed"}) for ask in snapshot.get("asks") or ()
-        ]
         status = snapshot.get("status")
-        if not (isinstance(status, dict) and is_final(Kind.STATUS, status)):
-            closing.append((Kind.STATUS, {"state": RunState.FAILED, "detail": LAPSED_DETAIL}))
-        now = time.time()
-        events = [Appended(head + i, k, d, encode_event(head + i, k, now, d)) for i, (k, d) in enumerate(closing, 1)]
+        ended = isinstance(status, dict) and is_final(Kind.STATUS, status)
+        asks = [ask["id"] for ask in snapshot.get("asks") or ()]
+        events = failed_ending(head, asks, None if ended else LAPSED_DETAIL)
         if events:
             await leases.append(sid, events, epoch=info.epoch, holder=holder)
         await leases.end(sid, holder=holder)

@@ -274,7 +274,7 @@ class Session:
             kick = self._idle
             self._idle = False
         if kick:
-            if _on_loop(self.loop):
+            if on_loop(self.loop):
                 self._more.set()
             else:
                 try:
@@ -531,13 +531,12 @@ class Session:
             )
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        closing: list[tuple[str, Any]] = []
-        for ask_id in list(self.asks):
+        open_asks = list(self.asks)
+        for ask_id in open_asks:
             _, fut = self.asks.pop(ask_id)
             self.settled.add(ask_id)
             if not fut.done():
                 fut.cancel()
-            closing.append((Kind.ANSWER, {"id": ask_id, "value": None, "by": "closed"}))
         if not self.ready.done():
             self.ready.set_exception(exc)
             self.ready.exception()  # retrieved here: waiters see it too
@@ -546,12 +545,7 @@ class Session:
             self._settle_drained()
             return
         detail = f"internal: the session log could not be written ({type(exc).__name__}); {lost} events lost"
-        closing.append((Kind.STATUS, {"state": RunState.FAILED, "detail": detail}))
-        now = time.time()
-        events = [
-            Appended(self.stored + i, k, d, encode_event(self.stored + i, k, now, d))
-            for i, (k, d) in enumerate(closing, 1)
-        ]
+        events = failed_ending(self.stored, open_asks, detail)
         try:
             try:
                 # The log as it stands keeps its history: the refused events are
@@ -769,7 +763,7 @@ class Session:
             raise ValueError(f"close state must be one of {sorted(FINAL_STATES)}, not {state!r}")
         if self.ended:
             return
-        if not _on_loop(self.loop):
+        if not on_loop(self.loop):
             # Open asks live on the loop, and their answers must precede the
             # final status: do the whole close there.
             try:
@@ -795,7 +789,21 @@ class Session:
                 entry[1].cancel()
 
 
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+def failed_ending(head: int, open_asks: Sequence[str], detail: str | None) -> list[Appended]:
+    """The events that end a run ``failed`` after seq ``head``, from outside its agent.
+
+    An ``answer`` by ``closed`` for each open ask, then the final ``status``
+    (none if ``detail`` is None: the run had already ended).  Used when a
+    writer gives up on its log and when another node ends a dead writer's run.
+    """
+    closing: list[tuple[str, Any]] = [(Kind.ANSWER, {"id": a, "value": None, "by": "closed"}) for a in open_asks]
+    if detail is not None:
+        closing.append((Kind.STATUS, {"state": RunState.FAILED, "detail": detail}))
+    now = time.time()
+    return [Appended(head + i, k, d, encode_event(head + i, k, now, d)) for i, (k, d) in enumerate(closing, 1)]
+
+
+def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
     try:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
