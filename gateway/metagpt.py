@@ -14,32 +14,9 @@ MetaGPT's root and config to be there first.  With the new path, call
 
 from __future__ import annotations
 
-from .integrations.metagpt import (
-    RUN_THREAD_NAME,
-    ReviewExit,
-    Run,
-    attach,
-    available,
-    current_run,
-    install,
-    new_executor,
-    prepare,
-    prepare_environment,
-    run_in_thread,
-)
-
-__all__ = [
-    "RUN_THREAD_NAME",
-    "ReviewExit",
-    "Run",
-    "attach",
-    "available",
-    "current_run",
-    "install",
-    "new_executor",
-    "prepare",
-    "run_in_thread",
-]
+from .integrations.metagpt import *  # noqa: F403 - the adapter's public API, as it was
+from .integrations.metagpt import __all__ as __all__
+from .integrations.metagpt import prepare_environment
 
 # The deliberate exception (see above): before the importer's own ``import metagpt``.
 prepare_environment()

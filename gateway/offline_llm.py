@@ -5,24 +5,5 @@ A shim for the old path; it re-exports that module's public API.
 
 from __future__ import annotations
 
-from .integrations.metagpt.offline_llm import (
-    OFFLINE_API_TYPE,
-    OFFLINE_MODEL,
-    DemoScript,
-    Script,
-    offline_llm_config,
-    register,
-    scripted_llm_class,
-    use,
-)
-
-__all__ = [
-    "OFFLINE_API_TYPE",
-    "OFFLINE_MODEL",
-    "DemoScript",
-    "Script",
-    "offline_llm_config",
-    "register",
-    "scripted_llm_class",
-    "use",
-]
+from .integrations.metagpt.offline_llm import *  # noqa: F403 - its public API, as it was
+from .integrations.metagpt.offline_llm import __all__ as __all__
