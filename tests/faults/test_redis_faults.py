@@ -21,7 +21,7 @@ from support import TIMEOUT, final
 
 from gateway import Gateway, RedisStore
 from gateway.client import Client
-from protocol import Event, Welcome
+from protocol import BacklogFull, Event, Welcome, decode_event
 
 pytestmark = pytest.mark.redis
 
@@ -258,6 +258,26 @@ async def test_a_run_started_while_redis_is_down_with_leases(stopped_redis: Priv
     assert calls == ["started"]
     assert [e.d.get("msg") for e in evs if e.k == "log"] == [f"line {i}" for i in range(1, 51)]
     assert evs[-1].d["state"] == "done" and c.duplicates == c.gaps == 0
+
+
+async def test_a_full_backlog_refuses_writes_but_always_takes_the_end(stopped_redis: PrivateRedis) -> None:
+    """Redis is down, so the writer holds everything: the backlog fills, then refuses."""
+    store = RedisStore(stopped_redis.url, command_timeout=2.0)
+    async with Gateway(port=0, store=store, backlog_events=50, backlog_bytes=1 << 30) as gw:
+        pipe = gw.pipe("full-backlog")
+        for i in range(50):
+            pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": str(i)}})
+        with pytest.raises(BacklogFull):
+            pipe.set_message("one too many")
+        assert pipe.head == 50
+        pipe.close("failed", detail="gave up")  # the end always fits
+        stopped_redis.start()
+        await asyncio.wait_for(pipe.drained(), TIMEOUT)
+        raws = await store.read("full-backlog", 0, limit=100)
+        # the refused delta is not there; its stream's end and the status are
+        assert [decode_event(r).k for r in raws] == ["log"] * 50 + ["text", "status"]
+        info = await store.info("full-backlog")
+        assert info is not None and info.ended
 
 
 async def test_a_full_redis_holds_the_run_until_it_has_room(small_redis: PrivateRedis) -> None:

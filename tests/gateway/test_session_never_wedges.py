@@ -16,7 +16,7 @@ from support import TIMEOUT, final, replied
 
 from gateway import Gateway, MemoryStore, Retention
 from gateway.client import Client
-from protocol import MAX_DEPTH, BacklogFull, check_value, decode_event, packb
+from protocol import MAX_DEPTH, check_value, decode_event, packb
 
 
 def nested(depth: int) -> Any:
@@ -182,37 +182,6 @@ async def test_the_inbox_bounds_bytes(make_gw: Any, raw: Any) -> None:
             await r.send({"t": "send", "rid": f"b{i}", "data": "x" * 40_000})
             errs.append((await r.collect(lambda fs: bool(replied(fs))))[-1].err)
         assert errs == [None, None, "inbox_full", "inbox_full"]
-
-
-async def test_a_full_backlog_refuses_writes_but_always_takes_the_end() -> None:
-    """With the writer held back (a store that has not answered yet), the backlog fills."""
-
-    class Stuck(MemoryStore):
-        def __init__(self) -> None:
-            super().__init__()
-            self.go = asyncio.Event()
-
-        async def create(self, sid: str, epoch: str, **kw: Any) -> None:
-            await self.go.wait()  # a store that does not answer yet
-            await super().create(sid, epoch, **kw)
-
-    store = Stuck()
-    async with Gateway(port=0, store=store, backlog_events=50, backlog_bytes=1 << 30) as gw:
-        pipe = gw.pipe("full")
-        for i in range(50):
-            pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": str(i)}})
-        with pytest.raises(BacklogFull):
-            pipe.set_message("one too many")
-        assert pipe.head == 50
-        pipe.close("failed", detail="gave up")  # the end always fits
-        store.go.set()
-        await asyncio.wait_for(pipe.drained(), TIMEOUT)
-        raws = await store.read("full", 0, limit=100)
-        kinds = [decode_event(r).k for r in raws]
-        # the refused delta is not there; its stream's end and the status are
-        assert kinds == ["log"] * 50 + ["text", "status"]
-        info = await store.info("full")
-        assert info is not None and info.ended
 
 
 # --- the memory store reclaims every ended log ------------------------------------------
