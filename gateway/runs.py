@@ -268,9 +268,11 @@ class Runs:
         ended = isinstance(status, dict) and is_final(Kind.STATUS, status)
         asks = [ask["id"] for ask in snapshot.get("asks") or ()]
         events = failed_ending(head, asks, None if ended else LAPSED_DETAIL)
+        # Ended first, then the closing events: whoever sees the final status
+        # finds the log already ended (its retention already counting).
+        await leases.end(sid, holder=holder)
         if events:
             await leases.append(sid, events, epoch=info.epoch, holder=holder)
-        await leases.end(sid, holder=holder)
         log.warning("session %s: its writer's lease lapsed; the run is ended failed here", sid)
         return True
 
