@@ -205,8 +205,8 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
         default=os.environ.get("WIREPIPE_REDIS"),
         help="keep session logs in Redis Streams at URL (env WIREPIPE_REDIS), e.g. "
         "redis://127.0.0.1:6379/0.  Gateways sharing it (and --secret) all serve "
-        "every session's events and resume each other's tokens; replies, sends and "
-        "cancels are taken by the gateway running the agent.  Default: in memory",
+        "every session's events, resume each other's tokens, and take every session's "
+        "replies, sends and cancels (handed to the agent's node).  Default: in memory",
     )
     p.add_argument(
         "--lease-ttl",

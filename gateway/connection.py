@@ -33,9 +33,7 @@ from protocol import (
     Hello,
     ProtocolError,
     Replied,
-    Reply,
     ResumeToken,
-    Send,
     StoreUnavailable,
     encode,
     frame_for,
@@ -48,7 +46,7 @@ from .config import Auth, Config
 from .metrics import Metrics
 from .middleware import Middleware, apply_requests
 from .runs import Runs
-from .stores import Store
+from .stores import Store, requests_of
 
 if TYPE_CHECKING:
     from .sessions import Session
@@ -300,21 +298,33 @@ class Connection:
         s, grant, chain = self.session, self.rules.grant, self.gw.middleware
         if s is None or not self.rules.follows(s.epoch):
             return None
-
-        def act() -> str | None:
-            frame = apply_requests(chain, self.sid, req.frame, grant) if chain else req.frame
-            if frame is None:
-                return ErrorCode.REFUSED
-            if isinstance(frame, Reply):
-                return s.answer(frame.ask, frame.value)
-            if isinstance(frame, Send):
-                return s.deliver(frame.data, req.size)
-            return s.cancel(frame.reason)
-
-        return s.request(req.frame.rid, grant, act)
+        passes = (lambda f: apply_requests(chain, self.sid, f, grant)) if chain else None
+        return s.handle(req.frame, grant, req.size, passes)
 
     async def _not_local(self, req: Request) -> Replied:
-        """A request for a run this process does not hold."""
-        info = await self.gw.store.info(self.sid)
-        alive = info is not None and self.rules.follows(info.epoch) and not info.ended
-        return self.rules.not_local(req.frame, alive)
+        """A request for a run this process does not write: handed to its writer through the store.
+
+        The middleware runs here, where the client is; the writer runs the
+        request once per ``rid`` (whichever node it came through).  Without
+        a live writer (its process died, or the store cannot hand requests
+        on) the client gets ``not_here`` while the run's log is open; a
+        writer that does not answer in time gets ``unavailable`` (re-send
+        the same ``rid``).
+        """
+        frame, rules, gw = req.frame, self.rules, self.gw
+        remote = requests_of(gw.store)
+        if remote is not None and rules.grant is Grant.OPERATOR:
+            passed = apply_requests(gw.middleware, self.sid, frame, rules.grant) if gw.middleware else frame
+            if passed is None:
+                return Replied(frame.rid, False, ErrorCode.REFUSED)
+            handed = {"rid": frame.rid, "f": encode(passed), "g": rules.grant.value, "n": req.size, "e": rules.epoch}
+            try:
+                out = await remote.request(self.sid, handed)
+            except StoreUnavailable as exc:
+                log.warning("sid %r: a %s request was not answered: %s", self.sid, frame.t.value, exc)
+                return Replied(frame.rid, False, ErrorCode.UNAVAILABLE)
+            if out is not None and not out.get("stale"):
+                return Replied(frame.rid, bool(out.get("ok")), out.get("err"))
+        info = await gw.store.info(self.sid)
+        alive = info is not None and rules.follows(info.epoch) and not info.ended
+        return rules.not_local(frame, alive)

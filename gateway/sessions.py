@@ -39,6 +39,13 @@ and finalised the run) the store refuses them with ``LeaseLost`` and this
 writer stops as if its log were replaced.  The claim is released once the
 run's end is stored.
 
+Requests from any node.  On a store that hands requests to the writer
+(``stores.requests_of``: RedisStore), a *request server* task takes the
+``reply``, ``send`` and ``cancel`` frames that clients sent through other
+nodes (or that an agent process without a WebSocket server gets) and runs
+them exactly as a local client's (``handle``): once per ``rid``, viewers
+refused, the outcome sent back to the node that asked.
+
 Readers never touch a session: they read the store.
 """
 
@@ -59,6 +66,7 @@ import msgpack
 
 from protocol import (
     BacklogFull,
+    Cancel,
     ErrorCode,
     Grant,
     Kind,
@@ -67,11 +75,14 @@ from protocol import (
     LogReplaced,
     ProtocolError,
     Replied,
+    Reply,
     RunState,
+    Send,
     SeqGap,
     Snapshot,
     StoreUnavailable,
     check_value,
+    decode_client,
     encode_event,
     is_final,
 )
@@ -79,7 +90,7 @@ from protocol.codec import walk_value
 from protocol.events import FINAL_STATES
 
 from .middleware import Middleware, apply_events
-from .stores import Appended, Store, leases_of
+from .stores import Appended, Requests, Store, leases_of, requests_of
 
 log = logging.getLogger("wirepipe.session")
 
@@ -134,13 +145,20 @@ class Session:
         predecessor: Session | None = None,
         limits: Limits | None = None,
         middleware: Sequence[Middleware] = (),
+        *,
+        reserved_by: str | None = None,
     ) -> None:
         self.sid = sid
         self.epoch = secrets.token_hex(8)
         #: This writer's id in the store's lease of the sid (the same across epochs).
         self.holder = secrets.token_hex(8)
+        #: A queued start's reservation of the sid: this writer takes the lease
+        #: over from it, and from nobody else (``Leases.take_over``).
+        self.reserved_by = reserved_by
         self.store = store
         self._leases = leases_of(store)
+        self._requests = requests_of(store)
+        self._server: asyncio.Task[None] | None = None
         self._lease_lost = False
         self._renewer: asyncio.Task[None] | None = None
         #: Lease renewals that succeeded (``await session.renewed(n)``).
@@ -295,11 +313,15 @@ class Session:
                 self.predecessor = None
             leases = self._leases
             if leases is not None:
-                if not await self._retry(lambda: leases.claim(self.sid, self.holder)):
+                if not await self._retry(lambda: self._claim(leases)):
                     raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {self.sid!r} already has a run (on another node)")
                 self._renewer = self.loop.create_task(self._renew(), name=f"wirepipe-lease-{self.sid}")
             await self._retry(lambda: self._create())
             self.ready.set_result(None)
+            if self._requests is not None:
+                self._server = self.loop.create_task(
+                    self._serve_requests(self._requests), name=f"wirepipe-requests-{self.sid}"
+                )
             while True:
                 if self._lease_lost:
                     raise LeaseLost(f"the lease of {self.sid!r} was lost")
@@ -331,8 +353,17 @@ class Session:
         finally:
             if self._renewer is not None:
                 self._renewer.cancel()
+            if self._server is not None:
+                self._server.cancel()
 
     # --- the store, under the lease when it has leases ---------------------------
+
+    async def _claim(self, leases: Any) -> bool:
+        if self.reserved_by is not None:
+            taken: bool = await leases.take_over(self.sid, self.reserved_by, self.holder)
+            return taken
+        claimed: bool = await leases.claim(self.sid, self.holder)
+        return claimed
 
     async def _create(self, head: int = 0, snapshot: dict[str, Any] | None = None) -> None:
         if self._leases is not None:
@@ -686,6 +717,64 @@ class Session:
         return None
 
     # --- requests from clients (event loop) --------------------------------
+
+    def handle(
+        self,
+        frame: Reply | Send | Cancel,
+        grant: Grant,
+        size: int = 0,
+        passes: Callable[[Reply | Send | Cancel], Reply | Send | Cancel | None] | None = None,
+    ) -> Replied:
+        """Run a client's ``reply``, ``send`` or ``cancel`` once per ``rid``; the same rid gets the first outcome.
+
+        ``size`` is the frame's size on the wire (it counts against the
+        inbox).  ``passes`` is the gateway's middleware (docs/middleware.md),
+        run once per rid: None from it refuses the request.
+        """
+
+        def act() -> str | None:
+            f = frame if passes is None else passes(frame)
+            if f is None:
+                return ErrorCode.REFUSED
+            if isinstance(f, Reply):
+                return self.answer(f.ask, f.value)
+            if isinstance(f, Send):
+                return self.deliver(f.data, size)
+            return self.cancel(f.reason)
+
+        return self.request(frame.rid, grant, act)
+
+    def _remote(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A request another node handed on (see ``gateway/connection.py``): its outcome."""
+        if req.get("e") != self.epoch:
+            # The client follows another run of this sid: the node that asked
+            # answers it as for a run that is not here.
+            return {"stale": True}
+        frame = decode_client(req["f"])
+        if not isinstance(frame, (Reply, Send, Cancel)):
+            raise TypeError(f"a {frame.t.value} frame is not a request")
+        r = self.handle(frame, Grant(req["g"]), int(req.get("n") or 0))
+        # "once": the outcome this rid will always get (see Session.request).
+        return {"ok": r.ok, "err": r.err, "once": self.replies.get(r.rid) is r}
+
+    async def _serve_requests(self, requests: Requests) -> None:
+        """Answer the requests other nodes hand on, until the writer ends; retried while the store fails."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                await requests.serve_requests(self.sid, self._remote)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "session %s: cannot take requests from other nodes (%s: %s); retrying",
+                    self.sid,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=not isinstance(exc, StoreUnavailable),
+                )
+                await asyncio.sleep(delay)  # backoff
+                delay = min(delay * 2, RETRY_CAP)
 
     def _remember(self, r: Replied) -> Replied:
         self.replies[r.rid] = r

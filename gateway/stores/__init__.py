@@ -7,10 +7,21 @@ no redis package.
 
 from typing import Any
 
-from .base import Appended, Leases, LogInfo, Retention, Store, leases_of
+from .base import Appended, Leases, LogInfo, Requests, Retention, Store, leases_of, requests_of
 from .memory import MemoryStore
 
-__all__ = ["Appended", "Leases", "LogInfo", "MemoryStore", "RedisStore", "Retention", "Store", "leases_of"]
+__all__ = [
+    "Appended",
+    "Leases",
+    "LogInfo",
+    "MemoryStore",
+    "RedisStore",
+    "Requests",
+    "Retention",
+    "Store",
+    "leases_of",
+    "requests_of",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -33,11 +33,19 @@ the sid ``sid_taken`` on every node, and a claim that lapsed (its writer's
 process died) lets any node's janitor end the run ``failed``.  Sessions and
 the janitor use leases only when ``leases_of(store)`` returns the store, so a
 store that lives inside one process (``MemoryStore``) needs nothing.
+
+Requests to the writer (optional, with leases).  A store with leases may also
+implement ``Requests`` (``RedisStore`` does): a client's ``reply``, ``send``
+or ``cancel`` that reaches a node which does not write the session is handed
+to the writer through the store (``request``), wherever it runs, and the
+outcome comes back to the node that asked.  The writer serves them
+(``serve_requests``) for as long as its run lives.  ``requests_of(store)``
+returns the store when it can.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -167,6 +175,16 @@ class Leases(Protocol):
     async def lapsed(self) -> list[str]:
         """Sids whose claim was due to be renewed by now (their writer may be dead)."""
 
+    async def reserve(self, sid: str, holder: str, ttl: float) -> bool:
+        """Hold ``sid`` for a queued start for ``ttl`` seconds; False if anyone holds it.
+
+        A reservation is not renewed and not reaped: the writer that takes
+        the start takes it over (``take_over``), or it lapses.
+        """
+
+    async def take_over(self, sid: str, reserved_by: str, holder: str) -> bool:
+        """Claim ``sid`` for ``holder`` if the reservation ``reserved_by`` (or ``holder``) holds it; else False."""
+
     async def create(
         self,
         sid: str,
@@ -190,5 +208,40 @@ class Leases(Protocol):
 def leases_of(store: Store) -> Leases | None:
     """``store`` if it has writer leases (and they are on), else None."""
     if isinstance(store, Leases) and store.lease_ttl is not None:
+        return store
+    return None
+
+
+@runtime_checkable
+class Requests(Protocol):
+    """Client requests handed to a session's writer through the store, from any node."""
+
+    async def request(self, sid: str, req: dict[str, Any]) -> dict[str, Any] | None:
+        """Hand ``req`` to the live writer of ``sid`` and return its outcome.
+
+        ``req`` is a map the writer's handler understands (the gateway sends
+        the request's ``rid``, the encoded frame, the client's grant and
+        epoch).  An outcome the handler marks ``"once": True`` is the one its
+        ``rid`` always gets, from any node, also after the writer left.
+        Returns None when ``sid`` has no live writer (no lease: its run
+        ended, or its process died) and its ``rid`` has no outcome.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached, or the writer did
+                not answer in time (the request may or may not have been
+                carried out: repeat it with the same ``rid``).
+        """
+
+    async def serve_requests(self, sid: str, handle: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Take the requests for ``sid`` as they come, answer each with ``handle(req)``; runs until cancelled.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached (call again after a backoff).
+        """
+
+
+def requests_of(store: Store) -> Requests | None:
+    """``store`` if requests can reach a session's writer through it (it has leases too), else None."""
+    if isinstance(store, Requests) and leases_of(store) is not None:
         return store
     return None

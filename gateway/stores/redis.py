@@ -55,13 +55,46 @@ comes back; an idle pub/sub connection is pinged every ``poll_interval / 2``
 and dropped if the previous PING went unanswered (a silently dead socket).
 A wait also returns False after ``poll_interval`` seconds: the safety net
 for what no message announces (a log that expired).
+
+Requests to the writer (``base.Requests``).  A client's ``reply``, ``send`` or
+``cancel`` that reaches a node which does not write the session travels
+through two more keys of the sid's slot:
+
+``<prefix>{sid}:req``
+    a stream of requests (capped near ``MAX_REQUESTS`` entries), each one
+    field ``q``: the packed request with a token of its own and the channel
+    of the node that asked.  A script adds it only while the sid's lease is
+    held (a live writer), and PUBLISHes on ``<prefix>{sid}:reqs``.  ``create``
+    deletes the stream (a new run owes nothing to the old one's requests) and
+    ``end`` gives it the log's expiry.
+``<prefix>{sid}:out:<token>``
+    the outcome, kept ``OUTCOME_TTL`` seconds; the same script PUBLISHes it on
+    the asking node's channel ``<prefix>node:<id>``.
+``<prefix>{sid}:rids``
+    a hash, ``rid`` -> the outcome the writer will always give it (up to
+    ``MAX_RIDS`` per run), so that a re-sent ``rid`` gets its first outcome
+    from any node even after the run ended and its writer left.  ``create``
+    deletes it and ``end`` gives it the log's expiry.
+
+The writer subscribes to ``<prefix>{sid}:reqs`` and reads the stream after
+the last entry it took, on each message, after each reconnect of the pub/sub
+connection, and every ``poll_interval``.  The asking node waits for the
+message, and looks at the outcome key itself if it may have missed it (a
+reconnect) and every ``lease_ttl / 2``: an answer is never lost, only
+delayed.  It gives up after ``request_timeout`` (``StoreUnavailable``: the
+client re-sends the same ``rid``, which the writer answers once), and at
+once when the lease is gone (no live writer).  A ``rid`` is answered once
+whichever node it comes through: every request of a sid reaches its one
+writer, which remembers the outcome of each ``rid``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import secrets
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -88,6 +121,15 @@ T = TypeVar("T")
 SNAPSHOT_BYTES: Final = 256 * 1024
 #: Seconds a sid stays subscribed after its last waiter left.
 LINGER: Final = 30.0
+#: Requests kept per sid for its writer (the oldest are trimmed past it: their
+#: senders time out and re-send).
+MAX_REQUESTS: Final = 1000
+#: Seconds an outcome of a request is kept for a node that missed its message.
+OUTCOME_TTL: Final = 60.0
+#: Outcomes by rid kept per run in Redis (past it, only the writer remembers).
+MAX_RIDS: Final = 10_000
+#: Requests the writer takes per read of its stream.
+_REQUEST_BATCH: Final = 100
 
 _LENGTH: Final = struct.Struct(">I")
 
@@ -100,10 +142,10 @@ _UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, O
 # The writer-lease check of the write scripts: KEYS[3] is the lease, which the
 # holder ARGV ('' = no check) must hold (append and end also accept a lapsed
 # lease while the log is still the writer's open one).
-# KEYS: log, meta, lease.  ARGV: channel, epoch, snapshot, head, holder.
+# KEYS: log, meta, lease, requests, rids.  ARGV: channel, epoch, snapshot, head, holder.
 _CREATE: Final = """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return -5 end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 local head = tonumber(ARGV[4])
 redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'first', head + 1, 'head', head, 'bytes', 0,
            'snap', ARGV[3], 'snap_seq', head)
@@ -208,7 +250,7 @@ end
 return {st[1], st[2], st[3], st[4], tail}
 """
 
-# KEYS: log, meta, lease.  ARGV: channel, ended_at, ttl in ms, holder.
+# KEYS: log, meta, lease, requests, rids.  ARGV: channel, ended_at, ttl in ms, holder.
 _END: Final = """
 local v = ARGV[4] ~= '' and redis.call('GET', KEYS[3])
 if v and v ~= ARGV[4] then return -5 end
@@ -217,6 +259,8 @@ if not st[1] or st[2] then return 0 end
 redis.call('HSET', KEYS[2], 'ended_at', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[5], ARGV[3])
 redis.call('PUBLISH', ARGV[1], 'e:0:' .. st[1])
 return 1
 """
@@ -246,10 +290,48 @@ local t = redis.call('TIME')
 return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
 """
 
+# KEYS: lease.  ARGV: holder, ttl in ms.  Reply: 1 (reserved) or 0 (held by anyone).
+_RESERVE: Final = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
+# KEYS: lease.  ARGV: reservation, holder, ttl in ms.  Reply: as _CLAIM's.
+_TAKE_OVER: Final = """
+local v = redis.call('GET', KEYS[1])
+if v ~= ARGV[1] and v ~= ARGV[2] then return -1 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local t = redis.call('TIME')
+return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
+"""
+
 # KEYS: lease.  ARGV: holder.
 _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# Requests.  KEYS: requests, lease, rids.  ARGV: channel, packed request, max
+# entries, rid.  Reply: the packed outcome the rid already has, or 1 (queued
+# for the writer), or 0 (no live writer: nothing queued).
+_REQUEST: Final = """
+local done = redis.call('HGET', KEYS[3], ARGV[4])
+if done then return done end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'q', ARGV[2])
+redis.call('PUBLISH', ARGV[1], '')
+return 1
+"""
+
+# KEYS: outcome, rids.  ARGV: the asking node's channel, token, packed outcome,
+# ttl in ms, rid ('' = not for keeps), max rids.
+_OUTCOME: Final = """
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+if ARGV[5] ~= '' and redis.call('HLEN', KEYS[2]) < tonumber(ARGV[6]) then
+  redis.call('HSET', KEYS[2], ARGV[5], ARGV[3])
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
+return 1
 """
 
 # KEYS: live.  Reply: the sids whose lease expiry (by the server's clock) passed.
@@ -336,6 +418,18 @@ class PubSubHealth:
             await self._changed.wait()
 
 
+@dataclass(slots=True, eq=False)
+class _Channel:
+    """A channel subscribed for a callback: requests to a writer, outcomes to a requester."""
+
+    name: bytes
+    #: Called with each message's data, and with None when messages may have
+    #: been lost (the pub/sub connection came back).
+    on_message: Callable[[bytes | None], None]
+    ready: asyncio.Future[None]  # done once the subscription is live
+    users: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class _State:
     epoch: str
@@ -375,6 +469,7 @@ class RedisStore:
         max_connections: int = 64,
         command_timeout: float = 10.0,
         lease_ttl: float | None = 10.0,
+        request_timeout: float = 10.0,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix {prefix!r} must not contain braces: keys use a {{sid}} hash tag")
@@ -386,6 +481,10 @@ class RedisStore:
             raise ValueError("command_timeout must be positive")
         if lease_ttl is not None and not lease_ttl >= 0.01:
             raise ValueError("lease_ttl must be at least 0.01 seconds (or None: no leases)")
+        if not request_timeout > 0:
+            raise ValueError("request_timeout must be positive")
+        #: Seconds a node waits for the writer to answer a request it handed on.
+        self.request_timeout = request_timeout
         #: Seconds a writer's lease lives without a renewal (None: no leases).
         self.lease_ttl = lease_ttl
         self.command_timeout = command_timeout
@@ -415,6 +514,16 @@ class RedisStore:
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
         self._lapsed = r.register_script(_LAPSED)
+        self._reserve = r.register_script(_RESERVE)
+        self._take_over = r.register_script(_TAKE_OVER)
+        self._request = r.register_script(_REQUEST)
+        self._outcome = r.register_script(_OUTCOME)
+        # channels subscribed for a callback, and this node's requests waiting for outcomes
+        self._channels: dict[bytes, _Channel] = {}
+        self._node = secrets.token_hex(8)
+        self._tokens = itertools.count(1)
+        self._outcomes: dict[bytes, asyncio.Future[dict[str, Any] | None]] = {}
+        self._outcome_channel: _Channel | None = None
         self._empty_snap = packb(Snapshot().as_map())
         self._writers: dict[str, _Writer] = {}
         # pub/sub: watches by sid and by channel, and the task that (un)subscribes
@@ -479,9 +588,9 @@ class RedisStore:
     # --- keys -----------------------------------------------------------------
 
     def _keys(self, sid: str) -> list[str]:
-        """The log, its meta hash and its writer lease (one hash slot)."""
+        """The log, its meta hash, its writer lease, its requests and their outcomes by rid (one hash slot)."""
         tag = f"{self.prefix}{{{sid}}}"
-        return [f"{tag}:log", f"{tag}:meta", f"{tag}:lease"]
+        return [f"{tag}:log", f"{tag}:meta", f"{tag}:lease", f"{tag}:req", f"{tag}:rids"]
 
     @property
     def _live(self) -> str:
@@ -648,6 +757,129 @@ class RedisStore:
         sids = await self._io(self._lapsed(keys=[self._live]))
         return [_str(s) for s in sids]
 
+    async def reserve(self, sid: str, holder: str, ttl: float) -> bool:
+        ms = max(1, int(ttl * 1000))
+        return bool(await self._io(self._reserve(keys=[self._keys(sid)[2]], args=[holder, ms])))
+
+    async def take_over(self, sid: str, reserved_by: str, holder: str) -> bool:
+        args: list[Any] = [reserved_by, holder, self._lease_ms()]
+        expiry = await self._io(self._take_over(keys=[self._keys(sid)[2]], args=args))
+        if int(expiry) < 0:
+            return False
+        await self._io(self._redis.zadd(self._live, {sid: int(expiry)}))
+        return True
+
+    # --- requests to the writer (base.Requests) -------------------------------------
+
+    def _requests_channel(self, sid: str) -> bytes:
+        return f"{self.prefix}{{{sid}}}:reqs".encode()
+
+    async def request(self, sid: str, req: dict[str, Any]) -> dict[str, Any] | None:
+        loop = asyncio.get_running_loop()
+        out_ch = self._outcome_channel
+        if out_ch is None or self._channels.get(out_ch.name) is not out_ch:
+            # This node's channel for outcomes: subscribed once, kept until close
+            # (again if a failed subscription dropped it).
+            channel = f"{self.prefix}node:{self._node}".encode()
+            self._outcome_channel = out_ch = await self._listen_to(channel, self._on_outcome)
+        token = f"{self._node}.{next(self._tokens)}".encode()
+        fut: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+        self._outcomes[token] = fut
+        keys = self._keys(sid)
+        out_key = f"{self.prefix}{{{sid}}}:out:{token.decode()}"
+        try:
+            packed = packb({**req, "q": token, "to": out_ch.name})
+            args: list[Any] = [self._requests_channel(sid), packed, MAX_REQUESTS, str(req.get("rid", ""))]
+            queued = await self._io(self._request(keys=[keys[3], keys[2], keys[4]], args=args))
+            if isinstance(queued, bytes):
+                return _unpack_map(queued)  # the rid was answered before: its outcome
+            if not queued:
+                return None  # no live writer
+            deadline = loop.time() + self.request_timeout
+            # How often to look for an outcome whose message was lost, and for
+            # a writer that died: its lease lapses within lease_ttl.
+            look = (self.lease_ttl or self.poll_interval) / 2
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise StoreUnavailable(f"the writer of {sid!r} did not answer within {self.request_timeout:g}s")
+                done, _ = await asyncio.wait({fut}, timeout=min(left, look))
+                if done and fut.result() is not None:
+                    return fut.result()
+                # A message may have been lost (a reconnect), or nobody will answer.
+                stored = await self._io(self._redis.get(out_key))
+                if stored is not None:
+                    return _unpack_map(bytes(stored, "utf-8") if isinstance(stored, str) else stored)
+                if not await self._io(self._redis.exists(keys[2])):
+                    return None  # the writer is gone
+                if fut.done():
+                    fut = loop.create_future()
+                    self._outcomes[token] = fut
+        finally:
+            self._outcomes.pop(token, None)
+
+    def _on_outcome(self, data: bytes | None) -> None:
+        if data is None:  # messages may have been lost: every request looks
+            for fut in self._outcomes.values():
+                if not fut.done():
+                    fut.set_result(None)
+            return
+        token, _, packed = data.partition(b" ")
+        waiting = self._outcomes.get(token)
+        if waiting is None or waiting.done():
+            return
+        try:
+            waiting.set_result(_unpack_map(packed))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            log.warning("redis: a malformed outcome on this node's channel ignored")
+            waiting.set_result(None)  # it looks at the stored outcome instead
+
+    async def serve_requests(self, sid: str, handle: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        kick = asyncio.Event()
+        kick.set()  # requests queued before the subscription is live
+        channel = await self._listen_to(self._requests_channel(sid), lambda _data: kick.set())
+        key = self._keys(sid)[3]
+        last = b"0-0"
+        try:
+            while True:
+                if not kick.is_set():
+                    # The safety net: a message no reconnect announced lost.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.poll_interval):
+                            await kick.wait()
+                kick.clear()
+                while True:
+                    entries = await self._io(self._redis.xrange(key, min=b"(" + last, max=b"+", count=_REQUEST_BATCH))
+                    for entry_id, fields in entries or ():
+                        last = entry_id.encode() if isinstance(entry_id, str) else bytes(entry_id or b"")
+                        await self._answer(sid, dict(fields or {}), handle)
+                    if len(entries or ()) < _REQUEST_BATCH:
+                        break
+        finally:
+            self._unlisten(channel)
+
+    async def _answer(
+        self, sid: str, fields: dict[Any, Any], handle: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        try:
+            req = _unpack_map(fields[b"q"])
+            token, to = req["q"], req["to"]
+            if not isinstance(token, bytes) or not isinstance(to, bytes):
+                raise TypeError("no token")
+        except (KeyError, ValueError, TypeError, msgpack.UnpackException):
+            # Anyone with access to Redis may write there: not ours.
+            log.warning("redis: a malformed request for %r ignored", sid)
+            return
+        try:
+            outcome = handle(req)
+        except Exception:
+            log.exception("redis: a request for %r failed", sid)
+            outcome = {"ok": False, "err": "internal"}
+        out_key = f"{self.prefix}{{{sid}}}:out:{token.decode(errors='replace')}"
+        rid = str(req.get("rid", "")) if outcome.get("once") else ""
+        args: list[Any] = [to, token, packb(outcome), int(OUTCOME_TTL * 1000), rid, MAX_RIDS]
+        await self._io(self._outcome(keys=[out_key, self._keys(sid)[4]], args=args))
+
     async def wait(self, sid: str, after: int, timeout: float | None = None, *, epoch: str | None = None) -> bool:
         if timeout is not None and timeout <= 0:  # a poll
             st = await self._check(sid)
@@ -680,6 +912,14 @@ class RedisStore:
                 watch.ready.set_result(None)  # its waiters see _closed and return False
         self._watches.clear()
         self._by_channel.clear()
+        for ch in self._channels.values():
+            if not ch.ready.done():
+                ch.ready.set_exception(StoreUnavailable("the store is closed"))
+                ch.ready.exception()
+        self._channels.clear()
+        for fut in self._outcomes.values():
+            if not fut.done():
+                fut.set_result(None)
         self._writers.clear()
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
@@ -767,6 +1007,43 @@ class RedisStore:
                 self._subscriber = self._spawn(self._subscribe_loop(), "wirepipe-redis-sub")
         return watch
 
+    async def _listen_to(self, name: bytes, on_message: Callable[[bytes | None], None]) -> _Channel:
+        """Subscribe ``name`` for ``on_message`` (shared by every user of it); live on return.
+
+        Raises:
+            StoreUnavailable: the subscription failed (Redis unreachable).
+        """
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        ch = self._channels.get(name)
+        if ch is None:
+            ch = _Channel(name, on_message, asyncio.get_running_loop().create_future())
+            self._channels[name] = ch
+            self._to_unsub.discard(name)
+            self._to_sub.add(name)
+            self._kick.set()
+            if self._subscriber is None:
+                self._subscriber = self._spawn(self._subscribe_loop(), "wirepipe-redis-sub")
+        ch.users += 1
+        try:
+            await asyncio.shield(ch.ready)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._unlisten(ch)
+            raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            self._unlisten(ch)
+            raise
+        return ch
+
+    def _unlisten(self, ch: _Channel) -> None:
+        ch.users -= 1
+        if ch.users > 0 or self._channels.get(ch.name) is not ch:
+            return
+        del self._channels[ch.name]
+        self._to_sub.discard(ch.name)
+        self._to_unsub.add(ch.name)
+        self._kick.set()
+
     def _attach(self, watch: _Watch, waiter: _Waiter) -> None:
         watch.waiters.add(waiter)
         if watch.idle is not None:
@@ -802,6 +1079,14 @@ class RedisStore:
             verdict = w.judge(kind, epoch, head)
             if verdict is not None:
                 w.fut.set_result(verdict)
+
+    def _tell_channels(self) -> None:
+        """Tell every channel's user that messages may have been lost."""
+        for ch in list(self._channels.values()):
+            try:
+                ch.on_message(None)
+            except Exception:  # a bug in a callback must not stop the others
+                log.exception("redis pub/sub: a callback of %r failed", ch.name)
 
     def _wake_all(self) -> None:
         for watch in self._watches.values():
@@ -840,7 +1125,12 @@ class RedisStore:
             if watch.ready.done():
                 watch.ready = loop.create_future()
             self._to_sub.add(watch.channel)
+        for ch in self._channels.values():
+            if ch.ready.done():
+                ch.ready = loop.create_future()
+            self._to_sub.add(ch.name)
         self._wake_all()
+        self._tell_channels()
         if self._subscriber is None and self._watches:
             self._subscriber = self._spawn(self._subscribe_loop(), "wirepipe-redis-sub")
         self._kick.set()
@@ -871,6 +1161,7 @@ class RedisStore:
                         self._pubsub.connection.register_connect_callback(self._on_reconnect)
                         self._listener = self._spawn(self._listen(), "wirepipe-redis-listen")
                     futs = [wt.ready for ch in subs if (wt := self._by_channel.get(ch)) is not None]
+                    futs += [c.ready for ch in subs if (c := self._channels.get(ch)) is not None]
                     await self._ping(futs, None, "live")
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("redis pub/sub: cannot subscribe: %s", exc)
@@ -884,6 +1175,10 @@ class RedisStore:
                         for w in watch.waiters:
                             if not w.fut.done():
                                 w.fut.set_result(False)
+                    chan = self._channels.pop(ch, None)
+                    if chan is not None and not chan.ready.done():
+                        chan.ready.set_exception(exc)  # its users see it and subscribe again later
+                        chan.ready.exception()
                 await asyncio.sleep(0.1)
 
     async def _health_check(self) -> None:
@@ -947,7 +1242,12 @@ class RedisStore:
             if watch.ready.done():
                 watch.ready = loop.create_future()
             futs.append(watch.ready)
+        for ch in self._channels.values():
+            if ch.ready.done():
+                ch.ready = loop.create_future()
+            futs.append(ch.ready)
         self._wake_all()
+        self._tell_channels()
         await self._ping(futs, conn, "live")
 
     async def _listen(self) -> None:
@@ -968,6 +1268,13 @@ class RedisStore:
                 continue
             kind = msg["type"]
             if kind == "message":
+                chan = self._channels.get(msg["channel"])
+                if chan is not None:
+                    try:
+                        chan.on_message(bytes(msg["data"]))
+                    except Exception:
+                        log.exception("redis pub/sub: a callback of %r failed", chan.name)
+                    continue
                 watch = self._by_channel.get(msg["channel"])
                 if watch is not None:
                     what, _, rest = bytes(msg["data"]).partition(b":")
@@ -1023,6 +1330,13 @@ def _split(blob: bytes) -> list[bytes]:
         out.append(blob[i : i + size])
         i += size
     return out
+
+
+def _unpack_map(packed: bytes) -> dict[str, Any]:
+    m = msgpack.unpackb(packed, raw=False, strict_map_key=False)
+    if not isinstance(m, dict):
+        raise ValueError("not a map")
+    return m
 
 
 def _int(b: bytes | str | None) -> int:

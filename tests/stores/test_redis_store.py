@@ -408,9 +408,13 @@ async def test_a_second_gateway_serves_history_and_recovers_the_first_ones_token
             t.join(TIMEOUT)
 
 
-async def test_requests_on_a_node_without_the_agent_get_not_here(redis_url: str, prefix: str) -> None:
-    a = Gateway(host="127.0.0.1", port=0, store=RedisStore(redis_url, prefix=prefix), secret="s")
-    b = Gateway(host="127.0.0.1", port=0, store=RedisStore(redis_url, prefix=prefix), secret="s")
+async def test_without_leases_requests_on_a_node_without_the_agent_get_not_here(redis_url: str, prefix: str) -> None:
+    """With leases off (``lease_ttl=None``) a node cannot find the writer: ``not_here``.
+
+    (With leases, the default, requests reach the writer: tests/faults/test_requests.py.)
+    """
+    a = Gateway(host="127.0.0.1", port=0, store=RedisStore(redis_url, prefix=prefix, lease_ttl=None), secret="s")
+    b = Gateway(host="127.0.0.1", port=0, store=RedisStore(redis_url, prefix=prefix, lease_ttl=None), secret="s")
     async with a, b:
         pipe = a.pipe("split")
         asking = asyncio.ensure_future(pipe.ask("Which node?", choices=["a", "b"]))
