@@ -1,4 +1,4 @@
-"""The ``wirepipe`` command: ``serve``, ``demo`` and ``watch``."""
+"""The ``wirepipe`` command: ``serve``, ``demo``, ``watch`` and ``worker``."""
 
 from __future__ import annotations
 
@@ -303,6 +303,32 @@ async def _serve(gw: Gateway, banner: str = "") -> None:
     await gw.close()
 
 
+async def _work(args: argparse.Namespace) -> None:
+    from .worker import Worker
+
+    retention = Retention(ttl_after_end=args.retain_seconds)
+    worker = Worker(
+        args.redis,
+        dict(args.app),
+        concurrency=args.concurrency,
+        claim_idle=args.claim_idle,
+        lease_ttl=args.lease_ttl,
+        retention=retention,
+    )
+    await worker.start()
+    print(f"wirepipe worker {worker.name} taking runs of {', '.join(sorted(worker.apps))}", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on this platform
+            pass
+    await stop.wait()
+    print("wirepipe worker: shutting down", flush=True)
+    await worker.close()
+
+
 def _demo_apps() -> tuple[dict[str, App], str]:
     from .integrations.demo import app as demo
 
@@ -410,6 +436,59 @@ def main(argv: list[str] | None = None) -> int:
         help="never prompt; only watch (an ask then waits for another client's answer or its timeout)",
     )
     p_watch.add_argument("--follow", action="store_true", help="keep watching after the run ends")
+    p_worker = sub.add_parser(
+        "worker",
+        help="run apps that gateways queue on Redis (no WebSocket server)",
+        description="Take the runs of --app that gateways sharing --redis queue (a client's "
+        "hello.start), run up to --concurrency at a time, and stream them through Redis to "
+        "every gateway (docs/scaling.md).",
+    )
+    p_worker.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("WIREPIPE_REDIS"),
+        help="the Redis the gateways share (env WIREPIPE_REDIS), e.g. redis://127.0.0.1:6379/0",
+    )
+    p_worker.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        type=_load_app,
+        metavar="NAME=module:callable",
+        help="an app this worker runs; repeatable (at least one)",
+    )
+    p_worker.add_argument(
+        "--concurrency", type=_positive, default=4, metavar="N", help="runs at a time (default: %(default)s)"
+    )
+    p_worker.add_argument(
+        "--claim-idle",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a start another worker took and did not acknowledge for this long (it died) is "
+        "taken over (default: %(default)s)",
+    )
+    p_worker.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds a run's writer lease lives without a renewal; a worker that dies mid-run "
+        "has its runs ended failed by a gateway within about 1.5 times this (default: %(default)s)",
+    )
+    p_worker.add_argument(
+        "--retain-seconds",
+        type=float,
+        default=Retention().ttl_after_end,
+        help="seconds a session is kept after its run ended (default: %(default)s)",
+    )
+    p_worker.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     if args.cmd == "watch":
@@ -421,6 +500,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wirepipe watch: {exc}", file=sys.stderr)
             return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.cmd == "worker":
+        if not args.redis:
+            parser.error("worker: --redis URL is required (or set WIREPIPE_REDIS)")
+        if not args.app:
+            parser.error("worker: give at least one --app NAME=module:callable")
+        try:
+            asyncio.run(_work(args))
+        except KeyboardInterrupt:  # pragma: no cover
+            pass
+        return 0
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # websockets says "HTTP response sent" and "connection closed" at INFO
         # for every request: at the default level, only its warnings.

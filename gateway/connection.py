@@ -193,7 +193,7 @@ class Connection:
             if refused is not None:
                 await self._fail(refused)
             else:
-                gw.runs.start_run(hello.sid, hello.start["app"], hello.start.get("input"))
+                await gw.runs.start(hello.sid, hello.start["app"], hello.start.get("input"))
                 starter = True
         # A run another node holds (store leases) fails here with sid_taken.
         self.session = await gw.runs.await_session(hello.sid, self.ws, starter=starter)

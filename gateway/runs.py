@@ -30,12 +30,14 @@ from .metrics import Metrics
 from .middleware import Middleware
 from .pipe import WebPipe
 from .sessions import Limits, Session, failed_ending, on_loop
-from .stores import Leases, Store, leases_of
+from .stores import Leases, Store, leases_of, queue_of
 
 log = logging.getLogger("wirepipe")
 
 #: The ``detail`` of a run that another node ended because its writer's lease lapsed.
 LAPSED_DETAIL = "the writer's lease lapsed (its process died or lost the store)"
+#: Seconds a queued start holds its sid for a worker to take it (then it is dropped).
+START_TTL = 300.0
 
 
 class Runs:
@@ -61,11 +63,17 @@ class Runs:
         self._pipes: dict[str, WebPipe] = {}
         self._born: dict[str, asyncio.Future[Session]] = {}  # sids clients wait for
         self._born_waiters: dict[str, int] = {}
+        #: Apps that worker processes run (refreshed by the janitor; ``refresh_apps``).
+        self.remote_apps: list[str] = []
 
     # --- sessions ---------------------------------------------------------------------
 
-    def pipe(self, sid: str) -> WebPipe:
-        """The Pipe of session ``sid``: the open run's, or a new run's (see ``Gateway.pipe``)."""
+    def pipe(self, sid: str, *, reserved_by: str | None = None) -> WebPipe:
+        """The Pipe of session ``sid``: the open run's, or a new run's (see ``Gateway.pipe``).
+
+        ``reserved_by``: a new run takes the sid over from this queued
+        start's reservation (``wirepipe worker``).
+        """
         if not SID_RE.fullmatch(sid):
             raise ValueError(f"invalid sid {sid!r}: 1-128 chars of [A-Za-z0-9._:-]")
         loop = self.loop
@@ -74,14 +82,22 @@ class Runs:
         if not on_loop(loop):
 
             async def make() -> WebPipe:
-                return self.pipe(sid)
+                return self.pipe(sid, reserved_by=reserved_by)
 
             return asyncio.run_coroutine_threadsafe(make(), loop).result()
         s = self.sessions.get(sid)
         if s is None or s.ended:
             cfg = self.config
             limits = Limits(cfg.backlog_events, cfg.backlog_bytes, cfg.inbox_messages, cfg.inbox_bytes)
-            s = Session(sid, self.store, loop, predecessor=s, limits=limits, middleware=self.middleware)
+            s = Session(
+                sid,
+                self.store,
+                loop,
+                predecessor=s,
+                limits=limits,
+                middleware=self.middleware,
+                reserved_by=reserved_by,
+            )
             self._pipes[sid] = WebPipe(s)
             self.sessions[sid] = s
             fut = self._born.pop(sid, None)
@@ -139,7 +155,7 @@ class Runs:
                 return s
             if await self.store.info(sid) is not None:
                 return None
-            if not self.config.wait_for_run:
+            if not self.config.wait_for_run and not starter:
                 raise ProtocolError(ErrorCode.NO_SESSION, f"no session {sid!r}")
             fut = self._born.get(sid)
             if fut is None or fut.done():
@@ -165,7 +181,45 @@ class Runs:
 
     # --- apps --------------------------------------------------------------------------
 
-    def start_run(self, sid: str, app_name: str, value: Any) -> WebPipe:
+    async def start(self, sid: str, app_name: str, value: Any) -> None:
+        """A client's ``hello.start``: run ``app_name`` here, or queue it for a worker that runs it.
+
+        Raises:
+            ProtocolError: ``no_app`` if neither this process nor a live
+                worker runs it; ``sid_taken`` if ``sid`` has a run (or a
+                queued start) that has not ended, on any node;
+                ``unavailable`` if the app's start queue is full.
+            StoreUnavailable: the store cannot be reached.
+        """
+        if app_name in self.apps:
+            self.start_run(sid, app_name, value)
+            return
+        queue, leases = queue_of(self.store), leases_of(self.store)
+        if queue is None or leases is None or app_name not in await queue.advertised():
+            raise ProtocolError(ErrorCode.NO_APP, f"no app {app_name!r}")
+        s = self.sessions.get(sid)
+        if s is not None and not s.ended:
+            raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {sid!r} already has a run")
+        holder = f"start-{secrets.token_hex(8)}"
+        if not await leases.reserve(sid, holder, START_TTL):
+            raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {sid!r} already has a run (on another node)")
+        if not await queue.enqueue_start(app_name, {"sid": sid, "input": value, "holder": holder}):
+            await leases.release(sid, holder)
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"the start queue of {app_name!r} is full; retry")
+        self.metrics.runs_started += 1
+        log.info("session %s: a run of %s queued for a worker", sid, app_name)
+
+    async def refresh_apps(self) -> None:
+        """Learn which apps worker processes run (for ``/apps``).
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
+        queue = queue_of(self.store)
+        if queue is not None:
+            self.remote_apps = await queue.advertised()
+
+    def start_run(self, sid: str, app_name: str, value: Any, *, reserved_by: str | None = None) -> WebPipe:
         """Start a run of the registered app ``app_name`` under ``sid`` (see ``Gateway.start_run``)."""
         app = self.apps.get(app_name)
         if app is None:
@@ -173,7 +227,7 @@ class Runs:
         s = self.sessions.get(sid)
         if s is not None and not s.ended:
             raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {sid!r} already has a run")
-        pipe = self.pipe(sid)
+        pipe = self.pipe(sid, reserved_by=reserved_by)
         session = self.sessions[sid]
         session.task = asyncio.ensure_future(self._run_app(app, pipe, value, session))
         self.metrics.runs_started += 1
@@ -275,6 +329,12 @@ class Runs:
             await leases.append(sid, events, epoch=info.epoch, holder=holder)
         log.warning("session %s: its writer's lease lapsed; the run is ended failed here", sid)
         return True
+
+    def forget(self, session: Session) -> None:
+        """Drop a finished run's session (a worker keeps nothing of the runs it ended)."""
+        if self.sessions.get(session.sid) is session and session.finished:
+            del self.sessions[session.sid]
+            del self._pipes[session.sid]
 
     async def stop(self) -> None:
         """Cancel the runs, then give their final events ``drain_timeout`` to be stored."""

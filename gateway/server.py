@@ -97,7 +97,7 @@ class Gateway:
             self.config,
             self.front,
             self.metrics,
-            apps=lambda: sorted(self.apps),
+            apps=lambda: sorted(set(self.apps) | set(self.runs.remote_apps)),
             gauges=lambda: {"wirepipe_sessions": len(self.runs.sessions)},
             closing=lambda: self._closing,
         )
@@ -167,6 +167,10 @@ class Gateway:
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
+        try:
+            await self.runs.refresh_apps()  # the apps workers run, for /apps (the janitor keeps it fresh)
+        except Exception as exc:
+            log.warning("cannot learn the apps workers run yet: %s: %s", type(exc).__name__, exc)
         self._janitor = asyncio.create_task(self._sweep_forever(), name="wirepipe-janitor")
         self._watchdog = asyncio.create_task(self._watch_stalls(), name="wirepipe-watchdog")
         return self
@@ -264,7 +268,7 @@ class Gateway:
             period = min(period, leases.lease_ttl / 2)
         while True:
             await asyncio.sleep(period)
-            for job in (self.runs.sweep, self.runs.reap):
+            for job in (self.runs.sweep, self.runs.reap, self.runs.refresh_apps):
                 try:
                     await job()
                 except Exception as exc:  # the store is down: again next period

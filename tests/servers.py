@@ -98,7 +98,7 @@ class PrivateRedis:
 class GatewayProcess:
     """``wirepipe serve`` in a subprocess, with the fault apps registered."""
 
-    def __init__(self, port: int, redis_url: str, secret: str, *extra: str) -> None:
+    def __init__(self, port: int, redis_url: str, secret: str, *extra: str, apps: bool = True) -> None:
         self.port = port
         self.args = [
             sys.executable,
@@ -111,8 +111,7 @@ class GatewayProcess:
             redis_url,
             "--secret",
             secret,
-            "--app",
-            "slow=faultapps:slow",
+            *(["--app", "slow=faultapps:slow"] if apps else []),
             "--no-ui",
             *extra,
         ]
@@ -146,4 +145,55 @@ class GatewayProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
         if self.proc is not None and self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
+
+
+class WorkerProcess:
+    """``wirepipe worker`` in a subprocess, running the fault apps."""
+
+    def __init__(self, redis_url: str, *extra: str) -> None:
+        self.args = [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "worker",
+            "--redis",
+            redis_url,
+            "--app",
+            "slow=faultapps:slow",
+            *extra,
+        ]
+        self.proc: subprocess.Popen[str] | None = None
+        self.out: list[str] = []
+        self._drain: threading.Thread | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]), PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
+        )
+        out = self.proc.stdout
+        assert out is not None
+        for line in out:  # until it says it takes runs
+            self.out.append(line)
+            if line.startswith("wirepipe worker"):
+                # keep reading what it says, so that a full pipe never stalls it
+                self._drain = threading.Thread(target=lambda: self.out.extend(out), daemon=True)
+                self._drain.start()
+                return
+        raise RuntimeError("the worker did not start:\n" + "".join(self.out))
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no final status, no lease release."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        if self._drain is not None:
+            self._drain.join()
+            self._drain = None
+        if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()

@@ -7,7 +7,18 @@ no redis package.
 
 from typing import Any
 
-from .base import Appended, Leases, LogInfo, Requests, Retention, Store, leases_of, requests_of
+from .base import (
+    Appended,
+    Leases,
+    LogInfo,
+    Requests,
+    Retention,
+    StartQueue,
+    Store,
+    leases_of,
+    queue_of,
+    requests_of,
+)
 from .memory import MemoryStore
 
 __all__ = [
@@ -18,8 +29,10 @@ __all__ = [
     "RedisStore",
     "Requests",
     "Retention",
+    "StartQueue",
     "Store",
     "leases_of",
+    "queue_of",
     "requests_of",
 ]
 

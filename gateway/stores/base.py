@@ -245,3 +245,21 @@ def requests_of(store: Store) -> Requests | None:
     if isinstance(store, Requests) and leases_of(store) is not None:
         return store
     return None
+
+
+@runtime_checkable
+class StartQueue(Protocol):
+    """Runs of apps that worker processes take (``wirepipe worker``; RedisStore)."""
+
+    async def advertised(self) -> list[str]:
+        """The apps some live worker runs."""
+
+    async def enqueue_start(self, app: str, start: dict[str, Any]) -> bool:
+        """Queue ``start`` (``sid``, ``input``, ``holder``: the sid's reservation) for a worker; False if full."""
+
+
+def queue_of(store: Store) -> StartQueue | None:
+    """``store`` if workers can take starts through it (it has leases too), else None."""
+    if isinstance(store, StartQueue) and leases_of(store) is not None:
+        return store
+    return None

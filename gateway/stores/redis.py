@@ -86,6 +86,20 @@ client re-sends the same ``rid``, which the writer answers once), and at
 once when the lease is gone (no live writer).  A ``rid`` is answered once
 whichever node it comes through: every request of a sid reaches its one
 writer, which remembers the outcome of each ``rid``.
+
+The start queue (``wirepipe worker``).  Workers advertise the apps they run
+in the sorted set ``<prefix>{starts}:apps`` (app -> when the advertisement
+lapses, by Redis's clock).  A gateway's ``hello.start`` for an app that only
+workers run reserves the sid's lease for a start id (``reserve``: a sid
+with a live writer or a queued start is ``sid_taken``) and adds the start to
+the stream ``<prefix>{starts}:q:<app>`` (``enqueue_start``; refused when
+``MAX_QUEUED`` starts wait).  Workers read it as one consumer group
+(``workers``, XREADGROUP), take the sid over from the reservation
+(``take_over``) and acknowledge the entry (XACK and XDEL: the stream holds
+only starts not yet taken).  An entry a worker read and never acknowledged
+(it died first) is claimed by another after ``claim_idle`` seconds
+(XAUTOCLAIM).  Every start key shares the hash tag ``{starts}``, so one
+XREADGROUP reads every app's stream on a Redis Cluster too.
 """
 
 from __future__ import annotations
@@ -128,6 +142,10 @@ MAX_REQUESTS: Final = 1000
 OUTCOME_TTL: Final = 60.0
 #: Outcomes by rid kept per run in Redis (past it, only the writer remembers).
 MAX_RIDS: Final = 10_000
+#: Starts that may wait in one app's queue; past it a start is refused (``unavailable``).
+MAX_QUEUED: Final = 10_000
+#: The consumer group of the workers on each app's start stream.
+WORKERS: Final = "workers"
 #: Requests the writer takes per read of its stream.
 _REQUEST_BATCH: Final = 100
 
@@ -334,6 +352,29 @@ redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
 return 1
 """
 
+# The start queue.  KEYS: stream.  ARGV: packed start, max queued.  Reply: 1 or 0 (full).
+_ENQUEUE: Final = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('XADD', KEYS[1], '*', 's', ARGV[1])
+return 1
+"""
+
+# KEYS: apps.  ARGV: ttl in ms, app names...  (an app's entry lapses at the latest expiry)
+_ADVERTISE: Final = """
+local t = redis.call('TIME')
+local lapse = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'GT', lapse, ARGV[i]) end
+return 1
+"""
+
+# KEYS: apps.  Reply: the apps some live worker runs.
+_ADVERTISED: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
 # KEYS: live.  Reply: the sids whose lease expiry (by the server's clock) passed.
 _LAPSED: Final = """
 local t = redis.call('TIME')
@@ -517,6 +558,9 @@ class RedisStore:
         self._reserve = r.register_script(_RESERVE)
         self._take_over = r.register_script(_TAKE_OVER)
         self._request = r.register_script(_REQUEST)
+        self._enqueue = r.register_script(_ENQUEUE)
+        self._advertise = r.register_script(_ADVERTISE)
+        self._advertised = r.register_script(_ADVERTISED)
         self._outcome = r.register_script(_OUTCOME)
         # channels subscribed for a callback, and this node's requests waiting for outcomes
         self._channels: dict[bytes, _Channel] = {}
@@ -879,6 +923,80 @@ class RedisStore:
         rid = str(req.get("rid", "")) if outcome.get("once") else ""
         args: list[Any] = [to, token, packb(outcome), int(OUTCOME_TTL * 1000), rid, MAX_RIDS]
         await self._io(self._outcome(keys=[out_key, self._keys(sid)[4]], args=args))
+
+    # --- the start queue (wirepipe worker) ---------------------------------------------
+
+    def _starts(self, app: str) -> str:
+        return f"{self.prefix}{{starts}}:q:{app}"
+
+    async def advertise(self, apps: Sequence[str], ttl: float) -> None:
+        """Say that a live worker runs ``apps``, for ``ttl`` seconds (renew it before then)."""
+        args: list[Any] = [max(1, int(ttl * 1000)), *apps]
+        await self._io(self._advertise(keys=[f"{self.prefix}{{starts}}:apps"], args=args))
+
+    async def advertised(self) -> list[str]:
+        """The apps some live worker runs."""
+        names = await self._io(self._advertised(keys=[f"{self.prefix}{{starts}}:apps"]))
+        return sorted(_str(n) for n in names)
+
+    async def enqueue_start(self, app: str, start: dict[str, Any]) -> bool:
+        """Queue a start of ``app`` for the workers; False if ``MAX_QUEUED`` starts wait already."""
+        return bool(await self._io(self._enqueue(keys=[self._starts(app)], args=[packb(start), MAX_QUEUED])))
+
+    async def start_groups(self, apps: Sequence[str]) -> None:
+        """Make the workers' consumer group on each app's start stream (if it is not there)."""
+        for app in apps:
+            try:
+                await self._io(self._redis.xgroup_create(self._starts(app), WORKERS, id="0", mkstream=True))
+            except ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
+
+    async def take_starts(
+        self, apps: Sequence[str], consumer: str, count: int, block: float
+    ) -> list[tuple[str, bytes, dict[str, Any]]]:
+        """Up to ``count`` new starts of ``apps`` for ``consumer``, waiting up to ``block`` seconds.
+
+        Returns (app, entry id, start) for each; acknowledge each with ``ack_start``.
+        """
+        streams: dict[Any, Any] = {self._starts(app): ">" for app in apps}
+        got: Any = await self._io(
+            self._redis.xreadgroup(WORKERS, consumer, streams, count=count, block=max(1, int(block * 1000)))
+        )
+        out: list[tuple[str, bytes, dict[str, Any]]] = []
+        for stream, entries in got or ():
+            app = _str(stream)[len(self._starts("")) :]
+            out += self._starts_of(app, entries)
+        return out
+
+    async def reclaim_starts(
+        self, app: str, consumer: str, idle: float, count: int
+    ) -> list[tuple[str, bytes, dict[str, Any]]]:
+        """Starts of ``app`` that another consumer read ``idle`` seconds ago and never acknowledged."""
+        reply = await self._io(
+            self._redis.xautoclaim(
+                self._starts(app), WORKERS, consumer, min_idle_time=max(0, int(idle * 1000)), count=count
+            )
+        )
+        return self._starts_of(app, reply[1] if reply else ())
+
+    def _starts_of(self, app: str, entries: Any) -> list[tuple[str, bytes, dict[str, Any]]]:
+        out: list[tuple[str, bytes, dict[str, Any]]] = []
+        for entry_id, fields in entries:
+            if not fields:  # deleted since it was read
+                continue
+            try:
+                start = _unpack_map(fields[b"s"])
+            except (KeyError, ValueError, TypeError, msgpack.UnpackException):
+                start = {}  # not ours: the worker acknowledges and drops it
+            out.append((app, entry_id, start))
+        return out
+
+    async def ack_start(self, app: str, entry_id: bytes) -> None:
+        """The start was taken (or dropped): acknowledge it and delete it from the queue."""
+        key = self._starts(app)
+        await self._io(self._redis.xack(key, WORKERS, entry_id))
+        await self._io(self._redis.xdel(key, entry_id))
 
     async def wait(self, sid: str, after: int, timeout: float | None = None, *, epoch: str | None = None) -> bool:
         if timeout is not None and timeout <= 0:  # a poll

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from faultproxy import FaultProxy
-from servers import REDIS_SERVER, GatewayProcess, PrivateRedis
+from servers import REDIS_SERVER, GatewayProcess, PrivateRedis, WorkerProcess
 from support import missing
 
 pytestmark = pytest.mark.redis
@@ -63,8 +63,8 @@ async def proxied_redis(private_redis: PrivateRedis) -> AsyncIterator[tuple[Priv
 def gateway_process() -> Iterator[Any]:
     made: list[GatewayProcess] = []
 
-    def make(port: int, redis_url: str, secret: str, *extra: str) -> GatewayProcess:
-        g = GatewayProcess(port, redis_url, secret, *extra)
+    def make(port: int, redis_url: str, secret: str, *extra: str, apps: bool = True) -> GatewayProcess:
+        g = GatewayProcess(port, redis_url, secret, *extra, apps=apps)
         g.start()
         made.append(g)
         return g
@@ -72,3 +72,19 @@ def gateway_process() -> Iterator[Any]:
     yield make
     for g in made:
         g.kill()
+
+
+@pytest.fixture
+def worker_process() -> Iterator[Any]:
+    """``worker_process(redis_url, *flags)``: a started ``wirepipe worker``; killed afterwards."""
+    made: list[WorkerProcess] = []
+
+    def make(redis_url: str, *extra: str) -> WorkerProcess:
+        w = WorkerProcess(redis_url, *extra)
+        made.append(w)
+        w.start()
+        return w
+
+    yield make
+    for w in made:
+        w.kill()
