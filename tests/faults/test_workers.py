@@ -183,7 +183,7 @@ async def test_a_start_taken_by_a_worker_that_died_is_claimed_by_another(
         # The dying worker reads the start (a real consumer of the group) and never acknowledges it.
         client = Redis.from_url(private_redis.url)
         try:
-            taken = await client.xreadgroup(
+            taken: Any = await client.xreadgroup(
                 "workers", "dead-worker", {"wirepipe:{starts}:q:slow": ">"}, count=1, block=int(TIMEOUT * 1000)
             )
             assert taken and len(taken[0][1]) == 1
