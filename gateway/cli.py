@@ -284,13 +284,8 @@ def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None)
     )
 
 
-async def _serve(gw: Gateway, banner: str = "") -> None:
-    await gw.start()
-    print(f"wirepipe serving {gw.url} (web UI: {gw.http_url})", flush=True)
-    if gw.apps:
-        print(f"apps: {', '.join(sorted(gw.apps))}", flush=True)
-    if banner:
-        print(banner.replace("{port}", str(gw.port)), flush=True)
+async def _until_signalled() -> None:
+    """Return on SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -299,6 +294,16 @@ async def _serve(gw: Gateway, banner: str = "") -> None:
         except (NotImplementedError, RuntimeError):  # pragma: no cover - not on this platform
             pass
     await stop.wait()
+
+
+async def _serve(gw: Gateway, banner: str = "") -> None:
+    await gw.start()
+    print(f"wirepipe serving {gw.url} (web UI: {gw.http_url})", flush=True)
+    if gw.apps:
+        print(f"apps: {', '.join(sorted(gw.apps))}", flush=True)
+    if banner:
+        print(banner.replace("{port}", str(gw.port)), flush=True)
+    await _until_signalled()
     print("wirepipe: shutting down", flush=True)
     await gw.close()
 
@@ -317,14 +322,7 @@ async def _work(args: argparse.Namespace) -> None:
     )
     await worker.start()
     print(f"wirepipe worker {worker.name} taking runs of {', '.join(sorted(worker.apps))}", flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on this platform
-            pass
-    await stop.wait()
+    await _until_signalled()
     print("wirepipe worker: shutting down", flush=True)
     await worker.close()
 

@@ -127,3 +127,15 @@ async def started(task: asyncio.Task[Any]) -> None:
     for _ in range(3):
         await asyncio.sleep(0)
     assert not task.done(), "wait() returned while there was nothing to wait for"
+
+
+async def request(r: Raw, frame: dict[str, Any], seen: list[Event] | None = None) -> Any:
+    """Send one request frame (reply, send, cancel); its ``replied``.
+
+    Events that arrive before it are added to ``seen`` (they are not lost).
+    """
+    await r.send(frame)
+    frames = await r.collect(lambda fs: any(getattr(f, "t", None) == "replied" for f in fs))
+    if seen is not None:
+        seen += [e for f in frames for e in events_of(f)]
+    return replied(frames)[-1]

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from faultproxy import FaultProxy
 from servers import REDIS_SERVER, GatewayProcess, PrivateRedis, WorkerProcess
+from store_factories import delete_prefix, redis_prefix, require_redis
 from support import missing
 
 pytestmark = pytest.mark.redis
@@ -88,3 +89,14 @@ def worker_process() -> Iterator[Any]:
     yield make
     for w in made:
         w.kill()
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    """A key prefix of the test's own on the shared Redis; its keys are deleted afterwards."""
+    require_redis()
+    p = redis_prefix()
+    try:
+        yield p
+    finally:
+        await delete_prefix(p)

@@ -8,13 +8,12 @@ suite's TIMEOUT only as a failure guard.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from servers import PrivateRedis, free_port
-from store_factories import delete_prefix, redis_prefix, require_redis
+from store_factories import require_redis
 from support import TIMEOUT, MakeGateway, OpenRaw, ev, final
 
 from gateway import Gateway
@@ -25,17 +24,6 @@ from protocol import LeaseLost, decode_event
 pytestmark = pytest.mark.redis
 
 SECRET = "fault-suite-secret"
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    """A key prefix of the test's own on the shared Redis; its keys are deleted afterwards."""
-    require_redis()
-    p = redis_prefix()
-    try:
-        yield p
-    finally:
-        await delete_prefix(p)
 
 
 async def _two_nodes(make_gw: MakeGateway, url: str, prefix: str, **store_kw: Any) -> tuple[Gateway, Gateway]:

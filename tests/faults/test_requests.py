@@ -11,33 +11,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from servers import PrivateRedis, free_port
-from store_factories import delete_prefix, redis_prefix, require_redis
-from support import TIMEOUT, MakeGateway, OpenRaw, final, replied
+from store_factories import require_redis
+from support import TIMEOUT, MakeGateway, OpenRaw, final, replied, request
 
 from gateway import Gateway
 from gateway.stores.redis import RedisStore
-from protocol import Event, Grant, events_of
+from protocol import Grant
 
 pytestmark = pytest.mark.redis
 
 SECRET = "requests-suite-secret"
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    """A key prefix of the test's own on the shared Redis; its keys are deleted afterwards."""
-    require_redis()
-    p = redis_prefix()
-    try:
-        yield p
-    finally:
-        await delete_prefix(p)
 
 
 async def _nodes(make_gw: MakeGateway, prefix: str, **b_kw: Any) -> tuple[Gateway, Gateway]:
@@ -45,15 +33,6 @@ async def _nodes(make_gw: MakeGateway, prefix: str, **b_kw: Any) -> tuple[Gatewa
     a = await make_gw(store=RedisStore(url, prefix=prefix), secret=SECRET)
     b = await make_gw(store=RedisStore(url, prefix=prefix), secret=SECRET, **b_kw)
     return a, b
-
-
-async def _request(r: Any, frame: dict[str, Any], seen: list[Event] | None = None) -> Any:
-    """Send one request frame; its ``replied``.  Events that came first go to ``seen``."""
-    await r.send(frame)
-    frames = await r.collect(lambda fs: any(getattr(f, "t", None) == "replied" for f in fs))
-    if seen is not None:
-        seen += [e for f in frames for e in events_of(f)]
-    return replied(frames)[-1]
 
 
 async def test_reply_send_and_cancel_through_a_node_that_does_not_run_the_agent(
@@ -71,29 +50,29 @@ async def test_reply_send_and_cancel_through_a_node_that_does_not_run_the_agent(
         await ra.hello("split")
 
         # reply through B: the agent on A gets it
-        r = await _request(rb, {"t": "reply", "ask": ask.d["id"], "rid": "r1", "value": "b"})
+        r = await request(rb, {"t": "reply", "ask": ask.d["id"], "rid": "r1", "value": "b"})
         assert (r.rid, r.ok) == ("r1", True)
         assert await asyncio.wait_for(asking, TIMEOUT) == "b"
         answer = (await rb.events(lambda e: e.k == "answer"))[-1]
         assert answer.d == {"id": ask.d["id"], "value": "b", "by": "client"}
         # the same rid again, through either node: the first outcome, nothing appended
-        r = await _request(rb, {"t": "reply", "ask": ask.d["id"], "rid": "r1", "value": "b"})
+        r = await request(rb, {"t": "reply", "ask": ask.d["id"], "rid": "r1", "value": "b"})
         assert (r.ok, r.err) == (True, None)
-        r = await _request(ra, {"t": "reply", "ask": ask.d["id"], "rid": "r1", "value": "a"})
+        r = await request(ra, {"t": "reply", "ask": ask.d["id"], "rid": "r1", "value": "a"})
         assert (r.ok, r.err) == (True, None)
         # another rid for the closed ask: the writer says so
-        r = await _request(rb, {"t": "reply", "ask": ask.d["id"], "rid": "r2", "value": "a"})
+        r = await request(rb, {"t": "reply", "ask": ask.d["id"], "rid": "r2", "value": "a"})
         assert (r.ok, r.err) == (False, "ask_closed")
-        r = await _request(rb, {"t": "reply", "ask": "a99", "rid": "r3", "value": "a"})
+        r = await request(rb, {"t": "reply", "ask": "a99", "rid": "r3", "value": "a"})
         assert (r.ok, r.err) == (False, "unknown_ask")
 
         # send through B: the agent's inbox on A
-        r = await _request(rb, {"t": "send", "data": {"hello": "from b"}, "rid": "s1"})
+        r = await request(rb, {"t": "send", "data": {"hello": "from b"}, "rid": "s1"})
         assert (r.ok, r.err) == (True, None)
         assert await pipe.aget_message(TIMEOUT) == {"hello": "from b"}
 
         # cancel through B: A's run is flagged, and ends cancelled for everyone
-        r = await _request(rb, {"t": "cancel", "rid": "c1", "reason": "enough"})
+        r = await request(rb, {"t": "cancel", "rid": "c1", "reason": "enough"})
         assert (r.ok, r.err) == (True, None)
         await asyncio.wait_for(cancelled.wait(), TIMEOUT)
         assert pipe.cancel_reason == "enough"
@@ -104,7 +83,7 @@ async def test_reply_send_and_cancel_through_a_node_that_does_not_run_the_agent(
     await asyncio.wait_for(a.runs.sessions["split"].writer, TIMEOUT)
     async with raw(b.url) as rb:
         await rb.hello("split")
-        r = await _request(rb, {"t": "send", "data": 1, "rid": "s2"})
+        r = await request(rb, {"t": "send", "data": 1, "rid": "s2"})
         assert (r.ok, r.err) == (False, "ended")
 
 
@@ -141,7 +120,7 @@ async def test_a_viewer_is_refused_on_a_node_without_the_agent(make_gw: MakeGate
     async with raw(b.url) as rb:
         await rb.hello("watched")
         ask = (await rb.events(lambda e: e.k == "ask"))[-1]
-        r = await _request(rb, {"t": "reply", "ask": ask.d["id"], "rid": "v1", "value": "yes"})
+        r = await request(rb, {"t": "reply", "ask": ask.d["id"], "rid": "v1", "value": "yes"})
         assert (r.ok, r.err) == (False, "forbidden")
     assert not asking.done()  # the ask is still open
     assert pipe.loop is asyncio.get_running_loop()
@@ -164,14 +143,14 @@ async def test_a_stopped_writer_gets_unavailable_then_answers_the_same_rid_once(
         await rb.events(lambda e: e.k == "ask")
         os.kill(gp.proc.pid, signal.SIGSTOP)  # the writer's process stops answering
         try:
-            r = await _request(rb, {"t": "reply", "ask": "a1", "rid": "late", "value": "yes"})
+            r = await request(rb, {"t": "reply", "ask": "a1", "rid": "late", "value": "yes"})
             assert (r.ok, r.err) == (False, "unavailable")
         finally:
             os.kill(gp.proc.pid, signal.SIGCONT)
         # The request waited in Redis: the writer carried it out when it woke,
         # and the run went on to its end.
         tail = await rb.events(final)
-        r = await _request(rb, {"t": "reply", "ask": "a1", "rid": "late", "value": "yes"})
+        r = await request(rb, {"t": "reply", "ask": "a1", "rid": "late", "value": "yes"})
         assert (r.ok, r.err) == (True, None)  # the same rid, after the run ended: its first outcome
     assert tail[-1].d == {"state": "done"}
     answers = [e.d for e in tail if e.k == "answer"]
@@ -197,12 +176,12 @@ async def test_with_the_writer_dead_a_request_gets_not_here_until_its_run_is_end
             await client.zadd("wirepipe:live", {"gone": 0})
         finally:
             await client.aclose()
-        r = await _request(rb, {"t": "reply", "ask": "a1", "rid": "x1", "value": "yes"})
+        r = await request(rb, {"t": "reply", "ask": "a1", "rid": "x1", "value": "yes"})
         assert (r.ok, r.err) == (False, "not_here")
         # another node ends the dead writer's run: then the ask is closed
         assert await b.reap() == 1
         await rb.events(final)
-        r = await _request(rb, {"t": "reply", "ask": "a1", "rid": "x2", "value": "yes"})
+        r = await request(rb, {"t": "reply", "ask": "a1", "rid": "x2", "value": "yes"})
         assert (r.ok, r.err) == (False, "ask_closed")
 
 
@@ -219,7 +198,7 @@ async def test_a_pubsub_reconnect_loses_no_outcome(
     async with raw(b.url) as rb:
         await rb.hello("blip")
         ask = (await rb.events(lambda e: e.k == "ask"))[-1]
-        r = await _request(rb, {"t": "send", "data": "warm-up", "rid": "w"})  # B's outcome channel is live
+        r = await request(rb, {"t": "send", "data": "warm-up", "rid": "w"})  # B's outcome channel is live
         assert r.ok
         before = store.pubsub.live
         # every pub/sub connection (A's and B's) is killed from the server side
@@ -229,7 +208,7 @@ async def test_a_pubsub_reconnect_loses_no_outcome(
         finally:
             await client.aclose()
         assert killed >= 1
-        r = await _request(rb, {"t": "reply", "ask": ask.d["id"], "rid": "r", "value": "yes"})
+        r = await request(rb, {"t": "reply", "ask": ask.d["id"], "rid": "r", "value": "yes"})
         assert (r.ok, r.err) == (True, None)
         assert await asyncio.wait_for(asking, TIMEOUT) == "yes"
         await asyncio.wait_for(store.pubsub.until(lambda h: h.live > before), TIMEOUT)

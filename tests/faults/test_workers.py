@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from servers import HERE, ROOT, PrivateRedis, free_port
-from support import TIMEOUT, MakeGateway, OpenRaw, final, replied
+from support import TIMEOUT, MakeGateway, OpenRaw, final, request
 
 from gateway.runs import LAPSED_DETAIL
 from gateway.stores.redis import RedisStore
 from gateway.worker import open_pipe
-from protocol import Event, ProtocolError, events_of
+from protocol import Event, ProtocolError
 
 pytestmark = pytest.mark.redis
 
@@ -39,15 +39,6 @@ with open_pipe_sync(sys.argv[1], "script-1") as pipe:
     pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": f"answer {answer}"}})
 print("script done:", answer, flush=True)
 """
-
-
-async def _reply(r: Any, frame: dict[str, Any], seen: list[Event] | None = None) -> Any:
-    """Send one request; its ``replied``.  Events that came with it are added to ``seen``."""
-    await r.send(frame)
-    frames = await r.collect(lambda fs: any(getattr(f, "t", None) == "replied" for f in fs))
-    if seen is not None:
-        seen += [e for f in frames for e in events_of(f)]
-    return replied(frames)[-1]
 
 
 async def test_a_plain_script_streams_and_asks_through_redis(
@@ -70,7 +61,7 @@ async def test_a_plain_script_streams_and_asks_through_redis(
             assert "hello from a plain script" in texts
             ask = seen[-1]
             tail: list[Event] = []
-            got = await _reply(r, {"t": "reply", "ask": ask.d["id"], "rid": "r1", "value": "yes"}, tail)
+            got = await request(r, {"t": "reply", "ask": ask.d["id"], "rid": "r1", "value": "yes"}, tail)
             assert (got.ok, got.err) == (True, None)  # handed to the script's process through Redis
             if not (tail and final(tail[-1])):
                 tail += await r.events(final)
@@ -128,7 +119,7 @@ async def test_a_worker_runs_a_start_that_a_gateway_without_apps_queued(
         seen = await r.events(lambda e: e.k == "ask")
         assert [e.d["msg"] for e in seen if e.k == "log"] == ["line 1", "line 2", "line 3"]
         tail: list[Event] = []
-        got = await _reply(r, {"t": "reply", "ask": "a1", "rid": "r1", "value": "yes"}, tail)
+        got = await request(r, {"t": "reply", "ask": "a1", "rid": "r1", "value": "yes"}, tail)
         assert (got.ok, got.err) == (True, None)
         if not (tail and final(tail[-1])):
             tail += await r.events(final)
@@ -215,7 +206,7 @@ async def test_two_gateways_two_workers_a_gateway_killed_mid_run(
         again = await rb.hello("big", resume=welcome.resume, epoch=welcome.epoch, after=seen[-1].seq)
         assert again.t == "welcome" and again.recovered is True and again.epoch == welcome.epoch
         rest = await rb.events(lambda e: e.k == "ask")
-        got = await _reply(rb, {"t": "reply", "ask": "a1", "rid": "r1", "value": "yes"}, rest)
+        got = await request(rb, {"t": "reply", "ask": "a1", "rid": "r1", "value": "yes"}, rest)
         assert (got.ok, got.err) == (True, None)
         if not final(rest[-1]):
             rest += await rb.events(final)
