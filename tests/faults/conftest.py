@@ -63,8 +63,8 @@ async def proxied_redis(private_redis: PrivateRedis) -> AsyncIterator[tuple[Priv
 def gateway_process() -> Iterator[Any]:
     made: list[GatewayProcess] = []
 
-    def make(port: int, redis_url: str, secret: str, *extra: str) -> GatewayProcess:
-        g = GatewayProcess(port, redis_url, secret, *extra)
+    def make(port: int, redis_url: str, secret: str, *extra: str, cluster: bool = False) -> GatewayProcess:
+        g = GatewayProcess(port, redis_url, secret, *extra, cluster=cluster)
         g.start()
         made.append(g)
         return g
