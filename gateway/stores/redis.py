@@ -307,16 +307,16 @@ class _Script:
     of its keys only.
     """
 
-    __slots__ = ("_client", "_text", "_sha")
+    __slots__ = ("_client", "_text", "sha")
 
     def __init__(self, client: Redis | RedisCluster, text: str) -> None:
         self._client = client
         self._text = text
-        self._sha = hashlib.sha1(text.encode()).hexdigest()
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
         try:
-            return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+            return await self._client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await self._client.eval(self._text, len(keys), *keys, *args)
 
