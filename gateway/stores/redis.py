@@ -773,7 +773,7 @@ class RedisStore:
                 return await self._wait(sid, after, epoch)
         except TimeoutError:
             return False
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # the subscription failed
+        except _PUBSUB_LOST as exc:  # the subscription failed
             raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
@@ -980,7 +980,9 @@ class RedisStore:
             except Exception as exc:  # it is being dropped anyway
                 log.debug("redis pub/sub: closing a dropped connection: %r", exc)
 
-        asyncio.ensure_future(close())
+        task = asyncio.ensure_future(close())
+        self._inflight.add(task)  # close() waits for it (briefly)
+        task.add_done_callback(self._settled)
 
     async def _pubsub_client(self) -> Redis:
         """The client the pub/sub connection comes from: the store's own, or (cluster) one node's."""
@@ -993,7 +995,8 @@ class RedisStore:
             if not nodes:
                 raise RedisClusterException("the cluster client knows no node")
             node = nodes[self._node_pick % len(nodes)]
-            pool = ConnectionPool(connection_class=node.connection_class, max_connections=1, **node.connection_kwargs)
+            # one pub/sub connection (and one more while a dropped one is being closed)
+            pool = ConnectionPool(connection_class=node.connection_class, max_connections=2, **node.connection_kwargs)
             self._node_client = Redis.from_pool(pool)
             self.pubsub.node = node.name
             log.info("redis pub/sub: subscribing through cluster node %s", node.name)
@@ -1028,23 +1031,27 @@ class RedisStore:
                 return
             subs, self._to_sub = self._to_sub, set()
             unsubs, self._to_unsub = self._to_unsub, set()
+            ps: PubSub | None = None
             client: Redis | None = None
             try:
                 if self._pubsub is None:
-                    client = await self._pubsub_client()
-                    self._pubsub = client.pubsub()
-                client = self._node_client
+                    self._pubsub = (await self._pubsub_client()).pubsub()
+                ps, client = self._pubsub, self._node_client
                 if unsubs:
-                    await self._pubsub.unsubscribe(*unsubs)
-                if subs:
-                    await self._pubsub.subscribe(*subs)
+                    await ps.unsubscribe(*unsubs)
+                if subs and self._pubsub is ps:
+                    await ps.subscribe(*subs)
+                    if self._pubsub is not ps:  # dropped meanwhile: _afresh queued every channel again
+                        continue
                     if self._listener is None:
-                        assert self._pubsub.connection is not None
-                        self._pubsub.connection.register_connect_callback(self._on_reconnect)
+                        assert ps.connection is not None
+                        ps.connection.register_connect_callback(self._on_reconnect)
                         self._listener = self._spawn(self._listen(), "wirepipe-redis-listen")
                     futs = [wt.ready for ch in subs if (wt := self._by_channel.get(ch)) is not None]
                     await self._ping(futs, None, "live")
             except _PUBSUB_LOST as exc:
+                if ps is not None and self._pubsub is not ps:
+                    continue  # the connection was dropped meanwhile; _afresh queued every channel again
                 log.warning("redis pub/sub: cannot subscribe: %s", exc)
                 for ch in subs:
                     watch = self._by_channel.pop(ch, None)
