@@ -9,8 +9,10 @@ RedisStore is measured with its default checkpointing (a snapshot every 256
 events) and with ``snapshot_every=1`` (a snapshot stored with every batch).
 Runs are interleaved and the median is reported.
 
+With ``--redis-cluster URL`` RedisStore is measured on that Redis Cluster too.
+
 Usage: python -m bench.stores [--events 20000] [--read 10000] [--repeat 5]
-       [--redis redis://127.0.0.1:6379/0] [--json FILE]
+       [--redis redis://127.0.0.1:6379/0] [--redis-cluster URL] [--json FILE]
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ async def bench_read(store: Store, evs: list[Appended]) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def openers(url: str) -> dict[str, Opener]:
+def openers(url: str, cluster_url: str | None = None) -> dict[str, Opener]:
     retention = Retention(max_events=1_000_000, max_bytes=1 << 30)
 
     @asynccontextmanager
@@ -76,20 +78,21 @@ def openers(url: str) -> dict[str, Opener]:
         finally:
             await s.close()
 
-    def redis(**kw: Any) -> Opener:
+    def redis(url: str = url, cluster: bool = False, **kw: Any) -> Opener:
         @asynccontextmanager
         async def opened() -> AsyncIterator[Store]:
             from redis.asyncio import Redis
+            from redis.asyncio.cluster import RedisCluster
 
             from gateway.stores.redis import RedisStore
 
             prefix = f"wirepipe-bench:{uuid.uuid4().hex[:8]}:"
-            s = RedisStore(url, retention=retention, prefix=prefix, **kw)
+            s = RedisStore(url, cluster=cluster, retention=retention, prefix=prefix, **kw)
             try:
                 yield s
             finally:
                 await s.close()
-                r = Redis.from_url(url)
+                r = RedisCluster.from_url(url) if cluster else Redis.from_url(url)
                 keys = [k async for k in r.scan_iter(match=f"{prefix}*")]
                 if keys:
                     await r.unlink(*keys)
@@ -97,7 +100,10 @@ def openers(url: str) -> dict[str, Opener]:
 
         return opened
 
-    return {"memory": memory, "redis": redis(), "redis_snapshot_every_1": redis(snapshot_every=1)}
+    out = {"memory": memory, "redis": redis(), "redis_snapshot_every_1": redis(snapshot_every=1)}
+    if cluster_url:
+        out["redis_cluster"] = redis(cluster_url, cluster=True)
+    return out
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,7 +111,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     readable = events(args.read)
     runs: dict[str, dict[str, list[float]]] = {}
     for _ in range(args.repeat):  # interleaved, so drift hits every backend alike
-        for name, opener in openers(args.redis).items():
+        for name, opener in openers(args.redis, args.redis_cluster).items():
             r = runs.setdefault(name, {"append_events_per_s": [], "read_ms": []})
             async with opener() as store:
                 r["append_events_per_s"].append(await bench_append(store, appended))
@@ -127,6 +133,7 @@ if __name__ == "__main__":
     p.add_argument("--read", type=int, default=10_000, help="events read back")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--redis-cluster", help="also measure RedisStore on this Redis Cluster (any node's URL)")
     p.add_argument("--json", help="also write the results to this file")
     a = p.parse_args()
     res = asyncio.run(main(a))

@@ -209,11 +209,18 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
         "replies, sends and cancels (handed to the agent's node).  Default: in memory",
     )
     p.add_argument(
+        "--redis-cluster",
+        metavar="URL",
+        default=os.environ.get("WIREPIPE_REDIS_CLUSTER"),
+        help="like --redis, on a Redis Cluster: URL is any one of its nodes, e.g. "
+        "redis://10.0.0.1:7000 (the others are found from it; env WIREPIPE_REDIS_CLUSTER)",
+    )
+    p.add_argument(
         "--lease-ttl",
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="with --redis: seconds a run's writer lease lives without a renewal (renewed every "
+        help="with --redis or --redis-cluster: seconds a run's writer lease lives without a renewal (renewed every "
         "third of it).  A sid leased by a live run on any node gets sid_taken; a run whose node "
         "died is ended failed by another node within about 1.5 times this (docs/stores.md)",
     )
@@ -255,10 +262,14 @@ def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None)
     auth = (lambda cred, sid: tokens.get(cred or "")) if tokens else None
     retention = Retention(args.retain_events, args.retain_bytes, args.retain_seconds)
     store: Store
-    if args.redis:
+    if args.redis and args.redis_cluster:
+        raise SystemExit("wirepipe: --redis and --redis-cluster (or their WIREPIPE_ variables) exclude each other")
+    if args.redis or args.redis_cluster:
         from .stores.redis import RedisStore  # needs the redis package (pip install wirepipe[redis])
 
-        store = RedisStore(args.redis, retention=retention, lease_ttl=args.lease_ttl)
+        cluster = bool(args.redis_cluster)
+        url = args.redis_cluster if cluster else args.redis
+        store = RedisStore(url, cluster=cluster, retention=retention, lease_ttl=args.lease_ttl)
     else:
         store = MemoryStore(retention)
     apps = dict(extra_apps or {})

@@ -3,7 +3,7 @@
 #   --metagpt   MetaGPT 0.8.2 with its real runtime deps (requirements/metagpt-*.txt)
 #   --node      the JS client's npm packages
 #   --browser   Debian's chromium (for the browser tests)
-#   --redis     a Redis server on 127.0.0.1:6379
+#   --redis     a Redis server on 127.0.0.1:6379, and redis-cli (the cluster tests make clusters with it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .stamps
@@ -73,9 +73,9 @@ if [ "$want_browser" = 1 ] && ! command -v chromium >/dev/null; then
 fi
 
 if [ "$want_redis" = 1 ]; then
-  if ! command -v redis-server >/dev/null; then
-    say "installing redis-server"
-    apt_install redis-server
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    say "installing redis-server and redis-tools (redis-cli)"
+    apt_install redis-server redis-tools
   fi
   if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
     say "starting redis-server on 127.0.0.1:6379"

@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
 
 
 def free_port() -> int:
@@ -95,10 +97,106 @@ class PrivateRedis:
         self.start()
 
 
-class GatewayProcess:
-    """``wirepipe serve`` in a subprocess, with the fault apps registered."""
+class PrivateCluster:
+    """A real Redis Cluster of ``masters`` masters (no replicas) on loopback, of the test's own.
 
-    def __init__(self, port: int, redis_url: str, secret: str, *extra: str, apps: bool = True) -> None:
+    Each node is a :class:`PrivateRedis` with ``--cluster-enabled yes``, its
+    own ``nodes-<port>.conf`` and a cluster bus port of its own (picked free,
+    not ``port + 10000``, which may be taken or past 65535).
+    ``redis-cli --cluster create`` assigns the slots and waits until the
+    nodes agree on the configuration; ``start`` then asks every node
+    ``CLUSTER INFO`` until each says ``cluster_state:ok``.
+    """
+
+    def __init__(self, workdir: Path, *, masters: int = 3, extra: tuple[str, ...] = ()) -> None:
+        self.dir = workdir
+        self.nodes: list[PrivateRedis] = []
+        for _ in range(masters):
+            node = PrivateRedis(workdir, extra=())
+            node.extra = (
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{node.port}.conf",
+                "--cluster-port",
+                str(free_port()),
+                *extra,
+            )
+            self.nodes.append(node)
+
+    @property
+    def url(self) -> str:
+        """A seed node's URL: a cluster client finds the other nodes from it."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        assert REDIS_CLI is not None
+        try:
+            for node in self.nodes:
+                node.start()
+            create = subprocess.run(
+                [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes)]
+                + ["--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if create.returncode != 0 or "[OK] All 16384 slots covered" not in create.stdout:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout}{create.stderr}")
+            self.wait_ok()
+        except BaseException:
+            self.kill()
+            raise
+
+    def wait_ok(self, nodes: list[PrivateRedis] | None = None) -> None:
+        """Return once every node (of ``nodes``) reports ``cluster_state:ok``.
+
+        The nodes settle their state on their own cluster cron (every 100 ms);
+        nothing announces it, so this re-asks, a bounded number of times.
+        """
+        import redis
+
+        for node in nodes if nodes is not None else self.nodes:
+            client = redis.Redis(port=node.port, socket_timeout=10)
+            try:
+                for _ in range(1200):  # 1200 * 25 ms: a minute on a loaded machine
+                    info = client.cluster("INFO")
+                    if info.get("cluster_state") == "ok":
+                        break
+                    time.sleep(0.025)
+                else:
+                    raise RuntimeError(f"node {node.port} never reached cluster_state:ok: {info}")
+            finally:
+                client.close()
+
+    def master_of(self, key: str) -> PrivateRedis:
+        """The master that serves ``key``'s hash slot (per the first live node's CLUSTER SLOTS)."""
+        import redis
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode())
+        live = next(n for n in self.nodes if n.proc is not None)
+        client = redis.Redis(port=live.port, socket_timeout=10)
+        try:
+            for start, end, master, *_ in client.cluster("SLOTS"):
+                if int(start) <= slot <= int(end):
+                    port = int(master[1])
+                    return next(n for n in self.nodes if n.port == port)
+        finally:
+            client.close()
+        raise LookupError(f"no node serves slot {slot}")
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+class GatewayProcess:
+    """``wirepipe serve`` in a subprocess, with the fault apps registered (``cluster``: ``--redis-cluster``)."""
+
+    def __init__(
+        self, port: int, redis_url: str, secret: str, *extra: str, apps: bool = True, cluster: bool = False
+    ) -> None:
         self.port = port
         self.args = [
             sys.executable,
@@ -107,7 +205,7 @@ class GatewayProcess:
             "serve",
             "--port",
             str(port),
-            "--redis",
+            "--redis-cluster" if cluster else "--redis",
             redis_url,
             "--secret",
             secret,
@@ -124,6 +222,8 @@ class GatewayProcess:
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]), PYTHONUNBUFFERED="1")
+        for name in ("WIREPIPE_REDIS", "WIREPIPE_REDIS_CLUSTER"):  # the store is the one given here
+            env.pop(name, None)
         self.proc = subprocess.Popen(
             self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
         )

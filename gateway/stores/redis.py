@@ -100,14 +100,31 @@ only starts not yet taken).  An entry a worker read and never acknowledged
 (it died first) is claimed by another after ``claim_idle`` seconds
 (XAUTOCLAIM).  Every start key shares the hash tag ``{starts}``, so one
 XREADGROUP reads every app's stream on a Redis Cluster too.
+
+Redis Cluster.  With ``cluster=True`` (or a ``RedisCluster`` client) every
+command goes to the master of its key's slot.  Each script names only keys
+of one ``{sid}`` (log, meta, lease) or only ``<prefix>live``, so each runs
+on one node; ``live`` is touched by separate commands, never together with
+a sid's keys.  Commands in flight are bounded by ``max_connections`` in the
+store (a semaphore), since the cluster client fails instead of waiting once
+a node's connections are all busy.  A PUBLISH on any node reaches the
+subscribers of every node (the cluster bus broadcasts it), so pub/sub is a
+plain connection to one node, picked at random among the cluster's nodes.
+If that connection fails (the node died, or a health PING went unanswered)
+the store moves it to the next node: it starts the pub/sub side afresh there
+(every waiter wakes, spuriously, and subscriptions count as unconfirmed
+until a PING through the new node comes back), as after a reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import inspect
 import itertools
 import logging
+import random
 import secrets
 import struct
 import time
@@ -116,11 +133,20 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import msgpack
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol import LeaseLost, LogMissing, LogReplaced, SeqGap, Snapshot, StoreUnavailable, decode_event, packb
@@ -154,8 +180,20 @@ _LENGTH: Final = struct.Struct(">I")
 # The append script's status codes (the first element of its reply).
 _OK, _APPLIED, _MISSING, _OTHER_EPOCH, _BAD_SEQ, _NEED_SNAPSHOT, _NOT_HOLDER = 0, 1, -1, -2, -3, -4, -5
 #: What redis-py raises when the server cannot be reached or does not answer
-#: (BusyLoadingError, a restarted server loading its data, is a ConnectionError).
-_UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError, TimeoutError)
+#: (BusyLoadingError, a restarted server loading its data, is a ConnectionError),
+#: and what its cluster client raises when no node serves a slot for now (the
+#: cluster is down, a slot is not covered, no node can be reached to map them).
+_UNREACHABLE: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OSError,
+    TimeoutError,
+    ClusterError,
+    RedisClusterException,
+)
+#: What the pub/sub side counts as a lost connection.
+_PUBSUB_LOST: Final = (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException)
 
 # The writer-lease check of the write scripts: KEYS[3] is the lease, which the
 # holder ARGV ('' = no check) must hold (append and end also accept a lapsed
@@ -383,6 +421,39 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 """
 
 
+class _Script:
+    """One Lua script: EVALSHA, and EVAL on the node that lacks it (``NOSCRIPT``).
+
+    redis-py's own script objects answer NOSCRIPT with SCRIPT LOAD, which a
+    cluster client sends to every master: with one of them down, no script
+    could be loaded anywhere.  EVAL runs (and caches) the script on the node
+    of its keys only.
+    """
+
+    __slots__ = ("_client", "_text", "sha")
+
+    def __init__(self, client: Redis | RedisCluster, text: str) -> None:
+        self._client = client
+        self._text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+        try:
+            return await self._client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self._client.eval(self._text, len(keys), *keys, *args)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scripts:
+    """Makes :class:`_Script` objects: ``register_script`` as on a redis-py client."""
+
+    client: Redis | RedisCluster
+
+    def register_script(self, text: str) -> _Script:
+        return _Script(self.client, text)
+
+
 @dataclass(slots=True)
 class _Writer:
     """The writer's view of one log: where it stands and its reducer at ``head``."""
@@ -432,7 +503,7 @@ class PubSubHealth:
     connection is back before it relies on another node's wake-ups.
     """
 
-    __slots__ = ("pongs", "live", "reconnects", "silent_drops", "parked", "_changed")
+    __slots__ = ("pongs", "live", "reconnects", "silent_drops", "parked", "failovers", "node", "_changed")
 
     def __init__(self) -> None:
         #: Health PINGs answered (the idle connection is alive).
@@ -446,6 +517,10 @@ class PubSubHealth:
         self.silent_drops = 0
         #: Waits that found nothing new and now sleep until a message wakes them.
         self.parked = 0
+        #: Cluster: times the connection moved to another node because its node failed.
+        self.failovers = 0
+        #: Cluster: the node (``host:port``) the connection goes through, once picked.
+        self.node: str | None = None
         self._changed = asyncio.Event()
 
     def _bump(self, counter: str) -> None:
@@ -483,11 +558,16 @@ class RedisStore:
 
     ``url`` is a ``redis://`` URL, or an existing ``redis.asyncio.Redis``
     client made with ``decode_responses=False`` (the caller closes it).
+    ``cluster=True`` makes the URL a Redis Cluster's (any one node: the
+    client finds the others); an existing
+    ``redis.asyncio.cluster.RedisCluster`` client is used as one.
     ``snapshot_every`` is how many events may follow the stored snapshot
     checkpoint (1: store it with every append).  ``poll_interval`` bounds
     how long one ``wait`` blocks before a (spurious) False, and half of it
     is how often an idle pub/sub connection is pinged.  ``max_connections``
-    bounds the pool made from a URL (one of them is the pub/sub connection).
+    bounds the pool made from a URL (one of them is the pub/sub connection);
+    on a cluster it bounds the commands in flight (past it, a command waits),
+    and the pub/sub connection is one more, to one node.
     ``command_timeout`` bounds how long one command may take: a Redis that
     does not answer (a dead link, a black hole) is ``StoreUnavailable`` then.
 
@@ -501,8 +581,9 @@ class RedisStore:
 
     def __init__(
         self,
-        url: str | Redis = "redis://127.0.0.1:6379/0",
+        url: str | Redis | RedisCluster = "redis://127.0.0.1:6379/0",
         *,
+        cluster: bool = False,
         retention: Retention | None = None,
         prefix: str = "wirepipe:",
         snapshot_every: int = 256,
@@ -526,6 +607,8 @@ class RedisStore:
             raise ValueError("request_timeout must be positive")
         #: Seconds a node waits for the writer to answer a request it handed on.
         self.request_timeout = request_timeout
+        if cluster and isinstance(url, Redis):
+            raise ValueError("cluster=True takes a URL or a RedisCluster client, not a Redis one")
         #: Seconds a writer's lease lives without a renewal (None: no leases).
         self.lease_ttl = lease_ttl
         self.command_timeout = command_timeout
@@ -534,18 +617,32 @@ class RedisStore:
         self.snapshot_every = snapshot_every
         self.poll_interval = poll_interval
         self.linger = LINGER
-        if isinstance(url, Redis):
+        self._redis: Redis | RedisCluster
+        if isinstance(url, RedisCluster):
+            if url.get_connection_kwargs().get("decode_responses"):
+                raise ValueError("RedisStore needs a client with decode_responses=False")
+            self._redis = url
+            self._owns_client = False
+        elif isinstance(url, Redis):
             if url.connection_pool.connection_kwargs.get("decode_responses"):
                 raise ValueError("RedisStore needs a client with decode_responses=False")
             self._redis = url
             self._owns_client = False
+        elif cluster:
+            # Past max_connections on one node it raises: _gate bounds what is in flight.
+            self._redis = RedisCluster.from_url(url, max_connections=max_connections)
+            self._owns_client = True
         else:
             # Blocking: past max_connections a command waits for a connection
             # instead of failing.  One connection is the pub/sub one.
             pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=None)
             self._redis = Redis.from_pool(pool)  # owns the pool: aclose() disconnects it
             self._owns_client = True
-        r = self._redis
+        #: True on a Redis Cluster (``cluster=True``, or a ``RedisCluster`` client).
+        self.cluster = isinstance(self._redis, RedisCluster)
+        #: On a cluster: bounds the commands in flight (its client has no blocking pool).
+        self._gate = asyncio.Semaphore(max_connections) if self.cluster else None
+        r = _Scripts(self._redis)
         self._create = r.register_script(_CREATE)
         self._append = r.register_script(_APPEND)
         self._read = r.register_script(_READ)
@@ -580,6 +677,10 @@ class RedisStore:
         self._ping_ids = itertools.count(1)
         self._kick = asyncio.Event()
         self._pubsub: PubSub | None = None
+        #: On a cluster: the client of the node the pub/sub connection goes to
+        #: (made when first needed), and where the next pick starts.
+        self._node_client: Redis | None = None
+        self._node_pick = random.randrange(1 << 16)
         self._subscriber: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._health_token: bytes | None = None
@@ -607,7 +708,7 @@ class RedisStore:
             StoreUnavailable: Redis could not be reached, or did not answer
                 within ``command_timeout``.
         """
-        task = asyncio.ensure_future(call)
+        task = asyncio.ensure_future(call if self._gate is None else self._gated(call))
         self._inflight.add(task)
         task.add_done_callback(self._settled)
         # asyncio.wait, like shield, leaves the call running if we are cancelled.
@@ -623,6 +724,20 @@ class RedisStore:
             if _refused_for_now(exc):
                 raise StoreUnavailable(f"redis refuses writes for now: {type(exc).__name__}: {exc}") from exc
             raise
+
+    async def _gated(self, call: Awaitable[T]) -> T:
+        """``call`` once fewer than ``max_connections`` commands are in flight (cluster only)."""
+        assert self._gate is not None
+        try:
+            await self._gate.acquire()
+        except BaseException:
+            if inspect.iscoroutine(call):
+                call.close()  # never started: no "never awaited" warning
+            raise
+        try:
+            return await call
+        finally:
+            self._gate.release()
 
     def _settled(self, task: asyncio.Future[Any]) -> None:
         self._inflight.discard(task)
@@ -1008,7 +1123,7 @@ class RedisStore:
                 return await self._wait(sid, after, epoch)
         except TimeoutError:
             return False
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # the subscription failed
+        except _PUBSUB_LOST as exc:  # the subscription failed
             raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
@@ -1041,6 +1156,8 @@ class RedisStore:
         self._writers.clear()
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+        if self._node_client is not None:
+            await self._node_client.aclose()
         if self._owns_client:
             await self._redis.aclose()
 
@@ -1232,11 +1349,20 @@ class RedisStore:
             self._subscriber = None
         if task is self._listener:
             self._listener = None
+        self._afresh()
+
+    def _afresh(self) -> None:
+        """Drop the pub/sub connection and resubscribe every watched channel on a new one.
+
+        Every waiter wakes (a message may have been missed) and new ones wait
+        until the new subscriptions are confirmed.
+        """
         old, self._pubsub = self._pubsub, None
         if old is not None:
-            asyncio.ensure_future(old.aclose())  # type: ignore[no-untyped-call]
+            self._close_later(old.aclose())  # type: ignore[no-untyped-call]
         if self._listener is not None:  # its pub/sub connection is gone: it goes too
-            self._listener.cancel()
+            if self._listener is not asyncio.current_task():
+                self._listener.cancel()
             self._listener = None
         loop = asyncio.get_running_loop()
         for watch in self._watches.values():
@@ -1253,6 +1379,52 @@ class RedisStore:
             self._subscriber = self._spawn(self._subscribe_loop(), "wirepipe-redis-sub")
         self._kick.set()
 
+    def _close_later(self, aw: Awaitable[Any]) -> None:
+        """Close a dropped connection in the background; a failure to close is logged."""
+
+        async def close() -> None:
+            try:
+                await aw
+            except Exception as exc:  # it is being dropped anyway
+                log.debug("redis pub/sub: closing a dropped connection: %r", exc)
+
+        task = asyncio.ensure_future(close())
+        self._inflight.add(task)  # close() waits for it (briefly)
+        task.add_done_callback(self._settled)
+
+    async def _pubsub_client(self) -> Redis:
+        """The client the pub/sub connection comes from: the store's own, or (cluster) one node's."""
+        if isinstance(self._redis, Redis):
+            return self._redis
+        if self._node_client is None:
+            if not self._redis.get_nodes():
+                await self._redis.initialize()  # learns the nodes
+            nodes = sorted(self._redis.get_nodes(), key=lambda n: n.name)
+            if not nodes:
+                raise RedisClusterException("the cluster client knows no node")
+            node = nodes[self._node_pick % len(nodes)]
+            # one pub/sub connection (and one more while a dropped one is being closed)
+            pool = ConnectionPool(connection_class=node.connection_class, max_connections=2, **node.connection_kwargs)
+            self._node_client = Redis.from_pool(pool)
+            self.pubsub.node = node.name
+            log.info("redis pub/sub: subscribing through cluster node %s", node.name)
+        return self._node_client
+
+    def _fail_over(self, client: Redis | None) -> None:
+        """Cluster: the pub/sub connection through ``client``'s node failed; move it to the next node.
+
+        Only once per failed node (the listener and the subscriber may both
+        see it fail).  A PUBLISH on any node reaches every node, so any node
+        serves the subscriptions.
+        """
+        if client is None or client is not self._node_client or self._closed:
+            return
+        self._node_client = None
+        self._node_pick += 1
+        self._afresh()
+        self._close_later(client.aclose())
+        self.pubsub._bump("failovers")
+
     async def _subscribe_loop(self) -> None:
         """The one task that writes to the pub/sub connection: (un)subscribe, then PING."""
         while not self._closed:
@@ -1267,21 +1439,28 @@ class RedisStore:
                 return
             subs, self._to_sub = self._to_sub, set()
             unsubs, self._to_unsub = self._to_unsub, set()
+            ps: PubSub | None = None
+            client: Redis | None = None
             try:
                 if self._pubsub is None:
-                    self._pubsub = self._redis.pubsub()
+                    self._pubsub = (await self._pubsub_client()).pubsub()
+                ps, client = self._pubsub, self._node_client
                 if unsubs:
-                    await self._pubsub.unsubscribe(*unsubs)
-                if subs:
-                    await self._pubsub.subscribe(*subs)
+                    await ps.unsubscribe(*unsubs)
+                if subs and self._pubsub is ps:
+                    await ps.subscribe(*subs)
+                    if self._pubsub is not ps:  # dropped meanwhile: _afresh queued every channel again
+                        continue
                     if self._listener is None:
-                        assert self._pubsub.connection is not None
-                        self._pubsub.connection.register_connect_callback(self._on_reconnect)
+                        assert ps.connection is not None
+                        ps.connection.register_connect_callback(self._on_reconnect)
                         self._listener = self._spawn(self._listen(), "wirepipe-redis-listen")
                     futs = [wt.ready for ch in subs if (wt := self._by_channel.get(ch)) is not None]
                     futs += [c.ready for ch in subs if (c := self._channels.get(ch)) is not None]
                     await self._ping(futs, None, "live")
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except _PUBSUB_LOST as exc:
+                if ps is not None and self._pubsub is not ps:
+                    continue  # the connection was dropped meanwhile; _afresh queued every channel again
                 log.warning("redis pub/sub: cannot subscribe: %s", exc)
                 for ch in subs:
                     watch = self._by_channel.pop(ch, None)
@@ -1297,6 +1476,7 @@ class RedisStore:
                     if chan is not None and not chan.ready.done():
                         chan.ready.set_exception(exc)  # its users see it and subscribe again later
                         chan.ready.exception()
+                self._fail_over(client)  # cluster: the next try goes to the next node
                 await asyncio.sleep(0.1)
 
     async def _health_check(self) -> None:
@@ -1371,10 +1551,15 @@ class RedisStore:
     async def _listen(self) -> None:
         pause = 0.05
         assert self._pubsub is not None
+        client = self._node_client
         while not self._closed:
             try:
                 msg = await self._pubsub.get_message(timeout=None)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if client is not None:  # cluster: go on through another node
+                    log.warning("redis pub/sub: %s; moving to another cluster node", exc)
+                    self._fail_over(client)
+                    return
                 # Waiters wake when the connection is back (_on_reconnect), once;
                 # until then poll_interval bounds their waits.
                 log.warning("redis pub/sub: %s; retrying in %.2fs", exc, pause)
@@ -1424,7 +1609,7 @@ _FOR_NOW: Final = frozenset(
 
 
 def _refused_for_now(exc: ResponseError) -> bool:
-    if isinstance(exc, OutOfMemoryError):  # redis-py drops the "OOM" code from its text
+    if isinstance(exc, (OutOfMemoryError, TryAgainError)):  # redis-py drops the code from its text
         return True
     text = str(exc)
     if text.split(" ", 1)[0] in _FOR_NOW:

@@ -64,8 +64,10 @@ async def proxied_redis(private_redis: PrivateRedis) -> AsyncIterator[tuple[Priv
 def gateway_process() -> Iterator[Any]:
     made: list[GatewayProcess] = []
 
-    def make(port: int, redis_url: str, secret: str, *extra: str, apps: bool = True) -> GatewayProcess:
-        g = GatewayProcess(port, redis_url, secret, *extra, apps=apps)
+    def make(
+        port: int, redis_url: str, secret: str, *extra: str, apps: bool = True, cluster: bool = False
+    ) -> GatewayProcess:
+        g = GatewayProcess(port, redis_url, secret, *extra, apps=apps, cluster=cluster)
         g.start()
         made.append(g)
         return g

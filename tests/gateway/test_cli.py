@@ -286,3 +286,18 @@ def test_the_wirepipe_command_finds_modules_of_the_current_directory(tmp_path: P
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_redis_cluster_flag_makes_a_cluster_store() -> None:
+    """``--redis-cluster URL``: a RedisStore on a cluster client (it connects on first use)."""
+    from gateway.cli import _add_server_args, _gateway
+    from gateway.stores.redis import RedisStore
+
+    parser = argparse.ArgumentParser()
+    _add_server_args(parser, 8765)
+    store = _gateway(parser.parse_args(["--redis-cluster", "redis://127.0.0.1:7000", "--lease-ttl", "3"])).store
+    assert isinstance(store, RedisStore) and store.cluster and store.lease_ttl == 3
+    single = _gateway(parser.parse_args(["--redis", "redis://127.0.0.1:6379/0"])).store
+    assert isinstance(single, RedisStore) and not single.cluster
+    with pytest.raises(SystemExit, match="exclude each other"):
+        _gateway(parser.parse_args(["--redis", "redis://127.0.0.1:6379/0", "--redis-cluster", "redis://h:7000"]))

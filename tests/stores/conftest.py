@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from store_factories import (
     STORE_FACTORIES,
+    STORE_FIXTURES,
     STORE_MARKS,
     StoreFactory,
     delete_prefix,
@@ -24,6 +25,8 @@ def make_store(request: pytest.FixtureRequest) -> StoreFactory:
     """``async with make_store(Retention(...)) as store``: a fresh store of this backend."""
     if request.param == "redis":
         require_redis()
+    if request.param in STORE_FIXTURES:
+        request.getfixturevalue(STORE_FIXTURES[request.param])
     return STORE_FACTORIES[request.param]
 
 
