@@ -188,15 +188,16 @@ class Connection:
         gw = self.gw
         self.rules.grant, token = await self._authorize(hello)
         starter = False
+        replaced: str | None = None
         if hello.start is not None:
             refused = self.rules.refuse_start()
             if refused is not None:
                 await self._fail(refused)
             else:
-                await gw.runs.start(hello.sid, hello.start["app"], hello.start.get("input"))
+                replaced = await gw.runs.start(hello.sid, hello.start["app"], hello.start.get("input"))
                 starter = True
         # A run another node holds (store leases) fails here with sid_taken.
-        self.session = await gw.runs.await_session(hello.sid, self.ws, starter=starter)
+        self.session = await gw.runs.await_session(hello.sid, self.ws, starter=starter, not_epoch=replaced)
         info = await gw.store.info(hello.sid)
         if info is None:  # expired between the two awaits, or lost with the store
             raise gw.runs.missing_log(hello.sid)

@@ -123,12 +123,16 @@ class Runs:
             return StoreUnavailable(f"the log of {sid!r} is being re-created")
         return ProtocolError(ErrorCode.NO_SESSION, f"no session {sid!r}")
 
-    async def await_session(self, sid: str, ws: WebSocket, *, starter: bool = False) -> Session | None:
+    async def await_session(
+        self, sid: str, ws: WebSocket, *, starter: bool = False, not_epoch: str | None = None
+    ) -> Session | None:
         """The session a new client of ``sid`` joins; waits for a run if there is none.
 
         Returns None for a log served from the store alone (its run is not
         in this process).  A run refused because another node holds the sid
         counts as none, except for its ``starter``, who gets ``sid_taken``.
+        A log of epoch ``not_epoch`` counts as none (the ended run that a
+        queued start replaces).
 
         Raises:
             ProtocolError: ``no_session`` when the gateway does not wait for runs.
@@ -153,7 +157,8 @@ class Runs:
                         raise StoreUnavailable(f"the store cannot be reached: {s.trouble}")
                 await s.ready
                 return s
-            if await self.store.info(sid) is not None:
+            info = await self.store.info(sid)
+            if info is not None and info.epoch != not_epoch:
                 return None
             if not self.config.wait_for_run and not starter:
                 raise ProtocolError(ErrorCode.NO_SESSION, f"no session {sid!r}")
@@ -162,13 +167,18 @@ class Runs:
                 fut = self._born[sid] = asyncio.get_running_loop().create_future()
             closed: asyncio.Future[Any] = asyncio.ensure_future(ws.wait_closed())
             waiting: set[asyncio.Future[Any]] = {fut, closed}
+            created = getattr(self.store, "wait_created", None)
+            if created is not None:  # a store shared with other nodes tells when a log appears
+                waiting.add(asyncio.ensure_future(created(sid, 1.0, other_than=not_epoch)))
             self._born_waiters[sid] = self._born_waiters.get(sid, 0) + 1
             try:
                 # A run started here resolves fut; one started on another node
                 # sharing the store shows up in the store: look again now and then.
                 await asyncio.wait(waiting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                closed.cancel()
+                for w in waiting:
+                    if w is not fut:
+                        w.cancel()
                 left = self._born_waiters[sid] - 1
                 if left:
                     self._born_waiters[sid] = left
@@ -181,8 +191,11 @@ class Runs:
 
     # --- apps --------------------------------------------------------------------------
 
-    async def start(self, sid: str, app_name: str, value: Any) -> None:
+    async def start(self, sid: str, app_name: str, value: Any) -> str | None:
         """A client's ``hello.start``: run ``app_name`` here, or queue it for a worker that runs it.
+
+        Returns, for a queued start, the epoch of the ended run whose log it
+        will replace (None: none): the starter waits for another one.
 
         Raises:
             ProtocolError: ``no_app`` if neither this process nor a live
@@ -193,7 +206,7 @@ class Runs:
         """
         if app_name in self.apps:
             self.start_run(sid, app_name, value)
-            return
+            return None
         queue, leases = queue_of(self.store), leases_of(self.store)
         if queue is None or leases is None or app_name not in await queue.advertised():
             raise ProtocolError(ErrorCode.NO_APP, f"no app {app_name!r}")
@@ -201,6 +214,7 @@ class Runs:
         if s is not None and not s.ended:
             raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {sid!r} already has a run")
         holder = f"start-{secrets.token_hex(8)}"
+        old = await self.store.info(sid)
         if not await leases.reserve(sid, holder, START_TTL):
             raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {sid!r} already has a run (on another node)")
         if not await queue.enqueue_start(app_name, {"sid": sid, "input": value, "holder": holder}):
@@ -208,6 +222,7 @@ class Runs:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"the start queue of {app_name!r} is full; retry")
         self.metrics.runs_started += 1
         log.info("session %s: a run of %s queued for a worker", sid, app_name)
+        return old.epoch if old is not None else None
 
     async def refresh_apps(self) -> None:
         """Learn which apps worker processes run (for ``/apps``).

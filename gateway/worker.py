@@ -290,7 +290,10 @@ class Worker:
                 except (ProtocolError, ValueError) as exc:
                     # Its reservation lapsed or another run has the sid (or it runs here already).
                     log.warning("worker %s: the start of %s under %r dropped: %s", self.name, app, sid, exc)
-                    session = None
+                    refused, session = session, None
+                    if refused is not None:
+                        await asyncio.shield(refused.writer)
+                        self.runs.forget(refused)
         finally:
             await self._ack(app, entry_id)
         self.taken += 1

@@ -1228,6 +1228,35 @@ class RedisStore:
         finally:
             self._detach(watch, waiter)
 
+    async def wait_created(self, sid: str, timeout: float, *, other_than: str | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for ``sid`` to have a log (of another epoch than ``other_than``).
+
+        True if it has one now; False after the timeout, or spuriously: a
+        change of the log announced on its wake channel ends the wait.
+        """
+        if self._closed:
+            return False
+        # A waiter of no epoch: any create or append of a real one concerns it.
+        waiter = _Waiter(1 << 62, asyncio.get_running_loop().create_future(), epoch="")
+        watch = self._watch(sid)
+        self._attach(watch, waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                if not watch.ready.done():
+                    await asyncio.shield(watch.ready)
+                st = await self._check(sid)
+                if st is not None and st.epoch != other_than:
+                    return True
+                await waiter.fut
+        except TimeoutError:
+            return False
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # the subscription failed
+            raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._detach(watch, waiter)
+        st = await self._check(sid)
+        return st is not None and st.epoch != other_than
+
     def _watch(self, sid: str) -> _Watch:
         watch = self._watches.get(sid)
         if watch is None:

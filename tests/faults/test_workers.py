@@ -125,7 +125,13 @@ async def test_a_worker_runs_a_start_that_a_gateway_without_apps_queued(
             tail += await r.events(final)
     assert tail[-1].d == {"state": "done"}
     assert gw.runs.sessions == {}  # the gateway holds no agent state
-    # a second start of the sid while... it ended: allowed; an app nobody runs: no_app
+    # The sid again: a new run (the starter is not handed the ended one's log).
+    async with raw(gw.url) as r:
+        again = await r.hello("queued-1", start={"app": "slow", "input": {"n": 1}})
+        assert again.t == "welcome" and again.epoch != welcome.epoch
+        seen = await r.events(lambda e: e.k == "ask")
+        assert [e.d["msg"] for e in seen if e.k == "log"] == ["line 1"]
+    # an app nobody runs: no_app
     async with raw(gw.url) as r:
         err = await r.hello("queued-2", start={"app": "nobody-runs-this", "input": None})
         assert (err.t, err.code) == ("error", "no_app")
