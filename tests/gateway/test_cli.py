@@ -79,6 +79,7 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[Any, 
         (["serve", "--help"], ["--port", "--secret", "--app", "--retain-events"]),
         (["demo", "--help"], ["--port", "--host"]),
         (["watch", "--help"], ["--sid", "--start", "--input", "--no-input"]),
+        (["worker", "--help"], ["--redis", "--app", "--concurrency", "--claim-idle", "--lease-ttl"]),
     ],
 )
 def test_help_exits_0(argv: list[str], expect: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -101,6 +102,21 @@ def test_no_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # --- refusals ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["worker", "--app", "a=json:dumps"], "--redis URL is required"),
+        (["worker", "--redis", "redis://127.0.0.1:1/0"], "at least one --app"),
+    ],
+)
+def test_a_worker_without_redis_or_apps_is_a_clear_error(
+    argv: list[str], why: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WIREPIPE_REDIS", raising=False)
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and why in err
 
 
 async def test_serve_on_a_public_address_needs_a_secret() -> None:
