@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from servers import PrivateCluster, free_port
 from store_factories import delete_prefix, new_cluster, redis_prefix
-from support import TIMEOUT, MakeGateway, OpenRaw, ev, final, seqs
+from support import TIMEOUT, MakeGateway, OpenRaw, ev, final, request, seqs
 
 from gateway.runs import LAPSED_DETAIL
 from gateway.stores.redis import RedisStore
@@ -222,3 +222,29 @@ async def test_an_existing_cluster_client_is_used_and_left_open(redis_cluster: P
         await again.close()
     finally:
         await client.aclose()
+
+
+async def test_requests_and_workers_on_the_cluster(
+    redis_cluster: PrivateCluster, make_gw: MakeGateway, raw: OpenRaw, prefix: str
+) -> None:
+    """A gateway without apps queues the start ({starts} keys on one master); a worker runs it;
+    the client's answer reaches the worker through Redis; one sid per master."""
+    from gateway.worker import Worker
+
+    def store() -> RedisStore:
+        return RedisStore(redis_cluster.url, cluster=True, prefix=prefix)
+
+    async with Worker(store(), {"slow": _slow()}, concurrency=3):
+        gw = await make_gw(store=store(), secret=SECRET)
+        assert gw.apps == {}
+        for sid in one_sid_per_master(redis_cluster, prefix, "worked"):
+            async with raw(gw.url) as r:
+                welcome = await r.hello(sid, start={"app": "slow", "input": {"n": 5}})
+                assert welcome.t == "welcome"
+                seen = await r.events(lambda e: e.k == "ask")
+                got = await request(r, {"t": "reply", "ask": seen[-1].d["id"], "rid": "r1", "value": "yes"}, seen)
+                assert (got.ok, got.err) == (True, None)  # handed to the worker through the cluster
+                if not final(seen[-1]):
+                    seen += await r.events(final)
+            assert seen[-1].d == {"state": "done"}
+            assert [e.d["value"] for e in seen if e.k == "answer"] == ["yes"]
