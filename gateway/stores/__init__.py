@@ -7,10 +7,22 @@ no redis package.
 
 from typing import Any
 
-from .base import Appended, Leases, LogInfo, Retention, Store, leases_of
+from .base import Appended, Fetched, Fetches, Leases, LogInfo, Retention, Store, fetch, leases_of
 from .memory import MemoryStore
 
-__all__ = ["Appended", "Leases", "LogInfo", "MemoryStore", "RedisStore", "Retention", "Store", "leases_of"]
+__all__ = [
+    "Appended",
+    "Fetched",
+    "Fetches",
+    "Leases",
+    "LogInfo",
+    "MemoryStore",
+    "RedisStore",
+    "Retention",
+    "Store",
+    "fetch",
+    "leases_of",
+]
 
 
 def __getattr__(name: str) -> Any:
