@@ -53,7 +53,7 @@ from .feed import Feed, Feeds
 from .metrics import Metrics
 from .middleware import Middleware, apply_requests
 from .runs import Runs
-from .stores import Store, fetch
+from .stores import Store
 
 if TYPE_CHECKING:
     from .sessions import Session
@@ -288,7 +288,7 @@ class Connection:
         elif feed.failure is None:
             await changed.wait()  # the feed's first look is on its way
             return
-        got = await fetch(self.gw.store, self.sid, rules.cursor, limit=rules.limits.batch_max, max_bytes=BATCH_BYTES)
+        got = await self.gw.feeds.fetch(self.sid, rules.cursor, limit=rules.limits.batch_max, max_bytes=BATCH_BYTES)
         if not feed.agrees(got):
             feed.poke()
         info = got.info if got is not None else None

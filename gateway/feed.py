@@ -50,7 +50,7 @@ from typing import Final
 
 from protocol import StoreUnavailable, frame_for
 
-from .stores import Fetched, LogInfo, Store, fetch
+from .stores import Fetched, FetchFn, LogInfo, Store, fetch_of
 
 log = logging.getLogger("wirepipe.feed")
 
@@ -134,9 +134,12 @@ class Tail:
 class Feed:
     """The one reader of a sid's log on this node (see the module docstring)."""
 
-    def __init__(self, sid: str, store: Store, tail: Tail, batch_max: int, max_bytes: int, after: int) -> None:
+    def __init__(
+        self, sid: str, store: Store, fetch: FetchFn, tail: Tail, batch_max: int, max_bytes: int, after: int
+    ) -> None:
         self.sid = sid
         self.store = store
+        self._fetch = fetch
         self.tail = tail
         self.batch_max = batch_max
         self.max_bytes = max_bytes
@@ -156,7 +159,6 @@ class Feed:
         self._first_look = True
         self._frames: dict[tuple[str, int, int], bytes] = {}
         self._poked = False
-        self._waiting: asyncio.Future[bool] | None = None
         self._rest: asyncio.Future[None] | None = None
         self.idle: asyncio.TimerHandle | None = None
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"wirepipe-feed-{sid}")
@@ -185,11 +187,10 @@ class Feed:
         return frame, n
 
     def poke(self) -> None:
-        """Look at the store now (a pump saw a log that the feed's state does not show)."""
+        """Look at the store again soon (a pump saw a log that the feed's state does not show)."""
         self._poked = True
-        for fut in (self._waiting, self._rest):
-            if fut is not None and not fut.done():
-                fut.cancel()
+        if self._rest is not None and not self._rest.done():
+            self._rest.cancel()
 
     def agrees(self, got: Fetched | None) -> bool:
         """Whether a pump's own look shows the same log (existence and epoch) as the feed's state."""
@@ -210,7 +211,7 @@ class Feed:
         while True:
             try:
                 self._poked = False
-                got = await fetch(self.store, self.sid, self._after, limit=self.batch_max, max_bytes=self.max_bytes)
+                got = await self._fetch(self.sid, self._after, limit=self.batch_max, max_bytes=self.max_bytes)
                 self.fetches += 1
                 self._apply(got)
                 pause = RETRY_FIRST
@@ -243,15 +244,9 @@ class Feed:
             finally:
                 self._rest = None
             return
-        self._waiting = asyncio.ensure_future(self.store.wait(self.sid, st.head, epoch=st.epoch))
-        try:
-            await asyncio.wait({self._waiting})  # a poke cancels it
-            if not self._waiting.cancelled():
-                self._waiting.result()  # raises what the store raised
-        finally:
-            if not self._waiting.done():
-                self._waiting.cancel()
-            self._waiting = None
+        # Not cut short by a poke: a pump pokes when it saw another epoch or
+        # no log, and each of those ends this wait too.
+        await self.store.wait(self.sid, st.head, epoch=st.epoch)
 
     async def _sleep(self, seconds: float) -> None:
         """A backoff that a poke cuts short."""
@@ -312,6 +307,8 @@ class Feeds:
         self, store: Store, *, max_events: int, max_bytes: int, batch_max: int, batch_bytes: int, linger: float = LINGER
     ) -> None:
         self.store = store
+        #: The store's ``fetch`` (looked up once): for feeds, and for pumps behind them.
+        self.fetch = fetch_of(store)
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.batch_max = batch_max
@@ -331,7 +328,7 @@ class Feeds:
         feed = self._feeds.get(sid)
         if feed is None:
             tail = Tail(self.max_events, self.max_bytes)
-            feed = self._feeds[sid] = Feed(sid, self.store, tail, self.batch_max, self.batch_bytes, after)
+            feed = self._feeds[sid] = Feed(sid, self.store, self.fetch, tail, self.batch_max, self.batch_bytes, after)
             feed.task.add_done_callback(self._ended)
         if feed.idle is not None:
             feed.idle.cancel()

@@ -7,13 +7,14 @@ no redis package.
 
 from typing import Any
 
-from .base import Appended, Fetched, Fetches, Leases, LogInfo, Retention, Store, fetch, leases_of
+from .base import Appended, Fetched, Fetches, FetchFn, Leases, LogInfo, Retention, Store, fetch, fetch_of, leases_of
 from .memory import MemoryStore
 
 __all__ = [
     "Appended",
     "Fetched",
     "Fetches",
+    "FetchFn",
     "Leases",
     "LogInfo",
     "MemoryStore",
@@ -21,6 +22,7 @@ __all__ = [
     "Retention",
     "Store",
     "fetch",
+    "fetch_of",
     "leases_of",
 ]
 

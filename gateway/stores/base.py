@@ -44,7 +44,7 @@ store that lives inside one process (``MemoryStore``) needs nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -178,14 +178,36 @@ class Fetches(Protocol):
         """
 
 
-async def fetch(store: Store, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20) -> Fetched | None:
-    """``store.fetch`` if it has one (``Fetches``); else ``info`` then ``read`` of that epoch.
+#: ``fetch(sid, after, *, limit, max_bytes)`` of one store (``fetch_of``).
+FetchFn = Callable[..., Awaitable[Fetched | None]]
 
-    The fallback looks again when the log changed between its two calls
-    (replaced, or trimmed past the cursor), so it keeps ``Fetched``'s promise.
+
+def fetch_of(store: Store) -> FetchFn:
+    """The ``fetch`` of ``store``: its own (``Fetches``), or ``info`` then ``read`` of that epoch.
+
+    Look it up once and keep it: telling whether a store has ``fetch`` is
+    an ``isinstance`` against a protocol, which is not free.
     """
     if isinstance(store, Fetches):
-        return await store.fetch(sid, after, limit=limit, max_bytes=max_bytes)
+        return store.fetch
+
+    async def fallback(sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20) -> Fetched | None:
+        return await _fetch_by_info_and_read(store, sid, after, limit=limit, max_bytes=max_bytes)
+
+    return fallback
+
+
+async def fetch(store: Store, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20) -> Fetched | None:
+    """``fetch_of(store)(sid, after, ...)``: the log's state and the events after ``after``."""
+    return await fetch_of(store)(sid, after, limit=limit, max_bytes=max_bytes)
+
+
+async def _fetch_by_info_and_read(store: Store, sid: str, after: int, *, limit: int, max_bytes: int) -> Fetched | None:
+    """``Fetches.fetch`` for a store without it: ``info`` then ``read`` of that epoch.
+
+    It looks again when the log changed between its two calls (replaced,
+    or trimmed past the cursor), so it keeps ``Fetched``'s promise.
+    """
     while True:
         info = await store.info(sid)
         if info is None:
