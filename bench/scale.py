@@ -172,7 +172,7 @@ def redis_per_event(r: Redis | None, before: dict[str, int], calls: dict[str, in
     delta["info"] = delta.get("info", 0) - 2  # the bench's own INFO calls
     delta["total"] -= 3
     return {
-        "redis_round_trips_per_event": round(sum(calls.values()) / events, 2),
+        "redis_round_trips_per_event": round(sum(calls.values()) / events, 3),
         "redis_commands_per_event": round(delta["total"] / events, 2),
         "redis_publish_per_event": round(delta.get("publish", 0) / events, 3),
         "redis_round_trips": calls,
