@@ -108,6 +108,14 @@ _KNOBS: Final[list[tuple[str, Callable[[str], Any], str | None, str]]] = [
     ("drain_timeout", float, "SECONDS", "on shutdown, how long to wait for the store to take what sessions hold"),
     ("write_limit", _positive, "BYTES", "per client: bytes buffered in its socket before the gateway waits for it"),
     ("batch_max", _positive, "N", "most events in one batch frame"),
+    (
+        "feed_events",
+        _positive,
+        "N",
+        "per watched session: newest events held in memory for its watchers on this node; "
+        "a watcher further behind reads the store",
+    ),
+    ("feed_bytes", _positive, "BYTES", "per watched session: bytes of those events"),
     ("token_ttl", float, "SECONDS", "how long a resume token is valid"),
     ("rate", float, "FRAMES", "per client: frames a second before rate_limited; acks that move the window are free"),
     ("burst", float, "FRAMES", "per client: frames allowed in a burst"),

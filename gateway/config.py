@@ -68,6 +68,11 @@ class Config:
     allow_hosts: tuple[str, ...] = ()
     #: Open WebSocket connections; the next handshake gets HTTP 503 + Retry-After.
     max_connections: int = 4096
+    #: Per watched session: the newest events its feed holds for the local
+    #: watchers (``gateway/feed.py``), and their bytes; a watcher behind them
+    #: reads the store itself.
+    feed_events: int = 2048
+    feed_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         # lists are accepted (Gateway(allow_origins=[...])); a frozen config holds tuples

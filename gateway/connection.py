@@ -7,9 +7,13 @@ module owns the socket, the store and the clock, and carries out what it
 decides.  After ``hello`` and ``welcome`` two tasks serve a client.  The
 *reader* feeds each frame to the rules and sends what they return
 (``pong``, ``replied``), or runs a request against the session.  The *pump*
-asks the rules for its next step and reads the store after the cursor
-(everything ready, up to the window and a byte budget), sends it as one
-``ev`` or ``batch`` frame, and waits on the socket's drain.  Nothing is
+asks the rules for its next step and takes what follows its cursor
+(everything ready, up to the window and a byte budget) from its sid's
+``Feed`` (``gateway/feed.py``: the one reader of that log on this node,
+which holds the newest events and where the log stands), sends it as one
+``ev`` or ``batch`` frame, and waits on the socket's drain; at the head it
+waits on the feed, not on the store.  A cursor older than the feed's tail,
+and any step but reading or waiting for an ack, go to the store itself.  Nothing is
 queued per client, so a slow client costs a cursor and the socket's bounded
 write buffer, and the producer and the other clients never wait for it.
 """
@@ -43,6 +47,7 @@ from protocol import (
 from protocol.server import BATCH_BYTES, ConnectionLimits, Request, ServerConnection, Step
 
 from .config import Auth, Config
+from .feed import Feed, Feeds
 from .metrics import Metrics
 from .middleware import Middleware, apply_requests
 from .runs import Runs
@@ -67,6 +72,8 @@ class Services:
     secret: bytes
     auth: Auth | None
     default_grant: Grant
+    #: The per-sid readers of the store that this gateway's pumps share.
+    feeds: Feeds
     middleware: tuple[Middleware, ...] = ()
 
 
@@ -244,31 +251,73 @@ class Connection:
     # --- the pump -------------------------------------------------------------
 
     async def _pump(self) -> None:
-        store = self.gw.store
-        sid = self.sid
+        feed = self.gw.feeds.join(self.sid, self.rules.cursor)
+        try:
+            while True:
+                await self._pump_step(feed)
+        finally:
+            self.gw.feeds.leave(feed)
+
+    async def _pump_step(self, feed: Feed) -> None:
+        """One step: a frame from the feed's tail, a wait, or a look at the store itself."""
         rules = self.rules
-        while True:
-            info = await store.info(sid)
+        changed = feed.changed  # set by any change after this look
+        if feed.known and feed.failure is None:
+            info = feed.state
             step, room = rules.next_step(info.epoch if info else None, info.first if info else 0)
             if step is Step.READ:
-                raws = await store.read(sid, rules.cursor, limit=room, max_bytes=BATCH_BYTES, epoch=rules.epoch)
-                if not raws:
-                    await store.wait(sid, rules.cursor, epoch=rules.epoch)
-                    continue
-                await self._send(frame_for(raws))
-                rules.sent(len(raws))
-                self.gw.metrics.sent(len(raws))
+                assert info is not None
+                if rules.cursor >= info.head:
+                    await changed.wait()
+                    return
+                frame, n = feed.take(rules.cursor, room)
+                if n > 0:
+                    await self._deliver(frame, n)
+                    return
+                if n == 0:  # the feed is still reading up to its head
+                    await changed.wait()
+                    return
+                # older than the tail: read the store, below
             elif step is Step.WAIT_ACK:
-                self._acked.clear()
-                await self._acked.wait()
-            elif step is Step.EXPIRED:
-                # Idle until a new run of this sid appears.
-                await self.gw.runs.await_session(sid, self.ws)
-                await self._restart()
+                await self._wait_ack()
+                return
+            # else a new epoch, no log, or lagged as the feed saw it: the feed
+            # may be behind what this connection's welcome saw, so decide on
+            # a look of our own, below.
+        elif feed.failure is None:
+            await changed.wait()  # the feed's first look is on its way
+            return
+        got = await self.gw.feeds.fetch(self.sid, rules.cursor, limit=rules.limits.batch_max, max_bytes=BATCH_BYTES)
+        if not feed.agrees(got):
+            feed.poke()
+        info = got.info if got is not None else None
+        step, room = rules.next_step(info.epoch if info else None, info.first if info else 0)
+        if step is Step.READ:
+            assert got is not None
+            raws = got.raws[:room]
+            if raws:
+                await self._deliver(frame_for(raws), len(raws))
             else:
-                if step is Step.LAGGED:
-                    await self._fail(rules.lagged())
-                await self._restart()
+                await changed.wait()
+        elif step is Step.WAIT_ACK:
+            await self._wait_ack()
+        elif step is Step.EXPIRED:
+            # Idle until a new run of this sid appears.
+            await self.gw.runs.await_session(self.sid, self.ws)
+            await self._restart()
+        else:
+            if step is Step.LAGGED:
+                await self._fail(rules.lagged())
+            await self._restart()
+
+    async def _deliver(self, frame: bytes, n: int) -> None:
+        await self._send(frame)
+        self.rules.sent(n)
+        self.gw.metrics.sent(n)
+
+    async def _wait_ack(self) -> None:
+        self._acked.clear()
+        await self._acked.wait()
 
     # --- the reader -----------------------------------------------------------
 

@@ -38,7 +38,8 @@ from websockets.typing import Subprotocol
 from protocol import SUBPROTOCOL, Grant
 
 from .config import App, Auth, Config
-from .connection import Connection, Services
+from .connection import BATCH_BYTES, Connection, Services
+from .feed import Feeds
 from .front import FrontDoor, is_loopback, redacting_logger
 from .http_front import HttpFront
 from .metrics import Metrics
@@ -93,12 +94,20 @@ class Gateway:
         #: Every event and client request passes these, in order (docs/middleware.md).
         self.middleware = tuple(middleware)
         self.runs = Runs(self.store, self.config, self.apps, self.metrics, self.middleware)
+        #: The one reader of each watched session's log here (``gateway/feed.py``).
+        self.feeds = Feeds(
+            self.store,
+            max_events=self.config.feed_events,
+            max_bytes=self.config.feed_bytes,
+            batch_max=self.config.batch_max,
+            batch_bytes=BATCH_BYTES,
+        )
         self.http = HttpFront(
             self.config,
             self.front,
             self.metrics,
             apps=lambda: sorted(set(self.apps) | set(self.runs.remote_apps)),
-            gauges=lambda: {"wirepipe_sessions": len(self.runs.sessions)},
+            gauges=lambda: {"wirepipe_sessions": len(self.runs.sessions), "wirepipe_feeds": len(self.feeds)},
             closing=lambda: self._closing,
         )
         self._services = Services(
@@ -109,6 +118,7 @@ class Gateway:
             self.secret,
             self.auth,
             self.default_grant,
+            self.feeds,
             self.middleware,
         )
         self._conns: set[Connection] = set()
@@ -200,6 +210,7 @@ class Gateway:
             if self._server is not None:
                 self._server.close()
                 await self._server.wait_closed()
+            await self.feeds.close()
             try:
                 await asyncio.wait_for(self.store.close(), STORE_CLOSE_TIMEOUT)
             except Exception as exc:

@@ -9,12 +9,17 @@ from typing import Any
 
 from .base import (
     Appended,
+    Fetched,
+    Fetches,
+    FetchFn,
     Leases,
     LogInfo,
     Requests,
     Retention,
     StartQueue,
     Store,
+    fetch,
+    fetch_of,
     leases_of,
     queue_of,
     requests_of,
@@ -23,6 +28,9 @@ from .memory import MemoryStore
 
 __all__ = [
     "Appended",
+    "Fetched",
+    "Fetches",
+    "FetchFn",
     "Leases",
     "LogInfo",
     "MemoryStore",
@@ -31,6 +39,8 @@ __all__ = [
     "Retention",
     "StartQueue",
     "Store",
+    "fetch",
+    "fetch_of",
     "leases_of",
     "queue_of",
     "requests_of",

@@ -23,6 +23,13 @@ inside the gateway's process) may say so with a class attribute
 ``loses_no_logs = True``: writers then keep no copy of the state that a
 re-created log would need.
 
+Reading with the state (optional).  A store may also implement ``Fetches``
+(both built-in stores do): ``fetch`` returns where the log stands together
+with the events after a cursor, read at one instant, so a reader needs one
+round trip instead of ``info`` then ``read``, and the two always agree.
+``fetch_of(store)`` gives it for any store (falling back to ``info`` and
+``read`` for one without it).
+
 Writer leases (optional).  A store shared by several gateway nodes may also
 implement ``Leases`` (``RedisStore`` does): each run's Session claims its sid
 before it creates the log, renews the claim every ``lease_ttl / 3`` seconds
@@ -45,9 +52,11 @@ returns the store when it can.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from protocol import decode_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +77,19 @@ class LogInfo:
     first: int
     head: int
     ended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A log's state and the events after a cursor, read at one instant (``Fetches.fetch``).
+
+    ``raws`` are consecutive events of ``info.epoch`` starting at seq
+    ``max(after + 1, info.first)`` (``after`` is what was passed to ``fetch``),
+    so the seq of each is known without decoding it.
+    """
+
+    info: LogInfo
+    raws: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +166,70 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release resources."""
+
+
+@runtime_checkable
+class Fetches(Protocol):
+    """A store that reads a log's state and its events in one step (see the module docstring)."""
+
+    async def fetch(self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20) -> Fetched | None:
+        """``info(sid)`` and the events after ``after`` of that same log, at one instant.
+
+        None if there is no log.  Otherwise the events (``limit`` and
+        ``max_bytes`` as in ``Store.read``: at most ``limit``, at least one
+        if any, stopping before the event that would pass ``max_bytes``)
+        start at ``max(after + 1, info.first)``; none if ``after >= head``
+        or ``limit <= 0`` (a look at the state alone).
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
+
+
+#: ``fetch(sid, after, *, limit, max_bytes)`` of one store (``fetch_of``).
+FetchFn = Callable[..., Awaitable[Fetched | None]]
+
+
+def fetch_of(store: Store) -> FetchFn:
+    """The ``fetch`` of ``store``: its own (``Fetches``), or ``info`` then ``read`` of that epoch.
+
+    Look it up once and keep it: telling whether a store has ``fetch`` is
+    an ``isinstance`` against a protocol, which is not free.
+    """
+    if isinstance(store, Fetches):
+        return store.fetch
+
+    async def fallback(sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20) -> Fetched | None:
+        return await _fetch_by_info_and_read(store, sid, after, limit=limit, max_bytes=max_bytes)
+
+    return fallback
+
+
+async def fetch(store: Store, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20) -> Fetched | None:
+    """``fetch_of(store)(sid, after, ...)``: the log's state and the events after ``after``."""
+    return await fetch_of(store)(sid, after, limit=limit, max_bytes=max_bytes)
+
+
+async def _fetch_by_info_and_read(store: Store, sid: str, after: int, *, limit: int, max_bytes: int) -> Fetched | None:
+    """``Fetches.fetch`` for a store without it: ``info`` then ``read`` of that epoch.
+
+    It looks again when the log changed between its two calls (replaced,
+    or trimmed past the cursor), so it keeps ``Fetched``'s promise.
+    """
+    while True:
+        info = await store.info(sid)
+        if info is None:
+            return None
+        start = max(after + 1, info.first)
+        if start > info.head or limit <= 0:
+            return Fetched(info, [])
+        raws = await store.read(sid, after, limit=limit, max_bytes=max_bytes, epoch=info.epoch)
+        if raws and decode_event(raws[0]).seq == start:
+            last = start + len(raws) - 1
+            if last > info.head:  # appended since the look: the read is the newer truth
+                info = LogInfo(info.epoch, info.first, last, info.ended)
+            return Fetched(info, raws)
+        # replaced, expired or trimmed in between: look again
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ from typing import Any
 
 from protocol import LogMissing, LogReplaced, SeqGap, Snapshot
 
-from .base import Appended, LogInfo, Retention, Store
+from .base import Appended, Fetched, Fetches, LogInfo, Retention, Store
 
 
 class _Log:
@@ -49,6 +49,18 @@ class _Log:
         if self.changed is not None and not self.changed.done():
             self.changed.set_result(None)
         self.changed = None
+
+
+def _slice(log: _Log, after: int, limit: int, max_bytes: int) -> list[bytes]:
+    """The events of ``log`` after seq ``after`` (which is before its head), as ``Store.read``."""
+    i = log.skip + max(0, after + 1 - log.first)
+    out = log.events[i : i + limit]
+    size = 0
+    for n, raw in enumerate(out):
+        size += len(raw)
+        if size > max_bytes and n:
+            return out[:n]
+    return out
 
 
 class MemoryStore:
@@ -121,14 +133,17 @@ class MemoryStore:
         log = self._get(sid)
         if log is None or after >= log.head or (epoch is not None and log.epoch != epoch):
             return []
-        i = log.skip + max(0, after + 1 - log.first)
-        out = log.events[i : i + limit]
-        size = 0
-        for n, raw in enumerate(out):
-            size += len(raw)
-            if size > max_bytes and n:
-                return out[:n]
-        return out
+        return _slice(log, after, limit, max_bytes)
+
+    async def fetch(self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20) -> Fetched | None:
+        self._purge()
+        log = self._get(sid)
+        if log is None:
+            return None
+        info = LogInfo(log.epoch, log.first, log.head, log.ended_at is not None)
+        if after >= log.head or limit <= 0:
+            return Fetched(info, [])
+        return Fetched(info, _slice(log, after, limit, max_bytes))
 
     async def wait(self, sid: str, after: int, timeout: float | None = None, *, epoch: str | None = None) -> bool:
         log = self._get(sid)
@@ -182,3 +197,4 @@ class MemoryStore:
 
 
 _: type[Store] = MemoryStore
+__: type[Fetches] = MemoryStore

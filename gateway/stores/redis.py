@@ -37,7 +37,10 @@ One epoch per reader.  A log can be replaced (a new run of the sid, on any
 node) between a reader's ``info`` and its ``read``; a reader that passes the
 epoch it follows (``read(..., epoch=)``, ``wait(..., epoch=)``) gets [] or
 False once the log is of another one, checked inside the read script, so it
-never splices two epochs (docs/protocol.md section 2).
+never splices two epochs (docs/protocol.md section 2).  ``fetch`` (a
+gateway's feed, and a reader behind it) reads the meta hash and the events
+after a cursor in one script: the state and the events of one instant, one
+round trip.
 
 Waiting.  No waiter holds a connection.  One pub/sub connection per store
 subscribes to the wake channel of each sid that has local waiters (and for
@@ -120,6 +123,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import inspect
 import itertools
@@ -137,6 +141,7 @@ from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ClusterError,
     NoScriptError,
@@ -151,7 +156,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol import LeaseLost, LogMissing, LogReplaced, SeqGap, Snapshot, StoreUnavailable, decode_event, packb
 
-from .base import Appended, LogInfo, Retention, Store
+from .base import Appended, Fetched, Fetches, LogInfo, Retention, Store
 
 log = logging.getLogger("wirepipe.store.redis")
 
@@ -291,6 +296,27 @@ for i, e in ipairs(redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
   out[i] = struct.pack('>I4', #raw) .. raw
 end
 return table.concat(out)
+"""
+
+# KEYS: log, meta.  ARGV: after, limit, max_bytes.  ``fetch``: the state and the
+# events after ``after`` in one reply: nil (no log), or {epoch, first, head,
+# ended (0/1), events as in _READ (from max(after + 1, first))}.
+_FETCH: Final = """
+local st = redis.call('HMGET', KEYS[2], 'epoch', 'first', 'head', 'ended_at')
+if not st[1] then return nil end
+local out, size = {}, 0
+local after, first, head = tonumber(ARGV[1]), tonumber(st[2]), tonumber(st[3])
+if after < head and tonumber(ARGV[2]) > 0 then
+  local max_bytes = tonumber(ARGV[3])
+  local start = string.format('%d-0', math.max(after + 1, first))
+  for i, e in ipairs(redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', ARGV[2])) do
+    local raw = e[2][2]
+    size = size + #raw
+    if size > max_bytes and i > 1 then break end
+    out[i] = struct.pack('>I4', #raw) .. raw
+  end
+end
+return {st[1], first, head, st[4] and 1 or 0, table.concat(out)}
 """
 
 # KEYS: log, meta.  Reply: nil, or {epoch, head, snap, snap_seq, {raws after snap_seq}}.
@@ -857,6 +883,19 @@ class RedisStore:
         args: list[str | int] = [start, limit, max_bytes, epoch or ""]
         blob: bytes = await self._io(self._read(keys=self._keys(sid), args=args))
         return _split(blob)
+
+    @functools.cached_property
+    def _fetch(self) -> AsyncScript:
+        return self._redis.register_script(_FETCH)
+
+    async def fetch(self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20) -> Fetched | None:
+        """``Fetches.fetch``: the state and the events after ``after``, one script, one round trip."""
+        args: list[int] = [max(after, 0), max(limit, 0), max_bytes]
+        got = await self._io(self._fetch(keys=self._keys(sid)[:2], args=args))
+        if got is None:
+            return None
+        epoch, first, head, ended, blob = got
+        return Fetched(LogInfo(_str(epoch), int(first), int(head), bool(int(ended))), _split(blob))
 
     async def info(self, sid: str) -> LogInfo | None:
         epoch, first, head, ended_at = await self._io(
@@ -1692,3 +1731,4 @@ def _fold(snap: bytes, tail: Sequence[bytes]) -> Snapshot:
 
 
 _: type[Store] = RedisStore
+__: type[Fetches] = RedisStore

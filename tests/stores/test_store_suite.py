@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from support import MS, TIMEOUT, ev, seqs, started
 
-from gateway.stores import Appended, LogInfo, Retention, Store
+from gateway.stores import Appended, Fetched, Fetches, LogInfo, Retention, Store, fetch
 
 # --- helpers --------------------------------------------------------------------
 
@@ -464,3 +465,82 @@ async def test_a_wait_for_a_replaced_epoch_returns_false(store: Store, sid: str)
     # and a wait that starts on the wrong epoch returns at once
     assert await asyncio.wait_for(store.wait(sid, 0, timeout=TIMEOUT, epoch="e1"), TIMEOUT) is False
     assert await asyncio.wait_for(store.wait(sid, 0, timeout=TIMEOUT, epoch="e2"), TIMEOUT) is True
+
+
+# --- fetch: the state and the events at one instant ----------------------------------
+
+
+class BaseOnly:
+    """A store seen through the base ``Store`` protocol alone (no ``fetch``): the fallback's path."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.retention = store.retention
+        self.info = store.info
+        self.read = store.read
+        self.wait = store.wait
+        self.create = store.create
+        self.append = store.append
+        self.snapshot = store.snapshot
+        self.end = store.end
+        self.close = store.close
+
+
+@pytest.fixture(params=["native", "fallback"])
+def fetch_of(request: pytest.FixtureRequest, store: Store) -> Callable[..., Awaitable[Fetched | None]]:
+    """``stores.fetch`` on the store itself (its ``Fetches.fetch``) or on one without ``fetch``."""
+    if request.param == "native":
+        assert isinstance(store, Fetches)
+        target: Any = store
+    else:
+        target = BaseOnly(store)
+        assert not isinstance(target, Fetches)
+
+    async def call(sid: str, after: int, **kw: Any) -> Fetched | None:
+        return await fetch(target, sid, after, **kw)
+
+    return call
+
+
+async def test_fetch_of_no_log_is_none(store: Store, sid: str, fetch_of: Any) -> None:
+    assert await fetch_of(sid, 0) is None
+
+
+async def test_fetch_returns_the_state_with_the_events(store: Store, sid: str, fetch_of: Any) -> None:
+    batch = await filled(store, sid, 5)
+    got = await fetch_of(sid, 0)
+    assert got == Fetched(LogInfo("e1", 1, 5, False), [e.raw for e in batch])
+    assert seqs((await fetch_of(sid, 3)).raws) == [4, 5]
+    assert seqs((await fetch_of(sid, 1, limit=2)).raws) == [2, 3]
+    size = len(batch[0].raw)
+    assert seqs((await fetch_of(sid, 0, max_bytes=2 * size + 1)).raws) == [1, 2]
+    assert seqs((await fetch_of(sid, 0, max_bytes=1)).raws) == [1]  # at least one
+    # at the head, past it, or limit 0: the state alone
+    for after, kw in ((5, {}), (9, {}), (0, {"limit": 0})):
+        assert await fetch_of(sid, after, **kw) == Fetched(LogInfo("e1", 1, 5, False), [])
+    await store.end(sid)
+    assert (await fetch_of(sid, 5)).info.ended
+
+
+async def test_fetch_behind_first_starts_at_first(make_store: Any, sid: str) -> None:
+    async with make_store(Retention(max_events=3)) as store:
+        await filled(store, sid, 10)
+        for target in (store, BaseOnly(store)):
+            got = await fetch(target, sid, 2)
+            assert got is not None and got.info.first == 8
+            assert seqs(got.raws) == [8, 9, 10]  # the caller compares with info.first: it lagged
+
+
+async def test_fetch_after_a_replacement_shows_the_new_epoch_only(store: Store, sid: str, fetch_of: Any) -> None:
+    await filled(store, sid, 5, epoch="e1")
+    await store.create(sid, "e2")
+    await store.append(sid, evs(1, 2))
+    got = await fetch_of(sid, 1)
+    assert got.info == LogInfo("e2", 1, 2, False) and seqs(got.raws) == [2]
+    # a reader of e1 at seq 5 sees e2's head behind it: no events, and the epoch says why
+    assert await fetch_of(sid, 5) == Fetched(LogInfo("e2", 1, 2, False), [])
+    # a log continued under a new epoch keeps its seqs
+    await store.create(sid, "e3", head=40)
+    await store.append(sid, evs(41, 2))
+    got = await fetch_of(sid, 0)
+    assert got.info == LogInfo("e3", 41, 42, False) and seqs(got.raws) == [41, 42]

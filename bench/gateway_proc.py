@@ -1,0 +1,130 @@
+"""The gateway of ``bench.scale``, in a process of its own (so its CPU can be read from /proc).
+
+Run as a script, with the tree to measure first on PYTHONPATH (it uses only
+the API that every version has: ``Gateway``, ``MemoryStore``,
+``RedisStore``, ``Retention``, ``pipe``):
+
+    PYTHONPATH=TREE python bench/gateway_proc.py --store redis --redis URL throughput --n 100000
+    PYTHONPATH=TREE python bench/gateway_proc.py --store memory many --sessions 500 --rate 10 --seconds 15
+
+Prints JSON lines on stdout: ``{"url", "pid", "gateway"}`` once listening,
+then waits for ``go`` on stdin, writes, and prints ``{"t0", "written"}``;
+at the next line, ``{"redis_calls"}`` (the Redis commands this process sent
+since ``go``, by name: its round trips; a script call counts once).  It
+exits when stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import gateway
+from gateway import Gateway, MemoryStore
+from gateway.stores import Retention
+
+PAYLOAD = "x" * 54  # with a 10-char counter: 64-byte strings, as in ``python -m bench``
+CALLS: Counter[str] = Counter()
+
+
+def say(**kw: object) -> None:
+    print(json.dumps(kw), flush=True)
+
+
+def count_redis_calls() -> None:
+    """Count every command this process sends to Redis (instrumentation of redis-py's entry points)."""
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+
+    def wrap(cls: Any) -> None:
+        inner = cls.execute_command
+
+        async def execute_command(self: Any, *args: Any, **kw: Any) -> Any:
+            CALLS[str(args[0]).upper()] += 1
+            return await inner(self, *args, **kw)
+
+        cls.execute_command = execute_command
+
+    wrap(Redis)
+    wrap(PubSub)
+
+
+async def line() -> str:
+    return await asyncio.to_thread(sys.stdin.readline)
+
+
+async def main(a: argparse.Namespace) -> None:
+    if a.store == "redis":
+        from gateway import RedisStore
+
+        count_redis_calls()
+        retention = Retention(max_events=a.n + 10, max_bytes=1 << 30)
+        store: Any = RedisStore(a.redis, retention=retention, prefix="bench:")
+    else:
+        store = MemoryStore(Retention(max_events=a.n + 10, max_bytes=1 << 30))
+    async with Gateway(port=0, store=store) as gw:
+        sids = ["bench"] if a.mode == "throughput" else [f"s{i}" for i in range(a.sessions)]
+        pipes = [gw.pipe(sid) for sid in sids]
+        for p in pipes:
+            await p.drained()
+        say(url=gw.url, pid=__import__("os").getpid(), gateway=gateway.__file__)
+        await line()  # go
+        CALLS.clear()
+        t0 = time.time()
+        if a.mode == "throughput":
+            pipe = pipes[0]
+            msgs = [f"{i:010d}{PAYLOAD}" for i in range(a.n)]
+
+            def agent() -> None:
+                for m in msgs:
+                    pipe.set_message(m)
+
+            th = threading.Thread(target=agent)
+            th.start()
+            await asyncio.to_thread(th.join)
+            written = a.n
+        else:
+            written = await many(pipes, a.rate, a.seconds)
+        for p in pipes:
+            await p.drained()
+        say(t0=t0, written=written)
+        await line()  # the clients have everything: what did it cost?
+        say(redis_calls=dict(CALLS))
+        await line()  # the parent has read what it needs: close
+
+
+async def many(pipes: list[Any], rate: float, seconds: float) -> int:
+    """Every pipe writes ``rate`` events a second, phases spread evenly, for ``seconds``.
+
+    Round robin: the g-th event of all is session ``g % n``'s, due at
+    ``start + g / (n * rate)``.
+    """
+    n = len(pipes)
+    total = int(n * rate * seconds)
+    start = time.monotonic()
+    g = 0
+    while g < total:
+        due = min(total, int((time.monotonic() - start) * rate * n) + 1)
+        while g < due:
+            pipes[g % n].set_message(f"{g:010d}{PAYLOAD}")
+            g += 1
+        await asyncio.sleep(0.002)  # the agent's pace, not a synchronisation
+    return total
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--store", choices=["memory", "redis"], default="memory")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    p.add_argument("mode", choices=["throughput", "many"])
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--sessions", type=int, default=500)
+    p.add_argument("--rate", type=float, default=10.0)
+    p.add_argument("--seconds", type=float, default=15.0)
+    asyncio.run(main(p.parse_args()))

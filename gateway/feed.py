@@ -1,0 +1,380 @@
+"""Feeds: each session's log read once per node and handed to every local watcher.
+
+Theory of operation
+-------------------
+Without feeds every client connection (its *pump*, ``gateway/connection.py``)
+would look at the store for itself: where the log stands, then the events
+after its cursor, then a wait; N watchers of one run cost N reads of every
+event, and with a store across the network N round trips each.
+
+A ``Feed`` is the one reader of a sid on this node while at least one pump
+watches it.  Its task loops: ``fetch`` (``stores.fetch``: the log's state and
+the events after the feed's position, at one instant), then ``Store.wait``
+once it has caught up.  It keeps
+
+- ``state``: what the last fetch saw (epoch, first, head, ended; None: no
+  log), so pumps need no ``Store.info`` per step;
+- a bounded *tail*: the newest encoded events of the current epoch, at most
+  ``Config.feed_events`` events and ``Config.feed_bytes`` bytes (the oldest
+  leave first; ``wirepipe serve --feed-events/--feed-bytes``).  A new epoch
+  (a new run of the sid, a log re-created after a loss) empties it, so two
+  epochs never meet in it (docs/protocol.md section 2);
+- the last frames it built from the tail (at most ``FRAMES``), by (epoch,
+  first seq, last seq): watchers at the same cursor and window get the same
+  bytes, built once;
+- ``changed``: an ``asyncio.Event`` set (and replaced) whenever any of that
+  changes.  Pumps wait on it, not on the store.
+
+A pump asks the rules (``protocol.server.ServerConnection.next_step``) with
+the feed's state, takes its next frame from the tail, or waits for a change.
+Two cases go to the store directly, as every pump did before feeds: a cursor
+older than the tail (a client replaying old events, or far behind), and a
+step other than read or wait-for-ack (a new epoch, no log, lagged): the
+feed's view may be older than what the pump's own welcome saw, so the pump
+decides on a fresh ``fetch`` and, if that disagrees with the feed, pokes it.
+
+Faults.  A store error in the feed's task (``StoreUnavailable`` or anything
+else) is logged, recorded in ``failure`` (pumps then read the store
+themselves, and get the same error as before feeds: a retryable
+``unavailable`` close), and retried with backoff (``RETRY_FIRST`` doubling to
+``RETRY_CAP``) or as soon as a pump pokes it.  The task ends only when the
+feed is dropped: ``LINGER`` seconds after its last pump left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from typing import Final
+
+from protocol import StoreUnavailable, frame_for
+
+from .stores import Fetched, FetchFn, LogInfo, Store, fetch_of
+
+log = logging.getLogger("wirepipe.feed")
+
+#: Seconds a feed lives on after its last pump left (a client that reconnects
+#: at once finds it still warm).
+LINGER: Final = 5.0
+#: Frames a feed keeps after building them, for the next watcher at the same place.
+FRAMES: Final = 2
+#: Backoff between retries of a failing store: first, cap (seconds).
+RETRY_FIRST: Final = 0.05
+RETRY_CAP: Final = 2.0
+
+
+class Tail:
+    """The newest encoded events of one epoch, consecutive, bounded by count and bytes.
+
+    ``first`` is the seq of the oldest held, ``next`` the seq the next
+    added event must have.  Trimmed events are skipped by offset and
+    compacted away in bulk.
+    """
+
+    __slots__ = ("raws", "ends", "skip", "first", "nbytes", "max_events", "max_bytes")
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.raws: list[bytes] = []
+        #: ends[i]: bytes of raws[0..i] (running total), for byte-bounded takes.
+        self.ends: list[int] = []
+        self.skip = 0
+        self.first = 1
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self.raws) - self.skip
+
+    @property
+    def next(self) -> int:
+        return self.first + len(self)
+
+    def reset(self, first: int) -> None:
+        """Empty, to hold events from seq ``first`` on."""
+        self.raws, self.ends, self.skip, self.first, self.nbytes = [], [], 0, first, 0
+
+    def add(self, raws: list[bytes]) -> None:
+        """Append the events after ``next``, then trim the oldest past the bounds."""
+        total = self.ends[-1] if self.ends else 0
+        for raw in raws:
+            total += len(raw)
+            self.raws.append(raw)
+            self.ends.append(total)
+            self.nbytes += len(raw)
+        n = len(self.raws)
+        while self.skip < n and (n - self.skip > self.max_events or self.nbytes > self.max_bytes):
+            self.nbytes -= len(self.raws[self.skip])
+            self.skip += 1
+            self.first += 1
+        if self.skip > 1024 and self.skip * 2 > n:
+            del self.raws[: self.skip]
+            del self.ends[: self.skip]
+            self.skip = 0
+
+    def span(self, after: int, limit: int, max_bytes: int) -> tuple[int, int]:
+        """Where the events after seq ``after`` are: (index into ``raws``, count).
+
+        As ``Store.read``: at most ``limit``, at least one, stopping before
+        the event that would pass ``max_bytes``.  Count -1: ``after + 1`` is
+        older than the tail; 0: nothing after ``after`` here yet.
+        """
+        if after + 1 < self.first:
+            return 0, -1
+        i = self.skip + after + 1 - self.first
+        n = min(limit, len(self.raws) - i)
+        if n <= 0:
+            return i, 0
+        before = self.ends[i - 1] if i else 0
+        fit = bisect.bisect_right(self.ends, before + max_bytes, i, i + n) - i
+        return i, max(fit, 1)
+
+
+class Feed:
+    """The one reader of a sid's log on this node (see the module docstring)."""
+
+    def __init__(
+        self, sid: str, store: Store, fetch: FetchFn, tail: Tail, batch_max: int, max_bytes: int, after: int
+    ) -> None:
+        self.sid = sid
+        self.store = store
+        self._fetch = fetch
+        self.tail = tail
+        self.batch_max = batch_max
+        self.max_bytes = max_bytes
+        #: The log as the last fetch saw it (None: no log).  Meaningful once ``known``.
+        self.state: LogInfo | None = None
+        #: False until the first fetch answered.
+        self.known = False
+        #: The error of the last try, until a fetch succeeds again.
+        self.failure: Exception | None = None
+        #: Set, and replaced by a fresh one, on every change of the above or of the tail.
+        self.changed = asyncio.Event()
+        #: Pumps following this feed.
+        self.pumps = 0
+        #: Fetches made (for tests and monitoring: reads of this log by this node).
+        self.fetches = 0
+        self._after = after  # the feed's position: the last seq it read
+        self._first_look = True
+        self._frames: dict[tuple[str, int, int], bytes] = {}
+        self._poked = False
+        self._rest: asyncio.Future[None] | None = None
+        self.idle: asyncio.TimerHandle | None = None
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"wirepipe-feed-{sid}")
+
+    # --- for pumps ----------------------------------------------------------------
+
+    def take(self, after: int, room: int) -> tuple[bytes, int]:
+        """The frame of the events after seq ``after`` (at most ``room``), from the tail.
+
+        Returns (frame, count).  Count -1: ``after + 1`` is older than the
+        tail (read the store); 0: nothing yet (wait for ``changed``).  Only
+        for a pump that follows the feed's epoch (``state.epoch``).
+        """
+        tail = self.tail
+        i, n = tail.span(after, room, self.max_bytes)
+        if n <= 0:
+            return b"", n
+        assert self.state is not None
+        key = (self.state.epoch, after + 1, after + n)
+        frame = self._frames.get(key)
+        if frame is None:
+            frame = frame_for(tail.raws[i : i + n])
+            if len(self._frames) >= FRAMES:
+                del self._frames[next(iter(self._frames))]
+            self._frames[key] = frame
+        return frame, n
+
+    def poke(self) -> None:
+        """Look at the store again soon (a pump saw a log that the feed's state does not show)."""
+        self._poked = True
+        if self._rest is not None and not self._rest.done():
+            self._rest.cancel()
+
+    def agrees(self, got: Fetched | None) -> bool:
+        """Whether a pump's own look shows the same log (existence and epoch) as the feed's state."""
+        if not self.known or self.failure is not None:
+            return False
+        if got is None or self.state is None:
+            return got is None and self.state is None
+        return got.info.epoch == self.state.epoch
+
+    # --- the task -----------------------------------------------------------------
+
+    def _bump(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def _run(self) -> None:
+        pause = RETRY_FIRST
+        while True:
+            try:
+                self._poked = False
+                got = await self._fetch(self.sid, self._after, limit=self.batch_max, max_bytes=self.max_bytes)
+                self.fetches += 1
+                self._apply(got)
+                pause = RETRY_FIRST
+                if not self._poked:
+                    await self._wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.failure is None:
+                    if isinstance(exc, StoreUnavailable):
+                        log.warning("feed %r: %s; retrying", self.sid, exc)
+                    else:
+                        log.exception("feed %r: the store failed; retrying", self.sid)
+                self.failure = exc
+                self._bump()
+                await self._sleep(pause)
+                pause = min(pause * 2, RETRY_CAP)
+
+    async def _wait(self) -> None:
+        """Until the log may have changed past what the feed holds (or a poke)."""
+        st = self.state
+        if st is not None and self._after < st.head:
+            return  # more to read
+        if st is None:
+            # No log: nothing in the store to wait on.  Pumps wait for a run
+            # of the sid themselves and poke the feed once they see one.
+            self._rest = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait({self._rest})
+            finally:
+                self._rest = None
+            return
+        # Not cut short by a poke: a pump pokes when it saw another epoch or
+        # no log, and each of those ends this wait too.
+        await self.store.wait(self.sid, st.head, epoch=st.epoch)
+
+    async def _sleep(self, seconds: float) -> None:
+        """A backoff that a poke cuts short."""
+        if self._poked:
+            return
+        self._rest = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait({self._rest}, timeout=seconds)
+        finally:
+            self._rest = None
+
+    def _apply(self, got: Fetched | None) -> None:
+        """Take in what a fetch returned: the state, and the events into the tail."""
+        was, failed = self.state, self.failure is not None
+        self.failure = None
+        tail = self.tail
+        if got is None:
+            self.state = None
+            if was is not None or not self.known or failed:
+                tail.reset(1)
+                self._frames.clear()
+                self._after = 0
+                self.known = True
+                self._bump()
+            return
+        info, raws = got.info, got.raws
+        start = max(self._after + 1, info.first)  # the seq of raws[0]
+        if was is None or was.epoch != info.epoch or not self.known:
+            # A first look, or a new epoch: the tail holds only this epoch, from
+            # near its head (or from the first pump's cursor on a first look).
+            want = max(info.first, info.head - tail.max_events + 1)
+            if self._first_look:
+                want = max(want, min(self._after + 1, info.head + 1))
+            self._first_look = False
+            self._frames.clear()
+            if raws and start >= want:
+                tail.reset(start)
+                tail.add(raws)
+            else:
+                tail.reset(want)
+                if raws and start + len(raws) > want:
+                    tail.add(raws[want - start :])
+        elif raws:
+            if start != tail.next:  # the store trimmed past the tail's end
+                tail.reset(start)
+            tail.add(raws)
+        self._after = tail.next - 1
+        self.state = info
+        self.known = True
+        if raws or info != was or failed:
+            self._bump()
+
+
+class Feeds:
+    """The feeds of one gateway, by sid: made by the first pump of a sid, dropped after the last."""
+
+    def __init__(
+        self, store: Store, *, max_events: int, max_bytes: int, batch_max: int, batch_bytes: int, linger: float = LINGER
+    ) -> None:
+        self.store = store
+        #: The store's ``fetch`` (looked up once): for feeds, and for pumps behind them.
+        self.fetch = fetch_of(store)
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.batch_max = batch_max
+        self.batch_bytes = batch_bytes
+        self.linger = linger
+        self._feeds: dict[str, Feed] = {}
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def get(self, sid: str) -> Feed | None:
+        """The feed of ``sid``, if it has one now."""
+        return self._feeds.get(sid)
+
+    def join(self, sid: str, after: int) -> Feed:
+        """The feed of ``sid`` for one more pump (whose cursor is ``after``), made if needed."""
+        feed = self._feeds.get(sid)
+        if feed is None:
+            tail = Tail(self.max_events, self.max_bytes)
+            feed = self._feeds[sid] = Feed(sid, self.store, self.fetch, tail, self.batch_max, self.batch_bytes, after)
+            feed.task.add_done_callback(self._ended)
+        if feed.idle is not None:
+            feed.idle.cancel()
+            feed.idle = None
+        feed.pumps += 1
+        return feed
+
+    def leave(self, feed: Feed) -> None:
+        """A pump stopped following ``feed``; the last one starts its linger."""
+        feed.pumps -= 1
+        if feed.pumps == 0 and feed.idle is None and self._feeds.get(feed.sid) is feed:
+            feed.idle = asyncio.get_running_loop().call_later(self.linger, self._drop, feed)
+
+    def _drop(self, feed: Feed) -> None:
+        feed.idle = None
+        if feed.pumps == 0 and self._feeds.get(feed.sid) is feed:
+            del self._feeds[feed.sid]
+            feed.task.cancel()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A feed's task ended: by a drop (cancelled), or by a bug, which is logged.
+
+        A feed whose task died is forgotten and marked failed, so its pumps
+        read the store themselves; the next pump of the sid makes a new one.
+        """
+        if task.cancelled():
+            return
+        exc = task.exception()
+        for sid, feed in list(self._feeds.items()):
+            if feed.task is task:
+                del self._feeds[sid]
+                if feed.idle is not None:
+                    feed.idle.cancel()
+                feed.failure = exc if isinstance(exc, Exception) else RuntimeError("the feed stopped")
+                feed._bump()
+                log.error("feed %r: its task ended; its pumps read the store themselves", sid, exc_info=exc)
+
+    async def close(self) -> None:
+        """Stop every feed (the gateway is closing); their pumps read the store themselves."""
+        feeds = list(self._feeds.values())
+        self._feeds.clear()
+        for feed in feeds:
+            if feed.idle is not None:
+                feed.idle.cancel()
+            feed.task.cancel()
+        await asyncio.gather(*(f.task for f in feeds), return_exceptions=True)
+        for feed in feeds:
+            feed.failure = RuntimeError("the gateway is closing")
+            feed._bump()
