@@ -520,6 +520,30 @@ class _Watch:
     ready: asyncio.Future[None]  # done once the subscription is live
     waiters: set[_Waiter] = field(default_factory=set)
     idle: asyncio.TimerHandle | None = None
+    #: The log as the messages received since the subscription went live tell
+    #: it (None: not known; a wait then reads it from Redis).  Reset whenever
+    #: messages may have been lost.
+    known: _State | None = None
+    #: Changes announced so far (a check made meanwhile may be older).
+    changes: int = 0
+
+    def lost(self, ready: asyncio.Future[None]) -> None:
+        """Messages may have been lost: a new subscription, and nothing known."""
+        self.ready = ready
+        self.known = None
+
+    def learn(self, kind: bytes, epoch: str, head: int) -> None:
+        """What an announced change says of the log."""
+        self.changes += 1
+        k = self.known
+        if kind == b"c":
+            self.known = _State(epoch, head, False)
+        elif k is None or k.epoch != epoch:
+            self.known = None  # another epoch's change, maybe late: look it up next time
+        elif kind == b"a":
+            self.known = _State(epoch, max(head, k.head), k.ended)
+        elif kind == b"e":
+            self.known = _State(epoch, k.head, True)
 
 
 class PubSubHealth:
@@ -1247,7 +1271,14 @@ class RedisStore:
                 await asyncio.shield(watch.ready)
                 if self._closed:
                     return False
-            st = await self._check(sid)
+            st = watch.known
+            if st is None:
+                # Not known from messages: read it, and keep it if no change
+                # was announced meanwhile (else the messages know better).
+                ready, changes = watch.ready, watch.changes
+                st = await self._check(sid)
+                if watch.ready is ready and ready.done() and watch.changes == changes:
+                    watch.known = st
             if st is None or (seen is not None and st.epoch != seen):
                 return False
             if waiter.epoch is None:
@@ -1373,6 +1404,7 @@ class RedisStore:
         watch = self._watches.get(sid)
         if watch is None:
             return
+        watch.learn(kind, epoch, head)
         for w in watch.waiters:
             if w.fut.done():
                 continue
@@ -1434,8 +1466,7 @@ class RedisStore:
             self._listener = None
         loop = asyncio.get_running_loop()
         for watch in self._watches.values():
-            if watch.ready.done():
-                watch.ready = loop.create_future()
+            watch.lost(loop.create_future() if watch.ready.done() else watch.ready)
             self._to_sub.add(watch.channel)
         for ch in self._channels.values():
             if ch.ready.done():
@@ -1605,8 +1636,7 @@ class RedisStore:
         futs: list[asyncio.Future[None]] = []
         loop = asyncio.get_running_loop()
         for watch in self._watches.values():
-            if watch.ready.done():
-                watch.ready = loop.create_future()
+            watch.lost(loop.create_future() if watch.ready.done() else watch.ready)
             futs.append(watch.ready)
         for ch in self._channels.values():
             if ch.ready.done():
@@ -1656,6 +1686,7 @@ class RedisStore:
                         # not ours (anyone with access to Redis may publish): wake
                         # every waiter of that sid; each re-checks the log
                         log.warning("redis pub/sub: a malformed message on %r ignored", msg["channel"])
+                        watch.known = None
                         for w in watch.waiters:
                             if not w.fut.done():
                                 w.fut.set_result(False)

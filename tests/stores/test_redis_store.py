@@ -211,6 +211,46 @@ async def test_another_nodes_append_end_and_create_wake_waiters(open_store: Open
         assert await asyncio.wait_for(task, TIMEOUT) is False
 
 
+class CountingStore(RedisStore):
+    """A RedisStore that counts its status reads (instrumentation of the real store)."""
+
+    checks = 0
+
+    async def _check(self, sid: str) -> Any:
+        self.checks += 1
+        return await super()._check(sid)
+
+
+async def test_a_subscribed_waiter_knows_the_log_from_messages_not_a_read_per_wait(redis_url: str, prefix: str) -> None:
+    """Before: every wait read the log's status from Redis before parking (one round trip per event)."""
+    writer = RedisStore(redis_url, prefix=prefix)
+    reader = CountingStore(redis_url, prefix=prefix)
+    try:
+        await writer.create("s", "e1")
+        after = 0
+        for seq in range(1, 31):
+            task = asyncio.create_task(reader.wait("s", after, epoch="e1"))
+            await started(task)
+            await writer.append("s", [ev(seq)], epoch="e1")
+            assert await asyncio.wait_for(task, TIMEOUT) is True
+            after = seq
+        assert reader.checks <= 3  # the first waits, before the subscription knew the log
+        # What the messages say is right: an end, then a new run.
+        task = asyncio.create_task(reader.wait("s", after, epoch="e1"))
+        await started(task)
+        await writer.end("s")
+        assert await asyncio.wait_for(task, TIMEOUT) is False
+        await writer.create("s", "e2")
+        task = asyncio.create_task(reader.wait("s", 0, epoch="e2"))
+        await started(task)
+        await writer.append("s", [ev(1)], epoch="e2")
+        assert await asyncio.wait_for(task, TIMEOUT) is True
+        assert await reader.wait("s", 5, epoch="e1", timeout=0) is False  # the old epoch is gone
+    finally:
+        await reader.close()
+        await writer.close()
+
+
 async def test_a_malformed_wake_message_harms_no_waiter(open_store: Opener, redis_url: str, prefix: str) -> None:
     """Anyone with access to Redis can publish on a wake channel: garbage there once
     killed the listener, and every later wait slept until poll_interval."""
