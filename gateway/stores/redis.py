@@ -49,7 +49,12 @@ and again does not resubscribe each time).  A ``wait`` checks the log, makes
 sure the subscription is live (confirmed by a PING through the pub/sub
 connection, which Redis answers after the SUBSCRIBE), registers a future and
 checks again: an append that lands between the check and the subscription
-is seen by the second check, one after it by the message.  A message wakes
+is seen by the second check, one after it by the message.  Once a
+subscription is live, its messages tell the log's epoch, head and end, so
+later waits skip the second check (one round trip less per event): that
+knowledge is dropped whenever messages may have been lost (a reconnect, a
+new pub/sub connection, a malformed message) or when a change of another
+epoch comes, and the next wait reads the log again.  A message wakes
 only the waiters it concerns (a later head, another epoch, a first ``end``),
 so the writer's own direct wake and the echo of its message do not wake
 twice.  When the pub/sub connection comes back after a drop, every waiter
