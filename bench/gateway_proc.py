@@ -11,7 +11,8 @@ Prints JSON lines on stdout: ``{"url", "pid", "gateway"}`` once listening,
 then waits for ``go`` on stdin, writes, and prints ``{"t0", "written"}``;
 at the next line, ``{"redis_calls"}`` (the Redis commands this process sent
 since ``go``, by name: its round trips; a script call counts once).  It
-exits when stdin closes.
+exits when stdin closes.  With ``WIREPIPE_BENCH_PROFILE=PATH`` it runs under
+cProfile and writes its stats to ``PATH.<store>.<mode>``.
 """
 
 from __future__ import annotations
@@ -127,4 +128,11 @@ if __name__ == "__main__":
     p.add_argument("--sessions", type=int, default=500)
     p.add_argument("--rate", type=float, default=10.0)
     p.add_argument("--seconds", type=float, default=15.0)
-    asyncio.run(main(p.parse_args()))
+    args = p.parse_args()
+    profile = __import__("os").environ.get("WIREPIPE_BENCH_PROFILE")
+    if profile:  # cProfile stats of the whole process, to PROFILE.<store>.<mode>
+        import cProfile
+
+        cProfile.run("asyncio.run(main(args))", f"{profile}.{args.store}.{args.mode}")
+    else:
+        asyncio.run(main(args))

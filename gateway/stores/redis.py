@@ -128,7 +128,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import inspect
 import itertools
@@ -146,7 +145,6 @@ from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
-from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ClusterError,
     NoScriptError,
@@ -461,18 +459,128 @@ class _Script:
     of its keys only.
     """
 
-    __slots__ = ("_client", "_text", "sha")
+    __slots__ = ("_batcher", "_client", "_text", "sha")
 
-    def __init__(self, client: Redis | RedisCluster, text: str) -> None:
+    def __init__(self, client: Redis | RedisCluster, text: str, batcher: _Batcher | None = None) -> None:
         self._client = client
         self._text = text
+        self._batcher = batcher
         self.sha = hashlib.sha1(text.encode()).hexdigest()
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+        if self._batcher is not None:
+            return await self._batcher.call(self, keys, args)
+        return await self.direct(keys, args)
+
+    async def direct(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+        """EVALSHA (EVAL if the node lacks the script), in a round trip of its own."""
         try:
             return await self._client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await self._client.eval(self._text, len(keys), *keys, *args)
+
+
+#: Script calls sent in one pipeline, at most.
+BATCH_CALLS: Final = 256
+
+
+class _Batcher:
+    """The hot scripts of every session, sent to Redis together: one pipeline per round trip.
+
+    Each call queues and gets a future.  While no round trip is under way
+    the first call goes at once; calls made meanwhile (other sessions'
+    appends and reads) wait for it and then go together in one pipeline
+    (at most ``BATCH_CALLS``), so nothing waits for a timer and a busy node
+    pays one round trip, not one per session.  Each call keeps its own
+    outcome: a pipeline command that fails fails only its caller (NOSCRIPT
+    runs it again with EVAL); a connection that fails fails the round trip's
+    callers, who retry as after any Redis error.  A round trip bounded by
+    ``timeout`` fails its callers with ``StoreUnavailable``.
+    """
+
+    __slots__ = ("_client", "_queue", "_task", "timeout", "round_trips", "calls")
+
+    def __init__(self, client: Redis | RedisCluster, timeout: float) -> None:
+        self._client = client
+        self._queue: list[tuple[_Script, Sequence[Any], Sequence[Any], asyncio.Future[Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.timeout = timeout
+        #: Round trips made, and the calls they carried (for monitoring and tests).
+        self.round_trips = 0
+        self.calls = 0
+
+    def call(self, script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((script, keys, args, fut))
+        if self._task is None:
+            self._task = loop.create_task(self._drain(), name="wirepipe-redis-batch")
+        return fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:BATCH_CALLS], self._queue[BATCH_CALLS:]
+                batch = [b for b in batch if not b[3].done()]  # callers that gave up
+                if batch:
+                    await self._send(batch)
+        finally:
+            self._task = None
+            if self._queue:  # cancelled (the store closes): nobody will send these
+                for *_, fut in self._queue:
+                    if not fut.done():
+                        fut.set_exception(StoreUnavailable("the store is closed"))
+                self._queue.clear()
+
+    async def _send(self, batch: list[tuple[_Script, Sequence[Any], Sequence[Any], asyncio.Future[Any]]]) -> None:
+        self.round_trips += 1
+        self.calls += len(batch)
+        try:
+            async with asyncio.timeout(self.timeout):
+                if len(batch) == 1:
+                    script, keys, args, _ = batch[0]
+                    results: list[Any] = [await script.direct(keys, args)]
+                else:
+                    pipe = self._client.pipeline(transaction=False)
+                    for script, keys, args, _ in batch:
+                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    results = await pipe.execute(raise_on_error=False)
+        except TimeoutError:
+            exc: BaseException = StoreUnavailable(f"redis did not answer within {self.timeout:g}s")
+            results = [exc] * len(batch)
+        except asyncio.CancelledError:
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(StoreUnavailable("the store is closed"))
+            raise
+        except Exception as err:  # the connection failed: every call of the round trip
+            results = [err] * len(batch)
+        for (script, keys, args, fut), result in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, NoScriptError):  # this node lacks the script: EVAL it
+                asyncio.ensure_future(self._again(script, keys, args, fut))
+            elif isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    @staticmethod
+    async def _again(script: _Script, keys: Sequence[Any], args: Sequence[Any], fut: asyncio.Future[Any]) -> None:
+        try:
+            result = await script.direct(keys, args)
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not fut.done():
+                fut.set_result(result)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,9 +588,10 @@ class _Scripts:
     """Makes :class:`_Script` objects: ``register_script`` as on a redis-py client."""
 
     client: Redis | RedisCluster
+    batcher: _Batcher | None = None
 
-    def register_script(self, text: str) -> _Script:
-        return _Script(self.client, text)
+    def register_script(self, text: str, *, batched: bool = False) -> _Script:
+        return _Script(self.client, text, self.batcher if batched else None)
 
 
 @dataclass(slots=True)
@@ -697,14 +806,17 @@ class RedisStore:
         self.cluster = isinstance(self._redis, RedisCluster)
         #: On a cluster: bounds the commands in flight (its client has no blocking pool).
         self._gate = asyncio.Semaphore(max_connections) if self.cluster else None
-        r = _Scripts(self._redis)
+        #: Sends the hot scripts of every session together (see ``_Batcher``).
+        self.batcher = _Batcher(self._redis, command_timeout)
+        r = _Scripts(self._redis, self.batcher)
         self._create = r.register_script(_CREATE)
-        self._append = r.register_script(_APPEND)
+        self._append = r.register_script(_APPEND, batched=True)
+        self._fetch = r.register_script(_FETCH, batched=True)
         self._read = r.register_script(_READ)
         self._state = r.register_script(_STATE)
         self._end = r.register_script(_END)
         self._claim = r.register_script(_CLAIM)
-        self._renew = r.register_script(_RENEW)
+        self._renew = r.register_script(_RENEW, batched=True)
         self._release = r.register_script(_RELEASE)
         self._lapsed = r.register_script(_LAPSED)
         self._reserve = r.register_script(_RESERVE)
@@ -912,10 +1024,6 @@ class RedisStore:
         args: list[str | int] = [start, limit, max_bytes, epoch or ""]
         blob: bytes = await self._io(self._read(keys=self._keys(sid), args=args))
         return _split(blob)
-
-    @functools.cached_property
-    def _fetch(self) -> AsyncScript:
-        return self._redis.register_script(_FETCH)
 
     async def fetch(self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20) -> Fetched | None:
         """``Fetches.fetch``: the state and the events after ``after``, one script, one round trip."""
@@ -1205,6 +1313,7 @@ class RedisStore:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=1.0)
+        self.batcher.close()
         self._wake_all()
         for watch in self._watches.values():
             if watch.idle is not None:
