@@ -35,12 +35,14 @@ from protocol import (
     ErrorCode,
     Grant,
     Hello,
+    Kind,
     ProtocolError,
     Replied,
     ResumeToken,
     StoreUnavailable,
     encode,
     frame_for,
+    is_final,
     sign,
     verify,
 )
@@ -377,4 +379,8 @@ class Connection:
                 return Replied(frame.rid, bool(out.get("ok")), out.get("err"))
         info = await gw.store.info(self.sid)
         alive = info is not None and rules.follows(info.epoch) and not info.ended
+        if alive:
+            # The final status may be stored a moment before the log is ended.
+            status = (await gw.store.snapshot(self.sid))[0].get("status")
+            alive = not (isinstance(status, dict) and is_final(Kind.STATUS, status))
         return rules.not_local(frame, alive)

@@ -217,6 +217,12 @@ redis.call('PUBLISH', ARGV[1], string.format('c:%d:', head) .. ARGV[2])
 return 1
 """
 
+#: Bytes of new events an append's wake message carries (past it, readers read).
+PUSH_BYTES: Final = 64 * 1024
+#: The newest events a subscribed sid keeps from its messages: count, bytes.
+RECENT_EVENTS: Final = 256
+RECENT_BYTES: Final = 256 * 1024
+
 # KEYS: log, meta, lease.  ARGV: channel, epoch ('' = any), first seq, max_events,
 # max_bytes, snapshot ('' = none), holder ('' = no lease check), raw events...
 _APPEND: Final = """
@@ -280,9 +286,18 @@ if st[6] then
   local ttl = redis.call('PTTL', KEYS[2])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
-redis.call('PUBLISH', ARGV[1], string.format('a:%d:', new_head) .. st[1])
+-- The message carries the new events (from the first kept one) when they are
+-- small, so that readers on every node need no read: 'a:<head>:<epoch>', a newline,
+-- the first kept seq, a newline, the events (each a 4-byte length, then its bytes).
+local from, parts, psize = math.max(cut, head + 1), {}, 0
+for s = from, new_head do psize = psize + #ARGV[7 + s - head] + 4 end
+if psize <= PUSH_BYTES then
+  for s = from, new_head do parts[#parts + 1] = struct.pack('>I4', #ARGV[7 + s - head]) .. ARGV[7 + s - head] end
+end
+redis.call('PUBLISH', ARGV[1], string.format('a:%d:', new_head) .. st[1] .. string.format('\\n%d\\n', cut)
+           .. table.concat(parts))
 return {0, cut, new_head}
-"""
+""".replace("PUSH_BYTES", str(PUSH_BYTES))
 
 # KEYS: log, meta.  ARGV: start id, limit, max_bytes, epoch ('' = any).
 # Reply: one string of length-prefixed events (one reply to parse, not one
@@ -640,24 +655,81 @@ class _Watch:
     known: _State | None = None
     #: Changes announced so far (a check made meanwhile may be older).
     changes: int = 0
+    #: The newest events the messages carried (of ``known``'s epoch), from seq
+    #: ``recent_first``: a read they cover needs no round trip.
+    recent: list[bytes] = field(default_factory=list)
+    recent_first: int = 1
+    recent_bytes: int = 0
 
     def lost(self, ready: asyncio.Future[None]) -> None:
         """Messages may have been lost: a new subscription, and nothing known."""
         self.ready = ready
         self.known = None
+        self._forget()
 
-    def learn(self, kind: bytes, epoch: str, head: int) -> None:
-        """What an announced change says of the log."""
+    def learn(self, kind: bytes, epoch: str, head: int, first: int | None = None, raws: Sequence[bytes] = ()) -> None:
+        """What an announced change says of the log (``raws``: the events it carried, ending at ``head``)."""
         self.changes += 1
         k = self.known
         if kind == b"c":
-            self.known = _State(epoch, head, False)
+            self.known = _State(epoch, head, False, head + 1)
+            self._forget(head + 1)
         elif k is None or k.epoch != epoch:
             self.known = None  # another epoch's change, maybe late: look it up next time
+            self._forget()
         elif kind == b"a":
-            self.known = _State(epoch, max(head, k.head), k.ended)
+            self.known = _State(epoch, max(head, k.head), k.ended, k.first if first is None else max(first, k.first))
+            self._keep(head, raws)
         elif kind == b"e":
-            self.known = _State(epoch, k.head, True)
+            self.known = _State(epoch, k.head, True, k.first)
+
+    def _forget(self, at: int = 1) -> None:
+        self.recent, self.recent_first, self.recent_bytes = [], at, 0
+
+    def _keep(self, head: int, raws: Sequence[bytes]) -> None:
+        end = self.recent_first + len(self.recent) - 1
+        start = head - len(raws) + 1
+        if head <= end:
+            return  # already here (the writer's own wake, then its message's echo)
+        if not raws or start > end + 1:
+            # Events we were not told (a large append): start again after them.
+            self._forget(head + 1 if not raws else start)
+            if not raws:
+                return
+            end = start - 1
+        fresh = raws[end + 1 - start :]
+        self.recent.extend(fresh)
+        self.recent_bytes += sum(map(len, fresh))
+        drop = 0
+        while len(self.recent) - drop > RECENT_EVENTS or (
+            self.recent_bytes > RECENT_BYTES and drop < len(self.recent) - 1
+        ):
+            self.recent_bytes -= len(self.recent[drop])
+            drop += 1
+        if drop:
+            del self.recent[:drop]
+            self.recent_first += drop
+
+    def cached(self, after: int, limit: int, max_bytes: int) -> Fetched | None:
+        """``fetch`` answered from what the messages said, or None (read Redis)."""
+        k = self.known
+        if k is None or not self.ready.done():
+            return None
+        info = LogInfo(k.epoch, k.first, k.head, k.ended)
+        if after >= k.head or limit <= 0:
+            return Fetched(info, [])
+        start = max(after + 1, k.first)
+        rf = self.recent_first
+        if start < rf or rf + len(self.recent) - 1 != k.head:
+            return None
+        out: list[bytes] = []
+        size = 0
+        for raw in self.recent[start - rf : start - rf + limit]:
+            size += len(raw)
+            if size > max_bytes and out:
+                break
+            out.append(raw)
+        return Fetched(info, out)
 
 
 class PubSubHealth:
@@ -715,6 +787,7 @@ class _State:
     epoch: str
     head: int
     ended: bool
+    first: int
 
 
 class RedisStore:
@@ -806,8 +879,9 @@ class RedisStore:
         self.cluster = isinstance(self._redis, RedisCluster)
         #: On a cluster: bounds the commands in flight (its client has no blocking pool).
         self._gate = asyncio.Semaphore(max_connections) if self.cluster else None
-        #: Sends the hot scripts of every session together (see ``_Batcher``).
-        self.batcher = _Batcher(self._redis, command_timeout)
+        #: Sends the hot scripts of every session together (see ``_Batcher``).  Not
+        #: on a cluster: its client refuses scripts in a pipeline.
+        self.batcher = None if self.cluster else _Batcher(self._redis, command_timeout)
         r = _Scripts(self._redis, self.batcher)
         self._create = r.register_script(_CREATE)
         self._append = r.register_script(_APPEND, batched=True)
@@ -1004,7 +1078,7 @@ class RedisStore:
         else:
             w.tail_bytes += size
         self._writers[sid] = w
-        self._wake(sid, b"a", w.epoch, head)
+        self._wake(sid, b"a", w.epoch, head, int(ret[1]) if code == _OK else None, raws if code == _OK else ())
 
     async def _run_append(
         self, sid: str, w: _Writer, seq: int, raws: list[bytes], ckpt: bool, holder: str | None
@@ -1026,7 +1100,16 @@ class RedisStore:
         return _split(blob)
 
     async def fetch(self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20) -> Fetched | None:
-        """``Fetches.fetch``: the state and the events after ``after``, one script, one round trip."""
+        """``Fetches.fetch``: the state and the events after ``after``, one script, one round trip.
+
+        No round trip when the sid is subscribed and its messages carried
+        what is asked (the common case of a live reader).
+        """
+        watch = self._watches.get(sid)
+        if watch is not None:
+            hit = watch.cached(after, limit, max_bytes)
+            if hit is not None:
+                return hit
         args: list[int] = [max(after, 0), max(limit, 0), max_bytes]
         got = await self._io(self._fetch(keys=self._keys(sid)[:2], args=args))
         if got is None:
@@ -1313,7 +1396,8 @@ class RedisStore:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=1.0)
-        self.batcher.close()
+        if self.batcher is not None:
+            self.batcher.close()
         self._wake_all()
         for watch in self._watches.values():
             if watch.idle is not None:
@@ -1357,10 +1441,12 @@ class RedisStore:
     # --- waiting ------------------------------------------------------------------
 
     async def _check(self, sid: str) -> _State | None:
-        epoch, head, ended_at = await self._io(self._redis.hmget(self._keys(sid)[1], ["epoch", "head", "ended_at"]))
+        epoch, head, ended_at, first = await self._io(
+            self._redis.hmget(self._keys(sid)[1], ["epoch", "head", "ended_at", "first"])
+        )
         if epoch is None:
             return None
-        return _State(_str(epoch), _int(head), ended_at is not None)
+        return _State(_str(epoch), _int(head), ended_at is not None, _int(first))
 
     async def _wait(self, sid: str, after: int, seen: str | None) -> bool:
         if self._closed:
@@ -1513,12 +1599,14 @@ class RedisStore:
         self._to_unsub.add(watch.channel)
         self._kick.set()
 
-    def _wake(self, sid: str, kind: bytes, epoch: str, head: int) -> None:
-        """Settle the local waiters that a change of ``sid``'s log concerns."""
+    def _wake(
+        self, sid: str, kind: bytes, epoch: str, head: int, first: int | None = None, raws: Sequence[bytes] = ()
+    ) -> None:
+        """Settle the local waiters that a change of ``sid``'s log concerns (and learn of it)."""
         watch = self._watches.get(sid)
         if watch is None:
             return
-        watch.learn(kind, epoch, head)
+        watch.learn(kind, epoch, head, first, raws)
         for w in watch.waiters:
             if w.fut.done():
                 continue
@@ -1793,10 +1881,14 @@ class RedisStore:
                 watch = self._by_channel.get(msg["channel"])
                 if watch is not None:
                     what, _, rest = bytes(msg["data"]).partition(b":")
-                    head, _, epoch = rest.partition(b":")
+                    head, _, rest = rest.partition(b":")
+                    epoch, nl, rest = rest.partition(b"\n")  # 'a' messages: first, then the events
+                    first, _, pushed = rest.partition(b"\n")
                     try:
-                        self._wake(watch.sid, what, epoch.decode(), int(head))
-                    except (ValueError, UnicodeDecodeError):
+                        self._wake(
+                            watch.sid, what, epoch.decode(), int(head), int(first) if nl else None, _split(pushed)
+                        )
+                    except (ValueError, UnicodeDecodeError, struct.error):
                         # not ours (anyone with access to Redis may publish): wake
                         # every waiter of that sid; each re-checks the log
                         log.warning("redis pub/sub: a malformed message on %r ignored", msg["channel"])
