@@ -474,17 +474,18 @@ class _Script:
     of its keys only.
     """
 
-    __slots__ = ("_batcher", "_client", "_text", "sha")
+    __slots__ = ("batcher", "_client", "_text", "sha")
 
     def __init__(self, client: Redis | RedisCluster, text: str, batcher: _Batcher | None = None) -> None:
         self._client = client
         self._text = text
-        self._batcher = batcher
+        #: The batcher that sends this script's calls (None: each its own round trip).
+        self.batcher = batcher
         self.sha = hashlib.sha1(text.encode()).hexdigest()
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
-        if self._batcher is not None:
-            return await self._batcher.call(self, keys, args)
+        if self.batcher is not None:
+            return await self.batcher.call(self, keys, args)
         return await self.direct(keys, args)
 
     async def direct(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
@@ -625,6 +626,8 @@ class _Waiter:
     after: int
     fut: asyncio.Future[bool]
     epoch: str | None = None  # what the log was when the wait began (None: being checked)
+    #: The loop time past which the housekeeping tick ends the wait (False).
+    due: float = float("inf")
     ended: bool = False
     # changes announced while the log was being checked, judged once it is known
     early: list[tuple[bytes, str, int]] = field(default_factory=list)
@@ -648,7 +651,8 @@ class _Watch:
     channel: bytes
     ready: asyncio.Future[None]  # done once the subscription is live
     waiters: set[_Waiter] = field(default_factory=set)
-    idle: asyncio.TimerHandle | None = None
+    #: Since when the watch has no waiter (loop time; None: it has some).
+    idle_since: float | None = None
     #: The log as the messages received since the subscription went live tell
     #: it (None: not known; a wait then reads it from Redis).  Reset whenever
     #: messages may have been lost.
@@ -923,6 +927,7 @@ class RedisStore:
         self._node_client: Redis | None = None
         self._node_pick = random.randrange(1 << 16)
         self._subscriber: asyncio.Task[None] | None = None
+        self._housekeeper: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._health_token: bytes | None = None
         #: The pub/sub connection's history (``await store.pubsub.until(...)``).
@@ -959,6 +964,28 @@ class RedisStore:
             raise StoreUnavailable(f"redis did not answer within {self.command_timeout:g}s")
         try:
             return task.result()
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
+        except ResponseError as exc:
+            if _refused_for_now(exc):
+                raise StoreUnavailable(f"redis refuses writes for now: {type(exc).__name__}: {exc}") from exc
+            raise
+
+    async def _hot(self, script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """A hot script (append, fetch, renew): through the batcher when there is one.
+
+        The batcher bounds each round trip by ``command_timeout`` itself and
+        a caller that is cancelled just stops waiting for its future, so this
+        path needs no task and no timer of its own (``_io`` does, for the rest).
+
+        Raises:
+            StoreUnavailable: as ``_io``.
+        """
+        batcher = script.batcher
+        if batcher is None:
+            return await self._io(script(keys=keys, args=args))
+        try:
+            return await batcher.call(script, keys, args)
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
         except ResponseError as exc:
@@ -1086,7 +1113,7 @@ class RedisStore:
         r = self.retention
         snap = packb(w.snap.as_map()) if ckpt else b""
         args: list[Any] = [self._channel(sid), w.epoch, seq, r.max_events, r.max_bytes, snap, holder or "", *raws]
-        ret: list[Any] = await self._io(self._append(keys=self._keys(sid), args=args))
+        ret: list[Any] = await self._hot(self._append, self._keys(sid), args)
         return ret
 
     async def read(
@@ -1111,7 +1138,7 @@ class RedisStore:
             if hit is not None:
                 return hit
         args: list[int] = [max(after, 0), max(limit, 0), max_bytes]
-        got = await self._io(self._fetch(keys=self._keys(sid)[:2], args=args))
+        got = await self._hot(self._fetch, self._keys(sid)[:2], args)
         if got is None:
             return None
         epoch, first, head, ended, blob = got
@@ -1158,7 +1185,7 @@ class RedisStore:
 
     async def renew(self, sid: str, holder: str, epoch: str) -> bool:
         keys = self._keys(sid)
-        expiry = await self._io(self._renew(keys=[keys[2], keys[1]], args=[holder, self._lease_ms(), epoch]))
+        expiry = await self._hot(self._renew, [keys[2], keys[1]], [holder, self._lease_ms(), epoch])
         if int(expiry) < 0:
             return False
         # A separate command (the set is not in the sid's hash slot): if it is
@@ -1376,9 +1403,11 @@ class RedisStore:
         if timeout is not None and timeout <= 0:  # a poll
             st = await self._check(sid)
             return st is not None and st.head > after and (epoch is None or st.epoch == epoch)
-        limit = self.poll_interval if timeout is None else min(timeout, self.poll_interval)
         try:
-            async with asyncio.timeout(limit):
+            if timeout is None or timeout >= self.poll_interval:
+                # No timer of its own: the housekeeping tick ends it after poll_interval.
+                return await self._wait(sid, after, epoch)
+            async with asyncio.timeout(timeout):
                 return await self._wait(sid, after, epoch)
         except TimeoutError:
             return False
@@ -1390,7 +1419,7 @@ class RedisStore:
             return
         self._closed = True
         self._kick.set()  # a loop whose cancel redis-py swallowed still sees _closed
-        tasks = [t for t in (self._subscriber, self._listener) if t is not None]
+        tasks = [t for t in (self._subscriber, self._listener, self._housekeeper) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -1400,8 +1429,6 @@ class RedisStore:
             self.batcher.close()
         self._wake_all()
         for watch in self._watches.values():
-            if watch.idle is not None:
-                watch.idle.cancel()
             if not watch.ready.done():
                 watch.ready.set_result(None)  # its waiters see _closed and return False
         self._watches.clear()
@@ -1451,7 +1478,8 @@ class RedisStore:
     async def _wait(self, sid: str, after: int, seen: str | None) -> bool:
         if self._closed:
             return False
-        waiter = _Waiter(after, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(after, loop.create_future(), due=loop.time() + self.poll_interval)
         watch = self._watches.get(sid)
         if watch is None or not watch.ready.done():
             # Not subscribed yet: look first (the common "data is there" and
@@ -1539,6 +1567,8 @@ class RedisStore:
             self._kick.set()
             if self._subscriber is None:
                 self._subscriber = self._spawn(self._subscribe_loop(), "wirepipe-redis-sub")
+            if self._housekeeper is None:
+                self._housekeeper = self._spawn(self._housekeep(), "wirepipe-redis-housekeeping")
         return watch
 
     async def _listen_to(self, name: bytes, on_message: Callable[[bytes | None], None]) -> _Channel:
@@ -1580,17 +1610,35 @@ class RedisStore:
 
     def _attach(self, watch: _Watch, waiter: _Waiter) -> None:
         watch.waiters.add(waiter)
-        if watch.idle is not None:
-            watch.idle.cancel()
-            watch.idle = None
+        watch.idle_since = None
 
     def _detach(self, watch: _Watch, waiter: _Waiter) -> None:
         watch.waiters.discard(waiter)
-        if not watch.waiters and watch.idle is None and not self._closed:
-            watch.idle = asyncio.get_running_loop().call_later(self.linger, self._unwatch, watch)
+        if not watch.waiters:
+            watch.idle_since = asyncio.get_running_loop().time()
+
+    async def _housekeep(self) -> None:
+        """One timer for every wait: end waits past their due time, unsubscribe idle sids.
+
+        A timer per wait (and per idle watch) cost more than the wait itself
+        on a busy node; a tick every quarter of ``min(poll_interval,
+        linger)`` does both jobs for all of them.
+        """
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            await asyncio.sleep(max(0.01, min(self.poll_interval, self.linger) / 4))  # a timer
+            now = loop.time()
+            for watch in list(self._watches.values()):
+                try:
+                    for w in watch.waiters:
+                        if w.due <= now and not w.fut.done():
+                            w.fut.set_result(False)  # the safety net: look again
+                    if watch.idle_since is not None and now - watch.idle_since >= self.linger:
+                        self._unwatch(watch)
+                except Exception:  # a bug here must not stop the safety net for everyone
+                    log.exception("redis: housekeeping of %r failed", watch.sid)
 
     def _unwatch(self, watch: _Watch) -> None:
-        watch.idle = None
         if watch.waiters or self._watches.get(watch.sid) is not watch:
             return
         del self._watches[watch.sid]
@@ -1647,6 +1695,9 @@ class RedisStore:
         if task.cancelled() or self._closed or task.exception() is None:
             return
         log.error("redis pub/sub: task %s died; starting afresh", task.get_name(), exc_info=task.exception())
+        if task is self._housekeeper:
+            self._housekeeper = self._spawn(self._housekeep(), "wirepipe-redis-housekeeping")
+            return
         if task is self._subscriber:
             self._subscriber = None
         if task is self._listener:
