@@ -761,16 +761,19 @@ class PubSubHealth:
         self.failovers = 0
         #: Cluster: the node (``host:port``) the connection goes through, once picked.
         self.node: str | None = None
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None
 
     def _bump(self, counter: str) -> None:
         setattr(self, counter, getattr(self, counter) + 1)
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._changed is not None:  # someone waits (``parked`` is bumped on every wait)
+            self._changed.set()
+            self._changed = None
 
     async def until(self, pred: Callable[[PubSubHealth], bool]) -> None:
         """Return once ``pred(self)`` holds, checked after every change of a counter."""
         while not pred(self):
+            if self._changed is None:
+                self._changed = asyncio.Event()
             await self._changed.wait()
 
 
@@ -1073,10 +1076,10 @@ class RedisStore:
         del self._writers[sid]
         for ev in events:
             w.snap.apply(ev.k, ev.d)
-        size = sum(len(ev.raw) for ev in events)
+        raws = [ev.raw for ev in events]
+        size = sum(map(len, raws))
         head = w.head + len(events)
         ckpt = head - w.ckpt >= self.snapshot_every or w.tail_bytes + size >= SNAPSHOT_BYTES
-        raws = [ev.raw for ev in events]
         ret = await self._run_append(sid, w, events[0].seq, raws, ckpt, holder)
         if ret[0] == _NEED_SNAPSHOT:  # the trim reaches past the checkpoint
             ckpt = True
