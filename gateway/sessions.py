@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 import secrets
 import threading
 import time
@@ -388,8 +389,12 @@ class Session:
         leases = self._leases
         assert leases is not None and leases.lease_ttl is not None
         period = leases.lease_ttl / 3
+        # The first renewal comes at a random point of the first period, so
+        # that runs started together do not all renew at the same moment.
+        delay = period * random.uniform(0.5, 1.0)
         while True:
-            await asyncio.sleep(period)  # a timer, not a synchronisation
+            await asyncio.sleep(delay)  # a timer, not a synchronisation
+            delay = period
             try:
                 held = await leases.renew(self.sid, self.holder, self.epoch)
             except Exception as exc:  # the store is down: the next period tries again

@@ -931,6 +931,9 @@ class RedisStore:
         self._node_pick = random.randrange(1 << 16)
         self._subscriber: asyncio.Task[None] | None = None
         self._housekeeper: asyncio.Task[None] | None = None
+        # lease expiries to record in ``live``, and the task that does it
+        self._live_pending: dict[str, int] = {}
+        self._live_task: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._health_token: bytes | None = None
         #: The pub/sub connection's history (``await store.pubsub.until(...)``).
@@ -1191,10 +1194,28 @@ class RedisStore:
         expiry = await self._hot(self._renew, [keys[2], keys[1]], [holder, self._lease_ms(), epoch])
         if int(expiry) < 0:
             return False
-        # A separate command (the set is not in the sid's hash slot): if it is
-        # lost the janitor finds the sid early, and its SET NX fails harmlessly.
-        await self._io(self._redis.zadd(self._live, {sid: int(expiry)}))
+        # A separate command (the set is not in the sid's hash slot), one for
+        # every renewal made meanwhile: if it is lost the janitor finds the sid
+        # early (the older expiry stays), and its SET NX fails harmlessly.
+        self._live_later(sid, int(expiry))
         return True
+
+    def _live_later(self, sid: str, expiry: int) -> None:
+        """Record ``sid``'s new lease expiry in ``live``: one ZADD for all renewals made meanwhile."""
+        self._live_pending[sid] = expiry
+        if self._live_task is None and not self._closed:
+            self._live_task = asyncio.get_running_loop().create_task(self._flush_live(), name="wirepipe-redis-live")
+
+    async def _flush_live(self) -> None:
+        try:
+            while self._live_pending and not self._closed:
+                batch, self._live_pending = self._live_pending, {}
+                try:
+                    await self._io(self._redis.zadd(self._live, batch))
+                except StoreUnavailable as exc:  # the older expiries stay: found early, harmless
+                    log.warning("redis: %d lease expiries not recorded: %s", len(batch), exc)
+        finally:
+            self._live_task = None
 
     async def release(self, sid: str, holder: str) -> None:
         if await self._io(self._release(keys=[self._keys(sid)[2]], args=[holder])):
@@ -1422,7 +1443,7 @@ class RedisStore:
             return
         self._closed = True
         self._kick.set()  # a loop whose cancel redis-py swallowed still sees _closed
-        tasks = [t for t in (self._subscriber, self._listener, self._housekeeper) if t is not None]
+        tasks = [t for t in (self._subscriber, self._listener, self._housekeeper, self._live_task) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
