@@ -28,6 +28,15 @@ from typing import Any
 
 import gateway
 from gateway import Gateway, MemoryStore
+
+try:
+    from gateway.server import tune_gc
+except ImportError:  # a tree from before it existed (--before)
+
+    def tune_gc() -> None:
+        pass
+
+
 from gateway.stores import Retention
 
 PAYLOAD = "x" * 54  # with a 10-char counter: 64-byte strings, as in ``python -m bench``
@@ -75,6 +84,7 @@ async def main(a: argparse.Namespace) -> None:
         for p in pipes:
             await p.drained()
         say(url=gw.url, pid=__import__("os").getpid(), gateway=gateway.__file__)
+        tune_gc()  # as wirepipe serve does once it listens
         await line()  # go
         CALLS.clear()
         t0 = time.time()

@@ -18,7 +18,7 @@ from protocol import Grant, RemoteError, is_final
 from .config import App, Config
 from .front import is_loopback, normalize_host, normalize_origin
 from .middleware import Middleware
-from .server import Gateway
+from .server import Gateway, tune_gc
 from .stores import MemoryStore, Retention, Store
 
 
@@ -317,6 +317,7 @@ async def _until_signalled() -> None:
 
 async def _serve(gw: Gateway, banner: str = "") -> None:
     await gw.start()
+    tune_gc()
     print(f"wirepipe serving {gw.url} (web UI: {gw.http_url})", flush=True)
     if gw.apps:
         print(f"apps: {', '.join(sorted(gw.apps))}", flush=True)
@@ -340,6 +341,7 @@ async def _work(args: argparse.Namespace) -> None:
         retention=retention,
     )
     await worker.start()
+    tune_gc()
     print(f"wirepipe worker {worker.name} taking runs of {', '.join(sorted(worker.apps))}", flush=True)
     await _until_signalled()
     print("wirepipe worker: shutting down", flush=True)

@@ -317,3 +317,14 @@ def test_redis_cluster_flag_makes_a_cluster_store() -> None:
     assert isinstance(single, RedisStore) and not single.cluster
     with pytest.raises(SystemExit, match="exclude each other"):
         _gateway(parser.parse_args(["--redis", "redis://127.0.0.1:6379/0", "--redis-cluster", "redis://h:7000"]))
+
+
+def test_tune_gc_freezes_startup_objects_and_raises_the_thresholds() -> None:
+    """What ``wirepipe serve`` and ``wirepipe worker`` do once they listen (in a process of its own)."""
+    import subprocess
+    import sys
+
+    code = "import gc; from gateway.server import tune_gc, GC_THRESHOLDS; tune_gc(); "
+    code += "print(gc.get_threshold() == GC_THRESHOLDS, gc.get_freeze_count() > 0)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["True", "True"]
