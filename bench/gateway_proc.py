@@ -63,6 +63,15 @@ def count_redis_calls() -> None:
 
     wrap(Redis)
     wrap(PubSub)
+    from redis.asyncio.client import Pipeline
+
+    inner_execute = Pipeline.execute
+
+    async def execute(self: Any, *args: Any, **kw: Any) -> Any:
+        CALLS["PIPELINE"] += 1  # one round trip, whatever it carries
+        return await inner_execute(self, *args, **kw)
+
+    Pipeline.execute = execute  # type: ignore[method-assign]
 
 
 async def line() -> str:

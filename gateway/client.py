@@ -237,8 +237,7 @@ class Client:
             while not self._stopping:
                 welcomed = False
                 try:
-                    await self._session()
-                    code = 1000
+                    code = await self._session()
                 except ConnectionClosed as exc:
                     code = exc.rcvd.code if exc.rcvd is not None else 1006
                 except (OSError, InvalidStatus, TimeoutError) as exc:
@@ -268,7 +267,8 @@ class Client:
             return
         self._finish(None)
 
-    async def _session(self) -> None:
+    async def _session(self) -> int:
+        """One connection, until it closes; returns the close code the gateway sent (1000 if none)."""
         async with ws_connect(
             self.url,
             subprotocols=[Subprotocol(SUBPROTOCOL)],
@@ -300,6 +300,9 @@ class Client:
                     if refused:  # the run this client came to start will not come from it
                         raise RemoteError(refused[-1].code, refused[-1].msg)
                 await self._flush(ws)
+            # The loop ends quietly on 1000 and 1001 alike: a gateway going
+            # away (1001) is a retry, a normal close is not.
+            return ws.close_code if ws.close_code is not None else 1000
 
     async def _flush(self, ws: ClientConnection) -> None:
         for data in self.proto.data_to_send():

@@ -212,3 +212,23 @@ async def test_a_pubsub_reconnect_loses_no_outcome(
         assert (r.ok, r.err) == (True, None)
         assert await asyncio.wait_for(asking, TIMEOUT) == "yes"
         await asyncio.wait_for(store.pubsub.until(lambda h: h.live > before), TIMEOUT)
+
+
+async def test_a_python_client_follows_a_gateway_that_shuts_down_to_another(
+    make_gw: MakeGateway, prefix: str
+) -> None:
+    """Before: the 1001 of a graceful shutdown (a rolling restart) stopped the Python client for good."""
+    from gateway.client import Client
+
+    a, b = await _nodes(make_gw, prefix)
+    pipe = b.pipe("rolling")
+    pipe.set_message("before the restart")
+    async with Client(a.url, "rolling", backoff=(0.001, 0.01)) as c:
+        await asyncio.wait_for(c.until(lambda e: e.k == "text"), TIMEOUT)
+        c.url = b.url  # what a load balancer does once node A is gone
+        await a.close()  # graceful: shutdown, then close 1001
+        pipe.set_message("after the restart")
+        pipe.close()
+        rest = await asyncio.wait_for(c.until(final), TIMEOUT)
+    assert rest[-1].d == {"state": "done"}
+    assert c.connects == 2  # it came back, to node B
