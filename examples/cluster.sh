@@ -54,6 +54,6 @@ wirepipe cluster up: Redis 127.0.0.1:$REDIS_PORT, gateways 8771 and 8772, two wo
   watch it on gateway 2:     .venv/bin/wirepipe watch ws://127.0.0.1:8772/ --sid job-1
 Answer the run's question from either one.  Ctrl-C stops everything.
 EOF
-wait -n "${pids[@]}" || true
-echo "cluster.sh: a process exited; stopping the rest.  Its logs:" >&2
-tail -n 5 "$work"/*.log >&2
+echo "pids: redis ${pids[0]}, workers ${pids[1]} ${pids[2]}, gateways ${pids[3]} ${pids[4]}"
+echo "kill -9 any one of them but Redis: the runs go on through the others."
+wait  # until Ctrl-C (or SIGTERM): then everything stops

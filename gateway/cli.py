@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Final
 
-from protocol import Grant, RemoteError, is_final
+from protocol import Grant, RemoteError, StoreUnavailable, is_final
 
 from .config import App, Config
 from .front import is_loopback, normalize_host, normalize_origin
@@ -32,6 +32,8 @@ def _load_app(spec: str) -> tuple[str, App]:
     except Exception as exc:  # whatever importing the user's module raised: say it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise argparse.ArgumentTypeError(f"cannot load app {spec!r}: {type(exc).__name__}: {first[:300]}") from exc
+    if not callable(obj):
+        raise argparse.ArgumentTypeError(f"--app {spec!r}: {target} is a {type(obj).__name__}, not a callable")
     return name, obj
 
 
@@ -333,8 +335,10 @@ async def _work(args: argparse.Namespace) -> None:
 
     retention = Retention(ttl_after_end=args.retain_seconds)
     worker = Worker(
-        args.redis,
+        args.redis or args.redis_cluster,
         dict(args.app),
+        cluster=bool(args.redis_cluster),
+        middleware=args.middleware,
         concurrency=args.concurrency,
         claim_idle=args.claim_idle,
         lease_ttl=args.lease_ttl,
@@ -469,6 +473,21 @@ def main(argv: list[str] | None = None) -> int:
         help="the Redis the gateways share (env WIREPIPE_REDIS), e.g. redis://127.0.0.1:6379/0",
     )
     p_worker.add_argument(
+        "--redis-cluster",
+        metavar="URL",
+        default=os.environ.get("WIREPIPE_REDIS_CLUSTER"),
+        help="or the Redis Cluster they share (a seed node's URL; env WIREPIPE_REDIS_CLUSTER)",
+    )
+    p_worker.add_argument(
+        "--middleware",
+        action="append",
+        default=[],
+        type=_load_middleware,
+        metavar="module:name",
+        help="pass every event of the runs here through this middleware (docs/middleware.md; a "
+        "gateway's --middleware applies to the runs it writes, not to a worker's); repeatable",
+    )
+    p_worker.add_argument(
         "--app",
         action="append",
         default=[],
@@ -520,14 +539,19 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.cmd == "worker":
-        if not args.redis:
+        if not args.redis and not args.redis_cluster:
             parser.error("worker: --redis URL is required (or set WIREPIPE_REDIS)")
+        if args.redis and args.redis_cluster:
+            parser.error("worker: give --redis or --redis-cluster, not both")
         if not args.app:
             parser.error("worker: give at least one --app NAME=module:callable")
         try:
             asyncio.run(_work(args))
         except KeyboardInterrupt:  # pragma: no cover
             pass
+        except (StoreUnavailable, ValueError) as exc:  # unreachable, or not a Redis URL
+            print(f"wirepipe worker: cannot use Redis at {args.redis or args.redis_cluster}: {exc}", file=sys.stderr)
+            return 1
         return 0
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # websockets says "HTTP response sent" and "connection closed" at INFO

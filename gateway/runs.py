@@ -217,12 +217,25 @@ class Runs:
         old = await self.store.info(sid)
         if not await leases.reserve(sid, holder, START_TTL):
             raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {sid!r} already has a run (on another node)")
-        if not await queue.enqueue_start(app_name, {"sid": sid, "input": value, "holder": holder}):
-            await leases.release(sid, holder)
+        try:
+            queued = await queue.enqueue_start(app_name, {"sid": sid, "input": value, "holder": holder})
+        except BaseException:
+            await asyncio.shield(self._unreserve(leases, sid, holder))
+            raise
+        if not queued:
+            await self._unreserve(leases, sid, holder)
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"the start queue of {app_name!r} is full; retry")
         self.metrics.runs_started += 1
         log.info("session %s: a run of %s queued for a worker", sid, app_name)
         return old.epoch if old is not None else None
+
+    @staticmethod
+    async def _unreserve(leases: Leases, sid: str, holder: str) -> None:
+        """A start that was not queued gives its sid back (best effort: it lapses anyway)."""
+        try:
+            await leases.release(sid, holder)
+        except Exception as exc:
+            log.warning("session %s: its reservation stays until it lapses: %s: %s", sid, type(exc).__name__, exc)
 
     async def refresh_apps(self) -> None:
         """Learn which apps worker processes run (for ``/apps``).
@@ -351,11 +364,13 @@ class Runs:
             del self.sessions[session.sid]
             del self._pipes[session.sid]
 
-    async def stop(self) -> None:
-        """Cancel the runs, then give their final events ``drain_timeout`` to be stored."""
+    async def stop(self, reason: str = "the gateway is shutting down") -> None:
+        """Cancel the runs (their status says ``reason``); give their last events ``drain_timeout`` to be stored."""
         self.closing = True
         for s in list(self.sessions.values()):
             if s.task is not None and not s.task.done():
+                if s.cancel_reason is None:
+                    s.cancel_reason = reason
                 s.task.cancel()
         tasks = [s.task for s in self.sessions.values() if s.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -35,13 +35,14 @@ import contextlib
 import logging
 import secrets
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 from protocol import ProtocolError, RunState, StoreUnavailable
 
 from .config import App, Config
 from .metrics import Metrics
+from .middleware import Middleware
 from .pipe import WebPipe
 from .runs import Runs, _public_detail
 from .sessions import Limits, Session
@@ -71,26 +72,41 @@ async def open_pipe(
     lease_ttl: float = 10.0,
     limits: Limits | None = None,
     drain_timeout: float = 5.0,
+    middleware: Sequence[Middleware] = (),
 ) -> AsyncIterator[WebPipe]:
     """A new run of ``sid`` whose events go straight to Redis; ended when the block is left.
 
     ``redis`` is a ``redis://`` URL or a ``RedisStore`` (then ``prefix``,
     ``retention`` and ``lease_ttl`` are its own).  Gateways see the run if
-    they share the Redis and the key prefix.
+    they share the Redis and the key prefix.  A client's ``cancel`` sets
+    ``pipe.cancelled`` and cancels the task that entered the block (as a
+    gateway cancels the apps it runs): the run then ends ``cancelled``.
+    ``middleware`` passes every event first (docs/middleware.md): a
+    gateway's own ``--middleware`` applies only to runs it writes.
 
     Raises:
         ProtocolError: ``sid_taken``: a live run of ``sid`` exists on some node.
-        ValueError: ``sid`` is not 1-128 chars of ``[A-Za-z0-9._:-]``.
+        StoreUnavailable: Redis cannot be reached now (once the run started,
+            its writes are retried for as long as it takes instead).
+        ValueError: ``sid`` is not 1-128 chars of ``[A-Za-z0-9._:-]``, or a
+            malformed URL.
     """
     from protocol.codec import SID_RE
 
     if not SID_RE.fullmatch(sid):
         raise ValueError(f"invalid sid {sid!r}: 1-128 chars of [A-Za-z0-9._:-]")
     store, owned = _store(redis, prefix=prefix, retention=retention, lease_ttl=lease_ttl)
-    session = Session(sid, store, asyncio.get_running_loop(), limits=limits)
+    try:
+        await store.info(sid)  # reachable now, or StoreUnavailable at once
+    except BaseException:
+        if owned:
+            await store.close()
+        raise
+    session = Session(sid, store, asyncio.get_running_loop(), limits=limits, middleware=middleware)
     pipe = WebPipe(session)
     try:
         await session.ready  # the sid is ours on every node, and its log exists
+        session.task = asyncio.current_task()  # what a client's cancel cancels
         try:
             yield pipe
         except asyncio.CancelledError:
@@ -129,7 +145,8 @@ def open_pipe_sync(redis: str, sid: str, **kw: Any) -> Iterator[WebPipe]:
 
     The Pipe's methods are safe from any thread: ``set_message``,
     ``get_message``, ``ask_sync``, ``cancelled``.  Takes ``open_pipe``'s
-    keyword arguments.
+    keyword arguments.  A client's ``cancel`` only sets ``pipe.cancelled``
+    here (there is no task to cancel): check it between steps.
     """
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name=f"wirepipe-pipe-{sid}", daemon=True)
@@ -169,6 +186,8 @@ class Worker:
         retention: Retention | None = None,
         lease_ttl: float = 10.0,
         name: str | None = None,
+        middleware: Sequence[Middleware] = (),
+        cluster: bool = False,
     ) -> None:
         if not apps:
             raise ValueError("a worker needs at least one app")
@@ -176,7 +195,10 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         if not claim_idle > 0:
             raise ValueError("claim_idle must be positive")
-        self.store, self._owns_store = _store(redis, prefix=prefix, retention=retention, lease_ttl=lease_ttl)
+        kw: dict[str, Any] = {"prefix": prefix, "retention": retention, "lease_ttl": lease_ttl}
+        if cluster:
+            kw["cluster"] = True
+        self.store, self._owns_store = _store(redis, **kw)
         self.apps = dict(apps)
         self.concurrency = concurrency
         self.claim_idle = claim_idle
@@ -184,8 +206,11 @@ class Worker:
         #: This worker's consumer name in the group (unique per process).
         self.name = name or f"worker-{secrets.token_hex(6)}"
         self.metrics = Metrics()
-        self.runs = Runs(self.store, self.config, self.apps, self.metrics)
+        self.runs = Runs(self.store, self.config, self.apps, self.metrics, middleware)
         self._running: set[asyncio.Task[None]] = set()
+        # starts read from Redis beyond the room there was (one read takes up to
+        # `room` from each app's stream): run as room frees, before reading more
+        self._backlog: list[tuple[str, bytes, dict[str, Any]]] = []
         self._room = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         #: Starts this worker took (acknowledged), and runs it finished.
@@ -197,7 +222,7 @@ class Worker:
         self.runs.loop = asyncio.get_running_loop()
         lease = self.store.lease_ttl or 10.0
         await self.store.start_groups(sorted(self.apps))
-        await self.store.advertise(sorted(self.apps), lease)
+        await self.store.advertise(sorted(self.apps), lease, self.name)
         self._tasks = [
             asyncio.create_task(self._take_forever(), name="wirepipe-worker-take"),
             asyncio.create_task(self._advertise_forever(lease), name="wirepipe-worker-advertise"),
@@ -205,11 +230,19 @@ class Worker:
         return self
 
     async def close(self) -> None:
-        """Stop taking starts, cancel the runs (they end ``cancelled``), store their ends."""
+        """Stop taking starts, cancel the runs (they end ``cancelled``), store their ends.
+
+        Starts it read and did not begin stay pending in the group: another
+        worker claims them after ``claim_idle``.
+        """
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.runs.stop()
+        try:
+            await self.store.withdraw(sorted(self.apps), self.name)  # gateways stop queueing for it
+        except StoreUnavailable as exc:
+            log.warning("worker %s: its apps stay advertised until that lapses: %s", self.name, exc)
+        await self.runs.stop("the worker is shutting down")
         for t in list(self._running):
             t.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
@@ -234,7 +267,12 @@ class Worker:
     # --- taking starts --------------------------------------------------------------
 
     async def _take_forever(self) -> None:
-        """Take starts while there is room; reclaim abandoned ones every ``claim_idle / 2``."""
+        """Take starts while there is room; reclaim abandoned ones every ``claim_idle / 2``.
+
+        Never ends but by cancellation: a store error is retried with
+        backoff, a lost consumer group (Redis lost its data) is made again,
+        anything else is logged and retried.
+        """
         loop = asyncio.get_running_loop()
         apps = sorted(self.apps)
         next_reclaim = 0.0
@@ -244,26 +282,39 @@ class Worker:
                 await self._room.wait_for(lambda: len(self._running) < self.concurrency)
             room = self.concurrency - len(self._running)
             try:
-                got: list[tuple[str, bytes, dict[str, Any]]] = []
-                if loop.time() >= next_reclaim:
-                    for app in apps:
-                        got += await self.store.reclaim_starts(app, self.name, self.claim_idle, room - len(got))
-                        if len(got) >= room:
-                            break
-                    next_reclaim = loop.time() + self.claim_idle / 2
-                if not got:
-                    block = min(2.0, self.claim_idle / 2)
-                    got = await self.store.take_starts(apps, self.name, room, block)
+                if not self._backlog:
+                    if loop.time() >= next_reclaim:
+                        for app in apps:
+                            self._backlog += await self.store.reclaim_starts(app, self.name, self.claim_idle, room)
+                        next_reclaim = loop.time() + self.claim_idle / 2
+                    if not self._backlog:
+                        block = min(2.0, self.claim_idle / 2)
+                        self._backlog += await self.store.take_starts(apps, self.name, room, block)
                 delay = 0.05
-            except StoreUnavailable as exc:
-                log.warning("worker %s: cannot take starts (%s); retrying in %.2fs", self.name, exc, delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if "NOGROUP" in str(exc):  # Redis lost the group (a restart without persistence)
+                    log.warning("worker %s: the start queue's group is gone; making it again", self.name)
+                    with contextlib.suppress(Exception):
+                        await self.store.start_groups(apps)
+                else:
+                    log.warning(
+                        "worker %s: cannot take starts (%s: %s); retrying in %.2fs",
+                        self.name,
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                        exc_info=not isinstance(exc, StoreUnavailable),
+                    )
                 await asyncio.sleep(delay)  # backoff
                 delay = min(delay * 2, 2.0)
                 continue
-            for app, entry_id, start in got:
+            for app, entry_id, start in self._backlog[:room]:
                 task = asyncio.create_task(self._run(app, entry_id, start), name=f"wirepipe-worker-run-{app}")
                 self._running.add(task)
                 task.add_done_callback(self._done)
+            del self._backlog[:room]
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
@@ -288,7 +339,8 @@ class Worker:
                     session = self.runs.sessions[sid]
                     await asyncio.shield(session.ready)  # the sid is ours: the start is taken
                 except (ProtocolError, ValueError) as exc:
-                    # Its reservation lapsed or another run has the sid (or it runs here already).
+                    # Another run has the sid (started meanwhile, or this start's
+                    # earlier taker is still alive), or it runs here already.
                     log.warning("worker %s: the start of %s under %r dropped: %s", self.name, app, sid, exc)
                     refused, session = session, None
                     if refused is not None:
@@ -320,12 +372,15 @@ class Worker:
                 log.warning("worker %s: cannot acknowledge a start (%s); retrying", self.name, exc)
                 await asyncio.sleep(delay)  # backoff
                 delay = min(delay * 2, 2.0)
+            except Exception as exc:  # the entry or its group is gone (Redis lost its data): nothing to ack
+                log.warning("worker %s: a start's acknowledgement failed: %s: %s", self.name, type(exc).__name__, exc)
+                return
 
     async def _advertise_forever(self, lease: float) -> None:
         """Tell gateways which apps this worker runs, every third of ``lease``."""
         while True:
             await asyncio.sleep(lease / 3)  # a timer, not a synchronisation
             try:
-                await self.store.advertise(sorted(self.apps), lease)
-            except StoreUnavailable as exc:
-                log.warning("worker %s: cannot advertise its apps: %s", self.name, exc)
+                await self.store.advertise(sorted(self.apps), lease, self.name)
+            except Exception as exc:  # the next period tries again
+                log.warning("worker %s: cannot advertise its apps: %s: %s", self.name, type(exc).__name__, exc)

@@ -44,6 +44,9 @@ class Raw:
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
+        #: Events received and not handed out yet (the rest of a batch after
+        #: ``events``' condition matched, or events that came with a reply).
+        self.leftover: list[Event] = []
 
     async def send(self, frame: dict[str, Any]) -> None:
         await self.ws.send(packb(frame))
@@ -56,13 +59,20 @@ class Raw:
         return await self.recv()
 
     async def events(self, until: Callable[[Event], bool]) -> list[Event]:
-        """Receive events until one satisfies ``until`` (included); other frames are skipped."""
+        """Receive events until one satisfies ``until`` (included); other frames are skipped.
+
+        Events after it in the same batch are kept for the next call.
+        """
         out: list[Event] = []
         while True:
-            frame = await self.recv()
-            for ev in events_of(frame):
+            if self.leftover:
+                evs, self.leftover = self.leftover, []
+            else:
+                evs = list(events_of(await self.recv()))
+            for i, ev in enumerate(evs):
                 out.append(ev)
                 if until(ev):
+                    self.leftover = evs[i + 1 :] + self.leftover
                     return out
 
     async def collect(self, done: Callable[[list[Any]], bool]) -> list[Any]:
@@ -136,6 +146,9 @@ async def request(r: Raw, frame: dict[str, Any], seen: list[Event] | None = None
     """
     await r.send(frame)
     frames = await r.collect(lambda fs: any(getattr(f, "t", None) == "replied" for f in fs))
+    came = [e for f in frames for e in events_of(f)]
     if seen is not None:
-        seen += [e for f in frames for e in events_of(f)]
+        seen += came
+    else:
+        r.leftover += came  # the next ``events`` call gets them
     return replied(frames)[-1]

@@ -269,7 +269,7 @@ class Leases(Protocol):
         """
 
     async def take_over(self, sid: str, reserved_by: str, holder: str) -> bool:
-        """Claim ``sid`` for ``holder`` if the reservation ``reserved_by`` (or ``holder``) holds it; else False."""
+        """Claim ``sid`` for ``holder`` if ``reserved_by`` (a queued start), ``holder`` or nobody holds it."""
 
     async def create(
         self,

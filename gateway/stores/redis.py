@@ -396,10 +396,12 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
 
-# KEYS: lease.  ARGV: reservation, holder, ttl in ms.  Reply: as _CLAIM's.
+# KEYS: lease.  ARGV: reservation, holder, ttl in ms.  Reply: as _CLAIM's.  A
+# reservation that lapsed (the start waited long) is no obstacle: a lease
+# nobody holds is taken as well.
 _TAKE_OVER: Final = """
 local v = redis.call('GET', KEYS[1])
-if v ~= ARGV[1] and v ~= ARGV[2] then return -1 end
+if v and v ~= ARGV[1] and v ~= ARGV[2] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 local t = redis.call('TIME')
 return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
@@ -441,7 +443,7 @@ redis.call('XADD', KEYS[1], '*', 's', ARGV[1])
 return 1
 """
 
-# KEYS: apps.  ARGV: ttl in ms, app names...  (an app's entry lapses at the latest expiry)
+# KEYS: apps.  ARGV: ttl in ms, "<app>\n<worker>" members...  (each lapses unless renewed)
 _ADVERTISE: Final = """
 local t = redis.call('TIME')
 local lapse = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
@@ -835,7 +837,7 @@ class RedisStore:
         max_connections: int = 64,
         command_timeout: float = 10.0,
         lease_ttl: float | None = 10.0,
-        request_timeout: float = 10.0,
+        request_timeout: float = 5.0,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix {prefix!r} must not contain braces: keys use a {{sid}} hash tag")
@@ -913,6 +915,8 @@ class RedisStore:
         self._tokens = itertools.count(1)
         self._outcomes: dict[bytes, asyncio.Future[dict[str, Any] | None]] = {}
         self._outcome_channel: _Channel | None = None
+        #: The last request taken, by sid this process writes (see ``serve_requests``).
+        self._served: dict[str, bytes] = {}
         self._empty_snap = packb(Snapshot().as_map())
         self._writers: dict[str, _Writer] = {}
         # pub/sub: watches by sid and by channel, and the task that (un)subscribes
@@ -1044,6 +1048,7 @@ class RedisStore:
         holder: str | None = None,
     ) -> None:
         self._writers.pop(sid, None)
+        self._served.pop(sid, None)  # the new log starts with no requests
         snap = Snapshot.from_map(snapshot)
         packed = self._empty_snap if snapshot is None else packb(snap.as_map())
         args: list[Any] = [self._channel(sid), epoch, packed, head, holder or ""]
@@ -1170,6 +1175,7 @@ class RedisStore:
 
     async def end(self, sid: str, *, holder: str | None = None) -> None:
         self._writers.pop(sid, None)
+        self._served.pop(sid, None)
         ttl_ms = max(0, int(self.retention.ttl_after_end * 1000))
         args: list[Any] = [self._channel(sid), repr(time.time()), ttl_ms, holder or ""]
         if await self._io(self._end(keys=self._keys(sid), args=args)) == _NOT_HOLDER:
@@ -1308,7 +1314,9 @@ class RedisStore:
         kick.set()  # requests queued before the subscription is live
         channel = await self._listen_to(self._requests_channel(sid), lambda _data: kick.set())
         key = self._keys(sid)[3]
-        last = b"0-0"
+        # Where the last call stopped (a store error ended it): requests are
+        # taken once, also across retries.
+        last = self._served.get(sid, b"0-0")
         try:
             while True:
                 if not kick.is_set():
@@ -1321,6 +1329,7 @@ class RedisStore:
                     entries = await self._io(self._redis.xrange(key, min=b"(" + last, max=b"+", count=_REQUEST_BATCH))
                     for entry_id, fields in entries or ():
                         last = entry_id.encode() if isinstance(entry_id, str) else bytes(entry_id or b"")
+                        self._served[sid] = last
                         await self._answer(sid, dict(fields or {}), handle)
                     if len(entries or ()) < _REQUEST_BATCH:
                         break
@@ -1354,15 +1363,21 @@ class RedisStore:
     def _starts(self, app: str) -> str:
         return f"{self.prefix}{{starts}}:q:{app}"
 
-    async def advertise(self, apps: Sequence[str], ttl: float) -> None:
-        """Say that a live worker runs ``apps``, for ``ttl`` seconds (renew it before then)."""
-        args: list[Any] = [max(1, int(ttl * 1000)), *apps]
+    async def advertise(self, apps: Sequence[str], ttl: float, worker: str = "") -> None:
+        """Say that ``worker`` (alive) runs ``apps``, for ``ttl`` seconds (renew it before then)."""
+        args: list[Any] = [max(1, int(ttl * 1000)), *(f"{app}\n{worker}" for app in apps)]
         await self._io(self._advertise(keys=[f"{self.prefix}{{starts}}:apps"], args=args))
+
+    async def withdraw(self, apps: Sequence[str], worker: str = "") -> None:
+        """``worker`` no longer runs ``apps`` (it stops)."""
+        members = [f"{app}\n{worker}" for app in apps]
+        if members:
+            await self._io(self._redis.zrem(f"{self.prefix}{{starts}}:apps", *members))
 
     async def advertised(self) -> list[str]:
         """The apps some live worker runs."""
-        names = await self._io(self._advertised(keys=[f"{self.prefix}{{starts}}:apps"]))
-        return sorted(_str(n) for n in names)
+        members = await self._io(self._advertised(keys=[f"{self.prefix}{{starts}}:apps"]))
+        return sorted({_str(m).partition("\n")[0] for m in members})
 
     async def enqueue_start(self, app: str, start: dict[str, Any]) -> bool:
         """Queue a start of ``app`` for the workers; False if ``MAX_QUEUED`` starts wait already."""

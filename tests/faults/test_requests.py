@@ -214,9 +214,7 @@ async def test_a_pubsub_reconnect_loses_no_outcome(
         await asyncio.wait_for(store.pubsub.until(lambda h: h.live > before), TIMEOUT)
 
 
-async def test_a_python_client_follows_a_gateway_that_shuts_down_to_another(
-    make_gw: MakeGateway, prefix: str
-) -> None:
+async def test_a_python_client_follows_a_gateway_that_shuts_down_to_another(make_gw: MakeGateway, prefix: str) -> None:
     """Before: the 1001 of a graceful shutdown (a rolling restart) stopped the Python client for good."""
     from gateway.client import Client
 

@@ -23,7 +23,7 @@ from support import TIMEOUT, MakeGateway, OpenRaw, final, request
 from gateway.runs import LAPSED_DETAIL
 from gateway.stores.redis import RedisStore
 from gateway.worker import open_pipe
-from protocol import Event, ProtocolError
+from protocol import Event, ProtocolError, StoreUnavailable
 
 pytestmark = pytest.mark.redis
 
@@ -220,3 +220,122 @@ async def test_two_gateways_two_workers_a_gateway_killed_mid_run(
     assert seqs == list(range(1, seqs[-1] + 1))  # every seq exactly once, in order
     assert rest[-1].d == {"state": "done"}
     assert sum(1 for e in seen + rest if e.k == "log" and e.d["msg"].startswith("line ")) == 200
+
+
+async def test_a_worker_whose_start_group_was_lost_makes_it_again(
+    private_redis: PrivateRedis, worker_process: Any, make_gw: MakeGateway, raw: OpenRaw
+) -> None:
+    """Before: the NOGROUP error ended the worker's take loop silently; every start then waited forever."""
+    worker_process(private_redis.url)
+    gw = await make_gw(store=RedisStore(private_redis.url), secret=SECRET)
+    client = Redis.from_url(private_redis.url)
+    try:
+        assert await client.delete("wirepipe:{starts}:q:slow") == 1  # the stream and its group, gone
+    finally:
+        await client.aclose()
+    async with raw(gw.url) as r:
+        welcome = await r.hello("regrouped", start={"app": "slow", "input": {"n": 1}})
+        assert welcome.t == "welcome"
+        await r.events(lambda e: e.k == "ask")
+
+
+async def test_a_start_whose_reservation_lapsed_in_the_queue_still_runs(
+    private_redis: PrivateRedis, make_gw: MakeGateway, raw: OpenRaw
+) -> None:
+    """Before: a start that waited longer than its reservation was dropped, and its client waited forever."""
+    from gateway.worker import Worker
+
+    store = RedisStore(private_redis.url)
+    gw = await make_gw(store=store, secret=SECRET)
+    await store.start_groups(["slow"])
+    await store.advertise(["slow"], 60.0, "about-to-come")
+    await gw.runs.start("late", "slow", {"n": 1})  # what a hello.start does: reserve, queue
+    client = Redis.from_url(private_redis.url)
+    try:
+        assert await client.delete("wirepipe:{late}:lease") == 1  # the reservation lapses in the queue
+    finally:
+        await client.aclose()
+    async with raw(gw.url) as r:
+        waiting = asyncio.ensure_future(r.hello("late"))  # a client waits for the run
+        async with Worker(private_redis.url, {"slow": _slow()}):
+            welcome = await asyncio.wait_for(waiting, TIMEOUT)
+            assert welcome.t == "welcome"
+            await r.events(lambda e: e.k == "ask")
+
+
+async def test_concurrency_bounds_the_runs_of_all_a_workers_apps_together(
+    private_redis: PrivateRedis, make_gw: MakeGateway, raw: OpenRaw
+) -> None:
+    """Before: one read took up to ``concurrency`` starts from each app's stream (3 apps: 3 at once)."""
+    from gateway.worker import Worker
+
+    running, peak, release = 0, 0, asyncio.Event()
+
+    async def app(pipe: Any, value: Any) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await release.wait()
+        finally:
+            running -= 1
+
+    store = RedisStore(private_redis.url)
+    gw = await make_gw(store=store, secret=SECRET)
+    names = ["a", "b", "c"]
+    await store.start_groups(names)
+    await store.advertise(names, 60.0, "soon")
+    for n in names:  # all three starts are queued before the worker reads
+        await gw.runs.start(f"run-{n}", n, None)
+    async with Worker(private_redis.url, {n: app for n in names}, concurrency=1) as worker:
+        await asyncio.wait_for(worker.until(taken=1), TIMEOUT)
+        release.set()
+        await asyncio.wait_for(worker.until(taken=3, finished=3), TIMEOUT)
+    assert peak == 1
+
+
+async def test_a_stopping_worker_withdraws_its_apps(private_redis: PrivateRedis) -> None:
+    from gateway.worker import Worker
+
+    store = RedisStore(private_redis.url)
+    try:
+        async with Worker(private_redis.url, {"slow": _slow()}):
+            assert await store.advertised() == ["slow"]
+        assert await store.advertised() == []  # gateways say no_app at once, not after a lease TTL
+    finally:
+        await store.close()
+
+
+async def test_a_cancel_interrupts_an_open_pipe_block_waiting_on_an_ask(
+    private_redis: PrivateRedis, make_gw: MakeGateway, raw: OpenRaw
+) -> None:
+    gw = await make_gw(store=RedisStore(private_redis.url), secret=SECRET)
+
+    async def agent() -> None:
+        async with open_pipe(private_redis.url, "stoppable") as pipe:
+            await pipe.ask("Go on?", ["yes", "no"])
+
+    task = asyncio.ensure_future(agent())
+    async with raw(gw.url) as r:
+        await r.hello("stoppable")
+        await r.events(lambda e: e.k == "ask")
+        tail: list[Event] = []
+        got = await request(r, {"t": "cancel", "rid": "c1", "reason": "enough"}, tail)
+        assert (got.ok, got.err) == (True, None)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, TIMEOUT)
+        if not (tail and final(tail[-1])):
+            tail += await r.events(final)
+    assert tail[-1].d == {"state": "cancelled", "detail": "enough"}
+
+
+async def test_open_pipe_on_an_unreachable_redis_says_so_at_once() -> None:
+    with pytest.raises(StoreUnavailable):
+        async with open_pipe(f"redis://127.0.0.1:{free_port()}/0", "nowhere"):
+            pass
+
+
+def _slow() -> Any:
+    from faultapps import slow
+
+    return slow
