@@ -25,8 +25,9 @@ replaces both keys.  Each script then PUBLISHes ``<kind>:<head>:<epoch>`` on
 Snapshots.  The writer (the node whose Session appends) keeps the reducer
 (``protocol.Snapshot``) of each log it writes in memory and folds each batch
 into it.  It stores a checkpoint every ``snapshot_every`` events or 256 KiB,
-not every batch: an open text stream makes the snapshot grow with every
-token, and rewriting it per token would cost O(n^2) bytes.
+and never before as many bytes of events followed the last one as that
+checkpoint's own size: an open text stream makes the snapshot grow with
+every token, and rewriting it per batch would cost O(n^2) bytes.
 ``snapshot(sid)`` reads the checkpoint and the events after it in one script
 and folds them, so any node returns ``(map, head)``.  The append script
 refuses (and the writer retries with a checkpoint) a trim that would drop an
@@ -621,6 +622,7 @@ class _Writer:
     snap: Snapshot
     ckpt: int  # snap_seq of the stored checkpoint
     tail_bytes: int  # bytes of the events after the checkpoint
+    ckpt_bytes: int = 0  # the stored checkpoint's size
 
 
 @dataclass(slots=True, eq=False)
@@ -1087,7 +1089,13 @@ class RedisStore:
         raws = [ev.raw for ev in events]
         size = sum(map(len, raws))
         head = w.head + len(events)
-        ckpt = head - w.ckpt >= self.snapshot_every or w.tail_bytes + size >= SNAPSHOT_BYTES
+        since = w.tail_bytes + size
+        # A checkpoint costs its size: it is rewritten only once at least as many
+        # bytes of events followed it (an open text stream grows with every token:
+        # rewriting it every batch cost O(n^2) bytes for a long stream).
+        ckpt = self.snapshot_every == 1 or (
+            since >= w.ckpt_bytes and (head - w.ckpt >= self.snapshot_every or since >= SNAPSHOT_BYTES)
+        )
         ret = await self._run_append(sid, w, events[0].seq, raws, ckpt, holder)
         if ret[0] == _NEED_SNAPSHOT:  # the trim reaches past the checkpoint
             ckpt = True
@@ -1123,6 +1131,8 @@ class RedisStore:
     ) -> list[Any]:
         r = self.retention
         snap = packb(w.snap.as_map()) if ckpt else b""
+        if ckpt:
+            w.ckpt_bytes = len(snap)  # kept only if the append succeeds (w is then kept)
         args: list[Any] = [self._channel(sid), w.epoch, seq, r.max_events, r.max_bytes, snap, holder or "", *raws]
         ret: list[Any] = await self._hot(self._append, self._keys(sid), args)
         return ret
@@ -1500,7 +1510,7 @@ class RedisStore:
         if state is None:
             raise LogMissing(f"no log for {sid!r}")
         epoch, head, snap, snap_seq, tail = state
-        w = _Writer(_str(epoch), int(head), _fold(snap, tail), int(snap_seq), sum(map(len, tail)))
+        w = _Writer(_str(epoch), int(head), _fold(snap, tail), int(snap_seq), sum(map(len, tail)), len(snap))
         self._writers[sid] = w
         return w
 
