@@ -137,7 +137,7 @@ import random
 import secrets
 import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -974,14 +974,8 @@ class RedisStore:
         if not done:
             task.cancel()  # redis-py then drops the connection: its reply would be out of step
             raise StoreUnavailable(f"redis did not answer within {self.command_timeout:g}s")
-        try:
+        with _unavailable():
             return task.result()
-        except _UNREACHABLE as exc:
-            raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
-        except ResponseError as exc:
-            if _refused_for_now(exc):
-                raise StoreUnavailable(f"redis refuses writes for now: {type(exc).__name__}: {exc}") from exc
-            raise
 
     async def _hot(self, script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """A hot script (append, fetch, renew): through the batcher when there is one.
@@ -996,14 +990,8 @@ class RedisStore:
         batcher = script.batcher
         if batcher is None:
             return await self._io(script(keys=keys, args=args))
-        try:
+        with _unavailable():
             return await batcher.call(script, keys, args)
-        except _UNREACHABLE as exc:
-            raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
-        except ResponseError as exc:
-            if _refused_for_now(exc):
-                raise StoreUnavailable(f"redis refuses writes for now: {type(exc).__name__}: {exc}") from exc
-            raise
 
     async def _gated(self, call: Awaitable[T]) -> T:
         """``call`` once fewer than ``max_connections`` commands are in flight (cluster only)."""
@@ -2011,6 +1999,19 @@ class RedisStore:
 _FOR_NOW: Final = frozenset(
     {"OOM", "MISCONF", "BUSY", "LOADING", "READONLY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"}
 )
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Redis unreachable, or refusing for now: ``StoreUnavailable`` (other errors pass)."""
+    try:
+        yield
+    except _UNREACHABLE as exc:
+        raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
+    except ResponseError as exc:
+        if _refused_for_now(exc):
+            raise StoreUnavailable(f"redis refuses writes for now: {type(exc).__name__}: {exc}") from exc
+        raise
 
 
 def _refused_for_now(exc: ResponseError) -> bool:

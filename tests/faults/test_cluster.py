@@ -103,6 +103,8 @@ async def test_a_client_resumes_on_another_gateway_for_sids_on_every_master(
         got = [e.seq for e in seen + rest]
         assert got == list(range(1, rest[-1].seq + 1)), f"{sid}: a gap or a duplicate across gateways"
         assert rest[-1].d == {"state": "done"} and rest[-3].k == "answer"
+        # The writer ends the log just after its final status is stored (and seen).
+        await asyncio.wait_for(a.runs.sessions[sid].writer, TIMEOUT)
         info = await b.store.info(sid)
         assert info is not None and info.ended and info.head == rest[-1].seq
 
