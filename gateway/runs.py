@@ -29,7 +29,7 @@ from .config import App, Config
 from .metrics import Metrics
 from .middleware import Middleware
 from .pipe import WebPipe
-from .sessions import Limits, Session, failed_ending, on_loop
+from .sessions import Limits, Session, ending, failed_ending, on_loop
 from .stores import Leases, Store, leases_of, queue_of
 
 log = logging.getLogger("wirepipe")
@@ -215,7 +215,9 @@ class Runs:
             raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {sid!r} already has a run")
         holder = f"start-{secrets.token_hex(8)}"
         old = await self.store.info(sid)
-        if not await leases.reserve(sid, holder, START_TTL):
+        if not await leases.reserve(sid, holder, START_TTL) and not (
+            await ending(self.store, sid, leases.lease_ttl or 1.0) and await leases.reserve(sid, holder, START_TTL)
+        ):
             raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {sid!r} already has a run (on another node)")
         try:
             queued = await queue.enqueue_start(app_name, {"sid": sid, "input": value, "holder": holder})

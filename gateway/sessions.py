@@ -314,7 +314,11 @@ class Session:
                 self.predecessor = None
             leases = self._leases
             if leases is not None:
-                if not await self._retry(lambda: self._claim(leases)):
+                if not await self._retry(lambda: self._claim(leases)) and not (
+                    # a run that wrote its final status is about to give the sid up
+                    await ending(self.store, self.sid, leases.lease_ttl or RETRY_CAP)
+                    and await self._retry(lambda: self._claim(leases))
+                ):
                     raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {self.sid!r} already has a run (on another node)")
                 self._renewer = self.loop.create_task(self._renew(), name=f"wirepipe-lease-{self.sid}")
             await self._retry(lambda: self._create())
@@ -380,7 +384,7 @@ class Session:
 
     async def _end_store(self) -> None:
         if self._leases is not None:
-            await self._leases.end(self.sid, holder=self.holder)
+            await self._leases.end(self.sid, holder=self.holder, release=True)
         else:
             await self.store.end(self.sid)
 
@@ -895,6 +899,34 @@ def failed_ending(head: int, open_asks: Sequence[str], detail: str | None) -> li
         closing.append((Kind.STATUS, {"state": RunState.FAILED, "detail": detail}))
     now = time.time()
     return [Appended(head + i, k, d, encode_event(head + i, k, now, d)) for i, (k, d) in enumerate(closing, 1)]
+
+
+async def ending(store: Store, sid: str, timeout: float) -> bool:
+    """True once the log of ``sid`` is ended, if its run already wrote its final status (within ``timeout``).
+
+    False at once for a run that has not (it is alive: ``sid_taken``) or no
+    log at all (a start of the sid is under way elsewhere).  The writer of a
+    finished run ends its log and gives the sid up in one step just after
+    its final status, which clients may see first: a new start of the sid
+    right then waits for that step instead of being refused.
+    """
+    info = await store.info(sid)
+    if info is None:
+        return False
+    if info.ended:
+        return True
+    status = (await store.snapshot(sid))[0].get("status")
+    if not (isinstance(status, dict) and is_final(Kind.STATUS, status)):
+        return False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (left := deadline - loop.time()) > 0:
+        await store.wait(sid, info.head, timeout=left, epoch=info.epoch)
+        now = await store.info(sid)
+        if now is None or now.ended or now.epoch != info.epoch:
+            return True
+        info = now
+    return False
 
 
 def on_loop(loop: asyncio.AbstractEventLoop) -> bool:

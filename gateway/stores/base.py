@@ -287,8 +287,12 @@ class Leases(Protocol):
     ) -> None:
         """``Store.append``; with ``holder``, refused (``LeaseLost``) unless it holds the sid."""
 
-    async def end(self, sid: str, *, holder: str | None = None) -> None:
-        """``Store.end``; with ``holder``, refused (``LeaseLost``) unless it holds the sid."""
+    async def end(self, sid: str, *, holder: str | None = None, release: bool = False) -> None:
+        """``Store.end``; with ``holder``, refused (``LeaseLost``) unless it holds the sid.
+
+        ``release``: the holder gives the sid up in the same step (the run is
+        over), so that whoever sees the end may start the sid again at once.
+        """
 
 
 def leases_of(store: Store) -> Leases | None:

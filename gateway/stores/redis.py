@@ -351,10 +351,14 @@ end
 return {st[1], st[2], st[3], st[4], tail}
 """
 
-# KEYS: log, meta, lease, requests, rids.  ARGV: channel, ended_at, ttl in ms, holder.
+# KEYS: log, meta, lease, requests, rids.  ARGV: channel, ended_at, ttl in ms,
+# holder, release ('1': the holder's lease goes too).
 _END: Final = """
 local v = ARGV[4] ~= '' and redis.call('GET', KEYS[3])
 if v and v ~= ARGV[4] then return -5 end
+-- The run is over: its writer gives the sid up in the same step (ARGV[5]), so
+-- that whoever sees the end can start the sid again at once.
+if v and ARGV[5] == '1' then redis.call('DEL', KEYS[3]) end
 local st = redis.call('HMGET', KEYS[2], 'epoch', 'ended_at')
 if not st[1] or st[2] then return 0 end
 redis.call('HSET', KEYS[2], 'ended_at', ARGV[2])
@@ -410,7 +414,9 @@ return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV
 
 # KEYS: lease.  ARGV: holder.
 _RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if not v then return 1 end  -- already gone (given up with the end): still leave the live set
 return 0
 """
 
@@ -1171,11 +1177,11 @@ class RedisStore:
             return dict(msgpack.unpackb(snap, raw=False, strict_map_key=False)), int(snap_seq)
         return _fold(snap, tail).as_map(), int(head)
 
-    async def end(self, sid: str, *, holder: str | None = None) -> None:
+    async def end(self, sid: str, *, holder: str | None = None, release: bool = False) -> None:
         self._writers.pop(sid, None)
         self._served.pop(sid, None)
         ttl_ms = max(0, int(self.retention.ttl_after_end * 1000))
-        args: list[Any] = [self._channel(sid), repr(time.time()), ttl_ms, holder or ""]
+        args: list[Any] = [self._channel(sid), repr(time.time()), ttl_ms, holder or "", "1" if release else ""]
         if await self._io(self._end(keys=self._keys(sid), args=args)) == _NOT_HOLDER:
             raise LeaseLost(f"another writer holds the lease of {sid!r}")
 

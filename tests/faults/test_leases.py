@@ -149,3 +149,38 @@ async def test_a_healthy_run_is_never_finalised_by_another_node(
         await ra.send({"t": "reply", "ask": "a1", "rid": "r1", "value": "no"})
         done = await ra.events(final)
         assert done[-1].d["state"] == "done" and [e.k for e in done[:-1]] == ["answer", "log"]
+
+
+async def test_a_sid_may_start_again_on_any_node_as_soon_as_its_end_is_seen(
+    make_gw: MakeGateway, raw: OpenRaw, prefix: str
+) -> None:
+    """Before: the writer gave the sid up a round trip after its final status, so a start right then got sid_taken."""
+    a, b = await _two_nodes(make_gw, require_redis(), prefix)
+    for _ in range(3):
+        async with raw(a.url) as ra:
+            first = await ra.hello("again", start={"app": "slow", "input": {"n": 1}})
+            assert first.t == "welcome"
+            await ra.events(lambda e: e.k == "ask")
+            await ra.send({"t": "reply", "ask": "a1", "rid": "r1", "value": "yes"})
+            await ra.events(final)
+        async with raw(b.url) as rb:  # at once, on the other node
+            second = await rb.hello("again", start={"app": "slow", "input": {"n": 1}})
+            assert second.t == "welcome" and second.epoch != first.epoch
+            await rb.events(lambda e: e.k == "ask")
+            await rb.send({"t": "reply", "ask": "a1", "rid": "r1", "value": "yes"})
+            await rb.events(final)
+
+
+async def test_ending_a_log_with_release_gives_the_sid_up_in_the_same_step(prefix: str) -> None:
+    url = require_redis()
+    store = RedisStore(url, prefix=prefix, lease_ttl=30.0)
+    client = Redis.from_url(url)
+    try:
+        assert await store.claim("s", "A")
+        await store.create("s", "e1", holder="A")
+        await store.end("s", holder="A", release=True)
+        assert await client.exists(f"{prefix}{{s}}:lease") == 0
+        assert await store.claim("s", "B")  # free at once
+    finally:
+        await client.aclose()
+        await store.close()
