@@ -1,178 +1,296 @@
-"""Benchmarks, all measured in one run so that ratios compare like with like.
+"""The gateway beside a bare ``websockets`` server, six workloads, one command, one table.
 
-(a) N ``set_message`` calls of 64-byte strings from an agent thread, through
-    the gateway, to one client in another process: events/s end to end.
-(b) The same payloads through a bare ``websockets`` server that sends one
-    MessagePack frame per message: the ceiling, measured in this same run.
-(c) Replay of 10,000 missed events after a reconnect with a resume token.
-(d) Peak RSS of this process (gateway and baseline server) and of the receiver.
+Every server runs in a process of its own, so that its CPU (user + system,
+``/proc/<pid>/stat``) and memory (``VmRSS`` of ``/proc/<pid>/status``) are
+its alone: the gateway over a MemoryStore (``bench/gateway_proc.py``) and the
+bare baseline (``bench/bare_proc.py``: a plain ``websockets`` server that
+sends one MessagePack frame per message, the same 64-byte payloads, and
+nothing else).  The clients are Node processes (``bench/watchers.mjs``, the
+``ws`` package of ``clients/js``); where no latency is measured they do not
+decode frames but read the last ``seq`` from the bytes, and their CPU is
+reported beside the server's, so a reader can see that they were not the
+bottleneck.  The workloads, each run for the gateway and then for bare:
 
-Usage: python -m bench [--n 100000] [--replay 10000] [--repeat 3] [--json FILE]
+one      N events (100,000) written as fast as possible, to one client:
+         events/s from the first write to the last receipt, server CPU per event.
+fanout   N events (10,000) to 100 clients of one session: deliveries/s, server
+         CPU per delivery.
+rate     a steady 2,000 events/s for 10 s to one client: latency (receipt time
+         minus the event's timestamp) p50 / p99, server CPU per event.
+many     500 sessions x 2 watchers, 10 events/s each, for 15 s: server CPU per
+         delivery, latency p50 / p99.
+idle     2,000 connected clients that receive nothing: server memory per
+         connection, (VmRSS with them - VmRSS before) / 2,000.
+replay   a client resumes with its token after 10,000 missed events: ms from
+         its reconnect to the last event (the gateway only: bare has no replay).
+
+Ratios (gateway / bare) are what to compare: both run on the same machine in
+the same run.  ``--quick`` shrinks every workload to a smoke run of seconds.
+
+Usage: python -m bench [--quick] [--only one,fanout,rate,many,idle,replay] [--json FILE]
+       [--n 100000] [--fanout-n 10000] [--clients 100] [--rate 2000] [--rate-seconds 10]
+       [--sessions 500] [--watchers 2] [--session-rate 10] [--seconds 15] [--idle 2000]
+       [--replay 10000]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import statistics
+import os
+import resource
+import shutil
 import subprocess
 import sys
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
-from websockets.asyncio.server import ServerConnection, serve
+from bench.scale import GUARD, ROOT, cpu_of, read_json, stop, tell, watchers
 
-from bench.receiver import peak_rss_mb
-from gateway import Gateway, MemoryStore
-from gateway.stores import Retention
-
-PAYLOAD = "x" * 54  # with a 10-char counter: 64-byte strings
-
-
-class Receiver:
-    def __init__(self, url: str, sid: str, n: int, *, replay: bool = False) -> None:
-        args = [sys.executable, "-m", "bench.receiver", url, sid, str(n)] + (["--replay"] if replay else [])
-        self.proc = subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent
-        )
-
-    async def line(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        text = await asyncio.to_thread(self.proc.stdout.readline)
-        if not text:
-            raise RuntimeError(f"receiver exited with {self.proc.wait()}")
-        return json.loads(text)  # type: ignore[no-any-return]
-
-    def go(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-
-    def finish(self) -> int:
-        try:
-            return self.proc.wait(timeout=60)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+WORKLOADS = ("one", "fanout", "rate", "many", "idle", "replay")
+KINDS = ("gateway", "bare")
+QUICK = {
+    "n": 5_000,
+    "fanout_n": 500,
+    "clients": 10,
+    "rate": 500,
+    "rate_seconds": 0.5,
+    "sessions": 20,
+    "session_rate": 10,
+    "seconds": 0.5,
+    "idle": 100,
+    "replay": 500,
+}
 
 
-def _messages(n: int) -> list[str]:
-    return [f"{i:010d}{PAYLOAD}" for i in range(n)]
+def rss_kb(pid: int) -> int:
+    """Resident memory of process ``pid`` now (VmRSS), in kB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
 
 
-async def bench_gateway(n: int) -> dict[str, float]:
-    msgs = _messages(n)
-    retention = Retention(max_events=n + 10, max_bytes=1 << 30)
-    async with Gateway(port=0, store=MemoryStore(retention)) as gw:
-        pipe = gw.pipe("bench")
-        rx = Receiver(gw.url, "bench", n)
-        await rx.line()  # ready (hello sent)
-        await pipe.drained()
-        started = threading.Event()
-        t0 = 0.0
-
-        def agent() -> None:
-            nonlocal t0
-            t0 = time.time()
-            started.set()
-            for m in msgs:
-                pipe.set_message(m)
-
-        th = threading.Thread(target=agent)
-        th.start()
-        done = await rx.line()
-        th.join()
-        rx.finish()
-        return {"events_per_s": n / (done["done"] - t0), "frames": done["frames"], "rss": done["rss_mb"]}
+def server(kind: str, *args: str) -> subprocess.Popen[str]:
+    """The gateway (memory store) or the bare baseline, in a process of its own."""
+    script = "gateway_proc.py" if kind == "gateway" else "bare_proc.py"
+    cmd = [sys.executable, str(ROOT / "bench" / script), "--store", "memory", *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
-async def bench_bare(n: int) -> dict[str, float]:
-    msgs = _messages(n)
-    t0 = 0.0
-    finished = asyncio.Event()
-
-    async def handler(ws: ServerConnection) -> None:
-        nonlocal t0
-        await ws.recv()  # the hello
-        t0 = time.time()
-        ts = time.time()
-        for i, m in enumerate(msgs, 1):  # one frame per message, no batching or replay: the bare baseline
-            await ws.send(msgpack.packb({"t": "ev", "seq": i, "k": "text", "ts": ts, "d": {"id": "t1", "delta": m}}))
-        await finished.wait()
-
-    async with serve(handler, "127.0.0.1", 0, subprotocols=["wirepipe.v1"]) as server:  # type: ignore[list-item]
-        port = next(iter(server.sockets)).getsockname()[1]
-        rx = Receiver(f"ws://127.0.0.1:{port}/", "bare", n)
-        await rx.line()
-        done = await rx.line()
-        finished.set()
-        rx.finish()
-    return {"events_per_s": n / (done["done"] - t0), "frames": done["frames"]}
-
-
-async def bench_replay(n: int) -> float:
-    async with Gateway(port=0) as gw:
-        pipe = gw.pipe("replay")
-        pipe.set_message("start")
-        await pipe.drained()
-        rx = Receiver(gw.url, "replay", n, replay=True)
-        await rx.line()  # connected once, then gone
-        for m in _messages(n):
-            pipe.set_message(m)
-        await pipe.drained()
-        rx.go()
-        out = await rx.line()
-        rx.finish()
-        return float(out["replay_ms"])
+def burst(kind: str, n: int, clients: int) -> dict[str, Any]:
+    """``n`` events as fast as the server writes them, to ``clients`` clients of one session."""
+    srv = server(kind, "throughput", "--n", str(n))
+    rx: subprocess.Popen[str] | None = None
+    try:
+        hello = read_json(srv)
+        rx = watchers(hello["url"], "bench", clients, "--fast")
+        read_json(rx)  # every client welcomed
+        cpu0, rx0 = cpu_of(hello["pid"]), cpu_of(rx.pid)
+        tell(srv, "go")
+        tell(rx, f"expect {n * clients}")
+        report = read_json(rx)["report"]
+        cpu, rx_cpu = cpu_of(hello["pid"]) - cpu0, cpu_of(rx.pid) - rx0
+        done = read_json(srv)
+        if report["events"] != n * clients:
+            raise RuntimeError(f"{kind}: {report['events']} of {n * clients} events arrived")
+        wall = report["last"] - done["t0"]
+        return {
+            "deliveries_per_s": round(n * clients / wall),
+            "server_cpu_us_per_delivery": round(cpu / (n * clients) * 1e6, 2),
+            "server_cpu_percent": round(cpu / wall * 100),
+            "receiver_cpu_percent": round(rx_cpu / wall * 100),
+            "frames": report["frames"],
+            "bytes": report["bytes"],
+        }
+    finally:
+        if rx is not None:
+            stop(rx)
+        stop(srv)
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    runs: dict[str, list[float]] = {"gateway": [], "bare": [], "ratio": [], "replay_ms": []}
-    frames = 0.0
-    rx_rss = 0.0
-    for _ in range(args.repeat):  # interleaved, so drift hits both sides alike
-        b = await bench_bare(args.n)
-        g = await bench_gateway(args.n)
-        runs["bare"].append(b["events_per_s"])
-        runs["gateway"].append(g["events_per_s"])
-        runs["ratio"].append(g["events_per_s"] / b["events_per_s"])
-        frames = g["frames"]
-        rx_rss = max(rx_rss, g["rss"])
-        runs["replay_ms"].append(await bench_replay(args.replay))
-    med = {k: statistics.median(v) for k, v in runs.items()}
-    peak_mb = peak_rss_mb()
-    return {
-        "n": args.n,
-        "repeat": args.repeat,
-        "gateway_events_per_s": round(med["gateway"]),
-        "bare_events_per_s": round(med["bare"]),
-        "ratio_gateway_over_bare": round(med["ratio"], 2),
-        "gateway_frames_for_n_events": int(frames),
-        "replay_events": args.replay,
-        "replay_ms": round(med["replay_ms"], 1),
-        "peak_rss_mb_server_process": round(peak_mb, 1),
-        "peak_rss_mb_receiver": round(rx_rss, 1),
-        "runs": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+def steady(kind: str, sessions: int, per_sid: int, rate: float, seconds: float) -> dict[str, Any]:
+    """``sessions`` sessions of ``per_sid`` watchers each, ``rate`` events/s per session, for ``seconds``."""
+    args = ["many", "--sessions", str(sessions), "--rate", str(rate), "--seconds", str(seconds)]
+    srv = server(kind, *args)
+    rx: subprocess.Popen[str] | None = None
+    try:
+        hello = read_json(srv)
+        rx = watchers(hello["url"], f"s:{sessions}", per_sid)
+        read_json(rx)  # every watcher welcomed
+        cpu0, rx0 = cpu_of(hello["pid"]), cpu_of(rx.pid)
+        tell(rx, "mark")
+        tell(srv, "go")
+        done = read_json(srv, seconds + GUARD)
+        expected = done["written"] * per_sid
+        tell(rx, f"expect {expected}")
+        report = read_json(rx)["report"]
+        cpu, rx_cpu = cpu_of(hello["pid"]) - cpu0, cpu_of(rx.pid) - rx0
+        if report["events"] != expected or report["gaps"]:
+            raise RuntimeError(f"{kind}: {report['events']} of {expected} events arrived, {report['gaps']} gaps")
+        wall = report["last"] - done["t0"]
+        return {
+            "events_written": done["written"],
+            "deliveries": report["events"],
+            "latency_p50_ms": round(report["p50_ms"], 2),
+            "latency_p99_ms": round(report["p99_ms"], 2),
+            "latency_max_ms": round(report["max_ms"], 2),
+            "server_cpu_us_per_delivery": round(cpu / max(report["events"], 1) * 1e6, 2),
+            "server_cpu_percent": round(cpu / wall * 100),
+            "receiver_cpu_percent": round(rx_cpu / wall * 100),
+            "frames": report["frames"],
+        }
+    finally:
+        if rx is not None:
+            stop(rx)
+        stop(srv)
+
+
+def idle(kind: str, conns: int) -> dict[str, Any]:
+    """Server memory per connected client that receives nothing."""
+    srv = server(kind, "idle")
+    rx: subprocess.Popen[str] | None = None
+    try:
+        hello = read_json(srv)
+        before = rss_kb(hello["pid"])
+        rx = watchers(hello["url"], "bench", conns, "--fast")
+        read_json(rx)  # every client welcomed
+        after = rss_kb(hello["pid"])
+        return {
+            "connections": conns,
+            "rss_before_kb": before,
+            "rss_after_kb": after,
+            "kb_per_connection": round((after - before) / conns, 2),
+        }
+    finally:
+        if rx is not None:
+            stop(rx)
+        stop(srv)
+
+
+def replay(kind: str, n: int) -> dict[str, Any]:
+    """A client resumes after ``n`` missed events: ms from its reconnect to the last of them."""
+    if kind != "gateway":
+        return {}  # a bare server has no replay
+    srv = server(kind, "replay", "--n", str(n))
+    rx: subprocess.Popen[str] | None = None
+    try:
+        hello = read_json(srv)
+        rx = watchers(hello["url"], "bench", 1, "--replay")
+        read_json(rx)  # welcomed, then gone
+        tell(srv, "go")
+        read_json(srv)  # the n events are written and stored
+        tell(rx, f"resume {n}")
+        out = read_json(rx)
+        if "replay_ms" not in out:
+            raise RuntimeError(f"replay: {out}")
+        return {"events": n, "replay_ms": round(out["replay_ms"], 1), "frames": out["frames"]}
+    finally:
+        if rx is not None:
+            stop(rx)
+        stop(srv)
+
+
+def run(a: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    jobs: dict[str, Callable[[str], dict[str, Any]]] = {
+        "one": lambda k: burst(k, a.n, 1),
+        "fanout": lambda k: burst(k, a.fanout_n, a.clients),
+        "rate": lambda k: steady(k, 1, 1, a.rate, a.rate_seconds),
+        "many": lambda k: steady(k, a.sessions, a.watchers, a.session_rate, a.seconds),
+        "idle": lambda k: idle(k, a.idle),
+        "replay": lambda k: replay(k, a.replay),
     }
+    results: dict[str, Any] = {"params": {k: v for k, v in vars(a).items() if k != "json"}}
+    for w in a.only:
+        for kind in KINDS:
+            results[f"{w}.{kind}"] = r = jobs[w](kind)
+            if r:
+                log(f"{w:7} {kind:8} {json.dumps(r)}")
+    return results
 
 
-if __name__ == "__main__":
+def rows(results: dict[str, Any], a: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """(label, gateway, bare, gateway / bare) for every measured line."""
+    spec = [
+        ("one", "deliveries_per_s", f"one client, {a.n:,} events: events/s"),
+        ("one", "server_cpu_us_per_delivery", "one client: server CPU µs/event"),
+        ("one", "receiver_cpu_percent", "one client: receiver CPU %"),
+        ("fanout", "deliveries_per_s", f"fan-out {a.clients} clients x {a.fanout_n:,}: deliveries/s"),
+        ("fanout", "server_cpu_us_per_delivery", "fan-out: server CPU µs/delivery"),
+        ("fanout", "receiver_cpu_percent", "fan-out: receiver CPU %"),
+        ("rate", "latency_p50_ms", f"steady {a.rate:,.0f} events/s: latency p50 ms"),
+        ("rate", "latency_p99_ms", "steady: latency p99 ms"),
+        ("rate", "server_cpu_us_per_delivery", "steady: server CPU µs/event"),
+        ("rate", "receiver_cpu_percent", "steady: receiver CPU %"),
+        (
+            "many",
+            "server_cpu_us_per_delivery",
+            f"many {a.sessions} x {a.watchers} at {a.session_rate:g}/s: server CPU µs/delivery",
+        ),
+        ("many", "latency_p50_ms", "many: latency p50 ms"),
+        ("many", "latency_p99_ms", "many: latency p99 ms"),
+        ("many", "receiver_cpu_percent", "many: receiver CPU %"),
+        ("idle", "kb_per_connection", f"idle {a.idle:,} connections: server kB/connection"),
+        ("replay", "replay_ms", f"replay of {a.replay:,} missed events: ms"),
+    ]
+    out = []
+    for w, key, label in spec:
+        if w not in a.only:
+            continue
+        g = results.get(f"{w}.gateway", {}).get(key)
+        b = results.get(f"{w}.bare", {}).get(key)
+        ratio = f"{g / b:.2f}" if isinstance(g, int | float) and isinstance(b, int | float) and b else "-"
+        out.append((label, "-" if g is None else f"{g:,}", "-" if b is None else f"{b:,}", ratio))
+    return out
+
+
+def table(lines: list[tuple[str, str, str, str]]) -> str:
+    text = ["| workload | gateway | bare websockets | gateway / bare |", "|---|---:|---:|---:|"]
+    text += [f"| {label} | {g} | {b} | {r} |" for label, g, b, r in lines]
+    return "\n".join(text)
+
+
+def main() -> None:
     p = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--n", type=int, default=100_000)
-    p.add_argument("--replay", type=int, default=10_000)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--quick", action="store_true", help="every workload shrunk to a smoke run of seconds")
+    p.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads to run")
+    p.add_argument("--n", type=int, default=100_000, help="events to one client (one)")
+    p.add_argument("--fanout-n", type=int, default=10_000, help="events to the fan-out clients")
+    p.add_argument("--clients", type=int, default=100, help="fan-out clients")
+    p.add_argument("--rate", type=float, default=2_000, help="events/s of the steady workload")
+    p.add_argument("--rate-seconds", type=float, default=10)
+    p.add_argument("--sessions", type=int, default=500)
+    p.add_argument("--watchers", type=int, default=2, help="watchers per session (many)")
+    p.add_argument("--session-rate", type=float, default=10, help="events/s per session (many)")
+    p.add_argument("--seconds", type=float, default=15, help="length of the many workload")
+    p.add_argument("--idle", type=int, default=2_000, help="idle connections")
+    p.add_argument("--replay", type=int, default=10_000, help="missed events to replay")
+    p.add_argument("--json", help="also write the results (and the table's rows) to this file")
     a = p.parse_args()
-    result = asyncio.run(main(a))
-    for k, v in result.items():
-        if k != "runs":
-            print(f"{k:32} {v}")
-    print(f"{'runs':32} {json.dumps(result['runs'])}")
+    if a.quick:
+        p.set_defaults(**QUICK)
+        a = p.parse_args()  # the quick sizes, and any size given on the command line over them
+    a.only = [w for w in a.only.split(",") if w]
+    unknown = set(a.only) - set(WORKLOADS)
+    if unknown:
+        p.error(f"unknown workloads {sorted(unknown)}: pick from {', '.join(WORKLOADS)}")
+    if shutil.which("node") is None or not (ROOT / "clients" / "js" / "node_modules" / "ws").is_dir():
+        sys.exit("python -m bench needs node and the JS client's packages (./run bench installs them)")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the idle clients' sockets, inherited by the children
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 2 * a.idle + 1024)), hard))
+    results = run(a, lambda s: print(s, flush=True))
+    lines = rows(results, a)
+    print()
+    print(table(lines))
     if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=2))
+        results["table"] = [dict(zip(("workload", "gateway", "bare", "ratio"), line, strict=True)) for line in lines]
+        Path(a.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

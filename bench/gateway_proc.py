@@ -6,6 +6,8 @@ the API that every version has: ``Gateway``, ``MemoryStore``,
 
     PYTHONPATH=TREE python bench/gateway_proc.py --store redis --redis URL throughput --n 100000
     PYTHONPATH=TREE python bench/gateway_proc.py --store memory many --sessions 500 --rate 10 --seconds 15
+    PYTHONPATH=TREE python bench/gateway_proc.py idle           # sid "bench", nothing written
+    PYTHONPATH=TREE python bench/gateway_proc.py replay --n 10000   # sid "bench": 1 event, then n at go
 
 Prints JSON lines on stdout: ``{"url", "pid", "gateway"}`` once listening,
 then waits for ``go`` on stdin, writes, and prints ``{"t0", "written"}``;
@@ -88,8 +90,10 @@ async def main(a: argparse.Namespace) -> None:
     else:
         store = MemoryStore(Retention(max_events=a.n + 10, max_bytes=1 << 30))
     async with Gateway(port=0, store=store) as gw:
-        sids = ["bench"] if a.mode == "throughput" else [f"s{i}" for i in range(a.sessions)]
+        sids = ["bench"] if a.mode != "many" else [f"s{i}" for i in range(a.sessions)]
         pipes = [gw.pipe(sid) for sid in sids]
+        if a.mode == "replay":
+            pipes[0].set_message("start")  # the event a client sees before it goes away
         for p in pipes:
             await p.drained()
         say(url=gw.url, pid=__import__("os").getpid(), gateway=gateway.__file__)
@@ -97,7 +101,13 @@ async def main(a: argparse.Namespace) -> None:
         await line()  # go
         CALLS.clear()
         t0 = time.time()
-        if a.mode == "throughput":
+        if a.mode == "replay":  # written while the client is away: it resumes after them
+            for i in range(a.n):
+                pipes[0].set_message(f"{i:010d}{PAYLOAD}")
+            written = a.n
+        elif a.mode == "idle":
+            written = 0
+        elif a.mode == "throughput":
             pipe = pipes[0]
             msgs = [f"{i:010d}{PAYLOAD}" for i in range(a.n)]
 
@@ -142,7 +152,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--store", choices=["memory", "redis"], default="memory")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    p.add_argument("mode", choices=["throughput", "many"])
+    p.add_argument("mode", choices=["throughput", "many", "idle", "replay"])
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--sessions", type=int, default=500)
     p.add_argument("--rate", type=float, default=10.0)

@@ -159,8 +159,8 @@ def gateway(tree: Path, store: str, url: str, *args: str) -> subprocess.Popen[st
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
 
 
-def watchers(url: str, sids: str, per_sid: int) -> subprocess.Popen[str]:
-    cmd = ["node", str(ROOT / "bench" / "watchers.mjs"), url, sids, str(per_sid)]
+def watchers(url: str, sids: str, per_sid: int, *flags: str) -> subprocess.Popen[str]:
+    cmd = ["node", str(ROOT / "bench" / "watchers.mjs"), url, sids, str(per_sid), *flags]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
