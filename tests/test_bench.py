@@ -1,0 +1,67 @@
+"""``python -m bench --quick`` end to end: every workload runs for the gateway and the bare baseline.
+
+A smoke run of a few seconds (marked ``bench``: ``-m "not bench"`` leaves it
+out): it starts the gateway and the bare ``websockets`` server in processes
+of their own and the Node clients, and checks that the table has every row,
+with a number on both sides (the replay on the gateway's only) and a ratio.
+It says nothing about speed: numbers from a loaded machine are not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import TIMEOUT, missing
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = [
+    "one client, 5,000 events: events/s",
+    "one client: server CPU µs/event",
+    "one client: receiver CPU %",
+    "fan-out 10 clients x 500: deliveries/s",
+    "fan-out: server CPU µs/delivery",
+    "fan-out: receiver CPU %",
+    "steady 500 events/s: latency p50 ms",
+    "steady: latency p99 ms",
+    "steady: server CPU µs/event",
+    "steady: receiver CPU %",
+    "many 20 x 2 at 10/s: server CPU µs/delivery",
+    "many: latency p50 ms",
+    "many: latency p99 ms",
+    "many: receiver CPU %",
+    "idle 100 connections: server kB/connection",
+    "replay of 500 missed events: ms",
+]
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(int(30 * TIMEOUT) + 30)
+def test_quick_bench_prints_every_row(tmp_path: Path) -> None:
+    if shutil.which("node") is None or not (ROOT / "clients" / "js" / "node_modules" / "ws").is_dir():
+        missing("node and the JS client's packages", "scripts/bootstrap.sh --node")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30 * TIMEOUT,  # a failure guard: the run takes seconds
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    table = json.loads(out.read_text())["table"]
+    assert [row["workload"] for row in table] == ROWS
+    assert len(printed) == len(ROWS) + 1  # and the header
+    for row, line in zip(table, printed[1:], strict=True):
+        assert line.startswith(f"| {row['workload']} | {row['gateway']} | {row['bare']} | {row['ratio']} |")
+        float(row["gateway"].replace(",", ""))
+        if row["workload"].startswith("replay"):
+            assert (row["bare"], row["ratio"]) == ("-", "-")  # bare has no replay
+        else:
+            float(row["bare"].replace(",", ""))
+            float(row["ratio"])
