@@ -29,6 +29,7 @@ import sys
 import time
 
 import msgpack
+from pace import paced  # this script's folder: bench/
 from websockets.asyncio.server import ServerConnection, serve
 
 PAYLOAD = "x" * 54  # with a 10-char counter: 64-byte strings, as in bench/gateway_proc.py
@@ -65,18 +66,12 @@ async def send(sid: str, text: str) -> None:
 
 
 async def many(sids: list[str], rate: float, seconds: float) -> int:
-    """The schedule of ``gateway_proc.many``: each session ``rate`` events a second, phases spread evenly."""
-    n = len(sids)
-    total = int(n * rate * seconds)
-    start = time.monotonic()
-    g = 0
-    while g < total:
-        due = min(total, int((time.monotonic() - start) * rate * n) + 1)
-        while g < due:
-            await send(sids[g % n], f"{g:010d}{PAYLOAD}")
-            g += 1
-        await asyncio.sleep(0.002)  # the agent's pace, not a synchronisation
-    return total
+    """The schedule of ``gateway_proc.many`` (``pace.paced``)."""
+    written = 0
+    async for g in paced(len(sids), rate, seconds):
+        await send(sids[g % len(sids)], f"{g:010d}{PAYLOAD}")
+        written += 1
+    return written
 
 
 async def main(a: argparse.Namespace) -> None:

@@ -28,6 +28,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from pace import paced  # this script's folder: bench/
+
 import gateway
 from gateway import Gateway, MemoryStore
 
@@ -130,22 +132,12 @@ async def main(a: argparse.Namespace) -> None:
 
 
 async def many(pipes: list[Any], rate: float, seconds: float) -> int:
-    """Every pipe writes ``rate`` events a second, phases spread evenly, for ``seconds``.
-
-    Round robin: the g-th event of all is session ``g % n``'s, due at
-    ``start + g / (n * rate)``.
-    """
-    n = len(pipes)
-    total = int(n * rate * seconds)
-    start = time.monotonic()
-    g = 0
-    while g < total:
-        due = min(total, int((time.monotonic() - start) * rate * n) + 1)
-        while g < due:
-            pipes[g % n].set_message(f"{g:010d}{PAYLOAD}")
-            g += 1
-        await asyncio.sleep(0.002)  # the agent's pace, not a synchronisation
-    return total
+    """Every pipe writes ``rate`` events a second, phases spread evenly, for ``seconds`` (``pace.paced``)."""
+    written = 0
+    async for g in paced(len(pipes), rate, seconds):
+        pipes[g % len(pipes)].set_message(f"{g:010d}{PAYLOAD}")
+        written += 1
+    return written
 
 
 if __name__ == "__main__":

@@ -209,15 +209,25 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
         action="store_true",
         help="a hello for a sid with no run gets no_session (4404) instead of waiting for one",
     )
-    p.add_argument(
-        "--redis",
-        metavar="URL",
-        default=os.environ.get("WIREPIPE_REDIS"),
-        help="keep session logs in Redis Streams at URL (env WIREPIPE_REDIS), e.g. "
+    _add_run_args(
+        p,
+        redis="keep session logs in Redis Streams at URL (env WIREPIPE_REDIS), e.g. "
         "redis://127.0.0.1:6379/0.  Gateways sharing it (and --secret) all serve "
         "every session's events, resume each other's tokens, and take every session's "
         "replies, sends and cancels (handed to the agent's node).  Default: in memory",
+        lease="with --redis or --redis-cluster: seconds a run's writer lease lives without a renewal (renewed "
+        "every third of it).  A sid leased by a live run on any node gets sid_taken; a run whose node "
+        "died is ended failed by another node within about 1.5 times this (docs/stores.md)",
+        middleware="pass every event and client request through this middleware (an object, or a "
+        "class made with no arguments; see docs/middleware.md); repeatable, in order",
+        app="register an app that hello.start can run; repeatable",
     )
+    p.add_argument("--no-ui", action="store_true", help="do not serve the web UI")
+
+
+def _add_run_args(p: argparse.ArgumentParser, *, redis: str, lease: str, middleware: str, app: str) -> None:
+    """The flags that ``serve`` and ``worker`` share (the help texts say what each does with them)."""
+    p.add_argument("--redis", metavar="URL", default=os.environ.get("WIREPIPE_REDIS"), help=redis)
     p.add_argument(
         "--redis-cluster",
         metavar="URL",
@@ -225,33 +235,11 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
         help="like --redis, on a Redis Cluster: URL is any one of its nodes, e.g. "
         "redis://10.0.0.1:7000 (the others are found from it; env WIREPIPE_REDIS_CLUSTER)",
     )
+    p.add_argument("--lease-ttl", type=float, default=10.0, metavar="SECONDS", help=lease)
     p.add_argument(
-        "--lease-ttl",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="with --redis or --redis-cluster: seconds a run's writer lease lives without a renewal (renewed every "
-        "third of it).  A sid leased by a live run on any node gets sid_taken; a run whose node "
-        "died is ended failed by another node within about 1.5 times this (docs/stores.md)",
+        "--middleware", action="append", default=[], type=_load_middleware, metavar="module:name", help=middleware
     )
-    p.add_argument(
-        "--middleware",
-        action="append",
-        default=[],
-        type=_load_middleware,
-        metavar="module:name",
-        help="pass every event and client request through this middleware (an object, or a "
-        "class made with no arguments; see docs/middleware.md); repeatable, in order",
-    )
-    p.add_argument(
-        "--app",
-        action="append",
-        default=[],
-        type=_load_app,
-        metavar="NAME=module:callable",
-        help="register an app that hello.start can run; repeatable",
-    )
-    p.add_argument("--no-ui", action="store_true", help="do not serve the web UI")
+    p.add_argument("--app", action="append", default=[], type=_load_app, metavar="NAME=module:callable", help=app)
     p.add_argument(
         "--log-level",
         default="INFO",
@@ -466,34 +454,14 @@ def main(argv: list[str] | None = None) -> int:
         "hello.start), run up to --concurrency at a time, and stream them through Redis to "
         "every gateway (docs/scaling.md).",
     )
-    p_worker.add_argument(
-        "--redis",
-        metavar="URL",
-        default=os.environ.get("WIREPIPE_REDIS"),
-        help="the Redis the gateways share (env WIREPIPE_REDIS), e.g. redis://127.0.0.1:6379/0",
-    )
-    p_worker.add_argument(
-        "--redis-cluster",
-        metavar="URL",
-        default=os.environ.get("WIREPIPE_REDIS_CLUSTER"),
-        help="or the Redis Cluster they share (a seed node's URL; env WIREPIPE_REDIS_CLUSTER)",
-    )
-    p_worker.add_argument(
-        "--middleware",
-        action="append",
-        default=[],
-        type=_load_middleware,
-        metavar="module:name",
-        help="pass every event of the runs here through this middleware (docs/middleware.md; a "
+    _add_run_args(
+        p_worker,
+        redis="the Redis the gateways share (env WIREPIPE_REDIS), e.g. redis://127.0.0.1:6379/0",
+        lease="seconds a run's writer lease lives without a renewal; a worker that dies mid-run "
+        "has its runs ended failed by a gateway within about 1.5 times this (default: %(default)s)",
+        middleware="pass every event of the runs here through this middleware (docs/middleware.md; a "
         "gateway's --middleware applies to the runs it writes, not to a worker's); repeatable",
-    )
-    p_worker.add_argument(
-        "--app",
-        action="append",
-        default=[],
-        type=_load_app,
-        metavar="NAME=module:callable",
-        help="an app this worker runs; repeatable (at least one)",
+        app="an app this worker runs; repeatable (at least one)",
     )
     p_worker.add_argument(
         "--concurrency", type=_positive, default=4, metavar="N", help="runs at a time (default: %(default)s)"
@@ -507,25 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         "taken over (default: %(default)s)",
     )
     p_worker.add_argument(
-        "--lease-ttl",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="seconds a run's writer lease lives without a renewal; a worker that dies mid-run "
-        "has its runs ended failed by a gateway within about 1.5 times this (default: %(default)s)",
-    )
-    p_worker.add_argument(
         "--retain-seconds",
         type=float,
         default=Retention().ttl_after_end,
         help="seconds a session is kept after its run ended (default: %(default)s)",
-    )
-    p_worker.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level (default: %(default)s)",
     )
     args = parser.parse_args(argv)
 

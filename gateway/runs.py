@@ -36,7 +36,8 @@ log = logging.getLogger("wirepipe")
 
 #: The ``detail`` of a run that another node ended because its writer's lease lapsed.
 LAPSED_DETAIL = "the writer's lease lapsed (its process died or lost the store)"
-#: Seconds a queued start holds its sid for a worker to take it (then it is dropped).
+#: Seconds a queued start holds its sid against other starts while it waits for a worker
+#: (a worker takes a start whose reservation lapsed too, unless another run took the sid).
 START_TTL = 300.0
 
 

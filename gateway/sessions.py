@@ -91,7 +91,7 @@ from protocol.codec import walk_value
 from protocol.events import FINAL_STATES
 
 from .middleware import Middleware, apply_events
-from .stores import Appended, Requests, Store, leases_of, requests_of
+from .stores import Appended, Leases, Requests, Store, leases_of, requests_of
 
 log = logging.getLogger("wirepipe.session")
 
@@ -154,7 +154,7 @@ class Session:
         #: This writer's id in the store's lease of the sid (the same across epochs).
         self.holder = secrets.token_hex(8)
         #: A queued start's reservation of the sid: this writer takes the lease
-        #: over from it, and from nobody else (``Leases.take_over``).
+        #: over from it, or takes it if nobody holds it (``Leases.take_over``).
         self.reserved_by = reserved_by
         self.store = store
         self._leases = leases_of(store)
@@ -363,12 +363,10 @@ class Session:
 
     # --- the store, under the lease when it has leases ---------------------------
 
-    async def _claim(self, leases: Any) -> bool:
+    async def _claim(self, leases: Leases) -> bool:
         if self.reserved_by is not None:
-            taken: bool = await leases.take_over(self.sid, self.reserved_by, self.holder)
-            return taken
-        claimed: bool = await leases.claim(self.sid, self.holder)
-        return claimed
+            return await leases.take_over(self.sid, self.reserved_by, self.holder)
+        return await leases.claim(self.sid, self.holder)
 
     async def _create(self, head: int = 0, snapshot: dict[str, Any] | None = None) -> None:
         if self._leases is not None:

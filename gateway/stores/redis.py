@@ -1250,6 +1250,10 @@ class RedisStore:
 
     # --- requests to the writer (base.Requests) -------------------------------------
 
+    def _out_key(self, sid: str, token: bytes) -> str:
+        """Where the outcome of the request ``token`` waits for a node that missed its message."""
+        return f"{self.prefix}{{{sid}}}:out:{token.decode(errors='replace')}"
+
     def _requests_channel(self, sid: str) -> bytes:
         return f"{self.prefix}{{{sid}}}:reqs".encode()
 
@@ -1265,7 +1269,7 @@ class RedisStore:
         fut: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         self._outcomes[token] = fut
         keys = self._keys(sid)
-        out_key = f"{self.prefix}{{{sid}}}:out:{token.decode()}"
+        out_key = self._out_key(sid, token)
         try:
             packed = packb({**req, "q": token, "to": out_ch.name})
             args: list[Any] = [self._requests_channel(sid), packed, MAX_REQUESTS, str(req.get("rid", ""))]
@@ -1357,7 +1361,7 @@ class RedisStore:
         except Exception:
             log.exception("redis: a request for %r failed", sid)
             outcome = {"ok": False, "err": "internal"}
-        out_key = f"{self.prefix}{{{sid}}}:out:{token.decode(errors='replace')}"
+        out_key = self._out_key(sid, token)
         rid = str(req.get("rid", "")) if outcome.get("once") else ""
         args: list[Any] = [to, token, packb(outcome), int(OUTCOME_TTL * 1000), rid, MAX_RIDS]
         await self._io(self._outcome(keys=[out_key, self._keys(sid)[4]], args=args))
