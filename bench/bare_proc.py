@@ -16,7 +16,8 @@ modes and arguments), so the bench drives both alike:
 
 Prints ``{"url", "pid"}`` once listening, waits for ``go``, writes, prints
 ``{"t0", "written"}``; at the next line ``{"redis_calls": {}}``; exits when
-stdin closes.
+stdin closes.  With ``WIREPIPE_BENCH_PROFILE=PATH`` it runs under cProfile
+and writes its stats to ``PATH.bare.<mode>``.
 """
 
 from __future__ import annotations
@@ -103,4 +104,11 @@ if __name__ == "__main__":
     p.add_argument("--sessions", type=int, default=500)
     p.add_argument("--rate", type=float, default=10.0)
     p.add_argument("--seconds", type=float, default=15.0)
-    asyncio.run(main(p.parse_args()))
+    args = p.parse_args()
+    profile = os.environ.get("WIREPIPE_BENCH_PROFILE")
+    if profile:  # cProfile stats of the whole process, to PROFILE.bare.<mode> (as gateway_proc.py)
+        import cProfile
+
+        cProfile.run("asyncio.run(main(args))", f"{profile}.bare.{args.mode}")
+    else:
+        asyncio.run(main(args))

@@ -12,7 +12,10 @@ asks the rules for its next step and takes what follows its cursor
 ``Feed`` (``gateway/feed.py``: the one reader of that log on this node,
 which holds the newest events and where the log stands), sends it as one
 ``ev`` or ``batch`` frame, and waits on the socket's drain; at the head it
-waits on the feed, not on the store.  A cursor older than the feed's tail,
+*parks* on the feed: the feed then hands it each new frame (``push``), which
+is written to the socket at once, with no task switch, as long as the
+window has room and the socket takes it without waiting; otherwise the feed
+wakes the pump task, which carries on as above.  A cursor older than the feed's tail,
 and any step but reading or waiting for an ack, go to the store itself.  Nothing is
 queued per client, so a slow client costs a cursor and the socket's bounded
 write buffer, and the producer and the other clients never wait for it.
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection as WebSocket
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from protocol import (
     Error,
@@ -97,6 +101,8 @@ class Connection:
         self.sending_since: float | None = None
         #: (bytes waiting in the socket, when that count was seen): the watchdog's note.
         self.stall_mark: tuple[int, float] | None = None
+        #: Resolved when the feed wakes this pump from its parked state.
+        self._parked: asyncio.Future[None] | None = None
 
     @property
     def sid(self) -> str:
@@ -258,26 +264,90 @@ class Connection:
             while True:
                 await self._pump_step(feed)
         finally:
+            feed.unpark(self)
             self.gw.feeds.leave(feed)
+
+    async def _park(self, feed: Feed) -> None:
+        """At the head: let the feed push frames straight to the socket until it wakes us."""
+        self._parked = fut = asyncio.get_running_loop().create_future()
+        feed.park(self)
+        try:
+            await fut
+        finally:
+            self._parked = None
+            feed.unpark(self)
+
+    def wake(self) -> None:
+        """The feed has something the pump must do itself (``Feed._push``)."""
+        fut = self._parked
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def push(self, feed: Feed) -> bool:
+        """What the feed now holds, written to the socket without a task switch (``Feed._push``).
+
+        The same step as ``_pump_step``'s read from the tail, taken only when
+        nothing can wait: the log is the epoch this client follows, the window
+        has room, the events are in the tail, and the socket is open and not
+        over its write limit (websockets' ``paused``: a frame now would have
+        to wait for the client to read).  Anything else returns False, and
+        the feed wakes the pump task.  True: the client has everything, or
+        nothing new was for it; the pump stays parked.
+        """
+        info = feed.state
+        if info is None or feed.failure is not None:
+            return False
+        rules = self.rules
+        step, room = rules.next_step(info.epoch, info.first)
+        if step is not Step.READ:
+            return False
+        if rules.cursor >= info.head:
+            return True
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN or ws.paused or ws.send_in_progress is not None:
+            return False
+        try:
+            if ws.protocol.extensions:  # compressed: this connection's own bytes
+                frame, n = feed.take(rules.cursor, room)
+                if n <= 0:
+                    return False
+                # websockets' own send, less the coroutine: frame it, hand it
+                # to the transport.
+                ws.protocol.send_binary(frame)
+                ws.send_data()
+            else:
+                # The message's bytes on the wire, shared by every watcher at
+                # this place.  websockets keeps no state of data frames sent:
+                # writing them ourselves is what its send does.
+                wire, n = feed.take_wire(rules.cursor, room)
+                if n <= 0:
+                    return False
+                ws.transport.write(wire)
+        except Exception as exc:  # a write error closes the connection, as send would
+            log.debug("sid %r: a pushed frame failed: %s", self.sid, exc)
+            ws.transport.abort()
+            return False
+        rules.sent(n)
+        self.gw.metrics.sent(n)
+        return rules.cursor >= info.head
 
     async def _pump_step(self, feed: Feed) -> None:
         """One step: a frame from the feed's tail, a wait, or a look at the store itself."""
         rules = self.rules
-        changed = feed.changed  # set by any change after this look
         if feed.known and feed.failure is None:
             info = feed.state
             step, room = rules.next_step(info.epoch if info else None, info.first if info else 0)
             if step is Step.READ:
                 assert info is not None
                 if rules.cursor >= info.head:
-                    await changed.wait()
+                    await self._park(feed)
                     return
                 frame, n = feed.take(rules.cursor, room)
                 if n > 0:
                     await self._deliver(frame, n)
                     return
                 if n == 0:  # the feed is still reading up to its head
-                    await changed.wait()
+                    await feed.changed.wait()  # no await since the look: any change wakes us
                     return
                 # older than the tail: read the store, below
             elif step is Step.WAIT_ACK:
@@ -287,8 +357,9 @@ class Connection:
             # may be behind what this connection's welcome saw, so decide on
             # a look of our own, below.
         elif feed.failure is None:
-            await changed.wait()  # the feed's first look is on its way
+            await feed.changed.wait()  # the feed's first look is on its way
             return
+        changed = feed.changed  # set by any change after this look
         got = await self.gw.feeds.fetch(self.sid, rules.cursor, limit=rules.limits.batch_max, max_bytes=BATCH_BYTES)
         if not feed.agrees(got):
             feed.poke()

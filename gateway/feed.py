@@ -33,6 +33,20 @@ step other than read or wait-for-ack (a new epoch, no log, lagged): the
 feed's view may be older than what the pump's own welcome saw, so the pump
 decides on a fresh ``fetch`` and, if that disagrees with the feed, pokes it.
 
+Push.  A pump at the head of the log *parks* on its feed (``park``) instead
+of waiting for a change.  When events arrive, the feed hands each parked
+pump the frame at once (``Pusher.push``: the pump writes it to its socket
+without a task switch, ``gateway/connection.py``); a pump that cannot take
+it that way (its window is full, its socket is busy, the log changed epoch)
+is woken and carries on as a task.  So a watcher at the head costs no task
+switch per event, and watchers at the same cursor share one frame.
+
+In-process stores.  With a ``Direct`` store (``MemoryStore``) the feed
+listens to the log instead of waiting on it: an append hands the feed its
+events inside the append, and the feed pushes them on, so an event goes
+from the writer to the sockets in one step.  Any other change (a new epoch,
+an end, an expiry) pokes the feed's task, which looks at the store.
+
 Faults.  A store error in the feed's task (``StoreUnavailable`` or anything
 else) is logged, recorded in ``failure`` (pumps then read the store
 themselves, and get the same error as before feeds: a retryable
@@ -46,11 +60,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from typing import Final
+from typing import Any, Final, Protocol
+
+from websockets.frames import Frame, Opcode
 
 from protocol import StoreUnavailable, frame_for
 
-from .stores import Fetched, FetchFn, LogInfo, Store, fetch_of
+from .stores import Fetched, FetchFn, LogInfo, Store, direct_of, fetch_of
 
 log = logging.getLogger("wirepipe.feed")
 
@@ -131,6 +147,16 @@ class Tail:
         return i, max(fit, 1)
 
 
+class Pusher(Protocol):
+    """A pump parked at the head of a feed (``Feed.park``)."""
+
+    def push(self, feed: Feed) -> bool:
+        """Take what the feed now holds without a task switch; False: wake me instead."""
+
+    def wake(self) -> None:
+        """Resume the pump's task (it left the feed's parked set)."""
+
+
 class Feed:
     """The one reader of a sid's log on this node (see the module docstring)."""
 
@@ -149,19 +175,42 @@ class Feed:
         self.known = False
         #: The error of the last try, until a fetch succeeds again.
         self.failure: Exception | None = None
-        #: Set, and replaced by a fresh one, on every change of the above or of the tail.
-        self.changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None
+        #: Pumps parked at the head, pushed to as events arrive (insertion order).
+        self.parked: dict[Pusher, None] = {}
         #: Pumps following this feed.
         self.pumps = 0
         #: Fetches made (for tests and monitoring: reads of this log by this node).
         self.fetches = 0
         self._after = after  # the feed's position: the last seq it read
         self._first_look = True
-        self._frames: dict[tuple[str, int, int], bytes] = {}
+        self._frames: dict[tuple[str, int, int], list[Any]] = {}
         self._poked = False
         self._rest: asyncio.Future[None] | None = None
         self.idle: asyncio.TimerHandle | None = None
+        self._direct = direct_of(store)
+        if self._direct is not None:
+            self._direct.listen(sid, self._heard)
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"wirepipe-feed-{sid}")
+        self.task.add_done_callback(self._unlisten)
+
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set, and replaced by a fresh one, on every change of the state, the failure or the tail.
+
+        Made when first asked for: a feed whose pumps are all parked makes none.
+        """
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    def park(self, pump: Pusher) -> None:
+        """``pump`` is at the head: push to it as events arrive, or ``wake`` it."""
+        self.parked[pump] = None
+
+    def unpark(self, pump: Pusher) -> None:
+        """``pump`` stops following (it is closing); nothing if it was not parked."""
+        self.parked.pop(pump, None)
 
     # --- for pumps ----------------------------------------------------------------
 
@@ -172,19 +221,38 @@ class Feed:
         tail (read the store); 0: nothing yet (wait for ``changed``).  Only
         for a pump that follows the feed's epoch (``state.epoch``).
         """
+        built, n = self._built(after, room)
+        return (built[0] if built is not None else b""), n
+
+    def take_wire(self, after: int, room: int) -> tuple[bytes, int]:
+        """``take``, as the bytes of a whole WebSocket message on the wire (server to client).
+
+        A binary frame, unmasked and uncompressed, is the same bytes for every
+        client, so watchers at the same place share one copy and the socket
+        gets it as it is (``Connection.push``).
+        """
+        built, n = self._built(after, room)
+        if built is None:
+            return b"", n
+        if built[1] is None:
+            built[1] = Frame(Opcode.BINARY, built[0]).serialize(mask=False)
+        return built[1], n
+
+    def _built(self, after: int, room: int) -> tuple[list[Any] | None, int]:
+        """[frame, wire bytes or None] of the events after ``after``, cached by place (see ``take``)."""
         tail = self.tail
         i, n = tail.span(after, room, self.max_bytes)
         if n <= 0:
-            return b"", n
+            return None, n
         assert self.state is not None
         key = (self.state.epoch, after + 1, after + n)
-        frame = self._frames.get(key)
-        if frame is None:
-            frame = frame_for(tail.raws[i : i + n])
+        built = self._frames.get(key)
+        if built is None:
+            built = [frame_for(tail.raws[i : i + n]), None]
             if len(self._frames) >= FRAMES:
                 del self._frames[next(iter(self._frames))]
-            self._frames[key] = frame
-        return frame, n
+            self._frames[key] = built
+        return built, n
 
     def poke(self) -> None:
         """Look at the store again soon (a pump saw a log that the feed's state does not show)."""
@@ -203,8 +271,43 @@ class Feed:
     # --- the task -----------------------------------------------------------------
 
     def _bump(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
+        if self.parked:
+            self._push()
+
+    def _push(self) -> None:
+        """Hand what changed to every parked pump; wake those that cannot take it so."""
+        parked = self.parked
+        for pump in list(parked):
+            if pump in parked and not pump.push(self):
+                del parked[pump]
+                pump.wake()
+
+    def _heard(self, info: LogInfo | None, raws: list[bytes]) -> None:
+        """A ``Direct`` store's news: events that follow what the feed holds go in now; else the task looks."""
+        st = self.state
+        if (
+            raws
+            and info is not None
+            and st is not None
+            and self.known
+            and self.failure is None
+            and info.epoch == st.epoch
+            and self._after == info.head - len(raws)
+        ):
+            # ``_apply`` of a fetch that found just these events, the same epoch
+            self.tail.add(raws)
+            self._after = info.head
+            self.state = info
+            self._bump()
+        else:
+            self.poke()
+
+    def _unlisten(self, _: object) -> None:
+        if self._direct is not None:
+            self._direct.unlisten(self.sid, self._heard)
 
     async def _run(self) -> None:
         pause = RETRY_FIRST
@@ -235,9 +338,11 @@ class Feed:
         st = self.state
         if st is not None and self._after < st.head:
             return  # more to read
-        if st is None:
+        if st is None or self._direct is not None:
             # No log: nothing in the store to wait on.  Pumps wait for a run
-            # of the sid themselves and poke the feed once they see one.
+            # of the sid themselves and poke the feed once they see one.  A
+            # Direct store tells the feed of every change (``_heard``): an
+            # append is taken in there, anything else pokes.
             self._rest = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait({self._rest})

@@ -97,9 +97,12 @@ class HttpFront:
         A connection holds its slot from here until it starts closing (a
         client whose close handshake is done has freed it).  This runs
         synchronously up to the 101 response, so two handshakes never race
-        for the last slot.
+        for the last slot.  Connections leave the set when their handler
+        ends (``release``); those that closed without one (a handshake that
+        failed after this) are swept out when the set is full.
         """
-        self._admitted = {c for c in self._admitted if c.state in (State.CONNECTING, State.OPEN)}
+        if len(self._admitted) >= self.config.max_connections:
+            self._admitted = {c for c in self._admitted if c.state in (State.CONNECTING, State.OPEN)}
         if len(self._admitted) >= self.config.max_connections:
             log.info("refused a WebSocket handshake: %d connections open (--max-connections)", len(self._admitted))
             response = ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
@@ -107,6 +110,11 @@ class HttpFront:
             return response
         self._admitted.add(ws)
         return None
+
+
+    def release(self, ws: WebSocket) -> None:
+        """``ws``'s handler ended: its slot is free."""
+        self._admitted.discard(ws)
 
 
 def _response(status: HTTPStatus, body: bytes, ctype: str) -> Response:

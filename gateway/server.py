@@ -305,6 +305,7 @@ class Gateway:
             await conn.serve()
         finally:
             self._conns.discard(conn)
+            self.http.release(ws)
             self.metrics.connections_open -= 1
             async with self._conns_changed:
                 self._conns_changed.notify_all()

@@ -91,7 +91,7 @@ from protocol.codec import walk_value
 from protocol.events import FINAL_STATES
 
 from .middleware import Middleware, apply_events
-from .stores import Appended, Leases, Requests, Store, leases_of, requests_of
+from .stores import Appended, Leases, Requests, Store, direct_of, leases_of, requests_of
 
 log = logging.getLogger("wirepipe.session")
 
@@ -159,6 +159,9 @@ class Session:
         self.store = store
         self._leases = leases_of(store)
         self._requests = requests_of(store)
+        #: A store in this process: events emitted on the loop while the
+        #: writer waits are stored at once (``_write_now``).
+        self._direct = direct_of(store) if self._leases is None else None
         self._server: asyncio.Task[None] | None = None
         self._lease_lost = False
         self._renewer: asyncio.Task[None] | None = None
@@ -294,7 +297,8 @@ class Session:
             self._idle = False
         if kick:
             if on_loop(self.loop):
-                self._more.set()
+                if self._direct is None or not self._write_now():
+                    self._more.set()
             else:
                 try:
                     self.loop.call_soon_threadsafe(self._more.set)
@@ -436,6 +440,10 @@ class Session:
                 break
             except (LogMissing, SeqGap) as exc:
                 await self._reopen(exc)
+        self._stored(batch)
+
+    def _stored(self, batch: list[Appended]) -> None:
+        """``batch`` is in the store: the writer's bookkeeping."""
         if self._keep_snap:
             apply = self._snap.apply
             for ev in batch:
@@ -447,6 +455,34 @@ class Session:
         with self._lock:
             self._waiting -= len(batch)
             self._pending_bytes -= size
+
+    def _write_now(self) -> bool:
+        """Store what is pending now, on the loop, with no task switch (a ``Direct`` store).
+
+        Called by ``emit`` on the event loop when the writer was waiting
+        for events, so the writer has nothing in flight: what is pending is
+        the newest events, in order.  The store's listeners (``Feed``) push
+        them on to the watchers' sockets inside the append, so a watcher at
+        the head gets the event before ``set_message`` returns.  False (the
+        events put back, the writer woken to do it with its retries) when
+        the run is ending, the log is being checked, or the append fails.
+        """
+        direct = self._direct
+        assert direct is not None
+        with self._lock:
+            if self.ended or self._verify or not self._pending:
+                return False
+            batch, self._pending = self._pending, []
+            self._idle = True  # the writer still waits: the next emit kicks it (or comes here)
+        try:
+            direct.append_now(self.sid, batch, epoch=self.epoch)
+        except Exception:
+            with self._lock:
+                self._pending[:0] = batch
+                self._idle = False
+            return False
+        self._stored(batch)
+        return True
 
     def poke(self) -> None:
         """A reader found this run's log missing: the writer checks it, and re-creates it if lost.
@@ -928,6 +964,12 @@ async def ending(store: Store, sid: str, timeout: float) -> bool:
 
 
 def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when called from the thread that runs ``loop`` (inside it)."""
+    # asyncio's loops note their thread while they run: comparing it is
+    # cheaper than get_running_loop, which asks the kernel for the pid.
+    tid = getattr(loop, "_thread_id", None)
+    if tid is not None:
+        return bool(tid == threading.get_ident())
     try:
         return asyncio.get_running_loop() is loop
     except RuntimeError:

@@ -48,6 +48,14 @@ to the writer through the store (``request``), wherever it runs, and the
 outcome comes back to the node that asked.  The writer serves them
 (``serve_requests``) for as long as its run lives.  ``requests_of(store)``
 returns the store when it can.
+
+In-process stores (optional).  A store whose logs live in the gateway's own
+process may also implement ``Direct`` (``MemoryStore`` does): ``append_now``
+appends without an await, and ``listen`` calls a function of the gateway's
+synchronously whenever a log changes, with the events just appended.  The
+gateway then carries an event from ``Pipe.set_message`` to the sockets of
+its watchers in one step, with no task switch (``direct_of(store)``;
+``gateway/feed.py``, ``gateway/sessions.py``).
 """
 
 from __future__ import annotations
@@ -353,3 +361,36 @@ def queue_of(store: Store) -> StartQueue | None:
     if isinstance(store, StartQueue) and leases_of(store) is not None:
         return store
     return None
+
+
+#: ``Direct.listen``'s callback: the log's state after a change (None: no log)
+#: and the events the change appended (the newest of the log, ending at
+#: ``info.head``; empty for any other change: a new epoch, an end, an expiry).
+Listener = Callable[[LogInfo | None, list[bytes]], None]
+
+
+@runtime_checkable
+class Direct(Protocol):
+    """A store inside the gateway's process: appends without an await, changes told as they happen."""
+
+    @property
+    def direct(self) -> bool:
+        """False turns the rest off (a subclass that changes how the store appends or reads)."""
+
+    def append_now(self, sid: str, events: Sequence[Appended], *, epoch: str | None = None) -> None:
+        """``Store.append``, done before it returns (same errors)."""
+
+    def listen(self, sid: str, fn: Listener) -> None:
+        """Call ``fn`` after every change of the log of ``sid`` (see ``Listener``), until ``unlisten``.
+
+        ``fn`` runs inside the call that changed the log: it must not call
+        the store back, and what it raises is logged and dropped.
+        """
+
+    def unlisten(self, sid: str, fn: Listener) -> None:
+        """Stop calling ``fn`` for ``sid`` (nothing if it was not listening)."""
+
+
+def direct_of(store: Store) -> Direct | None:
+    """``store`` if it lives in this process (``Direct``), else None."""
+    return store if isinstance(store, Direct) and store.direct else None

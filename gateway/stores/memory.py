@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from protocol import LogMissing, LogReplaced, SeqGap, Snapshot
 
-from .base import Appended, Fetched, Fetches, LogInfo, Retention, Store
+from .base import Appended, Direct, Fetched, Fetches, Listener, LogInfo, Retention, Store
+
+log_ = logging.getLogger("wirepipe.store")
 
 
 class _Log:
@@ -32,6 +35,9 @@ class _Log:
     @property
     def head(self) -> int:
         return self.first + len(self.events) - self.skip - 1
+
+    def info(self) -> LogInfo:
+        return LogInfo(self.epoch, self.first, self.head, self.ended_at is not None)
 
     def trim(self, retention: Retention) -> None:
         events = self.events
@@ -64,7 +70,13 @@ def _slice(log: _Log, after: int, limit: int, max_bytes: int) -> list[bytes]:
 
 
 class MemoryStore:
-    """Session logs in memory, trimmed by count, bytes and time after the run ended."""
+    """Session logs in memory, trimmed by count, bytes and time after the run ended.
+
+    It is ``Direct`` (``stores.base``): ``append_now`` needs no await, and
+    listeners hear of every change of a log as it happens; a subclass that
+    changes how appends or reads behave (a test's faulty store) is not, so
+    that every write and read goes through its methods.
+    """
 
     #: A log lives as long as the process, until it expires (see ``Store``).
     loses_no_logs = True
@@ -76,6 +88,34 @@ class MemoryStore:
         # so that a log nobody reads again is still reclaimed.
         self._expiries: list[tuple[float, int, str, _Log]] = []
         self._order = 0
+        self._listeners: dict[str, list[Listener]] = {}
+
+    @property
+    def direct(self) -> bool:
+        cls = type(self)
+        return all(getattr(cls, m) is getattr(MemoryStore, m) for m in ("append", "fetch", "read", "wait", "info"))
+
+    def listen(self, sid: str, fn: Listener) -> None:
+        self._listeners.setdefault(sid, []).append(fn)
+
+    def unlisten(self, sid: str, fn: Listener) -> None:
+        fns = self._listeners.get(sid)
+        if fns is not None and fn in fns:
+            fns.remove(fn)
+            if not fns:
+                del self._listeners[sid]
+
+    def _tell(self, sid: str, log: _Log | None, raws: list[bytes]) -> None:
+        """Every listener of ``sid``: the log's state now, and the events just appended."""
+        fns = self._listeners.get(sid)
+        if not fns:
+            return
+        info = log.info() if log is not None else None
+        for fn in list(fns):
+            try:
+                fn(info, raws)
+            except Exception:  # a listener's bug must not undo a stored append
+                log_.exception("a listener of %r failed", sid)
 
     def _purge(self) -> None:
         now = time.time()
@@ -85,6 +125,7 @@ class MemoryStore:
             if self._logs.get(sid) is log:
                 del self._logs[sid]
                 log.wake()
+                self._tell(sid, None, [])
 
     def _get(self, sid: str) -> _Log | None:
         log = self._logs.get(sid)
@@ -92,6 +133,7 @@ class MemoryStore:
             if time.time() - log.ended_at > self.retention.ttl_after_end:
                 del self._logs[sid]
                 log.wake()
+                self._tell(sid, None, [])
                 return None
         return log
 
@@ -103,29 +145,38 @@ class MemoryStore:
             log.snap = Snapshot.from_map(snapshot)
         if old is not None:
             old.wake()
+        self._tell(sid, log, [])
 
     async def append(self, sid: str, events: Sequence[Appended], *, epoch: str | None = None) -> None:
+        self.append_now(sid, events, epoch=epoch)
+
+    def append_now(self, sid: str, events: Sequence[Appended], *, epoch: str | None = None) -> None:
         log = self._logs.get(sid)
         if log is None:
             raise LogMissing(f"no log for {sid!r}")
+        head = log.head
         if epoch is not None:
             if log.epoch != epoch:
                 raise LogReplaced(f"log {sid!r} was replaced (epoch {log.epoch!r}, not {epoch!r})")
-            if events and events[0].seq <= log.head:  # a retry: skip what is stored
-                events = [ev for ev in events if ev.seq > log.head]
-            if events and events[0].seq > log.head + 1:
-                raise SeqGap(f"seq {events[0].seq} does not follow seq {log.head}", log.head)
+            if events and events[0].seq <= head:  # a retry: skip what is stored
+                events = [ev for ev in events if ev.seq > head]
+            if events and events[0].seq > head + 1:
+                raise SeqGap(f"seq {events[0].seq} does not follow seq {head}", head)
         # Check the whole batch before touching the log: a gap inside it would
         # put raws at positions that no longer match their seqs.
         for i, ev in enumerate(events):
-            if ev.seq != log.head + 1 + i:
-                raise ValueError(f"seq {ev.seq} does not follow seq {log.head + i}")
+            if ev.seq != head + 1 + i:
+                raise ValueError(f"seq {ev.seq} does not follow seq {head + i}")
+        raws = log.events
         for ev in events:
-            log.events.append(ev.raw)
+            raws.append(ev.raw)
             log.nbytes += len(ev.raw)
             log.snap.apply(ev.k, ev.d)
         log.trim(self.retention)
         log.wake()
+        if events and sid in self._listeners:
+            # the appended events still held (a batch over the retention lost its oldest)
+            self._tell(sid, log, raws[max(len(raws) - len(events), log.skip) :])
 
     async def read(
         self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20, epoch: str | None = None
@@ -183,11 +234,15 @@ class MemoryStore:
             self._order += 1
             heapq.heappush(self._expiries, (log.ended_at + self.retention.ttl_after_end, self._order, sid, log))
             log.wake()
+            self._tell(sid, log, [])
 
     async def close(self) -> None:
         for log in self._logs.values():
             log.wake()
+        sids = list(self._logs)
         self._logs.clear()
+        for sid in sids:
+            self._tell(sid, None, [])
         self._expiries.clear()
 
     def __len__(self) -> int:
@@ -198,3 +253,4 @@ class MemoryStore:
 
 _: type[Store] = MemoryStore
 __: type[Fetches] = MemoryStore
+___: type[Direct] = MemoryStore
