@@ -111,7 +111,6 @@ class HttpFront:
         self._admitted.add(ws)
         return None
 
-
     def release(self, ws: WebSocket) -> None:
         """``ws``'s handler ended: its slot is free."""
         self._admitted.discard(ws)
