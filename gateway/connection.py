@@ -27,7 +27,7 @@ import asyncio
 import inspect
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection as WebSocket
@@ -81,28 +81,69 @@ class Services:
     #: The per-sid readers of the store that this gateway's pumps share.
     feeds: Feeds
     middleware: tuple[Middleware, ...] = ()
+    #: What a client may do (frame size, rate), from ``config``: one object for every connection.
+    limits: ConnectionLimits = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        limits = ConnectionLimits(cfg.max_frame, cfg.rate, cfg.burst, cfg.rate_strikes, cfg.batch_max)
+        object.__setattr__(self, "limits", limits)  # frozen: set once, here
 
 
 class Connection:
-    """Serves one WebSocket client for its whole life."""
+    """Serves one WebSocket client for its whole life.
 
-    def __init__(self, gw: Services, ws: WebSocket) -> None:
+    An idle client (parked at the head of its log, nothing to send) costs
+    this object, its rules and the task that reads its socket: the pump task
+    ends when it parks and the feed starts another when it needs one
+    (``wake``), pings come from the gateway's one heartbeat task
+    (``gateway/heartbeat.py``), and the limits are the gateway's one
+    ``ConnectionLimits``.  Slots, not a ``__dict__``: a gateway holds
+    thousands of these.
+    """
+
+    __slots__ = (
+        "gw",
+        "ws",
+        "rules",
+        "session",
+        "sending_since",
+        "stall_mark",
+        "beat",
+        "_feed",
+        "_pump_task",
+        "_acked",
+        "_reader",
+        "_failure",
+    )
+
+    def __init__(self, gw: Services, ws: WebSocket, *, beat: int = 0) -> None:
         self.gw = gw
         self.ws = ws
-        cfg = gw.config
-        self._clock = asyncio.get_running_loop().time
-        self.rules = ServerConnection(
-            ConnectionLimits(cfg.max_frame, cfg.rate, cfg.burst, cfg.rate_strikes, cfg.batch_max), now=self._clock()
-        )
+        self.rules = ServerConnection(gw.limits, now=self._clock())
         self.session: Session | None = None
-        self._acked = asyncio.Event()
         #: When the frame being sent started waiting for the socket (None: not sending).
         #: A client that takes no byte for ``Config.stall_timeout`` is dropped.
         self.sending_since: float | None = None
         #: (bytes waiting in the socket, when that count was seen): the watchdog's note.
         self.stall_mark: tuple[int, float] | None = None
-        #: Resolved when the feed wakes this pump from its parked state.
-        self._parked: asyncio.Future[None] | None = None
+        #: Which slice of the gateway's heartbeat pings this client (``gateway/heartbeat.py``).
+        self.beat = beat
+        #: The feed of the sid while the pump follows it (``_run_tasks``).
+        self._feed: Feed | None = None
+        #: The pump's task; None while parked at the head (the feed pushes) and
+        #: before and after the pump's life.
+        self._pump_task: asyncio.Task[None] | None = None
+        #: Resolved by the reader when an ack opens the window the pump waits on.
+        self._acked: asyncio.Future[None] | None = None
+        #: The task reading the socket (the connection's handler), while it reads.
+        self._reader: asyncio.Task[Any] | None = None
+        #: What ended the pump, when it failed: raised by the reader in its stead.
+        self._failure: BaseException | None = None
+
+    @staticmethod
+    def _clock() -> float:
+        return asyncio.get_running_loop().time()
 
     @property
     def sid(self) -> str:
@@ -132,18 +173,51 @@ class Connection:
             self.rules.closed()
 
     async def _run_tasks(self) -> None:
-        tasks = {
-            asyncio.create_task(self._read(), name="wirepipe-read"),
-            asyncio.create_task(self._pump(), name="wirepipe-pump"),
-        }
+        """Read the socket in this task, pump in another.
+
+        The reader is the connection's handler task itself, so an idle
+        client has one task; the pump's task ends whenever it parks at the
+        head (``_park``) and ``wake`` starts a new one.  If the pump fails,
+        it cancels this task (``_pump_done``), which raises the pump's error
+        instead, as if read here; a cancellation from outside stays one.
+        """
+        reader = asyncio.current_task()
+        assert reader is not None
+        feed = self._feed = self.gw.feeds.join(self.sid, self.rules.cursor)
+        self._reader = reader
+        failure = None
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            self._start_pump()
+            await self._read()
+        except asyncio.CancelledError:
+            failure = self._failure
+            if failure is None or reader.uncancel() > 0:
+                raise
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for t in done:
-            t.result()  # re-raise ProtocolError / ConnectionClosed
+            self._reader = None  # the pump can no longer cancel this task
+            self._feed = None  # nor be woken
+            feed.unpark(self)
+            self.gw.feeds.leave(feed)
+            task, self._pump_task = self._pump_task, None
+            if task is not None:
+                task.cancel()
+                await asyncio.wait((task,))
+        if failure is not None:
+            raise failure
+
+    def _start_pump(self) -> None:
+        self._pump_task = task = asyncio.get_running_loop().create_task(self._pump(), name="wirepipe-pump")
+        task.add_done_callback(self._pump_done)
+
+    def _pump_done(self, task: asyncio.Task[None]) -> None:
+        """A pump task ended: parked or cancelled (nothing to do), or failed: stop the reader."""
+        if task.cancelled() or task.exception() is None:
+            return
+        if self._failure is None:
+            self._failure = task.exception()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
 
     async def _fail(self, exc: ProtocolError) -> None:
         """Tell the client, and close if fatal.  Never raises."""
@@ -259,29 +333,25 @@ class Connection:
     # --- the pump -------------------------------------------------------------
 
     async def _pump(self) -> None:
-        feed = self.gw.feeds.join(self.sid, self.rules.cursor)
-        try:
-            while True:
-                await self._pump_step(feed)
-        finally:
-            feed.unpark(self)
-            self.gw.feeds.leave(feed)
+        """Steps until parked at the head (``_park`` clears ``_pump_task``); then the task ends."""
+        feed, me = self._feed, asyncio.current_task()
+        assert feed is not None
+        while self._pump_task is me:
+            await self._pump_step(feed)
 
     async def _park(self, feed: Feed) -> None:
-        """At the head: let the feed push frames straight to the socket until it wakes us."""
-        self._parked = fut = asyncio.get_running_loop().create_future()
+        """At the head: the feed pushes frames straight to the socket, and the pump's task ends.
+
+        An idle client costs no task of its own beyond its reader: the feed
+        ``wake``s this connection when the pump has to run again.
+        """
         feed.park(self)
-        try:
-            await fut
-        finally:
-            self._parked = None
-            feed.unpark(self)
+        self._pump_task = None
 
     def wake(self) -> None:
-        """The feed has something the pump must do itself (``Feed._push``)."""
-        fut = self._parked
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        """The feed has something the pump must do itself (``Feed._push``): a new pump task."""
+        if self._feed is not None and self._pump_task is None:
+            self._start_pump()
 
     def push(self, feed: Feed) -> bool:
         """What the feed now holds, written to the socket without a task switch (``Feed._push``).
@@ -389,8 +459,11 @@ class Connection:
         self.gw.metrics.sent(n)
 
     async def _wait_ack(self) -> None:
-        self._acked.clear()
-        await self._acked.wait()
+        self._acked = fut = asyncio.get_running_loop().create_future()
+        try:
+            await fut
+        finally:
+            self._acked = None
 
     # --- the reader -----------------------------------------------------------
 
@@ -399,8 +472,9 @@ class Connection:
         async for msg in self.ws:
             out = rules.receive(msg, self._clock())
             if out is None:
-                if rules.acked:
-                    self._acked.set()
+                acked = self._acked
+                if rules.acked and acked is not None and not acked.done():
+                    acked.set_result(None)
                 continue
             if isinstance(out, Request):
                 reply = self._handle(out)

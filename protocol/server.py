@@ -106,6 +106,9 @@ class ConnectionLimits:
 class ServerConnection:
     """The rules of one client connection on the server (see the module docstring)."""
 
+    # A gateway holds one per client, thousands of them idle: no ``__dict__``.
+    __slots__ = ("limits", "state", "sid", "epoch", "grant", "cursor", "flow", "acked", "_limiter")
+
     def __init__(self, limits: ConnectionLimits | None = None, *, now: float = 0.0) -> None:
         self.limits = limits or ConnectionLimits()
         self.state = ConnState.AWAIT_HELLO
