@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection as WebSocket
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.protocol import State
 
 from protocol import (
@@ -153,8 +153,8 @@ class Connection:
 
     async def serve(self) -> None:
         try:
-            hello = await self._handshake()
-            await self._open(hello)
+            # The hello is not kept: this frame lives as long as the client.
+            await self._open(await self._handshake())
             await self._run_tasks()
         except ProtocolError as exc:
             await self._fail(exc)
@@ -468,8 +468,14 @@ class Connection:
     # --- the reader -----------------------------------------------------------
 
     async def _read(self) -> None:
-        rules = self.rules
-        async for msg in self.ws:
+        rules, ws = self.rules, self.ws
+        while True:
+            # recv, not ``async for``: an async generator per client costs
+            # half a kB (and a place in the loop's set of them).
+            try:
+                msg = await ws.recv()
+            except ConnectionClosedOK:
+                return
             out = rules.receive(msg, self._clock())
             if out is None:
                 acked = self._acked

@@ -15,6 +15,7 @@ class Metrics:
     errors: dict[str, int] = field(default_factory=dict)
     runs_started: int = 0
     stalled: int = 0  # clients dropped for taking no byte for stall_timeout
+    heartbeat_timeouts: int = 0  # clients dropped for not answering a ping (gateway/heartbeat.py)
 
     def sent(self, n: int) -> None:
         self.events_out += n
@@ -34,6 +35,8 @@ class Metrics:
             f"wirepipe_runs_started_total {self.runs_started}",
             "# TYPE wirepipe_stalled_clients_total counter",
             f"wirepipe_stalled_clients_total {self.stalled}",
+            "# TYPE wirepipe_heartbeat_timeouts_total counter",
+            f"wirepipe_heartbeat_timeouts_total {self.heartbeat_timeouts}",
             "# TYPE wirepipe_errors_total counter",
         ]
         for code, n in sorted(self.errors.items()):

@@ -14,8 +14,9 @@ the pieces, each in its own module:
   cap and the HTTP routes (health, apps, metrics, the web UI);
 - ``Connection`` (``gateway/connection.py``): one WebSocket client, which
   gets ``Services``, what it needs of the gateway and nothing else;
-- two watchers of its own: the janitor (forgets expired runs) and the stall
-  watchdog (drops clients that take no byte).
+- three watchers of its own: the janitor (forgets expired runs), the stall
+  watchdog (drops clients that take no byte) and the heartbeat (pings every
+  client, drops those that do not answer: ``gateway/heartbeat.py``).
 
 Closing it (leaving the ``async with``) tells every client ``shutdown`` and
 closes them with 1001 while the runs stop and their last events are stored,
@@ -38,10 +39,12 @@ from websockets.typing import Subprotocol
 
 from protocol import SUBPROTOCOL, Grant
 
+from .compression import LeanDeflateFactory
 from .config import App, Auth, Config
 from .connection import BATCH_BYTES, Connection, Services
 from .feed import Feeds
 from .front import FrontDoor, is_loopback, redacting_logger
+from .heartbeat import Heartbeat
 from .http_front import HttpFront
 from .metrics import Metrics
 from .middleware import Middleware
@@ -124,11 +127,14 @@ class Gateway:
         )
         self._conns: set[Connection] = set()
         self._conns_changed = asyncio.Condition()
+        #: Pings every client (websockets' per-connection keepalive is off).
+        self.heartbeat = Heartbeat(self.config.heartbeat, self._conns, self.metrics)
         self._server: Server | None = None
         self._closing = False
         self._closed = asyncio.Event()
         self._janitor: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
 
     @property
     def default_grant(self) -> Grant:
@@ -164,9 +170,12 @@ class Gateway:
             process_request=self.http.process_request,
             # Over max_frame we answer too_big ourselves; websockets guards far beyond.
             max_size=max(cfg.max_frame * 4, cfg.max_frame + 65536),
-            compression="deflate" if cfg.compression else None,
-            ping_interval=cfg.heartbeat,
-            ping_timeout=cfg.heartbeat,
+            # permessage-deflate without zlib state between messages (gateway/compression.py)
+            compression=None,
+            extensions=[LeanDeflateFactory()] if cfg.compression else None,
+            # one heartbeat task for all clients (self.heartbeat), not a keepalive task each
+            ping_interval=None,
+            ping_timeout=None,
             write_limit=cfg.write_limit,
             # after a fatal error, a client that does not read (so never
             # answers our close frame) is dropped after this, not 10 s
@@ -184,6 +193,7 @@ class Gateway:
             log.warning("cannot learn the apps workers run yet: %s: %s", type(exc).__name__, exc)
         self._janitor = asyncio.create_task(self._sweep_forever(), name="wirepipe-janitor")
         self._watchdog = asyncio.create_task(self._watch_stalls(), name="wirepipe-watchdog")
+        self._heartbeat = asyncio.create_task(self.heartbeat.run(), name="wirepipe-heartbeat")
         return self
 
     async def close(self) -> None:
@@ -197,7 +207,7 @@ class Gateway:
             return
         self._closing = True
         self.runs.closing = True
-        for task in (self._janitor, self._watchdog):
+        for task in (self._janitor, self._watchdog, self._heartbeat):
             if task is not None:
                 task.cancel()
         try:
@@ -295,7 +305,8 @@ class Gateway:
     # --- connections ------------------------------------------------------------------
 
     async def _handler(self, ws: WebSocket) -> None:
-        conn = Connection(self._services, ws)
+        forget_handshake(ws)
+        conn = Connection(self._services, ws, beat=self.heartbeat.slot())
         self._conns.add(conn)
         self.metrics.connections_total += 1
         self.metrics.connections_open += 1
@@ -329,10 +340,10 @@ class Gateway:
         return n
 
     async def _watch_stalls(self) -> None:
-        """Drop clients whose socket took no byte for ``stall_timeout``.
+        """Drop clients whose socket took no byte for ``stall_timeout`` while it had bytes for them.
 
-        websockets' own keepalive cannot: its ping waits behind the frame
-        that does not drain.
+        The heartbeat cannot: its ping waits behind the frame that does not
+        drain (and it leaves such clients to this watchdog).
         """
         cfg = self.config
         limit = cfg.stall_timeout if cfg.stall_timeout is not None else cfg.heartbeat
@@ -342,13 +353,15 @@ class Gateway:
             now = loop.time()
             for c in list(self._conns):
                 since = c.sending_since
-                if since is None:
+                # Bytes wait in the socket with no send waiting on them when
+                # frames were pushed (Connection.push) and nothing followed.
+                pending = c.ws.transport.get_write_buffer_size()
+                if since is None and not pending:
                     c.stall_mark = None
                     continue
                 # Progress is any byte the client took: a slow reader is not stalled.
-                pending = c.ws.transport.get_write_buffer_size()
                 mark = c.stall_mark
-                if mark is None or mark[0] != pending or mark[1] < since:
+                if mark is None or mark[0] != pending or (since is not None and mark[1] < since):
                     c.stall_mark = mark = (pending, now)  # it moved (or a new frame): the clock restarts
                 if now - mark[1] > limit:
                     log.info("dropping a client of %r that took no byte for %.1fs", c.sid, now - mark[1])
@@ -372,6 +385,24 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def forget_handshake(ws: WebSocket) -> None:
+    """Drop what websockets keeps of a finished opening handshake and nothing reads again.
+
+    Each connection keeps its request and response (``ws.request``,
+    ``ws.response``) for its whole life; their headers were a quarter of an
+    idle connection's memory.  They are emptied in place (the objects stay,
+    for whoever reads ``ws.request.path``).  The front door read what it
+    needed before the upgrade (``HttpFront.process_request``).  The
+    per-connection closure through which websockets calls
+    ``_select_subprotocol`` goes too: the protocol falls back to its own
+    method, which nothing calls after the handshake.
+    """
+    for message in (ws.request, ws.response):
+        if message is not None:
+            message.headers.clear()
+    vars(ws.protocol).pop("select_subprotocol", None)
 
 
 def _select_subprotocol(ws: WebSocket, offered: Sequence[Subprotocol]) -> Subprotocol | None:
