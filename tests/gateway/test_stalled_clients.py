@@ -85,3 +85,18 @@ async def test_shutdown_is_not_held_by_a_client_that_reads_nothing(frozen_client
     reset = asyncio.ensure_future(asyncio.to_thread(_wait_reset, s))
     await asyncio.wait_for(gw.close(), TIMEOUT)  # before: never returned
     await asyncio.wait_for(reset, TIMEOUT)
+
+
+async def test_a_client_that_stops_reading_what_was_pushed_to_it_is_dropped(frozen_client: Any) -> None:
+    """Frames the feed pushes to a parked client (``Connection.push``) can leave bytes in its
+    socket with no send waiting on them (here the write limit is never reached); the watchdog
+    judges those too.  The heartbeat leaves a client with unread bytes to the watchdog."""
+    async with Gateway(port=0, store=MemoryStore(), stall_timeout=0.3, write_limit=64 << 20) as gw:
+        pipe = gw.pipe("pushed")
+        frozen_client(gw.port, "pushed")
+        await asyncio.wait_for(gw.wait_connections(lambda n: n == 1), TIMEOUT)
+        for _ in range(3000):
+            pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": "x" * 2000}})
+        await asyncio.wait_for(gw.wait_connections(lambda n: n == 0), TIMEOUT)
+        assert gw.metrics.stalled == 1
+        assert gw.metrics.heartbeat_timeouts == 0
