@@ -26,8 +26,13 @@ replay   a client resumes with its token after 10,000 missed events: ms from
 
 Ratios (gateway / bare) are what to compare: both run on the same machine in
 the same run.  ``--quick`` shrinks every workload to a smoke run of seconds.
+With ``--deflate`` every client offers permessage-deflate (``ws``'s default
+offer), which both servers accept: the bare one with websockets' defaults
+(a compressor and a decompressor kept per connection), the gateway without
+context takeover (``gateway/compression.py``); ``--deflate --only idle`` is
+the memory of an idle client that negotiated compression.
 
-Usage: python -m bench [--quick] [--only one,fanout,rate,many,idle,replay] [--json FILE]
+Usage: python -m bench [--quick] [--deflate] [--only one,fanout,rate,many,idle,replay] [--json FILE]
        [--n 100000] [--fanout-n 10000] [--clients 100] [--rate 2000] [--rate-seconds 10]
        [--sessions 500] [--watchers 2] [--session-rate 10] [--seconds 15] [--idle 2000]
        [--replay 10000]
@@ -81,13 +86,13 @@ def server(kind: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
-def burst(kind: str, n: int, clients: int) -> dict[str, Any]:
+def burst(kind: str, n: int, clients: int, flags: tuple[str, ...] = ()) -> dict[str, Any]:
     """``n`` events as fast as the server writes them, to ``clients`` clients of one session."""
     srv = server(kind, "throughput", "--n", str(n))
     rx: subprocess.Popen[str] | None = None
     try:
         hello = read_json(srv)
-        rx = watchers(hello["url"], "bench", clients, "--fast")
+        rx = watchers(hello["url"], "bench", clients, "--fast", *flags)
         read_json(rx)  # every client welcomed
         cpu0, rx0 = cpu_of(hello["pid"]), cpu_of(rx.pid)
         tell(srv, "go")
@@ -112,14 +117,16 @@ def burst(kind: str, n: int, clients: int) -> dict[str, Any]:
         stop(srv)
 
 
-def steady(kind: str, sessions: int, per_sid: int, rate: float, seconds: float) -> dict[str, Any]:
+def steady(
+    kind: str, sessions: int, per_sid: int, rate: float, seconds: float, flags: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """``sessions`` sessions of ``per_sid`` watchers each, ``rate`` events/s per session, for ``seconds``."""
     args = ["many", "--sessions", str(sessions), "--rate", str(rate), "--seconds", str(seconds)]
     srv = server(kind, *args)
     rx: subprocess.Popen[str] | None = None
     try:
         hello = read_json(srv)
-        rx = watchers(hello["url"], f"s:{sessions}", per_sid)
+        rx = watchers(hello["url"], f"s:{sessions}", per_sid, *flags)
         read_json(rx)  # every watcher welcomed
         cpu0, rx0 = cpu_of(hello["pid"]), cpu_of(rx.pid)
         tell(rx, "mark")
@@ -149,14 +156,14 @@ def steady(kind: str, sessions: int, per_sid: int, rate: float, seconds: float) 
         stop(srv)
 
 
-def idle(kind: str, conns: int) -> dict[str, Any]:
+def idle(kind: str, conns: int, flags: tuple[str, ...] = ()) -> dict[str, Any]:
     """Server memory per connected client that receives nothing."""
     srv = server(kind, "idle")
     rx: subprocess.Popen[str] | None = None
     try:
         hello = read_json(srv)
         before = rss_kb(hello["pid"])
-        rx = watchers(hello["url"], "bench", conns, "--fast")
+        rx = watchers(hello["url"], "bench", conns, "--fast", *flags)
         read_json(rx)  # every client welcomed
         after = rss_kb(hello["pid"])
         return {
@@ -171,7 +178,7 @@ def idle(kind: str, conns: int) -> dict[str, Any]:
         stop(srv)
 
 
-def replay(kind: str, n: int) -> dict[str, Any]:
+def replay(kind: str, n: int, flags: tuple[str, ...] = ()) -> dict[str, Any]:
     """A client resumes after ``n`` missed events: ms from its reconnect to the last of them."""
     if kind != "gateway":
         return {}  # a bare server has no replay
@@ -179,7 +186,7 @@ def replay(kind: str, n: int) -> dict[str, Any]:
     rx: subprocess.Popen[str] | None = None
     try:
         hello = read_json(srv)
-        rx = watchers(hello["url"], "bench", 1, "--replay")
+        rx = watchers(hello["url"], "bench", 1, "--replay", *flags)
         read_json(rx)  # welcomed, then gone
         tell(srv, "go")
         read_json(srv)  # the n events are written and stored
@@ -195,13 +202,14 @@ def replay(kind: str, n: int) -> dict[str, Any]:
 
 
 def run(a: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    f = ("--deflate",) if a.deflate else ()
     jobs: dict[str, Callable[[str], dict[str, Any]]] = {
-        "one": lambda k: burst(k, a.n, 1),
-        "fanout": lambda k: burst(k, a.fanout_n, a.clients),
-        "rate": lambda k: steady(k, 1, 1, a.rate, a.rate_seconds),
-        "many": lambda k: steady(k, a.sessions, a.watchers, a.session_rate, a.seconds),
-        "idle": lambda k: idle(k, a.idle),
-        "replay": lambda k: replay(k, a.replay),
+        "one": lambda k: burst(k, a.n, 1, f),
+        "fanout": lambda k: burst(k, a.fanout_n, a.clients, f),
+        "rate": lambda k: steady(k, 1, 1, a.rate, a.rate_seconds, f),
+        "many": lambda k: steady(k, a.sessions, a.watchers, a.session_rate, a.seconds, f),
+        "idle": lambda k: idle(k, a.idle, f),
+        "replay": lambda k: replay(k, a.replay, f),
     }
     results: dict[str, Any] = {"params": {k: v for k, v in vars(a).items() if k != "json"}}
     for w in a.only:
@@ -243,6 +251,8 @@ def rows(results: dict[str, Any], a: argparse.Namespace) -> list[tuple[str, str,
         g = results.get(f"{w}.gateway", {}).get(key)
         b = results.get(f"{w}.bare", {}).get(key)
         ratio = f"{g / b:.2f}" if isinstance(g, int | float) and isinstance(b, int | float) and b else "-"
+        if a.deflate:
+            label += " (deflate)"
         out.append((label, "-" if g is None else f"{g:,}", "-" if b is None else f"{b:,}", ratio))
     return out
 
@@ -258,6 +268,7 @@ def main() -> None:
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="every workload shrunk to a smoke run of seconds")
+    p.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate")
     p.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads to run")
     p.add_argument("--n", type=int, default=100_000, help="events to one client (one)")
     p.add_argument("--fanout-n", type=int, default=10_000, help="events to the fan-out clients")

@@ -1,13 +1,14 @@
 // The clients of `python -m bench` and `python -m bench.scale`, in Node so that the
 // client is never the bottleneck (the bench reports this process's CPU too).
 //
-// Usage: node bench/watchers.mjs URL SIDS WATCHERS [--fast] [--replay]
+// Usage: node bench/watchers.mjs URL SIDS WATCHERS [--fast] [--replay] [--deflate]
 //   SIDS: "sid" or "prefix:count" (prefix0 .. prefix{count-1}); WATCHERS per sid.
 // Each connection says hello with live: true (at most 100 handshakes at a time).
 // By default every frame is decoded and seqs are checked to follow each other.
 // With --fast a frame is not decoded: the events it carries are read from the
 // last "seq" key in its bytes (the seqs of a session are consecutive), so the
 // cost per frame is a byte search, whatever the frame holds.
+// With --deflate every connection offers permessage-deflate (ws's default offer).
 // Prints JSON lines: {"ready": n} once every connection is welcomed, then reads
 // commands on stdin:
 //   "mark"      start counting latencies (events received from now on; not with --fast)
@@ -33,6 +34,7 @@ const { decode, encode } = require("@msgpack/msgpack");
 const argv = process.argv.slice(2);
 const fast = argv.includes("--fast");
 const replayMode = argv.includes("--replay");
+const deflate = argv.includes("--deflate");
 const [url, sidSpec, perSid] = argv.filter((a) => !a.startsWith("--"));
 let sids;
 if (sidSpec.includes(":")) {
@@ -45,7 +47,7 @@ const watchers = Number(perSid);
 const say = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 const now = () => (performance.timeOrigin + performance.now()) / 1000;
 const SEQ_KEY = Buffer.from([0xa3, 0x73, 0x65, 0x71]); // msgpack "seq"
-const OPTS = { perMessageDeflate: false, maxPayload: 64 * 1024 * 1024 };
+const OPTS = { perMessageDeflate: deflate, maxPayload: 64 * 1024 * 1024 };
 
 let total = 0;
 let frames = 0;

@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 Every rule of a connection lives in the sans-I/O ``ServerConnection``; this
 module owns the socket, the store and the clock, and carries out what it
-decides.  After ``hello`` and ``welcome`` two tasks serve a client.  The
-*reader* feeds each frame to the rules and sends what they return
+decides.  After ``hello`` and ``welcome`` two loops serve a client.  The
+*reader*, which runs in the connection's own task (websockets' handler),
+feeds each frame to the rules and sends what they return
 (``pong``, ``replied``), or runs a request against the session.  The *pump*
 asks the rules for its next step and takes what follows its cursor
 (everything ready, up to the window and a byte budget) from its sid's
@@ -15,7 +16,9 @@ which holds the newest events and where the log stands), sends it as one
 *parks* on the feed: the feed then hands it each new frame (``push``), which
 is written to the socket at once, with no task switch, as long as the
 window has room and the socket takes it without waiting; otherwise the feed
-wakes the pump task, which carries on as above.  A cursor older than the feed's tail,
+wakes the pump task, which carries on as above.  The pump runs in a task of
+its own that ends when it parks (``wake`` starts a new one), so an idle
+client costs one task, its reader.  A cursor older than the feed's tail,
 and any step but reading or waiting for an ack, go to the store itself.  Nothing is
 queued per client, so a slow client costs a cursor and the socket's bounded
 write buffer, and the producer and the other clients never wait for it.

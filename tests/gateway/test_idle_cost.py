@@ -14,7 +14,10 @@ import asyncio
 import base64
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from support import TIMEOUT, Raw
@@ -268,3 +271,37 @@ async def test_the_heartbeat_spreads_clients_over_its_slices(raw: Any) -> None:
                 assert (await r.hello("spread")).t == "welcome"
             beats = sorted(x.beat for x in conns(gw))
         assert beats == [0, 0, 1, 2, 3]
+
+
+BURST = """
+import asyncio, gc
+from websockets.asyncio.client import connect
+from gateway import Gateway, MemoryStore
+
+async def main() -> None:
+    async with Gateway(port=0, store=MemoryStore()) as gw:
+        clients = await asyncio.gather(*(connect(gw.url, subprotocols=["wirepipe.v1"]) for _ in range(30)))
+        await gw.wait_connections(lambda n: n == 30)
+        own = [c for c in gw._conns if any(type(r) is dict and "protocol" in r for r in gc.get_referents(c.ws))]
+        print(len(own))
+        for c in clients:
+            await c.close()
+
+asyncio.run(main())
+"""
+
+
+def test_the_first_clients_arriving_at_once_get_no_attribute_dict_each() -> None:
+    """``share_attribute_names``: a process's first connections, accepted in one burst, keep their
+    attributes inline (CPython 3.11); without it each would carry a dict of its own.  In a fresh
+    process, since the layout is decided once per process."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", BURST],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 3,
+        check=True,
+    )
+    assert out.stdout.split() == ["0"]
