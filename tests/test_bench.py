@@ -65,3 +65,23 @@ def test_quick_bench_prints_every_row(tmp_path: Path) -> None:
         else:
             float(row["bare"].replace(",", ""))
             float(row["ratio"])
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(int(30 * TIMEOUT) + 30)
+def test_quick_bench_with_deflate_measures_idle_clients_that_negotiated_compression(tmp_path: Path) -> None:
+    if shutil.which("node") is None or not (ROOT / "clients" / "js" / "node_modules" / "ws").is_dir():
+        missing("node and the JS client's packages", "scripts/bootstrap.sh --node")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--deflate", "--only", "idle", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30 * TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())["table"]
+    assert row["workload"] == "idle 100 connections: server kB/connection (deflate)"
+    float(row["gateway"].replace(",", ""))
+    float(row["bare"].replace(",", ""))

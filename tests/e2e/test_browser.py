@@ -20,6 +20,7 @@ import pytest
 from playwright.async_api import expect
 
 from gateway import Gateway, MemoryStore, WebPipe
+from gateway.compression import COMPRESS_MIN_BYTES, LeanDeflate
 from gateway.config import App
 
 pytestmark = pytest.mark.browser
@@ -415,3 +416,24 @@ async def test_screenshots_desktop_and_phone(gw: Gateway, store: MemoryStore, op
     kinds = await open_page(run_url(gw, "zoo", None), name="kinds")
     await expect(kinds.locator(".ask-card")).to_have_count(1)
     await full_screenshot(kinds, artifacts / "ui-kinds-full.png")
+
+
+async def test_compressed_and_plain_frames_reach_the_page(gw: Gateway, store: MemoryStore, open_page: Any) -> None:
+    """Chromium offers permessage-deflate: the gateway takes it without context takeover and
+    compresses only frames of 1 KiB and more (gateway/compression.py); the page reads both."""
+    sid = "deflate-e2e"
+    pipe = gw.pipe(sid)
+    page = await open_page(f"{gw.http_url}?sid={sid}")
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+    (conn,) = list(gw._conns)
+    (ext,) = conn.ws.protocol.extensions
+    assert isinstance(ext, LeanDeflate)
+    source = "\n".join(f"print({i}, 'wirepipe')" for i in range(400))
+    assert len(source) > 4 * COMPRESS_MIN_BYTES
+    pipe.emit("code", {"id": "big", "lang": "python", "source": source})
+    pipe.emit("log", {"level": "INFO", "msg": "a small one", "logger": "e2e"})
+    await expect(page.locator('#logs [data-k="log"]')).to_contain_text("a small one")
+    shown = await page.locator(".ev-code pre.source").evaluate("e => e.textContent")
+    assert shown == source
+    assert not hasattr(ext, "encoder") and not hasattr(ext, "decoder")  # no zlib state left
+    await assert_each_event_once(page, store, sid)
