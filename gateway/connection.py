@@ -214,13 +214,16 @@ class Connection:
 
     def _pump_done(self, task: asyncio.Task[None]) -> None:
         """A pump task ended: parked or cancelled (nothing to do), or failed: stop the reader."""
-        if task.cancelled() or task.exception() is None:
+        exc = None if task.cancelled() else task.exception()
+        if exc is None:
             return
         if self._failure is None:
-            self._failure = task.exception()
+            self._failure = exc
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.cancel()
+            reader.cancel()  # it raises exc (``_run_tasks``)
+        elif not isinstance(exc, ConnectionClosed | ProtocolError | StoreUnavailable):
+            log.error("sid %r: the pump failed as its connection ended", self.sid, exc_info=exc)
 
     async def _fail(self, exc: ProtocolError) -> None:
         """Tell the client, and close if fatal.  Never raises."""

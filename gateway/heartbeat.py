@@ -82,7 +82,9 @@ class Heartbeat:
         return slot
 
     async def run(self) -> None:
-        """Tick every ``interval / SLICES`` seconds, for ever."""
+        """Tick every ``interval / SLICES`` seconds, for ever (an interval of 0 or less: no heartbeat)."""
+        if self.interval <= 0:
+            return
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.interval / SLICES)

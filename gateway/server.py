@@ -419,7 +419,7 @@ def share_attribute_names() -> None:
     CPython 3.11 keeps an object's attributes in an array beside a table of
     names shared by its class, but the table takes new names only while the
     class has few instances: a name that did not get in gives each object
-    that sets it a dict of its own (about 1.5 kB per websockets connection).
+    that sets it a dict of its own (1.3 kB more per websockets connection).
     websockets sets two attributes in ``connection_made``, a loop turn after
     the connection object is made; when the first clients of the process come
     in a burst (a gateway restarted under its clients' reconnections), three
