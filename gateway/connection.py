@@ -123,7 +123,8 @@ class Connection:
     def __init__(self, gw: Services, ws: WebSocket, *, beat: int = 0) -> None:
         self.gw = gw
         self.ws = ws
-        self.rules = ServerConnection(gw.limits, now=self._clock())
+        # The rate limiter starts full, so when it started makes no difference.
+        self.rules = ServerConnection(gw.limits)
         self.session: Session | None = None
         #: When the frame being sent started waiting for the socket (None: not sending).
         #: A client that takes no byte for ``Config.stall_timeout`` is dropped.
@@ -132,7 +133,7 @@ class Connection:
         self.stall_mark: tuple[int, float] | None = None
         #: Which slice of the gateway's heartbeat pings this client (``gateway/heartbeat.py``).
         self.beat = beat
-        #: The feed of the sid while the pump follows it (``_run_tasks``).
+        #: The feed of the sid while the pump follows it (``_start_tasks``).
         self._feed: Feed | None = None
         #: The pump's task; None while parked at the head (the feed pushes) and
         #: before and after the pump's life.
@@ -158,7 +159,11 @@ class Connection:
         try:
             # The hello is not kept: this frame lives as long as the client.
             await self._open(await self._handshake())
-            await self._run_tasks()
+            self._start_tasks()
+            try:
+                await self._read()
+            finally:
+                await self._stop_tasks()
         except ProtocolError as exc:
             await self._fail(exc)
         except StoreUnavailable as exc:
@@ -175,38 +180,27 @@ class Connection:
         finally:
             self.rules.closed()
 
-    async def _run_tasks(self) -> None:
-        """Read the socket in this task, pump in another.
+    def _start_tasks(self) -> None:
+        """Read the socket in this task (``_read``), pump in another.
 
         The reader is the connection's handler task itself, so an idle
         client has one task; the pump's task ends whenever it parks at the
-        head (``_park``) and ``wake`` starts a new one.  If the pump fails,
-        it cancels this task (``_pump_done``), which raises the pump's error
-        instead, as if read here; a cancellation from outside stays one.
+        head (``_park``) and ``wake`` starts a new one.
         """
-        reader = asyncio.current_task()
-        assert reader is not None
-        feed = self._feed = self.gw.feeds.join(self.sid, self.rules.cursor)
-        self._reader = reader
-        failure = None
-        try:
-            self._start_pump()
-            await self._read()
-        except asyncio.CancelledError:
-            failure = self._failure
-            if failure is None or reader.uncancel() > 0:
-                raise
-        finally:
-            self._reader = None  # the pump can no longer cancel this task
-            self._feed = None  # nor be woken
+        self._reader = asyncio.current_task()
+        self._feed = self.gw.feeds.join(self.sid, self.rules.cursor)
+        self._start_pump()
+
+    async def _stop_tasks(self) -> None:
+        self._reader = None  # the pump can no longer cancel this task
+        feed, self._feed = self._feed, None  # nor be woken
+        if feed is not None:
             feed.unpark(self)
             self.gw.feeds.leave(feed)
-            task, self._pump_task = self._pump_task, None
-            if task is not None:
-                task.cancel()
-                await asyncio.wait((task,))
-        if failure is not None:
-            raise failure
+        task, self._pump_task = self._pump_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait((task,))
 
     def _start_pump(self) -> None:
         self._pump_task = task = asyncio.get_running_loop().create_task(self._pump(), name="wirepipe-pump")
@@ -221,7 +215,7 @@ class Connection:
             self._failure = exc
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.cancel()  # it raises exc (``_run_tasks``)
+            reader.cancel()  # it raises exc (``_read``)
         elif not isinstance(exc, ConnectionClosed | ProtocolError | StoreUnavailable):
             log.error("sid %r: the pump failed as its connection ended", self.sid, exc_info=exc)
 
@@ -474,29 +468,41 @@ class Connection:
     # --- the reader -----------------------------------------------------------
 
     async def _read(self) -> None:
+        """Each client frame to the rules, and what they return to the client, until it closes.
+
+        If the pump fails, it cancels this task (``_pump_done``): the pump's
+        error is raised here instead, as if read here, for ``serve``; a
+        cancellation from outside stays one.
+        """
         rules, ws = self.rules, self.ws
-        while True:
-            # recv, not ``async for``: an async generator per client costs
-            # half a kB (and a place in the loop's set of them).
-            try:
-                msg = await ws.recv()
-            except ConnectionClosedOK:
-                return
-            out = rules.receive(msg, self._clock())
-            if out is None:
-                acked = self._acked
-                if rules.acked and acked is not None and not acked.done():
-                    acked.set_result(None)
-                continue
-            if isinstance(out, Request):
-                reply = self._handle(out)
-                if reply is None:
-                    reply = await self._not_local(out)
-                await self._send(encode(reply))
-                continue
-            if isinstance(out, Error):
-                self.gw.metrics.error(out.code)
-            await self._send(encode(out))
+        try:
+            while True:
+                # recv, not ``async for``: an async generator per client costs
+                # half a kB (and a place in the loop's set of them).
+                try:
+                    msg = await ws.recv()
+                except ConnectionClosedOK:
+                    return
+                out = rules.receive(msg, self._clock())
+                if out is None:
+                    acked = self._acked
+                    if rules.acked and acked is not None and not acked.done():
+                        acked.set_result(None)
+                    continue
+                if isinstance(out, Request):
+                    reply = self._handle(out)
+                    if reply is None:
+                        reply = await self._not_local(out)
+                    await self._send(encode(reply))
+                    continue
+                if isinstance(out, Error):
+                    self.gw.metrics.error(out.code)
+                await self._send(encode(out))
+        except asyncio.CancelledError:
+            failure, reader = self._failure, asyncio.current_task()
+            if failure is None or reader is None or reader.uncancel() > 0:
+                raise
+            raise failure from None
 
     def _handle(self, req: Request) -> Replied | None:
         """Run a request against the session of this process (None: it runs elsewhere).
