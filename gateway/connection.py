@@ -30,6 +30,7 @@ import asyncio
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,8 @@ class Services:
     #: The per-sid readers of the store that this gateway's pumps share.
     feeds: Feeds
     middleware: tuple[Middleware, ...] = ()
+    #: Called once a connection's ``serve`` has ended (the gateway forgets it).
+    gone: Callable[[Connection], None] = lambda conn: None
     #: What a client may do (frame size, rate), from ``config``: one object for every connection.
     limits: ConnectionLimits = field(init=False)
 
@@ -179,6 +182,7 @@ class Connection:
             await self._fail(ProtocolError(ErrorCode.INTERNAL, "internal error"))
         finally:
             self.rules.closed()
+            self.gw.gone(self)
 
     def _start_tasks(self) -> None:
         """Read the socket in this task (``_read``), pump in another.

@@ -29,7 +29,7 @@ import asyncio
 import gc
 import logging
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from websockets.asyncio.server import Server, serve
@@ -124,9 +124,11 @@ class Gateway:
             self.default_grant,
             self.feeds,
             self.middleware,
+            gone=self._gone,
         )
         self._conns: set[Connection] = set()
-        self._conns_changed = asyncio.Condition()
+        #: Set (and dropped) when ``_conns`` changes; made when ``wait_connections`` waits.
+        self._conns_changed: asyncio.Event | None = None
         #: Pings every client (websockets' per-connection keepalive is off).
         self.heartbeat = Heartbeat(self.config.heartbeat, self._conns, self.metrics)
         self._server: Server | None = None
@@ -305,22 +307,31 @@ class Gateway:
 
     # --- connections ------------------------------------------------------------------
 
-    async def _handler(self, ws: WebSocket) -> None:
+    def _handler(self, ws: WebSocket) -> Awaitable[None]:
+        """websockets' handler: the new client's ``Connection.serve``, which websockets awaits.
+
+        A function that returns that coroutine, not a coroutine that awaits
+        it: every idle client would keep this frame too (a quarter of a kB).
+        The connection says when it is gone (``Services.gone``: ``_gone``).
+        """
         forget_handshake(ws)
         conn = Connection(self._services, ws, beat=self.heartbeat.slot())
         self._conns.add(conn)
         self.metrics.connections_total += 1
         self.metrics.connections_open += 1
-        async with self._conns_changed:
-            self._conns_changed.notify_all()
-        try:
-            await conn.serve()
-        finally:
-            self._conns.discard(conn)
-            self.http.release(ws)
-            self.metrics.connections_open -= 1
-            async with self._conns_changed:
-                self._conns_changed.notify_all()
+        self._changed_conns()
+        return conn.serve()
+
+    def _gone(self, conn: Connection) -> None:
+        self._conns.discard(conn)
+        self.http.release(conn.ws)
+        self.metrics.connections_open -= 1
+        self._changed_conns()
+
+    def _changed_conns(self) -> None:
+        changed, self._conns_changed = self._conns_changed, None
+        if changed is not None:
+            changed.set()
 
     async def wait_connections(self, pred: Callable[[int], bool]) -> None:
         """Return once ``pred(number of open client connections)`` is true.
@@ -328,8 +339,10 @@ class Gateway:
         ``await gw.wait_connections(lambda n: n == 0)``: for operators draining
         a node before a deploy, and for tests.
         """
-        async with self._conns_changed:
-            await self._conns_changed.wait_for(lambda: pred(len(self._conns)))
+        while not pred(len(self._conns)):
+            if self._conns_changed is None:
+                self._conns_changed = asyncio.Event()
+            await self._conns_changed.wait()
 
     def drop_connections(self, sid: str | None = None) -> int:
         """Abort the TCP connections of ``sid`` (all if None), abruptly.  For tests and ops."""
