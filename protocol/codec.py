@@ -315,16 +315,11 @@ def _fallback(obj: object) -> object:
 
 
 _packer_default: Final = _fallback
-#: The buffer each ``packb`` starts with (it grows as the value needs).  msgpack's
-#: default, 256 KiB, is a malloc and a free of that size per frame: once glibc
-#: serves those from its heap, long-lived objects land between them and the heap
-#: grows (by MBs for 2,000 idle clients in ``python -m bench --only idle``).
-PACK_BUFFER: Final = 1024
 
 
 def packb(obj: object) -> bytes:
     """MessagePack-encode ``obj`` the way wirepipe does everywhere."""
-    return msgpack.packb(obj, use_bin_type=True, default=_packer_default, buf_size=PACK_BUFFER)  # type: ignore[no-any-return]
+    return msgpack.packb(obj, use_bin_type=True, default=_packer_default)  # type: ignore[no-any-return]
 
 
 def encode(frame: Frame) -> bytes:
