@@ -196,6 +196,7 @@ class Connection:
         self._start_pump()
 
     async def _stop_tasks(self) -> None:
+        """The reader is done: leave the feed, and end the pump's task if it runs."""
         self._reader = None  # the pump can no longer cancel this task
         feed, self._feed = self._feed, None  # nor be woken
         if feed is not None:
