@@ -103,6 +103,7 @@ class Connection:
         self.stall_mark: tuple[int, float] | None = None
         #: Resolved when the feed wakes this pump from its parked state.
         self._parked: asyncio.Future[None] | None = None
+        self._metrics = gw.metrics
 
     @property
     def sid(self) -> str:
@@ -294,6 +295,22 @@ class Connection:
         the feed wakes the pump task.  True: the client has everything, or
         nothing new was for it; the pump stays parked.
         """
+        ws = self.ws
+        news = feed.news
+        if news is not None and not ws.protocol.extensions:
+            # The quick step: the events just appended, when this client was at
+            # the head before them; the one frame every such watcher shares.
+            if ws.paused or ws.send_in_progress is not None or ws.protocol.state is not State.OPEN:
+                return False
+            if self.rules.sends(*news):
+                try:
+                    ws.transport.write(feed.news_wire())
+                except Exception as exc:  # a write error closes the connection, as send would
+                    log.debug("sid %r: a pushed frame failed: %s", self.sid, exc)
+                    ws.transport.abort()
+                    return False
+                self._metrics.events_out += news[2]
+                return True
         info = feed.state
         if info is None or feed.failure is not None:
             return False
@@ -303,7 +320,6 @@ class Connection:
             return False
         if rules.cursor >= info.head:
             return True
-        ws = self.ws
         if ws.protocol.state is not State.OPEN or ws.paused or ws.send_in_progress is not None:
             return False
         try:

@@ -176,6 +176,12 @@ class Feed:
         #: The error of the last try, until a fetch succeeds again.
         self.failure: Exception | None = None
         self._changed: asyncio.Event | None = None
+        #: While a ``Direct`` store's append is pushed (``_heard``): (epoch, the seq
+        #: before the new events, their count), the frame every watcher that was at
+        #: the head takes (``news_wire``).  None at any other time.
+        self.news: tuple[str, int, int] | None = None
+        self._news_raws: list[bytes] = []
+        self._news_wire: bytes | None = None
         #: Pumps parked at the head, pushed to as events arrive (insertion order).
         self.parked: dict[Pusher, None] = {}
         #: Pumps following this feed.
@@ -238,6 +244,13 @@ class Feed:
             built[1] = Frame(Opcode.BINARY, built[0]).serialize(mask=False)
         return built[1], n
 
+    def news_wire(self) -> bytes:
+        """The wire bytes of the frame of ``news``'s events (built once, for every watcher)."""
+        wire = self._news_wire
+        if wire is None:
+            wire = self._news_wire = Frame(Opcode.BINARY, frame_for(self._news_raws)).serialize(mask=False)
+        return wire
+
     def _built(self, after: int, room: int) -> tuple[list[Any] | None, int]:
         """[frame, wire bytes or None] of the events after ``after``, cached by place (see ``take``)."""
         tail = self.tail
@@ -298,10 +311,26 @@ class Feed:
             and self._after == info.head - len(raws)
         ):
             # ``_apply`` of a fetch that found just these events, the same epoch
+            before = self._after
             self.tail.add(raws)
             self._after = info.head
             self.state = info
-            self._bump()
+            changed, self._changed = self._changed, None
+            if changed is not None:
+                changed.set()
+            if self.parked:
+                n = len(raws)
+                # One frame of them all, as a pump's own step would take (``Tail.span``).
+                if n == 1 or (n <= self.batch_max and sum(map(len, raws)) <= self.max_bytes):
+                    self.news, self._news_raws, self._news_wire = (info.epoch, before, n), raws, None
+                try:
+                    parked = self.parked  # ``_push``, inline
+                    for pump in list(parked):
+                        if pump in parked and not pump.push(self):
+                            del parked[pump]
+                            pump.wake()
+                finally:
+                    self.news, self._news_raws, self._news_wire = None, [], None
         else:
             self.poke()
 

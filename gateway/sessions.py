@@ -469,19 +469,28 @@ class Session:
         """
         direct = self._direct
         assert direct is not None
-        with self._lock:
-            if self.ended or self._verify or not self._pending:
+        lock = self._lock
+        with lock:
+            batch = self._pending
+            if self.ended or self._verify or not batch:
                 return False
-            batch, self._pending = self._pending, []
+            self._pending = []
             self._idle = True  # the writer still waits: the next emit kicks it (or comes here)
         try:
             direct.append_now(self.sid, batch, epoch=self.epoch)
         except Exception:
-            with self._lock:
+            with lock:
                 self._pending[:0] = batch
                 self._idle = False
             return False
-        self._stored(batch)
+        if self._keep_snap or len(batch) > 1:
+            self._stored(batch)
+        else:  # ``_stored`` of one event, the common case here
+            ev = batch[0]
+            self.stored = ev.seq
+            with lock:
+                self._waiting -= 1
+                self._pending_bytes -= len(ev.raw)
         return True
 
     def poke(self) -> None:

@@ -229,8 +229,11 @@ async def test_a_subscribed_waiter_knows_the_log_from_messages_not_a_read_per_wa
         await writer.create("s", "e1")
         after = 0
         for seq in range(1, 31):
+            parked = reader.pubsub.parked
             task = asyncio.create_task(reader.wait("s", after, epoch="e1"))
-            await started(task)
+            # Parked, not just started: an append while the wait still reads the
+            # log (a loaded machine) would rightly make it read again.
+            await asyncio.wait_for(reader.pubsub.until(lambda h, p=parked: h.parked > p), TIMEOUT)
             await writer.append("s", [ev(seq)], epoch="e1")
             assert await asyncio.wait_for(task, TIMEOUT) is True
             after = seq
