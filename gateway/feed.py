@@ -62,8 +62,6 @@ import bisect
 import logging
 from typing import Any, Final, Protocol
 
-from websockets.frames import Frame, Opcode
-
 from protocol import StoreUnavailable, frame_for
 
 from .stores import Fetched, FetchFn, LogInfo, Store, direct_of, fetch_of
@@ -78,6 +76,20 @@ FRAMES: Final = 2
 #: Backoff between retries of a failing store: first, cap (seconds).
 RETRY_FIRST: Final = 0.05
 RETRY_CAP: Final = 2.0
+
+
+def wire_message(data: bytes) -> bytes:
+    """``data`` as one binary WebSocket message on the wire from a server (RFC 6455 section 5.2).
+
+    One final frame, unmasked, no extension: the bytes websockets'
+    ``Frame(Opcode.BINARY, data).serialize(mask=False)`` makes, for less.
+    """
+    n = len(data)
+    if n < 126:
+        return bytes((0x82, n)) + data
+    if n < 0x10000:
+        return b"\x82\x7e" + n.to_bytes(2, "big") + data
+    return b"\x82\x7f" + n.to_bytes(8, "big") + data
 
 
 class Tail:
@@ -241,14 +253,14 @@ class Feed:
         if built is None:
             return b"", n
         if built[1] is None:
-            built[1] = Frame(Opcode.BINARY, built[0]).serialize(mask=False)
+            built[1] = wire_message(built[0])
         return built[1], n
 
     def news_wire(self) -> bytes:
         """The wire bytes of the frame of ``news``'s events (built once, for every watcher)."""
         wire = self._news_wire
         if wire is None:
-            wire = self._news_wire = Frame(Opcode.BINARY, frame_for(self._news_raws)).serialize(mask=False)
+            wire = self._news_wire = wire_message(frame_for(self._news_raws))
         return wire
 
     def _built(self, after: int, room: int) -> tuple[list[Any] | None, int]:
