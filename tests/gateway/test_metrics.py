@@ -191,3 +191,12 @@ async def test_store_errors_and_retries(stopped_redis: PrivateRedis) -> None:
     assert m.value("wirepipe_store_retries_total", kind="other") == 0
     assert m.value("wirepipe_events_appended_total") == 2
     assert m.value("wirepipe_sessions", state="ended") == 1
+
+
+async def test_every_metric_is_documented(make_gw: MakeGateway) -> None:
+    gw = await make_gw()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    m = await scrape(gw)
+    for family in m.families.values():
+        row = f"| `{family.name}{'_total' if family.type == 'counter' else ''}` | {family.type} |"
+        assert row in doc, f"docs/metrics.md has no row for {family.name} ({family.type})"
