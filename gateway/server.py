@@ -14,6 +14,9 @@ the pieces, each in its own module:
   cap and the HTTP routes (health, apps, metrics, the web UI);
 - ``Connection`` (``gateway/connection.py``): one WebSocket client, which
   gets ``Services``, what it needs of the gateway and nothing else;
+- ``Metrics`` (``gateway/metrics.py``): plain counters, which the
+  ``Exporter`` (``gateway/exporter.py``) of the gateway's own registry
+  reads when ``/metrics`` is scraped;
 - two watchers of its own: the janitor (forgets expired runs) and the stall
   watchdog (drops clients that take no byte).
 
