@@ -54,7 +54,7 @@ from protocol.server import BATCH_BYTES, ConnectionLimits, Request, ServerConnec
 
 from .config import Auth, Config
 from .feed import Feed, Feeds
-from .metrics import LAG_EVERY, LAG_MASK, FrontMetrics
+from .metrics import LAG_MASK, FrontMetrics
 from .middleware import Middleware, apply_requests
 from .runs import Runs
 from .stores import Store, requests_of
@@ -335,7 +335,7 @@ class Connection:
         rules.sent(n)
         self.gw.metrics.sent(n)
         if (-before) & LAG_MASK < n:  # the frame holds a lag-marked event (gateway/metrics.py)
-            self._lag(before, n)
+            self._lag(before)
         return rules.cursor >= info.head
 
     async def _pump_step(self, feed: Feed) -> None:
@@ -396,23 +396,18 @@ class Connection:
         self.rules.sent(n)
         self.gw.metrics.sent(n)
         if (-before) & LAG_MASK < n:  # the frame holds a lag-marked event (gateway/metrics.py)
-            self._lag(before, n)
+            self._lag(before)
 
-    def _lag(self, before: int, n: int) -> None:
-        """The frame of the ``n`` events after ``before`` is written: observe its marked events' lag.
+    def _lag(self, before: int) -> None:
+        """A frame of the events after ``before`` holding a lag-marked one is written: observe its lag.
 
         Only for a run written here: its session keeps the marks.
         """
         s = self.session
-        if s is None:
-            return
-        marks, now, end = s.lag_marks, time.monotonic(), before + n
-        seq = before + ((-before) & LAG_MASK) + 1  # the first marked seq after before
-        while seq <= end:
-            mark = marks.get(seq)
+        if s is not None:
+            mark = s.lag_marks.get(before + ((-before) & LAG_MASK) + 1)  # the first marked seq after before
             if mark is not None:
-                self.gw.metrics.lag.observe(now - mark)
-            seq += LAG_EVERY
+                self.gw.metrics.lag.observe(time.monotonic() - mark)
 
     async def _wait_ack(self) -> None:
         self._acked.clear()

@@ -129,7 +129,7 @@ class Exporter:
         )
         yield _histogram(
             "wirepipe_delivery_lag_seconds",
-            f"Seconds from an event's append to its frame's write to a client socket (one event in {LAG_EVERY}).",
+            f"Seconds from an event's append to its frame's write to a client socket (1 event in {LAG_EVERY} timed).",
             [([f.name], f.lag) for f in fronts],
             ["front"],
         )

@@ -33,9 +33,12 @@ writes a frame checks, with integer arithmetic only, whether the frame
 holds such a seq: the first seq after its cursor ``before`` that is 1
 modulo ``LAG_EVERY`` is ``before + ((-before) & LAG_MASK) + 1``, so a frame
 of ``n`` events holds one exactly when ``(-before) & LAG_MASK < n``.  If it
-does, it looks the marks up and observes ``now - mark`` for each
-(``Connection._lag``): one observation per marked event per client it
-reaches.  About 40 ns per frame, and a few hundred per marked one.  Marks are
+does, it looks that mark up and observes ``now - mark`` (``Connection._lag``):
+the lag of the oldest marked event in the frame, the one that waited
+longest.  At most one observation per frame, so a batch costs no more than
+one event: about 40 ns per frame for the test, and a few hundred more for
+a frame that holds a mark.  A client at the head, which gets events one
+frame each, observes every marked event.  Marks are
 written on the agent's thread and read on the loop: a dict's ``get`` and
 item assignment are atomic in CPython.  Not seen: runs written by another
 process (a node or worker sharing a Redis store: the lag is measured where
