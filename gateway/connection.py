@@ -54,7 +54,7 @@ from protocol.server import BATCH_BYTES, ConnectionLimits, Request, ServerConnec
 
 from .config import Auth, Config
 from .feed import Feed, Feeds
-from .metrics import Metrics
+from .metrics import LAG_MASK, FrontMetrics
 from .middleware import Middleware, apply_requests
 from .runs import Runs
 from .stores import Store, requests_of
@@ -74,7 +74,8 @@ class Services:
     config: Config
     store: Store
     runs: Runs
-    metrics: Metrics
+    #: The WebSocket front's counters (gateway/metrics.py: plain ints, read when scraped).
+    metrics: FrontMetrics
     secret: bytes
     auth: Auth | None
     default_grant: Grant
@@ -218,7 +219,10 @@ class Connection:
         if info is None:  # expired between the two awaits, or lost with the store
             raise gw.runs.missing_log(hello.sid)
         token_epoch = token.epoch if token is not None else None
-        if self.rules.recovers(hello, token_epoch, info.epoch, info.first, info.head):
+        recovered = self.rules.recovers(hello, token_epoch, info.epoch, info.first, info.head)
+        if hello.after is not None:  # a replay request
+            gw.metrics.replay(recovered, info.head - hello.after)
+        if recovered:
             assert hello.after is not None
             await self._welcome(info.epoch, hello.after, info.first, info.head, None)
         else:
@@ -309,7 +313,10 @@ class Connection:
                     log.debug("sid %r: a pushed frame failed: %s", self.sid, exc)
                     ws.transport.abort()
                     return False
-                self._metrics.events_out += news[2]
+                _, before, n = news
+                self._metrics.events_out += n
+                if (-before) & LAG_MASK < n:  # the frame holds a lag-marked event (gateway/metrics.py)
+                    self._lag(before)
                 return True
         info = feed.state
         if info is None or feed.failure is not None:
@@ -343,8 +350,11 @@ class Connection:
             log.debug("sid %r: a pushed frame failed: %s", self.sid, exc)
             ws.transport.abort()
             return False
+        before = rules.cursor
         rules.sent(n)
         self.gw.metrics.sent(n)
+        if (-before) & LAG_MASK < n:  # the frame holds a lag-marked event (gateway/metrics.py)
+            self._lag(before)
         return rules.cursor >= info.head
 
     async def _pump_step(self, feed: Feed) -> None:
@@ -400,9 +410,23 @@ class Connection:
             await self._restart()
 
     async def _deliver(self, frame: bytes, n: int) -> None:
+        before = self.rules.cursor
         await self._send(frame)
         self.rules.sent(n)
         self.gw.metrics.sent(n)
+        if (-before) & LAG_MASK < n:  # the frame holds a lag-marked event (gateway/metrics.py)
+            self._lag(before)
+
+    def _lag(self, before: int) -> None:
+        """A frame of the events after ``before`` holding a lag-marked one is written: observe its lag.
+
+        Only for a run written here: its session keeps the marks.
+        """
+        s = self.session
+        if s is not None:
+            mark = s.lag_marks.get(before + ((-before) & LAG_MASK) + 1)  # the first marked seq after before
+            if mark is not None:
+                self.gw.metrics.lag.observe(time.monotonic() - mark)
 
     async def _wait_ack(self) -> None:
         self._acked.clear()

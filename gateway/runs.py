@@ -98,6 +98,7 @@ class Runs:
                 limits=limits,
                 middleware=self.middleware,
                 reserved_by=reserved_by,
+                metrics=self.metrics,
             )
             self._pipes[sid] = WebPipe(s)
             self.sessions[sid] = s

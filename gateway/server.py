@@ -14,6 +14,9 @@ the pieces, each in its own module:
   cap and the HTTP routes (health, apps, metrics, the web UI);
 - ``Connection`` (``gateway/connection.py``): one WebSocket client, which
   gets ``Services``, what it needs of the gateway and nothing else;
+- ``Metrics`` (``gateway/metrics.py``): plain counters, which the
+  ``Exporter`` (``gateway/exporter.py``) of the gateway's own registry
+  reads when ``/metrics`` is scraped;
 - two watchers of its own: the janitor (forgets expired runs) and the stall
   watchdog (drops clients that take no byte).
 
@@ -40,6 +43,7 @@ from protocol import SUBPROTOCOL, Grant
 
 from .config import App, Auth, Config
 from .connection import BATCH_BYTES, Connection, Services
+from .exporter import Exporter
 from .feed import Feeds
 from .front import FrontDoor, is_loopback, redacting_logger
 from .http_front import HttpFront
@@ -103,19 +107,23 @@ class Gateway:
             batch_max=self.config.batch_max,
             batch_bytes=BATCH_BYTES,
         )
+        #: What ``/metrics`` serves: this gateway's alone (docs/metrics.md).
+        self.registry = Exporter(
+            self.metrics, lambda: self.runs.sessions.values(), lambda: len(self.feeds), self.store
+        ).registry()
         self.http = HttpFront(
             self.config,
             self.front,
-            self.metrics,
+            self.metrics.ws,
+            self.registry,
             apps=lambda: sorted(set(self.apps) | set(self.runs.remote_apps)),
-            gauges=lambda: {"wirepipe_sessions": len(self.runs.sessions), "wirepipe_feeds": len(self.feeds)},
             closing=lambda: self._closing,
         )
         self._services = Services(
             self.config,
             self.store,
             self.runs,
-            self.metrics,
+            self.metrics.ws,
             self.secret,
             self.auth,
             self.default_grant,
@@ -297,8 +305,8 @@ class Gateway:
     async def _handler(self, ws: WebSocket) -> None:
         conn = Connection(self._services, ws)
         self._conns.add(conn)
-        self.metrics.connections_total += 1
-        self.metrics.connections_open += 1
+        self.metrics.ws.connections_total += 1
+        self.metrics.ws.connections_open += 1
         async with self._conns_changed:
             self._conns_changed.notify_all()
         try:
@@ -306,7 +314,7 @@ class Gateway:
         finally:
             self._conns.discard(conn)
             self.http.release(ws)
-            self.metrics.connections_open -= 1
+            self.metrics.ws.connections_open -= 1
             async with self._conns_changed:
                 self._conns_changed.notify_all()
 
@@ -352,7 +360,7 @@ class Gateway:
                     c.stall_mark = mark = (pending, now)  # it moved (or a new frame): the clock restarts
                 if now - mark[1] > limit:
                     log.info("dropping a client of %r that took no byte for %.1fs", c.sid, now - mark[1])
-                    self.metrics.stalled += 1
+                    self.metrics.ws.stalled += 1
                     c.ws.transport.abort()
 
 
