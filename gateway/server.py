@@ -32,7 +32,7 @@ import gc
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import Server, serve
 from websockets.asyncio.server import ServerConnection as WebSocket
@@ -52,6 +52,9 @@ from .middleware import Middleware
 from .pipe import WebPipe
 from .runs import Runs
 from .stores import MemoryStore, Store, leases_of
+
+if TYPE_CHECKING:
+    from .http_api import HttpApi
 
 log = logging.getLogger("wirepipe")
 
@@ -137,6 +140,7 @@ class Gateway:
         self._closed = asyncio.Event()
         self._janitor: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._asgi: HttpApi | None = None
 
     @property
     def default_grant(self) -> Grant:
@@ -271,6 +275,31 @@ class Gateway:
                 has a run that has not ended.
         """
         return self.runs.start_run(sid, app_name, value)
+
+    def asgi(self) -> HttpApi:
+        """The HTTP API (REST and SSE under ``/api/v1``) as an ASGI app, made once (docs/http.md).
+
+        Mount it in FastAPI or Starlette and start the gateway in the host
+        app's lifespan::
+
+            gw = Gateway(apps={"demo": demo})
+
+            @asynccontextmanager
+            async def lifespan(app):
+                async with gw:
+                    yield
+
+            app = Starlette(lifespan=lifespan)      # or FastAPI(lifespan=lifespan)
+            app.mount("/agents", gw.asgi())
+
+        Raises:
+            ModuleNotFoundError: Starlette is not installed (``pip install wirepipe[http]``).
+        """
+        if self._asgi is None:
+            from .http_api import HttpApi  # Starlette: only for those who use it
+
+            self._asgi = HttpApi(self)
+        return self._asgi
 
     async def sweep(self) -> int:
         """Forget ended runs whose logs the store has expired; returns how many."""

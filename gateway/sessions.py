@@ -216,6 +216,9 @@ class Session:
         self.cancel_reason: str | None = None
         self.on_cancel: list[Callable[[str | None], None]] = []
         self.task: asyncio.Future[Any] | None = None  # the app run, when the gateway started it
+        #: The registered app this run runs (None: a Pipe the embedding code writes), and when it began.
+        self.app: str | None = None
+        self.started = time.time()
         self.dropped = 0
         self.writer: asyncio.Task[None] = loop.create_task(self._write(), name=f"wirepipe-writer-{sid}")
         self.writer.add_done_callback(self._writer_done)
