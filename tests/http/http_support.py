@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,20 +135,36 @@ class SseReader:
         return None
 
 
-async def read_events(
-    response: httpx.Response, until: Any, reader: SseReader | None = None
-) -> tuple[list[SseEvent], SseReader]:
-    """Events of ``response`` until ``until(event)`` is true (included), or the stream ends."""
-    reader = reader or SseReader()
-    out: list[SseEvent] = []
+class SseStream:
+    """The events of one streamed response, read in steps (``events``)."""
 
-    async def go() -> None:
-        async for line in response.aiter_lines():
-            ev = reader.line(line)
-            if ev is not None:
-                out.append(ev)
-                if until(ev):
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.parser = SseReader()
+        self._lines = response.aiter_lines()
+
+    async def events(self, until: Callable[[SseEvent], bool]) -> list[SseEvent]:
+        """Events until ``until(event)`` is true (included), or the stream ends."""
+        out: list[SseEvent] = []
+
+        async def go() -> None:
+            async for line in self._lines:
+                ev = self.parser.line(line)
+                if ev is not None:
+                    out.append(ev)
+                    if until(ev):
+                        return
+
+        await asyncio.wait_for(go(), TIMEOUT)
+        return out
+
+    async def comment(self, text: str) -> None:
+        """Read until the comment ``text`` (``: text``) came."""
+
+        async def go() -> None:
+            async for line in self._lines:
+                self.parser.line(line)
+                if text in self.parser.comments:
                     return
 
-    await asyncio.wait_for(go(), TIMEOUT)
-    return out, reader
+        await asyncio.wait_for(go(), TIMEOUT)
