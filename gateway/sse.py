@@ -203,6 +203,7 @@ class EventStream(Response):
         api.streams.add(self)
         api.sse.connections_total += 1
         api.sse.connections_open += 1
+        await api.stream_changed()
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             self._task = pump = asyncio.create_task(self._pump(send), name=f"wirepipe-sse-{self.sid}")

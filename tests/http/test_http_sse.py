@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 from typing import Any
 
 import httpx
@@ -221,3 +222,27 @@ async def test_a_websocket_watcher_and_an_sse_follower_see_the_same_run() -> Non
             got = await ws.until(lambda e: is_final(e.k, e.d))
             evs = await SseStream(r).events(is_end)
         assert [(e.seq, e.json["k"], e.json["d"]) for e in messages(evs)] == [(e.seq, e.k, e.d) for e in got]
+
+
+async def test_a_client_that_reads_nothing_is_dropped() -> None:
+    """The stream writes a batch at a time and waits for the socket; past stall_timeout it gives up."""
+    gw = gateway(config=Config(stall_timeout=0.2))
+    async with serve(gw) as srv:
+        pipe = srv.gw.pipe("stall")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", srv.port))
+            request = f"GET /agents/api/v1/sessions/stall/events HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n"
+            await loop.sock_sendall(sock, request.encode())
+            await srv.api.wait_streams(lambda n: n == 1)
+            big = "x" * 32_000
+            for i in range(400):  # ~13 MB: far more than the socket buffers hold
+                pipe.emit("log", {"level": "INFO", "msg": f"{i} {big}"})
+            await srv.api.wait_streams(lambda n: n == 0)
+            assert srv.api.sse.stalled == 1
+            assert srv.api.sse.events_out < 400
+        finally:
+            sock.close()
