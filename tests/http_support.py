@@ -1,4 +1,4 @@
-"""Helpers of the HTTP API tests: a real uvicorn serving a host app that mounts ``gw.asgi()``.
+"""Helpers of the HTTP API tests (tests/http, tests/e2e): a real uvicorn, a host app mounting ``gw.asgi()``.
 
 The host app is what docs/http.md tells users to write: a Starlette app
 whose lifespan starts the gateway, with ``gw.asgi()`` mounted under
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 from support import TIMEOUT
 
 from gateway import Gateway
@@ -44,10 +44,11 @@ class Served:
 
 
 @asynccontextmanager
-async def serve(gw: Gateway, mount: str = MOUNT) -> AsyncIterator[Served]:
+async def serve(gw: Gateway, mount: str = MOUNT, routes: Sequence[BaseRoute] = ()) -> AsyncIterator[Served]:
     """uvicorn on 127.0.0.1 (port 0) serving a Starlette app that mounts ``gw.asgi()`` at ``mount``.
 
-    The gateway starts in the app's lifespan and closes in it.
+    The gateway starts in the app's lifespan and closes in it; ``routes`` are
+    the host app's own (a page of the same origin, for a browser).
     """
     up = asyncio.Event()
 
@@ -58,7 +59,7 @@ async def serve(gw: Gateway, mount: str = MOUNT) -> AsyncIterator[Served]:
             yield
 
     api = gw.asgi()
-    host = Starlette(lifespan=lifespan, routes=[Mount(mount, app=api)])
+    host = Starlette(lifespan=lifespan, routes=[*routes, Mount(mount, app=api)])
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
