@@ -58,7 +58,7 @@ from protocol.server import BATCH_BYTES, ConnectionLimits, Request, ServerConnec
 
 from .config import Auth, Config
 from .feed import Feed, Feeds
-from .metrics import Metrics
+from .metrics import LAG_MASK, FrontMetrics
 from .middleware import Middleware, apply_requests
 from .runs import Runs
 from .stores import Store, requests_of
@@ -78,7 +78,8 @@ class Services:
     config: Config
     store: Store
     runs: Runs
-    metrics: Metrics
+    #: The WebSocket front's counters (gateway/metrics.py: plain ints, read when scraped).
+    metrics: FrontMetrics
     secret: bytes
     auth: Auth | None
     default_grant: Grant
@@ -121,6 +122,7 @@ class Connection:
         "_acked",
         "_reader",
         "_failure",
+        "_metrics",
     )
 
     def __init__(self, gw: Services, ws: WebSocket, *, beat: int = 0) -> None:
@@ -147,6 +149,7 @@ class Connection:
         self._reader: asyncio.Task[Any] | None = None
         #: What ended the pump, when it failed: raised by the reader in its stead.
         self._failure: BaseException | None = None
+        self._metrics = gw.metrics
 
     @staticmethod
     def _clock() -> float:
@@ -296,7 +299,10 @@ class Connection:
         if info is None:  # expired between the two awaits, or lost with the store
             raise gw.runs.missing_log(hello.sid)
         token_epoch = token.epoch if token is not None else None
-        if self.rules.recovers(hello, token_epoch, info.epoch, info.first, info.head):
+        recovered = self.rules.recovers(hello, token_epoch, info.epoch, info.first, info.head)
+        if hello.after is not None:  # a replay request
+            gw.metrics.replay(recovered, info.head - hello.after)
+        if recovered:
             assert hello.after is not None
             await self._welcome(info.epoch, hello.after, info.first, info.head, None)
         else:
@@ -369,6 +375,25 @@ class Connection:
         the feed wakes the pump task.  True: the client has everything, or
         nothing new was for it; the pump stays parked.
         """
+        ws = self.ws
+        news = feed.news
+        if news is not None and not ws.protocol.extensions:
+            # The quick step: the events just appended, when this client was at
+            # the head before them; the one frame every such watcher shares.
+            if ws.paused or ws.send_in_progress is not None or ws.protocol.state is not State.OPEN:
+                return False
+            if self.rules.sends(*news):
+                try:
+                    ws.transport.write(feed.news_wire())
+                except Exception as exc:  # a write error closes the connection, as send would
+                    log.debug("sid %r: a pushed frame failed: %s", self.sid, exc)
+                    ws.transport.abort()
+                    return False
+                _, before, n = news
+                self._metrics.events_out += n
+                if (-before) & LAG_MASK < n:  # the frame holds a lag-marked event (gateway/metrics.py)
+                    self._lag(before)
+                return True
         info = feed.state
         if info is None or feed.failure is not None:
             return False
@@ -378,7 +403,6 @@ class Connection:
             return False
         if rules.cursor >= info.head:
             return True
-        ws = self.ws
         if ws.protocol.state is not State.OPEN or ws.paused or ws.send_in_progress is not None:
             return False
         try:
@@ -402,8 +426,11 @@ class Connection:
             log.debug("sid %r: a pushed frame failed: %s", self.sid, exc)
             ws.transport.abort()
             return False
+        before = rules.cursor
         rules.sent(n)
         self.gw.metrics.sent(n)
+        if (-before) & LAG_MASK < n:  # the frame holds a lag-marked event (gateway/metrics.py)
+            self._lag(before)
         return rules.cursor >= info.head
 
     async def _pump_step(self, feed: Feed) -> None:
@@ -459,9 +486,23 @@ class Connection:
             await self._restart()
 
     async def _deliver(self, frame: bytes, n: int) -> None:
+        before = self.rules.cursor
         await self._send(frame)
         self.rules.sent(n)
         self.gw.metrics.sent(n)
+        if (-before) & LAG_MASK < n:  # the frame holds a lag-marked event (gateway/metrics.py)
+            self._lag(before)
+
+    def _lag(self, before: int) -> None:
+        """A frame of the events after ``before`` holding a lag-marked one is written: observe its lag.
+
+        Only for a run written here: its session keeps the marks.
+        """
+        s = self.session
+        if s is not None:
+            mark = s.lag_marks.get(before + ((-before) & LAG_MASK) + 1)  # the first marked seq after before
+            if mark is not None:
+                self.gw.metrics.lag.observe(time.monotonic() - mark)
 
     async def _wait_ack(self) -> None:
         self._acked = fut = asyncio.get_running_loop().create_future()

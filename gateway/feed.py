@@ -62,8 +62,6 @@ import bisect
 import logging
 from typing import Any, Final, Protocol
 
-from websockets.frames import Frame, Opcode
-
 from protocol import StoreUnavailable, frame_for
 
 from .stores import Fetched, FetchFn, LogInfo, Store, direct_of, fetch_of
@@ -78,6 +76,20 @@ FRAMES: Final = 2
 #: Backoff between retries of a failing store: first, cap (seconds).
 RETRY_FIRST: Final = 0.05
 RETRY_CAP: Final = 2.0
+
+
+def wire_message(data: bytes) -> bytes:
+    """``data`` as one binary WebSocket message on the wire from a server (RFC 6455 section 5.2).
+
+    One final frame, unmasked, no extension: the bytes websockets'
+    ``Frame(Opcode.BINARY, data).serialize(mask=False)`` makes, for less.
+    """
+    n = len(data)
+    if n < 126:
+        return bytes((0x82, n)) + data
+    if n < 0x10000:
+        return b"\x82\x7e" + n.to_bytes(2, "big") + data
+    return b"\x82\x7f" + n.to_bytes(8, "big") + data
 
 
 class Tail:
@@ -176,6 +188,12 @@ class Feed:
         #: The error of the last try, until a fetch succeeds again.
         self.failure: Exception | None = None
         self._changed: asyncio.Event | None = None
+        #: While a ``Direct`` store's append is pushed (``_heard``): (epoch, the seq
+        #: before the new events, their count), the frame every watcher that was at
+        #: the head takes (``news_wire``).  None at any other time.
+        self.news: tuple[str, int, int] | None = None
+        self._news_raws: list[bytes] = []
+        self._news_wire: bytes | None = None
         #: Pumps parked at the head, pushed to as events arrive (insertion order).
         self.parked: dict[Pusher, None] = {}
         #: Pumps following this feed.
@@ -235,8 +253,15 @@ class Feed:
         if built is None:
             return b"", n
         if built[1] is None:
-            built[1] = Frame(Opcode.BINARY, built[0]).serialize(mask=False)
+            built[1] = wire_message(built[0])
         return built[1], n
+
+    def news_wire(self) -> bytes:
+        """The wire bytes of the frame of ``news``'s events (built once, for every watcher)."""
+        wire = self._news_wire
+        if wire is None:
+            wire = self._news_wire = wire_message(frame_for(self._news_raws))
+        return wire
 
     def _built(self, after: int, room: int) -> tuple[list[Any] | None, int]:
         """[frame, wire bytes or None] of the events after ``after``, cached by place (see ``take``)."""
@@ -298,10 +323,26 @@ class Feed:
             and self._after == info.head - len(raws)
         ):
             # ``_apply`` of a fetch that found just these events, the same epoch
+            before = self._after
             self.tail.add(raws)
             self._after = info.head
             self.state = info
-            self._bump()
+            changed, self._changed = self._changed, None
+            if changed is not None:
+                changed.set()
+            if self.parked:
+                n = len(raws)
+                # One frame of them all, as a pump's own step would take (``Tail.span``).
+                if n == 1 or (n <= self.batch_max and sum(map(len, raws)) <= self.max_bytes):
+                    self.news, self._news_raws, self._news_wire = (info.epoch, before, n), raws, None
+                try:
+                    parked = self.parked  # ``_push``, inline
+                    for pump in list(parked):
+                        if pump in parked and not pump.push(self):
+                            del parked[pump]
+                            pump.wake()
+                finally:
+                    self.news, self._news_raws, self._news_wire = None, [], None
         else:
             self.poke()
 

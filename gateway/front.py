@@ -31,12 +31,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from websockets.datastructures import Headers
 from websockets.frames import Close, Frame, Opcode
 
 #: ``allow_origins`` / ``allow_hosts`` entry that lets anything in (unsafe).
@@ -136,8 +135,11 @@ class FrontDoor:
             allow_hosts=frozenset(normalize_host(h) for h in allow_hosts),
         )
 
-    def refusal(self, headers: Headers) -> str | None:
-        """Why a request with these headers is refused, or None to let it in."""
+    def refusal(self, headers: Mapping[str, str]) -> str | None:
+        """Why a request with these headers is refused, or None to let it in.
+
+        ``headers`` look names up case-insensitively (websockets' and Starlette's do).
+        """
         host = headers.get("Host")
         if not self._host_ok(host):
             return "host not allowed"

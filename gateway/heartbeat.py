@@ -42,7 +42,7 @@ from websockets.asyncio.server import ServerConnection as WebSocket
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
-from .metrics import Metrics
+from .metrics import FrontMetrics
 
 log = logging.getLogger("wirepipe.heartbeat")
 
@@ -67,7 +67,7 @@ class Beating(Protocol):
 class Heartbeat:
     """Pings the clients of ``conns`` every ``interval`` seconds, and drops those that do not answer."""
 
-    def __init__(self, interval: float, conns: Iterable[Beating], metrics: Metrics) -> None:
+    def __init__(self, interval: float, conns: Iterable[Beating], metrics: FrontMetrics) -> None:
         self.interval = interval
         self.conns = conns
         self.metrics = metrics

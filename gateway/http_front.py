@@ -16,6 +16,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from websockets.asyncio.server import ServerConnection as WebSocket
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -23,7 +24,7 @@ from websockets.protocol import State
 
 from .config import Config
 from .front import FrontDoor
-from .metrics import Metrics
+from .metrics import FrontMetrics
 
 log = logging.getLogger("wirepipe")
 
@@ -46,16 +47,18 @@ class HttpFront:
         self,
         config: Config,
         front: FrontDoor,
-        metrics: Metrics,
+        metrics: FrontMetrics,
+        registry: CollectorRegistry,
         apps: Callable[[], list[str]],
-        gauges: Callable[[], dict[str, int]],
         closing: Callable[[], bool],
     ) -> None:
         self.config = config
         self.front = front
+        #: The WebSocket front's counters (handshakes refused).
         self.metrics = metrics
+        #: What ``/metrics`` serves (``gateway/exporter.py``).
+        self.registry = registry
         self._apps = apps
-        self._gauges = gauges
         self._closing = closing
         self._admitted: set[WebSocket] = set()  # handshakes let in, for max_connections
 
@@ -74,9 +77,12 @@ class HttpFront:
                 request.headers.get("Origin"),
                 request.headers.get("Host"),
             )
+            if upgrade:
+                self.metrics.refuse("forbidden")
             return ws.respond(HTTPStatus.FORBIDDEN, f"{refusal}\n")
         if upgrade:
             if self._closing():
+                self.metrics.refuse("closing")
                 return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
             return self._admit(ws)
         if path == "/healthz":
@@ -85,8 +91,7 @@ class HttpFront:
             names = json.dumps({"apps": self._apps()}).encode()
             return _response(HTTPStatus.OK, names, "application/json")
         if path == "/metrics":
-            body = self.metrics.render(self._gauges())
-            return _response(HTTPStatus.OK, body.encode(), "text/plain; version=0.0.4")
+            return _response(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         if not self.config.serve_ui:
             return ws.respond(HTTPStatus.NOT_FOUND, "not found\n")
         return static(path)
@@ -105,6 +110,7 @@ class HttpFront:
             self._admitted = {c for c in self._admitted if c.state in (State.CONNECTING, State.OPEN)}
         if len(self._admitted) >= self.config.max_connections:
             log.info("refused a WebSocket handshake: %d connections open (--max-connections)", len(self._admitted))
+            self.metrics.refuse("capacity")
             response = ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
             response.headers["Retry-After"] = "1"
             return response

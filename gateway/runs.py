@@ -98,6 +98,7 @@ class Runs:
                 limits=limits,
                 middleware=self.middleware,
                 reserved_by=reserved_by,
+                metrics=self.metrics,
             )
             self._pipes[sid] = WebPipe(s)
             self.sessions[sid] = s
@@ -260,6 +261,7 @@ class Runs:
             raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {sid!r} already has a run")
         pipe = self.pipe(sid, reserved_by=reserved_by)
         session = self.sessions[sid]
+        session.app = app_name
         session.task = asyncio.ensure_future(self._run_app(app, pipe, value, session))
         self.metrics.runs_started += 1
         return pipe

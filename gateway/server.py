@@ -14,6 +14,9 @@ the pieces, each in its own module:
   cap and the HTTP routes (health, apps, metrics, the web UI);
 - ``Connection`` (``gateway/connection.py``): one WebSocket client, which
   gets ``Services``, what it needs of the gateway and nothing else;
+- ``Metrics`` (``gateway/metrics.py``): plain counters, which the
+  ``Exporter`` (``gateway/exporter.py``) of the gateway's own registry
+  reads when ``/metrics`` is scraped;
 - three watchers of its own: the janitor (forgets expired runs), the stall
   watchdog (drops clients that take no byte) and the heartbeat (pings every
   client, drops those that do not answer: ``gateway/heartbeat.py``).
@@ -30,7 +33,7 @@ import gc
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import Server, serve
 from websockets.asyncio.server import ServerConnection as WebSocket
@@ -42,6 +45,7 @@ from protocol import SUBPROTOCOL, Grant
 from .compression import LeanDeflateFactory
 from .config import App, Auth, Config
 from .connection import BATCH_BYTES, Connection, Services
+from .exporter import Exporter
 from .feed import Feeds
 from .front import FrontDoor, is_loopback, redacting_logger
 from .heartbeat import Heartbeat
@@ -51,6 +55,9 @@ from .middleware import Middleware
 from .pipe import WebPipe
 from .runs import Runs
 from .stores import MemoryStore, Store, leases_of
+
+if TYPE_CHECKING:
+    from .http_api import HttpApi
 
 log = logging.getLogger("wirepipe")
 
@@ -106,19 +113,23 @@ class Gateway:
             batch_max=self.config.batch_max,
             batch_bytes=BATCH_BYTES,
         )
+        #: What ``/metrics`` serves: this gateway's alone (docs/metrics.md).
+        self.registry = Exporter(
+            self.metrics, lambda: self.runs.sessions.values(), lambda: len(self.feeds), self.store
+        ).registry()
         self.http = HttpFront(
             self.config,
             self.front,
-            self.metrics,
+            self.metrics.ws,
+            self.registry,
             apps=lambda: sorted(set(self.apps) | set(self.runs.remote_apps)),
-            gauges=lambda: {"wirepipe_sessions": len(self.runs.sessions), "wirepipe_feeds": len(self.feeds)},
             closing=lambda: self._closing,
         )
         self._services = Services(
             self.config,
             self.store,
             self.runs,
-            self.metrics,
+            self.metrics.ws,
             self.secret,
             self.auth,
             self.default_grant,
@@ -130,13 +141,14 @@ class Gateway:
         #: Set (and dropped) when ``_conns`` changes; made when ``wait_connections`` waits.
         self._conns_changed: asyncio.Event | None = None
         #: Pings every client (websockets' per-connection keepalive is off).
-        self.heartbeat = Heartbeat(self.config.heartbeat, self._conns, self.metrics)
+        self.heartbeat = Heartbeat(self.config.heartbeat, self._conns, self.metrics.ws)
         self._server: Server | None = None
         self._closing = False
         self._closed = asyncio.Event()
         self._janitor: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._asgi: HttpApi | None = None
 
     @property
     def default_grant(self) -> Grant:
@@ -277,6 +289,31 @@ class Gateway:
         """
         return self.runs.start_run(sid, app_name, value)
 
+    def asgi(self) -> HttpApi:
+        """The HTTP API (REST and SSE under ``/api/v1``) as an ASGI app, made once (docs/http.md).
+
+        Mount it in FastAPI or Starlette and start the gateway in the host
+        app's lifespan::
+
+            gw = Gateway(apps={"demo": demo})
+
+            @asynccontextmanager
+            async def lifespan(app):
+                async with gw:
+                    yield
+
+            app = Starlette(lifespan=lifespan)      # or FastAPI(lifespan=lifespan)
+            app.mount("/agents", gw.asgi())
+
+        Raises:
+            ModuleNotFoundError: Starlette is not installed (``pip install wirepipe[http]``).
+        """
+        if self._asgi is None:
+            from .http_api import HttpApi  # Starlette: only for those who use it
+
+            self._asgi = HttpApi(self)
+        return self._asgi
+
     async def sweep(self) -> int:
         """Forget ended runs whose logs the store has expired; returns how many."""
         return await self.runs.sweep()
@@ -317,15 +354,15 @@ class Gateway:
         forget_handshake(ws)
         conn = Connection(self._services, ws, beat=self.heartbeat.slot())
         self._conns.add(conn)
-        self.metrics.connections_total += 1
-        self.metrics.connections_open += 1
+        self.metrics.ws.connections_total += 1
+        self.metrics.ws.connections_open += 1
         self._changed_conns()
         return conn.serve()
 
     def _gone(self, conn: Connection) -> None:
         self._conns.discard(conn)
         self.http.release(conn.ws)
-        self.metrics.connections_open -= 1
+        self.metrics.ws.connections_open -= 1
         self._changed_conns()
 
     def _changed_conns(self) -> None:
@@ -379,7 +416,7 @@ class Gateway:
                     c.stall_mark = mark = (pending, now)  # it moved (or a new frame): the clock restarts
                 if now - mark[1] > limit:
                     log.info("dropping a client of %r that took no byte for %.1fs", c.sid, now - mark[1])
-                    self.metrics.stalled += 1
+                    self.metrics.ws.stalled += 1
                     c.ws.transport.abort()
 
 

@@ -90,6 +90,7 @@ from protocol import (
 from protocol.codec import walk_value
 from protocol.events import FINAL_STATES
 
+from .metrics import LAG_EVERY, LAG_MARKS, LAG_MASK, Metrics
 from .middleware import Middleware, apply_events
 from .stores import Appended, Leases, Requests, Store, direct_of, leases_of, requests_of
 
@@ -148,8 +149,13 @@ class Session:
         middleware: Sequence[Middleware] = (),
         *,
         reserved_by: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.sid = sid
+        #: The gateway's counters (events appended, asks, store retries; gateway/metrics.py).
+        self.metrics = metrics if metrics is not None else Metrics()
+        #: seq -> monotonic time of its emit, for the seqs sampled for the delivery lag.
+        self.lag_marks: dict[int, float] = {}
         self.epoch = secrets.token_hex(8)
         #: This writer's id in the store's lease of the sid (the same across epochs).
         self.holder = secrets.token_hex(8)
@@ -201,6 +207,7 @@ class Session:
         # store that loses no logs needs none (see Store).
         self._keep_snap = not getattr(store, "loses_no_logs", False)
         self.asks: dict[str, tuple[dict[str, Any], asyncio.Future[Any]]] = {}
+        self._asked: dict[str, float] = {}  # ask id -> when it was asked (monotonic), for metrics
         self.settled: set[str] = set()
         self.replies: OrderedDict[str, Replied] = OrderedDict()
         self.inbox: asyncio.Queue[tuple[Any, int]] = asyncio.Queue()
@@ -209,6 +216,9 @@ class Session:
         self.cancel_reason: str | None = None
         self.on_cancel: list[Callable[[str | None], None]] = []
         self.task: asyncio.Future[Any] | None = None  # the app run, when the gateway started it
+        #: The registered app this run runs (None: a Pipe the embedding code writes), and when it began.
+        self.app: str | None = None
+        self.started = time.time()
         self.dropped = 0
         self.writer: asyncio.Task[None] = loop.create_task(self._write(), name=f"wirepipe-writer-{sid}")
         self.writer.add_done_callback(self._writer_done)
@@ -288,6 +298,9 @@ class Session:
                     f"wait for the store ({self.trouble or 'busy'}); write refused"
                 )
             self._seq = seq
+            if (seq & LAG_MASK) == 1:  # sampled for the delivery lag (gateway/metrics.py)
+                self.lag_marks[seq] = time.monotonic()
+                self.lag_marks.pop(seq - LAG_EVERY * LAG_MARKS, None)
             self._pending.append(Appended(seq, k, d, raw))
             self._waiting += 1
             self._pending_bytes += size
@@ -450,10 +463,12 @@ class Session:
                 # Kept kinds were decoded afresh in emit and the stores copy
                 # what they keep: the reducer may own them.
                 apply(ev.k, ev.d, owned=True)
+        n = len(batch)
         self.stored = batch[-1].seq
-        size = sum([len(ev.raw) for ev in batch])
+        self.metrics.events_appended += n
+        size = len(batch[0].raw) if n == 1 else sum([len(ev.raw) for ev in batch])
         with self._lock:
-            self._waiting -= len(batch)
+            self._waiting -= n
             self._pending_bytes -= size
 
     def _write_now(self) -> bool:
@@ -469,15 +484,17 @@ class Session:
         """
         direct = self._direct
         assert direct is not None
-        with self._lock:
-            if self.ended or self._verify or not self._pending:
+        lock = self._lock
+        with lock:
+            batch = self._pending
+            if self.ended or self._verify or not batch:
                 return False
-            batch, self._pending = self._pending, []
+            self._pending = []
             self._idle = True  # the writer still waits: the next emit kicks it (or comes here)
         try:
             direct.append_now(self.sid, batch, epoch=self.epoch)
         except Exception:
-            with self._lock:
+            with lock:
                 self._pending[:0] = batch
                 self._idle = False
             return False
@@ -560,6 +577,7 @@ class Session:
                     odd += 1
                     if odd >= MAX_ODD_FAILURES:
                         raise
+                self.metrics.store_retries["transient" if transient else "other"] += 1
                 self.trouble = f"{type(exc).__name__}: {exc}"
                 self.troubled.set()
                 if failures == 1 or failures % 50 == 0:
@@ -609,6 +627,7 @@ class Session:
         for ask_id in open_asks:
             _, fut = self.asks.pop(ask_id)
             self.settled.add(ask_id)
+            self._ask_ended(ask_id, "closed")
             if not fut.done():
                 fut.cancel()
         if not self.ready.done():
@@ -705,6 +724,8 @@ class Session:
         if not seq:
             del self.asks[ask_id]
             return default
+        self.metrics.asks_opened += 1
+        self._asked[ask_id] = time.monotonic()
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
@@ -714,6 +735,7 @@ class Session:
             if not fut.done():  # the asking coroutine was cancelled
                 if self.asks.pop(ask_id, None) is not None:
                     self.settled.add(ask_id)
+                    self._ask_ended(ask_id, "closed")
                     self.emit(Kind.ANSWER, {"id": ask_id, "value": None, "by": "closed"}, checked=True, force=True)
                 fut.cancel()
 
@@ -735,10 +757,17 @@ class Session:
         self.emit(Kind.ANSWER, {"id": ask_id, "value": value, "by": by}, checked=True, force=True)
         del self.asks[ask_id]
         self.settled.add(ask_id)
+        self._ask_ended(ask_id, by)
         _, fut = entry
         if not fut.done():
             fut.set_result(value)
         return True
+
+    def _ask_ended(self, ask_id: str, by: str) -> None:
+        """Count an ask that is no longer open, and how long it was (``by``: its answer's)."""
+        asked = self._asked.pop(ask_id, None)
+        if asked is not None:
+            self.metrics.ask_settled(by, time.monotonic() - asked)
 
     def answer(self, ask_id: str, value: Any, *, by: str = "client") -> str | None:
         """Settle an ask from outside; returns None on success or the error code.
@@ -916,6 +945,7 @@ class Session:
         for ask_id in list(self.asks):
             entry = self.asks.pop(ask_id)
             self.settled.add(ask_id)
+            self._ask_ended(ask_id, "closed")
             self.emit(Kind.ANSWER, {"id": ask_id, "value": None, "by": "closed"}, checked=True, force=True)
             if not entry[1].done():
                 entry[1].cancel()

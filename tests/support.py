@@ -19,6 +19,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, NoReturn, Protocol
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -152,3 +154,42 @@ async def request(r: Raw, frame: dict[str, Any], seen: list[Event] | None = None
     else:
         r.leftover += came  # the next ``events`` call gets them
     return replied(frames)[-1]
+
+
+# --- /metrics -------------------------------------------------------------------------
+
+
+class Scrape:
+    """One scrape of a gateway's ``/metrics``, parsed by ``prometheus_client``'s own parser."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.families = {f.name: f for f in text_string_to_metric_families(text)}
+        self.samples = [s for f in self.families.values() for s in f.samples]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sample ``name`` with exactly ``labels`` (a counter's name ends in ``_total``)."""
+        found = [s.value for s in self.samples if s.name == name and s.labels == labels]
+        assert len(found) == 1, f"{len(found)} samples {name}{labels} in:\n{self.text}"
+        return found[0]
+
+
+async def scrape(gw: Gateway) -> Scrape:
+    """``GET /metrics`` over a real socket: 200, Prometheus' content type, parsed."""
+
+    async def go() -> Scrape:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            status_line, *lines = head.strip().split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+            body = await reader.readexactly(int(headers["content-length"]))
+        finally:
+            writer.close()
+        assert status_line.split()[1] == "200", status_line
+        assert headers["content-type"] == CONTENT_TYPE_LATEST
+        return Scrape(body.decode())
+
+    return await asyncio.wait_for(go(), TIMEOUT)

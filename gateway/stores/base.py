@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from protocol import decode_event
 
@@ -77,9 +77,11 @@ class Appended:
     raw: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class LogInfo:
-    """Where a log stands.  ``first`` is the oldest retained seq (``head + 1`` if empty)."""
+class LogInfo(NamedTuple):
+    """Where a log stands.  ``first`` is the oldest retained seq (``head + 1`` if empty).
+
+    A named tuple, not a dataclass: a ``Direct`` store makes one per append.
+    """
 
     epoch: str
     first: int

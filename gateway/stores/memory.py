@@ -105,12 +105,13 @@ class MemoryStore:
             if not fns:
                 del self._listeners[sid]
 
-    def _tell(self, sid: str, log: _Log | None, raws: list[bytes]) -> None:
+    def _tell(self, sid: str, log: _Log | None, raws: list[bytes], fns: list[Listener] | None = None) -> None:
         """Every listener of ``sid``: the log's state now, and the events just appended."""
-        fns = self._listeners.get(sid)
-        if not fns:
-            return
-        info = log.info() if log is not None else None
+        if fns is None:
+            fns = self._listeners.get(sid)
+            if not fns:
+                return
+        info = LogInfo(log.epoch, log.first, log.head, log.ended_at is not None) if log is not None else None
         for fn in list(fns):
             try:
                 fn(info, raws)
@@ -168,15 +169,31 @@ class MemoryStore:
             if ev.seq != head + 1 + i:
                 raise ValueError(f"seq {ev.seq} does not follow seq {head + i}")
         raws = log.events
+        nbytes = log.nbytes
+        apply = log.snap.apply
         for ev in events:
-            raws.append(ev.raw)
-            log.nbytes += len(ev.raw)
-            log.snap.apply(ev.k, ev.d)
-        log.trim(self.retention)
-        log.wake()
-        if events and sid in self._listeners:
-            # the appended events still held (a batch over the retention lost its oldest)
-            self._tell(sid, log, raws[max(len(raws) - len(events), log.skip) :])
+            raw = ev.raw
+            raws.append(raw)
+            nbytes += len(raw)
+            apply(ev.k, ev.d)
+        log.nbytes = nbytes
+        retention = self.retention
+        if len(raws) - log.skip > retention.max_events or nbytes > retention.max_bytes:
+            log.trim(retention)
+        if log.changed is not None:
+            log.wake()
+        if events:
+            fns = self._listeners.get(sid)
+            if fns:
+                # the appended events still held (a batch over the retention lost its oldest)
+                held = raws[max(len(raws) - len(events), log.skip) :]
+                if len(fns) == 1:  # ``_tell``, inline: the common case, one feed
+                    try:
+                        fns[0](LogInfo(log.epoch, log.first, log.head, log.ended_at is not None), held)
+                    except Exception:  # a listener's bug must not undo a stored append
+                        log_.exception("a listener of %r failed", sid)
+                else:
+                    self._tell(sid, log, held, fns)
 
     async def read(
         self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20, epoch: str | None = None

@@ -952,6 +952,9 @@ class RedisStore:
         self.pubsub = PubSubHealth()
         self._inflight: set[asyncio.Future[Any]] = set()
         self._closed = False
+        #: Commands that failed with ``StoreUnavailable`` (unreachable, no answer
+        #: within ``command_timeout``, refusing writes for now), for ``/metrics``.
+        self.failed_calls = 0
 
     @property
     def reconnects(self) -> int:
@@ -979,8 +982,9 @@ class RedisStore:
         done, _ = await asyncio.wait({task}, timeout=self.command_timeout)
         if not done:
             task.cancel()  # redis-py then drops the connection: its reply would be out of step
+            self.failed_calls += 1
             raise StoreUnavailable(f"redis did not answer within {self.command_timeout:g}s")
-        with _unavailable():
+        with _unavailable(self):
             return task.result()
 
     async def _hot(self, script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
@@ -996,7 +1000,7 @@ class RedisStore:
         batcher = script.batcher
         if batcher is None:
             return await self._io(script(keys=keys, args=args))
-        with _unavailable():
+        with _unavailable(self):
             return await batcher.call(script, keys, args)
 
     async def _gated(self, call: Awaitable[T]) -> T:
@@ -2012,14 +2016,22 @@ _FOR_NOW: Final = frozenset(
 
 
 @contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    """Redis unreachable, or refusing for now: ``StoreUnavailable`` (other errors pass)."""
+def _unavailable(store: RedisStore) -> Iterator[None]:
+    """Redis unreachable, or refusing for now: ``StoreUnavailable`` (other errors pass).
+
+    Each ``StoreUnavailable`` that leaves is counted in ``store.failed_calls``.
+    """
     try:
         yield
+    except StoreUnavailable:  # the batcher's: no answer in time
+        store.failed_calls += 1
+        raise
     except _UNREACHABLE as exc:
+        store.failed_calls += 1
         raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
     except ResponseError as exc:
         if _refused_for_now(exc):
+            store.failed_calls += 1
             raise StoreUnavailable(f"redis refuses writes for now: {type(exc).__name__}: {exc}") from exc
         raise
 

@@ -115,7 +115,7 @@ async def test_a_page_on_another_origin_cannot_connect(
         gw.pipe("x-1").set_message("secret plan")
         outcome = await visit(gw)
         assert outcome == {"close": 1006}  # the handshake failed: no socket was ever open
-        assert gw.metrics.connections_total == 0  # so no hello was read
+        assert gw.metrics.ws.connections_total == 0  # so no hello was read
         refusals = [r.getMessage() for r in caplog.records if r.name == "wirepipe" and "refused" in r.getMessage()]
         assert len(refusals) == 1 and f"'{elsewhere}'" in refusals[0], refusals
 
@@ -124,4 +124,4 @@ async def test_the_same_page_connects_once_its_origin_is_allowed(visit: Any, els
     async with Gateway(host="127.0.0.1", port=0, store=MemoryStore(), allow_origins=[elsewhere]) as gw:
         gw.pipe("x-1").set_message("secret plan")
         assert await visit(gw) == {"welcome": "operator"}
-        assert gw.metrics.connections_total == 1
+        assert gw.metrics.ws.connections_total == 1

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from store_factories import STORE_MARKS, delete_prefix, redis_prefix, require_redis
 from support import TIMEOUT, OpenRaw, Raw, final
+from websockets.frames import Frame, Opcode
 
 from gateway import Gateway, MemoryStore
-from gateway.feed import Feeds
+from gateway.feed import Feeds, wire_message
 from gateway.stores import Appended, Fetched, LogInfo, Retention, Store
 from protocol import Event, encode_event, events_of
 
@@ -245,3 +246,9 @@ async def test_the_tail_is_bounded_and_frames_are_built_once() -> None:
     finally:
         await feeds.close()
         await store.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70_000])
+def test_a_shared_wire_message_is_the_frame_websockets_would_send(size: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    assert wire_message(data) == Frame(Opcode.BINARY, data).serialize(mask=False)

@@ -94,7 +94,8 @@ async def test_a_foreign_origin_is_refused_before_the_upgrade(make_gw: Any, reco
             pass
     assert info.value.response.status_code == 403
     assert info.value.response.body == b"origin not allowed\n"
-    assert gw.metrics.connections_total == 0  # the handler never ran: no hello was read
+    assert gw.metrics.ws.connections_total == 0  # the handler never ran: no hello was read
+    assert gw.metrics.ws.refused == {"forbidden": 1}
     refusals = [r for r in records if r.name == "wirepipe" and "refused" in r.getMessage()]
     assert len(refusals) == 1 and refusals[0].levelno == logging.INFO
     assert "https://evil.example" in refusals[0].getMessage()

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TIMEOUT
+from prometheus_client import CONTENT_TYPE_LATEST
+from support import TIMEOUT, scrape
 
 from gateway import Config, Gateway
 from gateway.http_front import STATIC, client_dir
@@ -90,27 +91,21 @@ async def test_healthz(gw: Gateway, path: str) -> None:
     assert (status, body) == (200, b"ok\n")
 
 
-def _metric(body: bytes, name: str) -> int:
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return int(line.split()[1])
-    raise AssertionError(f"no {name} in {body.decode()!r}")
-
-
 async def test_metrics(gw: Gateway, raw: Any) -> None:
     status, headers, body = await get(gw, "/metrics")
     assert status == 200
-    assert headers["content-type"].startswith("text/plain")
+    assert headers["content-type"] == CONTENT_TYPE_LATEST
     assert "# TYPE wirepipe_connections_open gauge" in body.decode()
-    assert _metric(body, "wirepipe_connections_open") == 0
-    assert _metric(body, "wirepipe_sessions") == 0
+    m = await scrape(gw)
+    assert m.value("wirepipe_connections_open", front="ws") == 0
+    assert m.value("wirepipe_sessions", state="running") == 0
     gw.pipe("m1").set_message("x")
     async with raw(gw.url) as r:
         await r.hello("m1")
-        _, _, body = await get(gw, "/metrics")
-        assert _metric(body, "wirepipe_connections_open") == 1
-        assert _metric(body, "wirepipe_connections_total") == 1
-        assert _metric(body, "wirepipe_sessions") == 1
+        m = await scrape(gw)
+        assert m.value("wirepipe_connections_open", front="ws") == 1
+        assert m.value("wirepipe_connections_total", front="ws") == 1
+        assert m.value("wirepipe_sessions", state="running") == 1
 
 
 # --- what must not be served ----------------------------------------------------------------------
@@ -193,8 +188,8 @@ async def test_metrics_count_errors_by_code(gw: Gateway, raw: Any) -> None:
     async with raw(gw.url) as r:
         await r.ws.send("a text frame")  # bad_frame
         await r.closed()
-    status, _, body = await get(gw, "/metrics")
-    assert status == 200 and b'wirepipe_errors_total{code="bad_frame"} 1' in body
+    m = await scrape(gw)
+    assert m.value("wirepipe_errors_total", front="ws", code="bad_frame") == 1
 
 
 @pytest.mark.parametrize(

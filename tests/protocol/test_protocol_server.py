@@ -100,6 +100,25 @@ def test_next_step_follows_the_log_and_the_window() -> None:
     assert conn.lagged().code is ErrorCode.LAGGED and not conn.lagged().fatal
 
 
+def test_the_quick_step_sends_only_what_next_step_would() -> None:
+    """``sends``: the pushed events go out only when a READ step would send exactly them."""
+    conn = opened(window=4, batch_max=3)
+    assert not conn.sends("e2", 0, 1)  # another epoch
+    assert not conn.sends("e1", 1, 1)  # not this client's place: its cursor is 0
+    assert not conn.sends("e1", 0, 4)  # more than a batch
+    assert conn.cursor == 0 and conn.next_step("e1", 1) == (Step.READ, 3)  # nothing counted
+    assert conn.sends("e1", 0, 3)
+    assert conn.cursor == 3
+    assert not conn.sends("e1", 3, 2)  # the window has room for one
+    assert conn.sends("e1", 3, 1)
+    assert conn.next_step("e1", 1) == (Step.WAIT_ACK, 0)
+    assert not conn.sends("e1", 4, 1)  # full
+    assert conn.receive(packb({"t": "ack", "seq": 4}), now=0.0) is None
+    assert conn.sends("e1", 4, 1) and conn.cursor == 5
+    unbounded = opened(batch_max=3)
+    assert unbounded.sends("e1", 0, 3) and unbounded.sends("e1", 3, 3) and unbounded.cursor == 6
+
+
 def test_an_ack_of_what_was_never_sent_is_not_recorded() -> None:
     conn = opened(window=4)
     conn.sent(2)
