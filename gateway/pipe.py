@@ -108,14 +108,34 @@ class WebPipe:
                 payload cannot be encoded (see ``emit``).
             BacklogFull: see ``emit``.
         """
-        if isinstance(msg, str):
-            return self.text(msg)
-        if isinstance(msg, dict) and "k" not in msg:
-            raise TypeError("set_message takes a str or a {'k': kind, 'd': payload} dict")
-        ev = _as_event(msg)
-        if ev is None:
-            raise TypeError(f"set_message cannot send a {type(msg).__name__}")
-        return self.emit(*ev)
+        if isinstance(msg, str):  # most writes: a delta of the current text stream
+            # The same as self.text(msg), inlined.  Reading the id needs no
+            # lock (an attribute read is atomic); opening a stream does, so
+            # that two threads do not open two.
+            tid = self._text_id
+            if tid is None:
+                tid = self._open_text()
+            return self._s.emit("text", {"id": tid, "delta": msg}, checked=True)
+        if isinstance(msg, dict):
+            if "k" not in msg:
+                raise TypeError("set_message takes a str or a {'k': kind, 'd': payload} dict")
+            k, d = msg["k"], msg.get("d")
+        else:
+            ev = _as_event(msg)
+            if ev is None:
+                raise TypeError(f"set_message cannot send a {type(msg).__name__}")
+            k, d = ev
+        why = check_event(k, d)
+        if why is not None:
+            raise ValueError(why)
+        return self._s.emit(k, d)
+
+    def _open_text(self) -> str:
+        """The current text stream's id, a new one if none is open."""
+        with self._text_lock:
+            if self._text_id is None:
+                self._text_id = f"{self._prefix}{next(self._texts)}"
+            return self._text_id
 
     def text(self, delta: str, *, id: str | None = None, end: bool = False) -> int:
         """Append a ``text`` delta to stream ``id`` (default: the current stream)."""

@@ -52,6 +52,7 @@ Readers never touch a session: they read the store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import random
@@ -87,7 +88,7 @@ from protocol import (
     encode_event,
     is_final,
 )
-from protocol.codec import walk_value
+from protocol.codec import NotPlain, copy_value, encode_body, walk_value, with_seq
 from protocol.events import FINAL_STATES
 
 from .middleware import Middleware, apply_events
@@ -102,8 +103,8 @@ MAX_REMEMBERED_RIDS: Final = 10_000
 #: Events handed to the store in one append, at most (a long backlog is
 #: written in slices, so that no single store call blocks for long).
 MAX_FLUSH_BATCH: Final = 1000
-#: Kinds whose payload the snapshot reducer keeps: they are decoded back from
-#: the encoded event so that an agent mutating its dict later changes nothing.
+#: Kinds whose payload the snapshot reducer keeps: emit hands on a copy, as
+#: a client decodes it, so that an agent mutating its dict later changes nothing.
 _KEPT_KINDS: Final = frozenset({Kind.PLAN, Kind.TASK, Kind.ASK, Kind.STATUS})
 #: Backoff between store retries: first, cap (seconds).
 RETRY_FIRST: Final = 0.05
@@ -112,6 +113,14 @@ RETRY_CAP: Final = 2.0
 MAX_ODD_FAILURES: Final = 5
 #: What a Python encoder may raise for a value it cannot write.
 _ENCODE_ERRORS: Final = (ValueError, TypeError, OverflowError, RecursionError)
+# Once per event, so bound once: the clock, and ``Appended(*fields)``
+# without the named tuple's Python-level ``__new__``.
+_now: Final = time.time
+_appended: Final = functools.partial(tuple.__new__, Appended)
+
+
+def _unwritable(k: str, exc: Exception) -> ValueError:
+    return ValueError(f"cannot write a {str(k)!r} event: {type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -246,7 +255,6 @@ class Session:
                 number).  Nothing is appended.
             BacklogFull: too many events wait for the store (nothing appended).
         """
-        opaque = False
         if self.middleware:
             out = apply_events(self.middleware, self.sid, k, d)
             if out is None:
@@ -254,33 +262,25 @@ class Session:
             if out[0] is not k or out[1] is not d:
                 k, d = out
                 checked = False
-        if not checked:
-            why, opaque = walk_value(d)
-            if why is not None:
-                raise ValueError(f"cannot write a {str(k)!r} event: its payload {why}")
-        stamp = time.time() if ts is None else ts
+        if self.ended:  # read without the lock: once set it stays set (and is read again under it)
+            return self._drop(k)
+        # Everything that can fail, or run agent code (an object's
+        # model_dump), happens before the lock: the check, the encoding of
+        # all but the seq, and the copy the reducers keep.  Under the lock
+        # the seq is taken and spliced in front (codec.with_seq).
+        stamp = _now() if ts is None else ts
+        if checked and k not in _KEPT_KINDS:  # text deltas, answers: nothing to check or copy
+            try:
+                body = encode_body(k, stamp, d)
+            except _ENCODE_ERRORS as exc:
+                raise _unwritable(k, exc) from None
+        else:
+            body, d = self._encode(k, d, stamp, checked)
         with self._lock:
             if self.ended:
-                self.dropped += 1
-                if self.dropped == 1:
-                    log.warning("session %s: %s event after the run ended: dropped", self.sid, str(k))
-                return 0
+                return self._drop(k)
             seq = self._seq + 1
-            try:
-                raw = encode_event(seq, k, stamp, d)
-                if k in _KEPT_KINDS or opaque:
-                    # The reducers keep these kinds: a decoded copy, which an
-                    # agent changing its dict later cannot touch.  Objects the
-                    # encoder turned into values (models, dataclasses) are
-                    # checked in the shape they now have.
-                    decoded = msgpack.unpackb(raw, raw=False, strict_map_key=False)["d"]
-                    why = check_value(decoded) if opaque else None
-                    if why is not None:
-                        raise ValueError(why)
-                    if k in _KEPT_KINDS:
-                        d = decoded
-            except _ENCODE_ERRORS as exc:
-                raise ValueError(f"cannot write a {str(k)!r} event: {type(exc).__name__}: {exc}") from None
+            raw = with_seq(seq, body)
             size = len(raw)
             if not force and (self._waiting >= self._max_events or self._pending_bytes + size > self._max_bytes):
                 raise BacklogFull(
@@ -288,7 +288,7 @@ class Session:
                     f"wait for the store ({self.trouble or 'busy'}); write refused"
                 )
             self._seq = seq
-            self._pending.append(Appended(seq, k, d, raw))
+            self._pending.append(_appended((seq, k, d, raw)))
             self._waiting += 1
             self._pending_bytes += size
             if k == "status" and is_final(k, d):
@@ -305,6 +305,51 @@ class Session:
                 except RuntimeError:  # loop closed: the gateway is gone
                     pass
         return seq
+
+    def _encode(self, k: str, d: Any, ts: float, checked: bool) -> tuple[bytes, Any]:
+        """``emit``'s checks: the event encoded without its seq, and the payload to hand on.
+
+        The payload handed on is ``d`` itself, except for the kinds the
+        reducers keep: for those it is a copy as a client decodes it, which
+        the agent changing ``d`` later cannot touch.  Objects the encoder
+        expands (models, dataclasses) are checked in the shape they get.
+
+        Raises:
+            ValueError: ``d`` cannot be written.
+        """
+        kept = k in _KEPT_KINDS
+        opaque = False
+        own: Any = None
+        if kept:
+            try:
+                own = copy_value(d)  # checks as it copies
+            except NotPlain:
+                opaque = True
+            except (ValueError, RecursionError) as exc:
+                raise ValueError(f"cannot write a {str(k)!r} event: its payload {exc}") from None
+        if opaque or not (kept or checked):
+            why, expands = walk_value(d)
+            if why is not None:
+                raise ValueError(f"cannot write a {str(k)!r} event: its payload {why}")
+            opaque = opaque or expands
+        try:
+            body = encode_body(k, ts, d)
+            if opaque:
+                decoded = msgpack.unpackb(body, raw=False, strict_map_key=False)["d"]
+                why = check_value(decoded)
+                if why is not None:
+                    raise ValueError(why)
+                own = decoded
+        except _ENCODE_ERRORS as exc:
+            raise _unwritable(k, exc) from None
+        return body, (own if kept else d)
+
+    def _drop(self, k: str) -> int:
+        """An event after the run ended: dropped (0), with one warning per session."""
+        self.dropped += 1
+        if self.dropped == 1:
+            log.warning("session %s: %s event after the run ended: dropped", self.sid, str(k))
+        return 0
 
     # --- the writer task (event loop) ------------------------------------------
 

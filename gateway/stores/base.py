@@ -62,14 +62,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from protocol import decode_event
 
 
-@dataclass(frozen=True, slots=True)
-class Appended:
-    """One event handed to ``Store.append``: its seq, kind, payload and encoding."""
+class Appended(NamedTuple):
+    """One event handed to ``Store.append``: its seq, kind, payload and encoding.
+
+    A named tuple, not a dataclass: one is made per event on the hot path,
+    and a tuple is the cheapest record to make.
+    """
 
     seq: int
     k: str
