@@ -117,9 +117,9 @@ class WebPipe:
                 tid = self._open_text()
             return self._s.emit("text", {"id": tid, "delta": msg}, checked=True)
         if isinstance(msg, dict):
-            if "k" not in msg:
+            k, d = msg.get("k"), msg.get("d")
+            if k is None and "k" not in msg:
                 raise TypeError("set_message takes a str or a {'k': kind, 'd': payload} dict")
-            k, d = msg["k"], msg.get("d")
         else:
             ev = _as_event(msg)
             if ev is None:

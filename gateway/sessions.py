@@ -88,7 +88,7 @@ from protocol import (
     encode_event,
     is_final,
 )
-from protocol.codec import NotPlain, copy_value, encode_body, walk_value, with_seq
+from protocol.codec import NotPlain, copy_value, encode_body, is_flat_map, walk_value, with_seq
 from protocol.events import FINAL_STATES
 
 from .middleware import Middleware, apply_events
@@ -105,7 +105,7 @@ MAX_REMEMBERED_RIDS: Final = 10_000
 MAX_FLUSH_BATCH: Final = 1000
 #: Kinds whose payload the snapshot reducer keeps: emit hands on a copy, as
 #: a client decodes it, so that an agent mutating its dict later changes nothing.
-_KEPT_KINDS: Final = frozenset({Kind.PLAN, Kind.TASK, Kind.ASK, Kind.STATUS})
+_KEPT_KINDS: Final = frozenset(k.value for k in (Kind.PLAN, Kind.TASK, Kind.ASK, Kind.STATUS))
 #: Backoff between store retries: first, cap (seconds).
 RETRY_FIRST: Final = 0.05
 RETRY_CAP: Final = 2.0
@@ -269,7 +269,7 @@ class Session:
         # all but the seq, and the copy the reducers keep.  Under the lock
         # the seq is taken and spliced in front (codec.with_seq).
         stamp = _now() if ts is None else ts
-        if checked and k not in _KEPT_KINDS:  # text deltas, answers: nothing to check or copy
+        if k not in _KEPT_KINDS and (checked or is_flat_map(d)):  # text, logs: nothing to check or copy
             try:
                 body = encode_body(k, stamp, d)
             except _ENCODE_ERRORS as exc:

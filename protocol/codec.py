@@ -102,12 +102,30 @@ def check_value(v: object, limit: int = MAX_DEPTH) -> str | None:
     return walk_value(v, limit)[0]
 
 
+#: Containers longer than this are first checked for scalars in C (one
+#: call); shorter ones are cheaper to walk item by item.
+_SHORT: Final = 8
+
+
+def is_flat_map(v: object) -> bool:
+    """True for the common payload: a dict whose keys and values are all
+    scalars.  Such a value can travel, and is plain."""
+    if type(v) is not dict:
+        return False
+    if len(v) > _SHORT:  # decided in C
+        return _SCALARS.issuperset(map(type, v.values())) and _SCALARS.issuperset(map(type, v))
+    for key, item in v.items():  # cheaper for a few keys
+        if type(key) not in _SCALARS or type(item) not in _SCALARS:
+            return False
+    return True
+
+
 def walk_value(v: object, limit: int = MAX_DEPTH) -> tuple[str | None, bool]:
     """``check_value``'s verdict, and whether ``v`` holds other objects than
     plain maps, arrays and scalars (the encoder will turn them into values
     whose shape only the encoded bytes show)."""
-    if type(v) is dict and _SCALARS.issuperset(map(type, v.values())) and _SCALARS.issuperset(map(type, v)):
-        return None, False  # the common payload, a flat map: decided in C
+    if is_flat_map(v):
+        return None, False
     if type(v) in _SCALARS:
         return None, False
     if not isinstance(v, _NESTED):
@@ -165,11 +183,6 @@ def copy_value(v: object, limit: int = MAX_DEPTH) -> Any:
     if t is dict or t is list or t is tuple:
         return _copy(v, 1, limit)
     raise NotPlain(t.__name__)
-
-
-#: Containers longer than this are first checked for scalars in C (one
-#: call); shorter ones are cheaper to walk item by item.
-_SHORT: Final = 8
 
 
 def _copy(v: Any, depth: int, limit: int) -> Any:
@@ -448,8 +461,6 @@ def encode_event(seq: int, k: str, ts: float, d: object) -> bytes:
 # and the seq in front.  The bytes are exactly ``encode_event``'s: msgpack
 # writes a map's entries in order, each entry on its own.
 _SEQ_HEAD: Final = b"\x84" + packb("seq")
-_FIXINT: Final = tuple(bytes((n,)) for n in range(0x80))
-_U32: Final = struct.Struct(">BI").pack
 
 
 def encode_body(k: str, ts: float, d: object) -> bytes:
@@ -471,18 +482,11 @@ def encode_body(k: str, ts: float, d: object) -> bytes:
 
 def with_seq(seq: int, body: bytes) -> bytes:
     """The stored event ``encode_event(seq, k, ts, d)``, from ``encode_body(k, ts, d)``."""
-    # msgpack's smallest encoding of a non-negative int (a seq is never negative).
-    if seq < 0x80:
-        n = _FIXINT[seq]
-    elif seq < 0x100:
-        n = b"\xcc" + bytes((seq,))
-    elif seq < 0x10000:
-        n = b"\xcd" + seq.to_bytes(2, "big")
-    elif seq < 0x100000000:
-        n = _U32(0xCE, seq)
-    else:
-        n = b"\xcf" + seq.to_bytes(8, "big")
-    return _SEQ_HEAD + n + body[1:]  # body[0] is the header of a three-key map
+    try:
+        pack = _local.pack
+    except AttributeError:
+        pack = _new_pack()
+    return _SEQ_HEAD + pack(seq) + body[1:]  # body[0] is the header of a three-key map
 
 
 def ev_frame(raw: bytes) -> bytes:
@@ -541,6 +545,7 @@ __all__ = [
     "check_value",
     "copy_value",
     "encode_body",
+    "is_flat_map",
     "walk_value",
     "with_seq",
     "FrameType",

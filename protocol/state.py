@@ -26,6 +26,10 @@ def _copied(v: Any) -> Any:
         return copy.deepcopy(v)
 
 
+#: The kinds the reducer folds in besides ``text``.
+_FOLDED: Final = frozenset(k.value for k in (Kind.STATUS, Kind.PLAN, Kind.TASK, Kind.ASK, Kind.ANSWER))
+
+
 class Snapshot:
     """The compacted state of a session: status, plan, open asks, open texts."""
 
@@ -45,6 +49,8 @@ class Snapshot:
         """
         if not isinstance(d, dict):
             return
+        # Kinds by their wire names: an enum class attribute (Kind.PLAN) is a
+        # slow lookup in Python 3.11, and this runs once per event.
         if k == "text":  # most events: one delta of a text stream
             tid = d.get("id")
             if not isinstance(tid, str):
@@ -59,20 +65,26 @@ class Snapshot:
                     self.texts[tid] = [delta]
                 else:
                     parts.append(delta)
-        elif k == Kind.STATUS:
-            if check_event(Kind.STATUS, d) is None:
+            return
+        try:
+            if k not in _FOLDED:  # most other events (logs, messages, code) leave the snapshot alone
+                return
+        except TypeError:  # an unhashable kind
+            return
+        if k == "status":
+            if check_event("status", d) is None:
                 self.status = d if owned else _copied(d)
-        elif k == Kind.PLAN:
+        elif k == "plan":
             plan = d if owned else _copied(d)
             if not isinstance(plan.get("tasks"), list):
                 plan["tasks"] = []
             self.plan = plan
-        elif k == Kind.TASK:
+        elif k == "task":
             self._apply_task(d)
-        elif k == Kind.ASK:
+        elif k == "ask":
             if isinstance(d.get("id"), str):
                 self.asks[d["id"]] = d if owned else _copied(d)
-        elif k == Kind.ANSWER:
+        elif k == "answer":
             ask_id = d.get("id")
             if isinstance(ask_id, str):  # an unhashable id must not raise from dict.pop
                 self.asks.pop(ask_id, None)
