@@ -117,7 +117,8 @@ class WebPipe:
                 tid = self._open_text()
             return self._s.emit("text", {"id": tid, "delta": msg}, checked=True)
         if isinstance(msg, dict):
-            k, d = msg.get("k"), msg.get("d")
+            k: Any = msg.get("k")
+            d = msg.get("d")
             if k is None and "k" not in msg:
                 raise TypeError("set_message takes a str or a {'k': kind, 'd': payload} dict")
         else:

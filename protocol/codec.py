@@ -213,6 +213,15 @@ def _copy(v: Any, depth: int, limit: int) -> Any:
         t = type(item)
         if t in scalars:
             items.append(item)
+        elif t is dict and depth < limit and len(item) <= _SHORT:
+            # An array of records (a plan's tasks): a flat map is checked
+            # here and copied in C, without a call per map.
+            for key, x in item.items():
+                if type(key) not in scalars or type(x) not in scalars:
+                    items.append(_copy(item, depth + 1, limit))
+                    break
+            else:
+                items.append(item.copy())
         elif t is dict or t is list or t is tuple:
             items.append(_copy(item, depth + 1, limit))
         else:
@@ -419,6 +428,7 @@ def _new_pack() -> Callable[[object], bytes]:
 
 def packb(obj: object) -> bytes:
     """MessagePack-encode ``obj`` the way wirepipe does everywhere."""
+    pack: Callable[[object], bytes]
     try:
         pack = _local.pack
     except AttributeError:
@@ -470,6 +480,7 @@ def encode_body(k: str, ts: float, d: object) -> bytes:
         ValueError, TypeError, OverflowError: what msgpack raises for a value it cannot write.
     """
     # packb, inlined: this runs once per event.
+    pack: Callable[[object], bytes]
     try:
         pack = _local.pack
     except AttributeError:
@@ -482,6 +493,7 @@ def encode_body(k: str, ts: float, d: object) -> bytes:
 
 def with_seq(seq: int, body: bytes) -> bytes:
     """The stored event ``encode_event(seq, k, ts, d)``, from ``encode_body(k, ts, d)``."""
+    pack: Callable[[object], bytes]
     try:
         pack = _local.pack
     except AttributeError:

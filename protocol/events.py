@@ -61,7 +61,7 @@ REQUIRED: Final[dict[str, tuple[str, ...]]] = {
 
 
 #: ``REQUIRED`` keyed by plain strings (an enum member hashes and compares slower).
-_NEEDS: Final[dict[str, tuple[str, ...]]] = {k.value: keys for k, keys in REQUIRED.items()}
+_NEEDS: Final[dict[str, tuple[str, ...]]] = {str(k): keys for k, keys in REQUIRED.items()}
 _RUN_STATES: Final = frozenset(map(str, RunState))
 
 
