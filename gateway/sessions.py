@@ -5,9 +5,13 @@ Theory of operation
 A ``Session`` owns what only the writer may own: the next seq, the open asks,
 the messages clients sent to the agent, the reply outcomes by ``rid``, and
 the cancel flag.  Agent threads append through ``emit`` under a plain lock:
-an event is checked and encoded first, and only then takes its seq, so a
-value that cannot be encoded raises at the call and burns nothing; any
-number of threads get one gap-free order.
+an event is checked and encoded first, outside the lock, and only then
+takes its seq (spliced into the encoded bytes under the lock), so a value
+that cannot be encoded raises at the call and burns nothing, agent code the
+encoder runs (a model's ``model_dump``) may itself write events, and any
+number of threads get one gap-free order.  The kinds the snapshot keeps are
+copied at the call (``protocol.codec.copy_value``): the agent may go on
+changing its dicts.
 
 One *writer task* per session hands pending events to the store in batches,
 in order, and never gives up on a store hiccup:
