@@ -115,7 +115,7 @@ class WebPipe:
             tid = self._text_id
             if tid is None:
                 tid = self._open_text()
-            return self._s.emit("text", {"id": tid, "delta": msg}, checked=True)
+            return self._s.emit("text", {"id": tid, "delta": msg}, checked=True, plain=True)
         if isinstance(msg, dict):
             k: Any = msg.get("k")
             d = msg.get("d")
@@ -151,9 +151,8 @@ class WebPipe:
         if end:
             d["end"] = True
         # An empty end is how a run closes its stream: it always fits the backlog.
-        return self._s.emit(
-            Kind.TEXT, d, checked=isinstance(delta, str) and isinstance(id, str), force=end and not delta
-        )
+        built = isinstance(delta, str) and isinstance(id, str)
+        return self._s.emit(Kind.TEXT, d, checked=built, plain=built, force=end and not delta)
 
     def end_text(self) -> int:
         """End the current text stream; the next ``str`` starts a new one.  0 if none is open."""

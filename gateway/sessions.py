@@ -5,13 +5,14 @@ Theory of operation
 A ``Session`` owns what only the writer may own: the next seq, the open asks,
 the messages clients sent to the agent, the reply outcomes by ``rid``, and
 the cancel flag.  Agent threads append through ``emit`` under a plain lock:
-an event is checked and encoded first, outside the lock, and only then
-takes its seq (spliced into the encoded bytes under the lock), so a value
-that cannot be encoded raises at the call and burns nothing, agent code the
-encoder runs (a model's ``model_dump``) may itself write events, and any
-number of threads get one gap-free order.  The kinds the snapshot keeps are
-copied at the call (``protocol.codec.copy_value``): the agent may go on
-changing its dicts.
+an event is checked first, and takes its seq only once it is encoded, so a
+value that cannot be encoded raises at the call and burns nothing; any
+number of threads get one gap-free order.  A payload that holds agent
+objects is encoded before the lock (the seq is spliced in under it), so
+agent code the encoder runs (a model's ``model_dump``) may itself write
+events; a plain one, whose packing runs no Python code, is encoded whole
+under the lock.  The kinds the snapshot keeps are copied at the call
+(``protocol.codec.copy_value``): the agent may go on changing its dicts.
 
 One *writer task* per session hands pending events to the store in batches,
 in order, and never gives up on a store hiccup:
@@ -242,7 +243,16 @@ class Session:
         """Events written and not stored yet."""
         return self._waiting
 
-    def emit(self, k: str, d: Any, ts: float | None = None, *, checked: bool = False, force: bool = False) -> int:
+    def emit(
+        self,
+        k: str,
+        d: Any,
+        ts: float | None = None,
+        *,
+        checked: bool = False,
+        force: bool = False,
+        plain: bool = False,
+    ) -> int:
         """Append one event; returns its seq.  Never blocks on I/O.
 
         Returns 0 if the run has ended, or if a middleware dropped the event
@@ -251,6 +261,8 @@ class Session:
         ``checked``: ``d`` is known to be a well-formed value (built here).
         ``force``: the event fits even a full backlog (the few that close a
         run: answers by ``closed``, the final status).
+        ``plain``: ``d`` is a dict of built-in strings and numbers (built
+        here: a text delta), so encoding it runs no Python code.
 
         Raises:
             ValueError: ``d`` cannot be encoded (nests deeper than
@@ -264,20 +276,20 @@ class Session:
                 return 0  # dropped by a middleware: no seq
             if out[0] is not k or out[1] is not d:
                 k, d = out
-                checked = False
+                checked = plain = False
         if self.ended:  # read without the lock: once set it stays set (and is read again under it)
             return self._drop(k)
-        # Everything that can fail, or run agent code (an object's
-        # model_dump), happens before the lock: the check, the encoding of
-        # all but the seq, and the copy the reducers keep.  Under the lock
-        # the seq is taken and spliced in front (codec.with_seq).
+        # Encoding a payload that holds agent objects runs agent code (a
+        # model's model_dump), which may write events itself: such payloads
+        # are checked, encoded and copied before the lock, and the seq is
+        # spliced in under it (codec.with_seq).  A plain payload (a text
+        # delta, a flat map of built-in scalars: most events) runs no Python
+        # code when packed, so it is encoded in one piece under the lock,
+        # which is cheaper; either way a value that fails to encode raises
+        # before its seq is taken.
         stamp = _now() if ts is None else ts
-        if k not in _KEPT_KINDS and (checked or is_flat_map(d)):  # text, logs: nothing to check or copy
-            try:
-                body = encode_body(k, stamp, d)
-            except _ENCODE_ERRORS as exc:
-                raise _unwritable(k, exc) from None
-        else:
+        body = None
+        if k in _KEPT_KINDS or not (plain or is_flat_map(d)):
             body, d = self._encode(k, d, stamp, checked)
         lock = self._lock
         lock.acquire()  # not `with`: this costs half as much, once per event
@@ -285,7 +297,13 @@ class Session:
             if self.ended:
                 return self._drop(k)
             seq = self._seq + 1
-            raw = with_seq(seq, body)
+            if body is None:
+                try:
+                    raw = encode_event(seq, k, stamp, d)
+                except _ENCODE_ERRORS as exc:
+                    raise _unwritable(k, exc) from None
+            else:
+                raw = with_seq(seq, body)
             size = len(raw)
             if not force and (self._waiting >= self._max_events or self._pending_bytes + size > self._max_bytes):
                 raise BacklogFull(

@@ -136,6 +136,20 @@ async def test_set_message_rejects_bad_input_and_appends_nothing(gw: Gateway, ms
     assert [e.d["delta"] for e in evs] == ["before", "after"]
 
 
+async def test_a_value_that_fails_to_encode_under_the_lock_burns_no_seq(gw: Gateway) -> None:
+    """Plain payloads are encoded under the session lock: a failure there releases it and takes no seq."""
+    pipe = gw.pipe("surrogate")
+    assert pipe.set_message("before") == 1
+    with pytest.raises(ValueError):
+        pipe.set_message("\ud800")  # a lone surrogate: not UTF-8
+    with pytest.raises(ValueError):
+        pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": "\ud800"}})
+    assert await in_thread(pipe.set_message, "after") == 2  # the lock was released
+    evs = await logged(gw, pipe)
+    assert [e.d["delta"] for e in evs] == ["before", "after"]
+    pipe.close()
+
+
 class _Deferred(MemoryStore):
     """Not ``Direct`` (it overrides ``append``): the writer task stores events after ``set_message`` returns."""
 
