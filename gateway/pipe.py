@@ -108,14 +108,35 @@ class WebPipe:
                 payload cannot be encoded (see ``emit``).
             BacklogFull: see ``emit``.
         """
-        if isinstance(msg, str):
-            return self.text(msg)
-        if isinstance(msg, dict) and "k" not in msg:
-            raise TypeError("set_message takes a str or a {'k': kind, 'd': payload} dict")
-        ev = _as_event(msg)
-        if ev is None:
-            raise TypeError(f"set_message cannot send a {type(msg).__name__}")
-        return self.emit(*ev)
+        if isinstance(msg, str):  # most writes: a delta of the current text stream
+            # The same as self.text(msg), inlined.  Reading the id needs no
+            # lock (an attribute read is atomic); opening a stream does, so
+            # that two threads do not open two.
+            tid = self._text_id
+            if tid is None:
+                tid = self._open_text()
+            return self._s.emit("text", {"id": tid, "delta": msg}, checked=True, plain=True)
+        if isinstance(msg, dict):
+            k: Any = msg.get("k")
+            d = msg.get("d")
+            if k is None and "k" not in msg:
+                raise TypeError("set_message takes a str or a {'k': kind, 'd': payload} dict")
+        else:
+            ev = _as_event(msg)
+            if ev is None:
+                raise TypeError(f"set_message cannot send a {type(msg).__name__}")
+            k, d = ev
+        why = check_event(k, d)
+        if why is not None:
+            raise ValueError(why)
+        return self._s.emit(k, d)
+
+    def _open_text(self) -> str:
+        """The current text stream's id, a new one if none is open."""
+        with self._text_lock:
+            if self._text_id is None:
+                self._text_id = f"{self._prefix}{next(self._texts)}"
+            return self._text_id
 
     def text(self, delta: str, *, id: str | None = None, end: bool = False) -> int:
         """Append a ``text`` delta to stream ``id`` (default: the current stream)."""
@@ -130,9 +151,8 @@ class WebPipe:
         if end:
             d["end"] = True
         # An empty end is how a run closes its stream: it always fits the backlog.
-        return self._s.emit(
-            Kind.TEXT, d, checked=isinstance(delta, str) and isinstance(id, str), force=end and not delta
-        )
+        built = isinstance(delta, str) and isinstance(id, str)
+        return self._s.emit(Kind.TEXT, d, checked=built, plain=built, force=end and not delta)
 
     def end_text(self) -> int:
         """End the current text stream; the next ``str`` starts a new one.  0 if none is open."""

@@ -5,9 +5,14 @@ Theory of operation
 A ``Session`` owns what only the writer may own: the next seq, the open asks,
 the messages clients sent to the agent, the reply outcomes by ``rid``, and
 the cancel flag.  Agent threads append through ``emit`` under a plain lock:
-an event is checked and encoded first, and only then takes its seq, so a
+an event is checked first, and takes its seq only once it is encoded, so a
 value that cannot be encoded raises at the call and burns nothing; any
-number of threads get one gap-free order.
+number of threads get one gap-free order.  A payload that holds agent
+objects is encoded before the lock (the seq is spliced in under it), so
+agent code the encoder runs (a model's ``model_dump``) may itself write
+events; a plain one, whose packing runs no Python code, is encoded whole
+under the lock.  The kinds the snapshot keeps are copied at the call
+(``protocol.codec.copy_value``): the agent may go on changing its dicts.
 
 One *writer task* per session hands pending events to the store in batches,
 in order, and never gives up on a store hiccup:
@@ -87,7 +92,7 @@ from protocol import (
     encode_event,
     is_final,
 )
-from protocol.codec import walk_value
+from protocol.codec import NotPlain, copy_value, encode_body, is_flat_map, walk_value, with_seq
 from protocol.events import FINAL_STATES
 
 from .metrics import LAG_EVERY, LAG_MARKS, LAG_MASK, Metrics
@@ -103,9 +108,9 @@ MAX_REMEMBERED_RIDS: Final = 10_000
 #: Events handed to the store in one append, at most (a long backlog is
 #: written in slices, so that no single store call blocks for long).
 MAX_FLUSH_BATCH: Final = 1000
-#: Kinds whose payload the snapshot reducer keeps: they are decoded back from
-#: the encoded event so that an agent mutating its dict later changes nothing.
-_KEPT_KINDS: Final = frozenset({Kind.PLAN, Kind.TASK, Kind.ASK, Kind.STATUS})
+#: Kinds whose payload the snapshot reducer keeps: emit hands on a copy, as
+#: a client decodes it, so that an agent mutating its dict later changes nothing.
+_KEPT_KINDS: Final = frozenset(k.value for k in (Kind.PLAN, Kind.TASK, Kind.ASK, Kind.STATUS))
 #: Backoff between store retries: first, cap (seconds).
 RETRY_FIRST: Final = 0.05
 RETRY_CAP: Final = 2.0
@@ -113,6 +118,14 @@ RETRY_CAP: Final = 2.0
 MAX_ODD_FAILURES: Final = 5
 #: What a Python encoder may raise for a value it cannot write.
 _ENCODE_ERRORS: Final = (ValueError, TypeError, OverflowError, RecursionError)
+# Once per event, so bound once: the clock, and what makes an ``Appended``
+# without the named tuple's Python-level ``__new__`` (``_tuple_new(Appended, fields)``).
+_now: Final = time.time
+_tuple_new: Final = tuple.__new__
+
+
+def _unwritable(k: str, exc: Exception) -> ValueError:
+    return ValueError(f"cannot write a {str(k)!r} event: {type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -240,7 +253,16 @@ class Session:
         """Events written and not stored yet."""
         return self._waiting
 
-    def emit(self, k: str, d: Any, ts: float | None = None, *, checked: bool = False, force: bool = False) -> int:
+    def emit(
+        self,
+        k: str,
+        d: Any,
+        ts: float | None = None,
+        *,
+        checked: bool = False,
+        force: bool = False,
+        plain: bool = False,
+    ) -> int:
         """Append one event; returns its seq.  Never blocks on I/O.
 
         Returns 0 if the run has ended, or if a middleware dropped the event
@@ -249,6 +271,8 @@ class Session:
         ``checked``: ``d`` is known to be a well-formed value (built here).
         ``force``: the event fits even a full backlog (the few that close a
         run: answers by ``closed``, the final status).
+        ``plain``: ``d`` is a dict of built-in strings and numbers (built
+        here: a text delta), so encoding it runs no Python code.
 
         Raises:
             ValueError: ``d`` cannot be encoded (nests deeper than
@@ -256,41 +280,40 @@ class Session:
                 number).  Nothing is appended.
             BacklogFull: too many events wait for the store (nothing appended).
         """
-        opaque = False
         if self.middleware:
             out = apply_events(self.middleware, self.sid, k, d)
             if out is None:
                 return 0  # dropped by a middleware: no seq
             if out[0] is not k or out[1] is not d:
                 k, d = out
-                checked = False
-        if not checked:
-            why, opaque = walk_value(d)
-            if why is not None:
-                raise ValueError(f"cannot write a {str(k)!r} event: its payload {why}")
-        stamp = time.time() if ts is None else ts
-        with self._lock:
+                checked = plain = False
+        if self.ended:  # read without the lock: once set it stays set (and is read again under it)
+            return self._drop(k)
+        # Encoding a payload that holds agent objects runs agent code (a
+        # model's model_dump), which may write events itself: such payloads
+        # are checked, encoded and copied before the lock, and the seq is
+        # spliced in under it (codec.with_seq).  A plain payload (a text
+        # delta, a flat map of built-in scalars: most events) runs no Python
+        # code when packed, so it is encoded in one piece under the lock,
+        # which is cheaper; either way a value that fails to encode raises
+        # before its seq is taken.
+        stamp = _now() if ts is None else ts
+        body = None
+        if k in _KEPT_KINDS or not (plain or is_flat_map(d)):
+            body, d = self._encode(k, d, stamp, checked)
+        lock = self._lock
+        lock.acquire()  # not `with`: this costs half as much, once per event
+        try:
             if self.ended:
-                self.dropped += 1
-                if self.dropped == 1:
-                    log.warning("session %s: %s event after the run ended: dropped", self.sid, str(k))
-                return 0
+                return self._drop(k)
             seq = self._seq + 1
-            try:
-                raw = encode_event(seq, k, stamp, d)
-                if k in _KEPT_KINDS or opaque:
-                    # The reducers keep these kinds: a decoded copy, which an
-                    # agent changing its dict later cannot touch.  Objects the
-                    # encoder turned into values (models, dataclasses) are
-                    # checked in the shape they now have.
-                    decoded = msgpack.unpackb(raw, raw=False, strict_map_key=False)["d"]
-                    why = check_value(decoded) if opaque else None
-                    if why is not None:
-                        raise ValueError(why)
-                    if k in _KEPT_KINDS:
-                        d = decoded
-            except _ENCODE_ERRORS as exc:
-                raise ValueError(f"cannot write a {str(k)!r} event: {type(exc).__name__}: {exc}") from None
+            if body is None:
+                try:
+                    raw = encode_event(seq, k, stamp, d)
+                except _ENCODE_ERRORS as exc:
+                    raise _unwritable(k, exc) from None
+            else:
+                raw = with_seq(seq, body)
             size = len(raw)
             if not force and (self._waiting >= self._max_events or self._pending_bytes + size > self._max_bytes):
                 raise BacklogFull(
@@ -301,13 +324,15 @@ class Session:
             if (seq & LAG_MASK) == 1:  # sampled for the delivery lag (gateway/metrics.py)
                 self.lag_marks[seq] = time.monotonic()
                 self.lag_marks.pop(seq - LAG_EVERY * LAG_MARKS, None)
-            self._pending.append(Appended(seq, k, d, raw))
+            self._pending.append(_tuple_new(Appended, (seq, k, d, raw)))
             self._waiting += 1
             self._pending_bytes += size
             if k == "status" and is_final(k, d):
                 self.ended = True
             kick = self._idle
             self._idle = False
+        finally:
+            lock.release()
         if kick:
             if on_loop(self.loop):
                 if self._direct is None or not self._write_now():
@@ -318,6 +343,51 @@ class Session:
                 except RuntimeError:  # loop closed: the gateway is gone
                     pass
         return seq
+
+    def _encode(self, k: str, d: Any, ts: float, checked: bool) -> tuple[bytes, Any]:
+        """``emit``'s checks: the event encoded without its seq, and the payload to hand on.
+
+        The payload handed on is ``d`` itself, except for the kinds the
+        reducers keep: for those it is a copy as a client decodes it, which
+        the agent changing ``d`` later cannot touch.  Objects the encoder
+        expands (models, dataclasses) are checked in the shape they get.
+
+        Raises:
+            ValueError: ``d`` cannot be written.
+        """
+        kept = k in _KEPT_KINDS
+        opaque = False
+        own: Any = None
+        if kept:
+            try:
+                own = copy_value(d)  # checks as it copies
+            except NotPlain:
+                opaque = True
+            except (ValueError, RecursionError) as exc:
+                raise ValueError(f"cannot write a {str(k)!r} event: its payload {exc}") from None
+        if opaque or not (kept or checked):
+            why, expands = walk_value(d)
+            if why is not None:
+                raise ValueError(f"cannot write a {str(k)!r} event: its payload {why}")
+            opaque = opaque or expands
+        try:
+            body = encode_body(k, ts, d)
+            if opaque:
+                decoded = msgpack.unpackb(body, raw=False, strict_map_key=False)["d"]
+                why = check_value(decoded)
+                if why is not None:
+                    raise ValueError(why)
+                own = decoded
+        except _ENCODE_ERRORS as exc:
+            raise _unwritable(k, exc) from None
+        return body, (own if kept else d)
+
+    def _drop(self, k: str) -> int:
+        """An event after the run ended: dropped (0), with one warning per session."""
+        self.dropped += 1
+        if self.dropped == 1:
+            log.warning("session %s: %s event after the run ended: dropped", self.sid, str(k))
+        return 0
 
     # --- the writer task (event loop) ------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import struct
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -101,12 +102,30 @@ def check_value(v: object, limit: int = MAX_DEPTH) -> str | None:
     return walk_value(v, limit)[0]
 
 
+#: Containers longer than this are first checked for scalars in C (one
+#: call); shorter ones are cheaper to walk item by item.
+_SHORT: Final = 8
+
+
+def is_flat_map(v: object) -> bool:
+    """True for the common payload: a dict whose keys and values are all
+    scalars.  Such a value can travel, and is plain."""
+    if type(v) is not dict:
+        return False
+    if len(v) > _SHORT:  # decided in C
+        return _SCALARS.issuperset(map(type, v.values())) and _SCALARS.issuperset(map(type, v))
+    for key, item in v.items():  # cheaper for a few keys
+        if type(key) not in _SCALARS or type(item) not in _SCALARS:
+            return False
+    return True
+
+
 def walk_value(v: object, limit: int = MAX_DEPTH) -> tuple[str | None, bool]:
     """``check_value``'s verdict, and whether ``v`` holds other objects than
     plain maps, arrays and scalars (the encoder will turn them into values
     whose shape only the encoded bytes show)."""
-    if type(v) is dict and _SCALARS.issuperset(map(type, v.values())) and _SCALARS.issuperset(map(type, v)):
-        return None, False  # the common payload, a flat map: decided in C
+    if is_flat_map(v):
+        return None, False
     if type(v) in _SCALARS:
         return None, False
     if not isinstance(v, _NESTED):
@@ -137,6 +156,77 @@ def walk_value(v: object, limit: int = MAX_DEPTH) -> tuple[str | None, bool]:
             else:
                 opaque = True
     return None, opaque
+
+
+class NotPlain(Exception):
+    """``copy_value`` met an object that only its encoding gives a shape to."""
+
+
+def copy_value(v: object, limit: int = MAX_DEPTH) -> Any:
+    """A copy of ``v`` as decoding its encoding would give it back, checked on the way.
+
+    For a value of plain dicts, lists, tuples and scalars (str, int, float,
+    bool, bytes, None; exactly these types): the copy shares no dict or
+    list with ``v``, so changing ``v`` afterwards leaves it alone; tuples
+    become lists and scalars are shared (they are immutable).  One pass does
+    what ``check_value`` and a decode of the encoded bytes would do, several
+    times faster.
+
+    Raises:
+        ValueError: ``v`` cannot travel; the message is ``check_value``'s reason.
+        NotPlain: ``v`` holds another object (a model, a dataclass, a set, a
+            subclass of a plain type): only its encoding tells its shape.
+    """
+    t = type(v)
+    if t in _SCALARS:
+        return v
+    if t is dict or t is list or t is tuple:
+        return _copy(v, 1, limit)
+    raise NotPlain(t.__name__)
+
+
+def _copy(v: Any, depth: int, limit: int) -> Any:
+    if depth > limit:
+        raise ValueError(f"nests deeper than {limit} maps/arrays")
+    scalars = _SCALARS
+    if type(v) is dict:
+        if len(v) > _SHORT and scalars.issuperset(map(type, v)) and scalars.issuperset(map(type, v.values())):
+            return v.copy()
+        out = {}
+        for key, item in v.items():
+            if type(key) not in scalars:
+                if isinstance(key, _KEY_TYPES):
+                    raise NotPlain(type(key).__name__)  # it would come back as its base type
+                raise ValueError(f"a map key must be a string or a number, not {type(key).__name__}")
+            t = type(item)
+            if t in scalars:
+                out[key] = item
+            elif t is dict or t is list or t is tuple:
+                out[key] = _copy(item, depth + 1, limit)
+            else:
+                raise NotPlain(t.__name__)
+        return out
+    if len(v) > _SHORT and scalars.issuperset(map(type, v)):
+        return list(v)
+    items = []
+    for item in v:
+        t = type(item)
+        if t in scalars:
+            items.append(item)
+        elif t is dict and depth < limit and len(item) <= _SHORT:
+            # An array of records (a plan's tasks): a flat map is checked
+            # here and copied in C, without a call per map.
+            for key, x in item.items():
+                if type(key) not in scalars or type(x) not in scalars:
+                    items.append(_copy(item, depth + 1, limit))
+                    break
+            else:
+                items.append(item.copy())
+        elif t is dict or t is list or t is tuple:
+            items.append(_copy(item, depth + 1, limit))
+        else:
+            raise NotPlain(t.__name__)
+    return items
 
 
 def _is(t: type | tuple[type, ...]) -> Callable[[object], bool]:
@@ -304,6 +394,10 @@ def decode_server(data: bytes | str, max_size: int = 64 * DEFAULT_MAX_FRAME) -> 
 
 def _fallback(obj: object) -> object:
     """Make agent objects packable instead of failing the agent's write."""
+    # What follows may run agent code (model_dump, a dataclass's fields, a
+    # __repr__), which may write an event itself: this thread's packer is
+    # mid-pack, so the nested write gets a packer of its own (see packb).
+    _local.__dict__.pop("pack", None)
     dump = getattr(obj, "model_dump", None)  # pydantic models (MetaGPT's Message, Plan, ...)
     if callable(dump):
         return dump(mode="json")
@@ -314,12 +408,35 @@ def _fallback(obj: object) -> object:
     return repr(obj)
 
 
-_packer_default: Final = _fallback
+# One reusable Packer per thread: creating one per call (``msgpack.packb``)
+# costs as much as packing a small event.  A Packer is not thread-safe, and
+# it is not re-entrant either: ``_fallback`` drops the thread's packer
+# before it runs agent code, so a write from inside that code packs with a
+# new one while the outer pack finishes with its own.  A Packer keeps the
+# largest buffer it ever needed, so after a big value the thread's packer
+# is dropped too (the next call makes a small one).
+_local = threading.local()
+#: Output size above which the thread's packer is not kept (its buffer is freed).
+_KEEP_PACKER_BYTES: Final = 1 << 20
+
+
+def _new_pack() -> Callable[[object], bytes]:
+    pack: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True, default=_fallback).pack
+    _local.pack = pack
+    return pack
 
 
 def packb(obj: object) -> bytes:
     """MessagePack-encode ``obj`` the way wirepipe does everywhere."""
-    return msgpack.packb(obj, use_bin_type=True, default=_packer_default)  # type: ignore[no-any-return]
+    pack: Callable[[object], bytes]
+    try:
+        pack = _local.pack
+    except AttributeError:
+        pack = _new_pack()
+    out = pack(obj)
+    if len(out) > _KEEP_PACKER_BYTES:
+        _local.__dict__.pop("pack", None)
+    return out
 
 
 def encode(frame: Frame) -> bytes:
@@ -346,6 +463,42 @@ _BATCH_HEAD: Final = b"\x82" + packb("t") + packb("batch") + packb("evs")
 def encode_event(seq: int, k: str, ts: float, d: object) -> bytes:
     """Encode one event as stored: a four-key map ``{seq, k, ts, d}``."""
     return packb({"seq": seq, "k": k, "ts": ts, "d": d})
+
+
+# An event is encoded in two steps when its seq is not known yet (the
+# session hands out seqs under a lock, and encodes before taking it):
+# ``encode_body`` packs ``{k, ts, d}``, and ``with_seq`` puts the map header
+# and the seq in front.  The bytes are exactly ``encode_event``'s: msgpack
+# writes a map's entries in order, each entry on its own.
+_SEQ_HEAD: Final = b"\x84" + packb("seq")
+
+
+def encode_body(k: str, ts: float, d: object) -> bytes:
+    """An event without its seq, for ``with_seq``.
+
+    Raises:
+        ValueError, TypeError, OverflowError: what msgpack raises for a value it cannot write.
+    """
+    # packb, inlined: this runs once per event.
+    pack: Callable[[object], bytes]
+    try:
+        pack = _local.pack
+    except AttributeError:
+        pack = _new_pack()
+    out: bytes = pack({"k": k, "ts": ts, "d": d})
+    if len(out) > _KEEP_PACKER_BYTES:
+        _local.__dict__.pop("pack", None)
+    return out
+
+
+def with_seq(seq: int, body: bytes) -> bytes:
+    """The stored event ``encode_event(seq, k, ts, d)``, from ``encode_body(k, ts, d)``."""
+    pack: Callable[[object], bytes]
+    try:
+        pack = _local.pack
+    except AttributeError:
+        pack = _new_pack()
+    return _SEQ_HEAD + pack(seq) + body[1:]  # body[0] is the header of a three-key map
 
 
 def ev_frame(raw: bytes) -> bytes:
@@ -400,8 +553,13 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "MAX_DEPTH",
     "SID_RE",
+    "NotPlain",
     "check_value",
+    "copy_value",
+    "encode_body",
+    "is_flat_map",
     "walk_value",
+    "with_seq",
     "FrameType",
     "batch_frame",
     "decode_client",

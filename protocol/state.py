@@ -13,7 +13,22 @@ import copy
 from enum import Enum
 from typing import Any, Final
 
+from .codec import NotPlain, copy_value
 from .events import Kind, check_event
+
+
+def _copied(v: Any) -> Any:
+    """A copy of ``v`` the snapshot may own: ``copy_value`` for a plain value
+    (what travels is; tuples become lists, as a client decodes them), several
+    times faster than ``copy.deepcopy``, which copies anything else."""
+    try:
+        return copy_value(v)
+    except (ValueError, NotPlain):
+        return copy.deepcopy(v)
+
+
+#: The kinds the reducer folds in besides ``text``.
+_FOLDED: Final = frozenset(k.value for k in (Kind.STATUS, Kind.PLAN, Kind.TASK, Kind.ASK, Kind.ANSWER))
 
 
 class Snapshot:
@@ -35,29 +50,42 @@ class Snapshot:
         """
         if not isinstance(d, dict):
             return
-        if k == Kind.TEXT:
-            sid = d.get("id")
-            if not isinstance(sid, str):
+        # Kinds by their wire names: an enum class attribute (Kind.PLAN) is a
+        # slow lookup in Python 3.11, and this runs once per event.
+        if k == "text":  # most events: one delta of a text stream
+            tid = d.get("id")
+            if not isinstance(tid, str):
+                return
+            if d.get("end"):
+                self.texts.pop(tid, None)
                 return
             delta = d.get("delta")
-            if d.get("end"):
-                self.texts.pop(sid, None)
-            elif isinstance(delta, str):
-                self.texts.setdefault(sid, []).append(delta)
-        elif k == Kind.STATUS:
-            if check_event(Kind.STATUS, d) is None:
-                self.status = d if owned else copy.deepcopy(d)
-        elif k == Kind.PLAN:
-            plan = d if owned else copy.deepcopy(d)
+            if isinstance(delta, str):
+                parts = self.texts.get(tid)
+                if parts is None:
+                    self.texts[tid] = [delta]
+                else:
+                    parts.append(delta)
+            return
+        try:
+            if k not in _FOLDED:  # most other events (logs, messages, code) leave the snapshot alone
+                return
+        except TypeError:  # an unhashable kind
+            return
+        if k == "status":
+            if check_event("status", d) is None:
+                self.status = d if owned else _copied(d)
+        elif k == "plan":
+            plan = d if owned else _copied(d)
             if not isinstance(plan.get("tasks"), list):
                 plan["tasks"] = []
             self.plan = plan
-        elif k == Kind.TASK:
+        elif k == "task":
             self._apply_task(d)
-        elif k == Kind.ASK:
+        elif k == "ask":
             if isinstance(d.get("id"), str):
-                self.asks[d["id"]] = d if owned else copy.deepcopy(d)
-        elif k == Kind.ANSWER:
+                self.asks[d["id"]] = d if owned else _copied(d)
+        elif k == "answer":
             ask_id = d.get("id")
             if isinstance(ask_id, str):  # an unhashable id must not raise from dict.pop
                 self.asks.pop(ask_id, None)
@@ -71,7 +99,7 @@ class Snapshot:
             if isinstance(task, dict) and task.get("id") == task_id:
                 task["status"] = status
                 if "result" in d:
-                    task["result"] = copy.deepcopy(d["result"])
+                    task["result"] = _copied(d["result"])
                 if status == "running":
                     self.plan["current"] = task["id"]
                 return
@@ -82,9 +110,9 @@ class Snapshot:
         s = cls()
         if not m:
             return s
-        s.status = copy.deepcopy(m.get("status"))
-        s.plan = copy.deepcopy(m.get("plan"))
-        s.asks = {a["id"]: copy.deepcopy(a) for a in m.get("asks") or () if isinstance(a, dict) and "id" in a}
+        s.status = _copied(m.get("status"))
+        s.plan = _copied(m.get("plan"))
+        s.asks = {a["id"]: _copied(a) for a in m.get("asks") or () if isinstance(a, dict) and "id" in a}
         s.texts = {t["id"]: [t.get("text", "")] for t in m.get("texts") or () if isinstance(t, dict) and "id" in t}
         return s
 

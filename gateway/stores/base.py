@@ -67,9 +67,14 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from protocol import decode_event
 
 
-@dataclass(frozen=True, slots=True)
-class Appended:
-    """One event handed to ``Store.append``: its seq, kind, payload and encoding."""
+class Appended(NamedTuple):
+    """One event handed to ``Store.append``: its seq, kind, payload and encoding.
+
+    A named tuple, not a dataclass: one is made per event on the hot path,
+    and a tuple is the cheapest record to make.  ``d`` is handed over: for
+    the kinds a snapshot keeps it is a fresh copy that nobody else holds
+    (``Session.emit`` makes it), so a store may keep it as it is.
+    """
 
     seq: int
     k: str

@@ -175,7 +175,7 @@ class MemoryStore:
             raw = ev.raw
             raws.append(raw)
             nbytes += len(raw)
-            apply(ev.k, ev.d)
+            apply(ev.k, ev.d, owned=True)  # handed over (``Appended``): no second copy
         log.nbytes = nbytes
         retention = self.retention
         if len(raws) - log.skip > retention.max_events or nbytes > retention.max_bytes:

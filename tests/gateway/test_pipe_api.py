@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from support import MS, TIMEOUT, final
+from support import MS, TIMEOUT, MakeGateway, final
 
-from gateway import Gateway, WebPipe
+from gateway import Gateway, MemoryStore, WebPipe
 from gateway.client import Client
+from gateway.stores import Appended
 from protocol import Error, Event, RemoteError, Welcome, decode_event, decode_server
 
 
@@ -132,6 +134,64 @@ async def test_set_message_rejects_bad_input_and_appends_nothing(gw: Gateway, ms
     pipe.set_message("after")
     evs = await logged(gw, pipe)
     assert [e.d["delta"] for e in evs] == ["before", "after"]
+
+
+async def test_a_value_that_fails_to_encode_under_the_lock_burns_no_seq(gw: Gateway) -> None:
+    """Plain payloads are encoded under the session lock: a failure there releases it and takes no seq."""
+    pipe = gw.pipe("surrogate")
+    assert pipe.set_message("before") == 1
+    with pytest.raises(ValueError):
+        pipe.set_message("\ud800")  # a lone surrogate: not UTF-8
+    with pytest.raises(ValueError):
+        pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": "\ud800"}})
+    assert await in_thread(pipe.set_message, "after") == 2  # the lock was released
+    evs = await logged(gw, pipe)
+    assert [e.d["delta"] for e in evs] == ["before", "after"]
+    pipe.close()
+
+
+class _Deferred(MemoryStore):
+    """Not ``Direct`` (it overrides ``append``): the writer task stores events after ``set_message`` returns."""
+
+    async def append(self, sid: str, events: Sequence[Appended], *, epoch: str | None = None) -> None:
+        await super().append(sid, events, epoch=epoch)
+
+
+async def test_the_snapshot_keeps_a_plan_as_written_not_as_the_agent_changes_it_later(make_gw: MakeGateway) -> None:
+    gw = await make_gw(store=_Deferred())
+    pipe = gw.pipe("mutated")
+    plan: Any = {"goal": "g", "tasks": [{"id": "1", "status": "pending", "deps": ["0"]}]}
+    assert pipe.set_message({"k": "plan", "d": plan}) == 1
+    # Nothing awaited since: the event waits for the writer, which stores it
+    # after these changes.  A shallow copy at set_message would let them in.
+    plan["tasks"][0]["status"] = "done"
+    plan["tasks"][0]["deps"].append("x")
+    plan["tasks"].append({"id": "2", "status": "pending"})
+    written = {"goal": "g", "tasks": [{"id": "1", "status": "pending", "deps": ["0"]}]}
+    evs = await logged(gw, pipe)
+    assert evs[0].d == written
+    snap, head = await gw.store.snapshot("mutated")
+    assert head == 1 and snap["plan"] == written
+    pipe.close()
+
+
+async def test_an_object_may_write_an_event_while_it_is_encoded(gw: Gateway) -> None:
+    """An agent object's model_dump runs before the session lock is taken: it may write itself."""
+    pipe = gw.pipe("reentrant")
+
+    class Dumps:
+        def model_dump(self, *, mode: str) -> dict[str, Any]:
+            pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": "from model_dump"}})
+            return {"x": [1, 2]}
+
+    assert pipe.set_message({"k": "tool", "d": {"name": "t", "type": "x", "value": Dumps()}}) == 2
+    assert pipe.set_message({"k": "plan", "d": {"goal": "g", "tasks": [Dumps()]}}) == 4  # a kept kind too
+    evs = await logged(gw, pipe)
+    assert [(e.seq, e.k) for e in evs] == [(1, "log"), (2, "tool"), (3, "log"), (4, "plan")]
+    assert evs[1].d["value"] == {"x": [1, 2]}
+    snap, _ = await gw.store.snapshot("reentrant")
+    assert snap["plan"]["tasks"] == [{"x": [1, 2]}]
+    pipe.close()
 
 
 # --- msg2stream ---------------------------------------------------------------------

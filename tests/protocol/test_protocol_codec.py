@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from proto_strategies import (
     SETTINGS,
+    any_values,
     client_frames,
     frame_like_maps,
     packed_anything,
@@ -491,6 +492,126 @@ def test_decode_event_rejects(raw: Any) -> None:
     with pytest.raises(ProtocolError) as info:
         decode_event(raw)
     assert info.value.code is ErrorCode.BAD_FRAME
+
+
+# The session encodes an event before it takes its seq (encode_body), and
+# splices the seq in under its lock (with_seq): the bytes must be exactly
+# encode_event's, at every width msgpack gives an int.
+@pytest.mark.parametrize("seq", [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
+@pytest.mark.parametrize("d", [None, "x" * 40, {"level": "info", "msg": "m"}, {"tasks": [{"id": "1"}] * 20}])
+def test_an_event_encoded_in_two_steps_is_the_same_bytes(seq: int, d: Any) -> None:
+    from protocol.codec import encode_body, with_seq
+
+    raw = with_seq(seq, encode_body("log", 1.25, d))
+    assert raw == encode_event(seq, "log", 1.25, d) == pk({"seq": seq, "k": "log", "ts": 1.25, "d": d})
+
+
+class _Writes:
+    """An agent object whose dump packs something itself (an agent writing an event from model_dump)."""
+
+    def __init__(self) -> None:
+        self.inner = b""
+
+    def model_dump(self, *, mode: str) -> dict[str, Any]:
+        self.inner = packb({"inner": ["x" * 10, 2]})
+        return {"dumped": [1, 2, 3]}
+
+
+def test_packb_may_be_called_from_inside_an_objects_dump() -> None:
+    obj = _Writes()
+    out = packb({"a": "before", "obj": obj, "z": "after" * 5})
+    assert out == pk({"a": "before", "obj": {"dumped": [1, 2, 3]}, "z": "after" * 5})
+    assert obj.inner == pk({"inner": ["x" * 10, 2]})
+    assert packb({"again": 1}) == pk({"again": 1})  # the thread's packer is sound afterwards
+
+
+def test_packb_after_a_failed_or_a_big_pack() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(ValueError):
+        packb({"half": "written", "loop": loop})
+    assert packb({"a": 1}) == pk({"a": 1})  # nothing of the failed pack is left in the buffer
+    big = {"blob": b"x" * (2 << 20)}
+    assert packb(big) == pk(big)
+    assert packb({"a": 1}) == pk({"a": 1})
+
+
+def _containers(v: Any) -> list[Any]:
+    """Every dict and list (and tuple) in ``v``."""
+    out: list[Any] = []
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            out.append(x)
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            out.append(x)
+            stack.extend(x)
+    return out
+
+
+@SETTINGS
+@given(any_values)
+def test_copy_value_is_the_value_as_it_travels_and_shares_nothing(v: Any) -> None:
+    from protocol.codec import NotPlain, copy_value
+
+    try:
+        c = copy_value(v)
+    except NotPlain:  # an ExtType (a tuple subclass): only its encoding shows its shape
+        return
+    assert packb(c) == packb(v)
+    assert not {id(x) for x in _containers(c)} & {id(x) for x in _containers(v)}
+    assert not any(isinstance(x, tuple) for x in _containers(c))
+
+
+def test_copy_value_is_deep() -> None:
+    """The reducers keep what emit copied: the agent changing its value afterwards changes nothing."""
+    from protocol.codec import copy_value
+
+    plan: Any = {"goal": "g", "tasks": [{"id": "1", "status": "pending", "deps": ["0"]}], "meta": {"by": {"who": "a"}}}
+    c = copy_value(plan)
+    plan["tasks"][0]["status"] = "done"  # a shallow copy would see this
+    plan["tasks"][0]["deps"].append("x")
+    plan["tasks"].append({"id": "2"})
+    plan["meta"]["by"]["who"] = "b"
+    assert c == {"goal": "g", "tasks": [{"id": "1", "status": "pending", "deps": ["0"]}], "meta": {"by": {"who": "a"}}}
+    assert copy_value(({"a": (1, 2)}, [3])) == [{"a": [1, 2]}, [3]]  # tuples come back as lists
+    assert copy_value("s") == "s" and copy_value(None) is None
+
+
+def test_copy_value_checks_as_check_value_does() -> None:
+    from protocol import MAX_DEPTH, check_value
+    from protocol.codec import NotPlain, copy_value
+
+    bads: list[Any] = [[{"k": [1]}] * 3 + [{(1, 2): "tuple key"}], {"a": {frozenset(): 1}}]
+    for bad in bads:
+        with pytest.raises(ValueError) as info:
+            copy_value(bad)
+        assert str(info.value) == check_value(bad)
+    deep: Any = "leaf"
+    for _ in range(MAX_DEPTH):
+        deep = {"k": [deep]} if len(str(deep)) % 2 else [deep]
+    assert check_value(deep) is None and copy_value(deep) == deep
+    too_deep = [deep]
+    with pytest.raises(ValueError, match="deeper"):
+        copy_value(too_deep)
+    assert check_value(too_deep) is not None
+    assert copy_value(too_deep, limit=MAX_DEPTH + 1) == too_deep
+    keys: dict[Any, str] = {1: "a", 2.5: "b", None: "c", b"k": "d", False: "e"}
+    assert copy_value(keys) == keys
+
+    class Name(str):
+        pass
+
+    # Objects the encoder turns into values of another type: the caller encodes and decodes instead.
+    for other in (_Point(1, [2]), {"p": [_Model()]}, {1, 2}, {Name("k"): 1}, [Name("v")], {"d": _Sub()}):
+        with pytest.raises(NotPlain):
+            copy_value(other)
+
+
+class _Sub(dict[str, Any]):
+    pass
 
 
 def test_events_of() -> None:

@@ -344,3 +344,38 @@ def test_an_owned_payload_is_kept_without_a_copy() -> None:
     assert s.plan is plan
     s.apply("plan", plan)
     assert s.plan is not plan and s.plan == plan
+
+
+def test_a_payload_not_owned_is_copied_all_the_way_down() -> None:
+    s = Snapshot()
+    p: Any = plan("1")
+    s.apply("plan", p)
+    result = {"rows": [1]}
+    s.apply("task", {"id": "1", "status": "done", "result": result})
+    ask: dict[str, Any] = {"id": "a", "prompt": "?", "choices": [["x"]]}
+    s.apply("ask", ask)
+    status: dict[str, Any] = {"state": "running", "why": {"step": [1]}}
+    s.apply("status", status)
+    # The caller keeps changing what it passed: a shallow copy would show it.
+    p["tasks"][0]["deps"].append("x")
+    p["tasks"][0]["instruction"] = "changed"
+    result["rows"].append(2)
+    ask["choices"][0].append("y")
+    status["why"]["step"].append(2)
+    m = s.as_map()
+    task = m["plan"]["tasks"][0]
+    assert (task["deps"], task["instruction"], task["result"]) == ([], "do 1", {"rows": [1]})
+    assert m["asks"] == [{"id": "a", "prompt": "?", "choices": [["x"]]}]
+    assert m["status"] == {"state": "running", "why": {"step": [1]}}
+
+
+def test_other_objects_in_a_payload_are_copied_too() -> None:
+    class Box:
+        def __init__(self) -> None:
+            self.items = [1]
+
+    box = Box()
+    s = Snapshot()
+    s.apply("plan", {"goal": "g", "tasks": [], "box": box, "pair": (1, [2])})
+    assert s.plan is not None and s.plan["box"] is not box and s.plan["box"].items == [1]
+    assert s.plan["pair"] == (1, [2])  # not plain: copied by copy.deepcopy, as it is
