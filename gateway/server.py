@@ -44,7 +44,7 @@ from protocol import SUBPROTOCOL, Grant
 
 from .compression import LeanDeflateFactory
 from .config import App, Auth, Config
-from .connection import BATCH_BYTES, Connection, Services
+from .connection import BATCH_BYTES, Connection, Services, Socket
 from .exporter import Exporter
 from .feed import Feeds
 from .front import FrontDoor, is_loopback, redacting_logger
@@ -352,12 +352,21 @@ class Gateway:
         The connection says when it is gone (``Services.gone``: ``_gone``).
         """
         forget_handshake(ws)
-        conn = Connection(self._services, ws, beat=self.heartbeat.slot())
+        return self.connected(Connection, ws).serve()
+
+    def connected(self, kind: type[Connection], ws: Socket) -> Connection:
+        """A client of either front is in: its ``Connection`` (of ``kind``), counted and known.
+
+        The native front's is a ``Connection`` over websockets' connection;
+        the ASGI front's an ``AsgiConnection`` over an ``AsgiSocket``
+        (``gateway/asgi_ws.py``).  Both count as ``front="ws"``.
+        """
+        conn = kind(self._services, ws, beat=self.heartbeat.slot())
         self._conns.add(conn)
         self.metrics.ws.connections_total += 1
         self.metrics.ws.connections_open += 1
         self._changed_conns()
-        return conn.serve()
+        return conn
 
     def _gone(self, conn: Connection) -> None:
         self._conns.discard(conn)

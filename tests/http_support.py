@@ -29,6 +29,25 @@ from gateway.http_api import HttpApi
 MOUNT = "/agents"
 
 
+class AsgiGateway(Gateway):
+    """A gateway whose clients come in through ``gw.asgi()`` under uvicorn (``serve``): ``url`` is the mount's.
+
+    The gateway's own port is bound too (``Gateway.start``), and unused.
+    """
+
+    served: Served | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.served is not None, "not served yet"
+        return f"ws://127.0.0.1:{self.served.port}{MOUNT}/"
+
+    @property
+    def http_url(self) -> str:
+        assert self.served is not None, "not served yet"
+        return f"http://127.0.0.1:{self.served.port}{MOUNT}/"
+
+
 @dataclass
 class Served:
     """A gateway's HTTP API under uvicorn: ``base`` is the URL of ``/api/v1``."""

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
 from playwright.async_api import expect
+from support import native
 
 from gateway import Gateway, MemoryStore, WebPipe
 from gateway.compression import COMPRESS_MIN_BYTES, LeanDeflate
@@ -426,7 +427,7 @@ async def test_compressed_and_plain_frames_reach_the_page(gw: Gateway, store: Me
     page = await open_page(f"{gw.http_url}?sid={sid}")
     await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
     (conn,) = list(gw._conns)
-    (ext,) = conn.ws.protocol.extensions
+    (ext,) = native(conn).protocol.extensions
     assert isinstance(ext, LeanDeflate)
     source = "\n".join(f"print({i}, 'wirepipe')" for i in range(400))
     assert len(source) > 4 * COMPRESS_MIN_BYTES
