@@ -290,7 +290,11 @@ class Gateway:
         return self.runs.start_run(sid, app_name, value)
 
     def asgi(self) -> HttpApi:
-        """The HTTP API (REST and SSE under ``/api/v1``) as an ASGI app, made once (docs/http.md).
+        """The whole gateway as an ASGI app, made once (docs/http.md).
+
+        The WebSocket protocol at any path of the mount (``gateway/asgi_ws.py``),
+        REST and SSE under ``/api/v1``, and the native front's routes: the web
+        UI, ``/client/``, ``/metrics``, ``/healthz``, ``/apps``.
 
         Mount it in FastAPI or Starlette and start the gateway in the host
         app's lifespan::
