@@ -21,7 +21,9 @@ that ``Connection`` uses (``connection.Socket``), made of the ASGI
 - ``wait_closed``: a client that waits for a run (``Runs.await_session``)
   is watched through ``receive``; what it sends meanwhile is kept for
   ``recv`` (at most ``MAX_QUEUE`` messages, then it is no longer read, as
-  websockets stops reading past its ``max_queue``);
+  websockets stops reading past its ``max_queue``; unlike websockets, which
+  learns of a lost TCP connection whatever it reads, such a client's
+  departure is then seen only when its run starts or the gateway closes);
 - ``transport.abort()`` (the stall watchdog, ``drop_connections``, a
   shutdown past ``close_timeout``): ASGI has no abort, so the connection's
   task is cancelled and the app returns without a close frame; uvicorn then
@@ -90,17 +92,20 @@ _OK_CODES: Final = frozenset({1000, 1001})
 class AsgiSocket:
     """A WebSocket of the ASGI front, as ``Connection`` uses one (see the module docstring)."""
 
-    __slots__ = ("_receive", "_send", "_task", "_pending", "_closed", "_close", "_aborted", "remote_address")
+    __slots__ = ("_receive", "_send", "_task", "_pending", "_closed", "_gone", "_close", "_aborted", "remote_address")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
         #: The task serving this client (``abort`` cancels it).
         self._task = asyncio.current_task()
-        #: Messages read by ``wait_closed`` and not by ``recv`` yet.
-        self._pending: deque[bytes | str] = deque()
-        #: Set once the connection is closed (either side) or aborted.
-        self._closed = asyncio.Event()
+        #: Messages read by ``wait_closed`` and not by ``recv`` yet (made when needed:
+        #: an idle client keeps no deque, nor an Event, of its own).
+        self._pending: deque[bytes | str] | None = None
+        #: True once the connection is closed (either side) or aborted.
+        self._closed = False
+        #: Resolved when closed, for a ``wait_closed`` that reads no more (made when needed).
+        self._gone: asyncio.Future[None] | None = None
         #: The close frame sent or received first.
         self._close: Close | None = None
         self._aborted = False
@@ -113,7 +118,7 @@ class AsgiSocket:
     @property
     def state(self) -> State:
         """OPEN until closed: the connection cap's sweep reads it (``HttpFront._admit``)."""
-        return State.CLOSED if self._closed.is_set() else State.OPEN
+        return State.CLOSED if self._closed else State.OPEN
 
     @property
     def transport(self) -> AsgiSocket:
@@ -132,7 +137,7 @@ class AsgiSocket:
         """
         if self._pending:
             return self._pending.popleft()
-        if self._closed.is_set():
+        if self._closed:
             raise self._closed_exc()
         got = await self._read()
         if got is None:
@@ -145,7 +150,7 @@ class AsgiSocket:
         Raises:
             ConnectionClosed: the connection is closed.
         """
-        if self._closed.is_set():
+        if self._closed:
             raise self._closed_exc()
         try:
             await self._send({"type": "websocket.send", "bytes": message})
@@ -155,7 +160,7 @@ class AsgiSocket:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with ``code`` and ``reason``; the server does the closing handshake."""
-        if self._closed.is_set():
+        if self._closed:
             return
         self._lost(code, reason)
         try:
@@ -165,13 +170,18 @@ class AsgiSocket:
 
     async def wait_closed(self) -> None:
         """Return once the client has gone; keeps what it sends meanwhile for ``recv`` (bounded)."""
-        while not self._closed.is_set():
-            if len(self._pending) >= MAX_QUEUE:  # read no more, as websockets past max_queue
-                await self._closed.wait()
+        while not self._closed:
+            pending = self._pending
+            if pending is None:
+                pending = self._pending = deque()
+            if len(pending) >= MAX_QUEUE:  # read no more, as websockets past max_queue
+                if self._gone is None:
+                    self._gone = asyncio.get_running_loop().create_future()
+                await asyncio.shield(self._gone)
                 return
             got = await self._read()
             if got is not None:
-                self._pending.append(got)
+                pending.append(got)
 
     def get_write_buffer_size(self) -> int:
         """0: what waits is in the server's buffer, out of the app's sight (``send`` waits on it)."""
@@ -209,7 +219,10 @@ class AsgiSocket:
     def _lost(self, code: int, reason: str = "") -> None:
         if self._close is None:
             self._close = Close(code, reason)
-        self._closed.set()
+        self._closed = True
+        gone = self._gone
+        if gone is not None and not gone.done():
+            gone.set_result(None)
 
     def _closed_exc(self) -> ConnectionClosed:
         close = self._close
