@@ -113,4 +113,5 @@ def test_quick_bench_measures_the_asgi_front_beside_the_gateway_and_bare(tmp_pat
         else:
             float(row["bare"].replace(",", ""))
             float(row["asgi_ratio"])
-        float(row["asgi_vs_gateway"])
+        if float(row["gateway"].replace(",", "")):  # a smoke run's 0 (receiver CPU %) has no ratio
+            float(row["asgi_vs_gateway"])
