@@ -25,14 +25,17 @@ replay   a client resumes with its token after 10,000 missed events: ms from
          its reconnect to the last event (the gateway only: bare has no replay).
 
 Ratios (gateway / bare) are what to compare: both run on the same machine in
-the same run.  ``--quick`` shrinks every workload to a smoke run of seconds.
+the same run.  ``--front asgi`` measures a third server beside the two: the
+same gateway with its clients coming in through ``gw.asgi()`` mounted in a
+Starlette app under uvicorn (docs/http.md, "The WebSocket through ASGI"),
+with the ratios ASGI / bare and ASGI / gateway.  ``--quick`` shrinks every workload to a smoke run of seconds.
 With ``--deflate`` every client offers permessage-deflate (``ws``'s default
 offer), which both servers accept: the bare one with websockets' defaults
 (a compressor and a decompressor kept per connection), the gateway without
 context takeover (``gateway/compression.py``); ``--deflate --only idle`` is
 the memory of an idle client that negotiated compression.
 
-Usage: python -m bench [--quick] [--deflate] [--only one,fanout,rate,many,idle,replay] [--json FILE]
+Usage: python -m bench [--quick] [--deflate] [--front asgi] [--only one,fanout,rate,many,idle,replay] [--json FILE]
        [--n 100000] [--fanout-n 10000] [--clients 100] [--rate 2000] [--rate-seconds 10]
        [--sessions 500] [--watchers 2] [--session-rate 10] [--seconds 15] [--idle 2000]
        [--replay 10000]
@@ -79,9 +82,10 @@ def rss_kb(pid: int) -> int:
 
 
 def server(kind: str, *args: str) -> subprocess.Popen[str]:
-    """The gateway (memory store) or the bare baseline, in a process of its own."""
-    script = "gateway_proc.py" if kind == "gateway" else "bare_proc.py"
-    cmd = [sys.executable, str(ROOT / "bench" / script), "--store", "memory", *args]
+    """The gateway (memory store; ``asgi``: through ``gw.asgi()``) or the bare baseline, in a process of its own."""
+    script = "bare_proc.py" if kind == "bare" else "gateway_proc.py"
+    front = ["--front", "asgi"] if kind == "asgi" else []
+    cmd = [sys.executable, str(ROOT / "bench" / script), "--store", "memory", *front, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
@@ -180,7 +184,7 @@ def idle(kind: str, conns: int, flags: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def replay(kind: str, n: int, flags: tuple[str, ...] = ()) -> dict[str, Any]:
     """A client resumes after ``n`` missed events: ms from its reconnect to the last of them."""
-    if kind != "gateway":
+    if kind == "bare":
         return {}  # a bare server has no replay
     srv = server(kind, "replay", "--n", str(n))
     rx: subprocess.Popen[str] | None = None
@@ -213,15 +217,28 @@ def run(a: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     }
     results: dict[str, Any] = {"params": {k: v for k, v in vars(a).items() if k != "json"}}
     for w in a.only:
-        for kind in KINDS:
+        for kind in kinds(a):
             results[f"{w}.{kind}"] = r = jobs[w](kind)
             if r:
                 log(f"{w:7} {kind:8} {json.dumps(r)}")
     return results
 
 
-def rows(results: dict[str, Any], a: argparse.Namespace) -> list[tuple[str, str, str, str]]:
-    """(label, gateway, bare, gateway / bare) for every measured line."""
+def kinds(a: argparse.Namespace) -> tuple[str, ...]:
+    """The servers measured: the gateway and bare, and the gateway through ASGI with ``--front asgi``."""
+    return ("gateway", "asgi", "bare") if a.front == "asgi" else KINDS
+
+
+def columns(a: argparse.Namespace) -> tuple[str, ...]:
+    """The table's columns (``rows``' tuples, the JSON table's keys)."""
+    if a.front == "asgi":
+        return ("workload", "gateway", "asgi", "bare", "ratio", "asgi_ratio", "asgi_vs_gateway")
+    return ("workload", "gateway", "bare", "ratio")
+
+
+def rows(results: dict[str, Any], a: argparse.Namespace) -> list[tuple[str, ...]]:
+    """(label, gateway, bare, gateway / bare) for every measured line; with ``--front asgi``
+    (label, gateway, asgi, bare, gateway / bare, asgi / bare, asgi / gateway)."""
     spec = [
         ("one", "deliveries_per_s", f"one client, {a.n:,} events: events/s"),
         ("one", "server_cpu_us_per_delivery", "one client: server CPU µs/event"),
@@ -250,16 +267,34 @@ def rows(results: dict[str, Any], a: argparse.Namespace) -> list[tuple[str, str,
             continue
         g = results.get(f"{w}.gateway", {}).get(key)
         b = results.get(f"{w}.bare", {}).get(key)
-        ratio = f"{g / b:.2f}" if isinstance(g, int | float) and isinstance(b, int | float) and b else "-"
         if a.deflate:
             label += " (deflate)"
-        out.append((label, "-" if g is None else f"{g:,}", "-" if b is None else f"{b:,}", ratio))
+        if a.front == "asgi":
+            s = results.get(f"{w}.asgi", {}).get(key)
+            out.append((label, _num(g), _num(s), _num(b), _ratio(g, b), _ratio(s, b), _ratio(s, g)))
+        else:
+            out.append((label, _num(g), _num(b), _ratio(g, b)))
     return out
 
 
-def table(lines: list[tuple[str, str, str, str]]) -> str:
-    text = ["| workload | gateway | bare websockets | gateway / bare |", "|---|---:|---:|---:|"]
-    text += [f"| {label} | {g} | {b} | {r} |" for label, g, b, r in lines]
+def _num(x: Any) -> str:
+    return "-" if x is None else f"{x:,}"
+
+
+def _ratio(x: Any, y: Any) -> str:
+    return f"{x / y:.2f}" if isinstance(x, int | float) and isinstance(y, int | float) and y else "-"
+
+
+def table(lines: list[tuple[str, ...]], a: argparse.Namespace) -> str:
+    if a.front == "asgi":
+        text = [
+            "| workload | gateway | gateway through ASGI | bare websockets "
+            "| gateway / bare | ASGI / bare | ASGI / gateway |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+    else:
+        text = ["| workload | gateway | bare websockets | gateway / bare |", "|---|---:|---:|---:|"]
+    text += ["| " + " | ".join(line) + " |" for line in lines]
     return "\n".join(text)
 
 
@@ -269,6 +304,12 @@ def main() -> None:
     )
     p.add_argument("--quick", action="store_true", help="every workload shrunk to a smoke run of seconds")
     p.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate")
+    p.add_argument(
+        "--front",
+        choices=["native", "asgi"],
+        default="native",
+        help="asgi: measure the gateway through gw.asgi() under uvicorn too",
+    )
     p.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads to run")
     p.add_argument("--n", type=int, default=100_000, help="events to one client (one)")
     p.add_argument("--fanout-n", type=int, default=10_000, help="events to the fan-out clients")
@@ -297,9 +338,9 @@ def main() -> None:
     results = run(a, lambda s: print(s, flush=True))
     lines = rows(results, a)
     print()
-    print(table(lines))
+    print(table(lines, a))
     if a.json:
-        results["table"] = [dict(zip(("workload", "gateway", "bare", "ratio"), line, strict=True)) for line in lines]
+        results["table"] = [dict(zip(columns(a), line, strict=True)) for line in lines]
         Path(a.json).write_text(json.dumps(results, indent=2))
 
 

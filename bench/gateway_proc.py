@@ -8,6 +8,12 @@ the API that every version has: ``Gateway``, ``MemoryStore``,
     PYTHONPATH=TREE python bench/gateway_proc.py --store memory many --sessions 500 --rate 10 --seconds 15
     PYTHONPATH=TREE python bench/gateway_proc.py idle           # sid "bench", nothing written
     PYTHONPATH=TREE python bench/gateway_proc.py replay --n 10000   # sid "bench": 1 event, then n at go
+    PYTHONPATH=TREE python bench/gateway_proc.py --front asgi throughput   # clients through gw.asgi()
+
+With ``--front asgi`` the clients come in through ``gw.asgi()`` mounted at
+``/agents`` in a Starlette app under uvicorn, in this process and event loop
+(uvicorn's defaults: its keepalive pings, permessage-deflate when a client
+offers it), and the URL printed is the mount's.
 
 Prints JSON lines on stdout: ``{"url", "pid", "gateway"}`` once listening,
 then waits for ``go`` on stdin, writes, and prints ``{"t0", "written"}``;
@@ -26,6 +32,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from pace import paced  # this script's folder: bench/
@@ -91,14 +99,14 @@ async def main(a: argparse.Namespace) -> None:
         store: Any = RedisStore(a.redis, retention=retention, prefix="bench:")
     else:
         store = MemoryStore(Retention(max_events=a.n + 10, max_bytes=1 << 30))
-    async with Gateway(port=0, store=store) as gw:
+    async with Gateway(port=0, store=store) as gw, front(gw, a.front) as url:
         sids = ["bench"] if a.mode != "many" else [f"s{i}" for i in range(a.sessions)]
         pipes = [gw.pipe(sid) for sid in sids]
         if a.mode == "replay":
             pipes[0].set_message("start")  # the event a client sees before it goes away
         for p in pipes:
             await p.drained()
-        say(url=gw.url, pid=__import__("os").getpid(), gateway=gateway.__file__)
+        say(url=url, pid=__import__("os").getpid(), gateway=gateway.__file__)
         tune_gc()  # as wirepipe serve does once it listens
         await line()  # go
         CALLS.clear()
@@ -131,6 +139,34 @@ async def main(a: argparse.Namespace) -> None:
         await line()  # the parent has read what it needs: close
 
 
+@asynccontextmanager
+async def front(gw: Gateway, kind: str) -> AsyncIterator[str]:
+    """The URL clients connect to: the gateway's own, or ``gw.asgi()``'s under uvicorn (``--front asgi``)."""
+    if kind == "native":
+        yield gw.url
+        return
+    import socket
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    app = Starlette(routes=[Mount("/agents", app=gw.asgi())])  # the gateway is started: no lifespan
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4096)
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, backlog=4096)
+    server = uvicorn.Server(config)
+    # Clients that come before uvicorn has started wait in the socket's backlog.
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/agents/"
+    finally:
+        server.should_exit = True
+        await task
+
+
 async def many(pipes: list[Any], rate: float, seconds: float) -> int:
     """Every pipe writes ``rate`` events a second, phases spread evenly, for ``seconds`` (``pace.paced``)."""
     written = 0
@@ -144,6 +180,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--store", choices=["memory", "redis"], default="memory")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--front", choices=["native", "asgi"], default="native")
     p.add_argument("mode", choices=["throughput", "many", "idle", "replay"])
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--sessions", type=int, default=500)

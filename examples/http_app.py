@@ -1,10 +1,12 @@
-"""The gateway's HTTP API (REST and SSE) inside a Starlette app, as docs/http.md shows it.
+"""The whole gateway inside a Starlette app, as docs/http.md shows it.
 
     uvicorn --app-dir examples http_app:app --port 8000
 
 FastAPI is the same: ``app = FastAPI(lifespan=lifespan)`` then
-``app.mount("/agents", gw.asgi())``.  The WebSocket clients and the web UI
-still use the gateway's own port (8765 here).
+``app.mount("/agents", gw.asgi())``.  Everything is on the app's origin:
+REST and SSE under ``/agents/api/v1``, the WebSocket at
+``ws://127.0.0.1:8000/agents/``, the web UI at ``http://127.0.0.1:8000/agents/``;
+the gateway's own port (8765 here) serves its clients too.
 """
 
 from __future__ import annotations

@@ -30,9 +30,9 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.asyncio.server import ServerConnection as WebSocket
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
@@ -68,7 +68,40 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wirepipe.connection")
 
-__all__ = ["BATCH_BYTES", "Connection", "Services"]
+__all__ = ["BATCH_BYTES", "Connection", "Services", "Socket"]
+
+
+class Transport(Protocol):
+    """What the gateway's watchers use of a connection's transport."""
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def abort(self) -> None: ...
+
+
+class Socket(Protocol):
+    """The WebSocket a ``Connection`` drives: the subset of websockets' ``ServerConnection`` it uses.
+
+    The native front hands it websockets' connection itself; the ASGI front
+    (``gateway/asgi_ws.py``) an adapter over the ASGI ``receive`` and
+    ``send`` callables.  ``transport.abort()`` drops the client at once;
+    ``transport.get_write_buffer_size()`` is what waits in the socket for
+    it (the stall watchdog's measure).
+    """
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def state(self) -> State: ...
+
+    async def recv(self) -> bytes | str: ...
+
+    async def send(self, message: bytes) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    def wait_closed(self) -> Awaitable[None]: ...
 
 
 @dataclass(frozen=True)
@@ -125,7 +158,7 @@ class Connection:
         "_metrics",
     )
 
-    def __init__(self, gw: Services, ws: WebSocket, *, beat: int = 0) -> None:
+    def __init__(self, gw: Services, ws: Socket, *, beat: int = 0) -> None:
         self.gw = gw
         self.ws = ws
         # The rate limiter starts full, so when it started makes no difference.
@@ -374,8 +407,13 @@ class Connection:
         to wait for the client to read).  Anything else returns False, and
         the feed wakes the pump task.  True: the client has everything, or
         nothing new was for it; the pump stays parked.
+
+        The native front's alone: its socket is websockets' connection, whose
+        transport takes shared wire bytes.  An ASGI connection
+        (``gateway/asgi_ws.py``) has no transport to write to: its ``push``
+        returns False, and its pump task sends every frame with ``await``.
         """
-        ws = self.ws
+        ws: WebSocket = self.ws  # type: ignore[assignment]  # native only (see above)
         news = feed.news
         if news is not None and not ws.protocol.extensions:
             # The quick step: the events just appended, when this client was at

@@ -29,6 +29,11 @@ forgotten (a late pong is one websockets ignores); whether it reads at all
 is the stall watchdog's question (``Config.stall_timeout``,
 ``Gateway._watch_stalls``).  The next visit that finds it caught up pings it
 afresh, so a pong still on its way never counts against it.
+
+The heartbeat pings the native front's clients only (websockets'
+connections).  A client of the ASGI front (``gateway/asgi_ws.py``) is
+pinged by the ASGI server itself (uvicorn's ``--ws-ping-interval`` and
+``--ws-ping-timeout``): ASGI has no message for a ping (docs/http.md).
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ class Beating(Protocol):
     """A client as the heartbeat sees it (``gateway.connection.Connection``)."""
 
     @property
-    def ws(self) -> WebSocket: ...
+    def ws(self) -> object: ...
 
     @property
     def beat(self) -> int: ...
@@ -96,13 +101,14 @@ class Heartbeat:
     def tick(self, slot: int, now: float) -> None:
         """Visit every client of ``slot``."""
         for conn in list(self.conns):
-            if conn.beat != slot:
+            ws = conn.ws
+            if conn.beat != slot or not isinstance(ws, WebSocket):  # the ASGI server pings its own
                 continue
             try:
-                self.visit(conn.ws, now)
+                self.visit(ws, now)
             except Exception:  # a bug: that client is dropped, the heartbeat goes on
                 log.exception("heartbeat: a ping failed; dropping the client")
-                conn.ws.transport.abort()
+                ws.transport.abort()
 
     def visit(self, ws: WebSocket, now: float) -> None:
         """Ping ``ws``, or drop it if the previous ping is still unanswered (see the module docstring)."""

@@ -1,4 +1,10 @@
-"""The HTTP API: REST and SSE under ``/api/v1``, one ASGI app (Starlette) for uvicorn, FastAPI, Starlette.
+"""The whole gateway as one ASGI app (Starlette) for uvicorn, FastAPI, Starlette: REST and SSE under ``/api/v1``.
+
+Besides the API, the app serves what the native front serves: the
+WebSocket protocol ``wirepipe.v1`` (an ASGI ``websocket`` scope at any path
+of the mount: ``gateway/asgi_ws.py``), and ``/healthz``, ``/apps``,
+``/metrics``, the web UI and the JS client under ``/client/``
+(``HttpFront.route``, the same answers).
 
 ``Gateway.asgi()`` builds it (Starlette is imported then, never by ``import
 gateway``: ``pip install wirepipe[http]``); docs/http.md is the user's
@@ -48,6 +54,7 @@ import time
 from base64 import b64encode
 from collections import OrderedDict
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
 from starlette.applications import Starlette
@@ -75,6 +82,7 @@ from protocol.frames import Send as SendFrame
 from protocol.server import RateLimiter, ServerConnection
 
 from .front import redacting_logger
+from .http_front import Reply as HttpReply
 from .middleware import apply_requests
 from .openapi import openapi
 from .stores import requests_of
@@ -228,11 +236,22 @@ class HttpApi:
             redacting_logger(name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":  # the host app's lifespan starts the gateway
+        kind = scope["type"]
+        if kind == "websocket":  # wirepipe.v1 (gateway/asgi_ws.py), at any path of the mount
+            from .asgi_ws import serve_websocket
+
+            await serve_websocket(self.gw, scope, receive, send)
+            return
+        if kind != "http":
+            if kind == "lifespan":  # the host app's lifespan starts the gateway
                 await self.app(scope, receive, send)
                 return
-            raise RuntimeError(f"the HTTP API serves http requests, not {scope['type']!r}")
+            raise RuntimeError(f"the gateway's ASGI app serves http and websocket, not {kind!r}")
+        path = route_path(scope)
+        if not path.startswith(PREFIX + "/"):
+            # The native front's routes and files: /healthz, /apps, /metrics, the web UI, /client/.
+            await self._front(scope, receive, send, path)
+            return
         headers = Headers(scope=scope)
         refusal = self.gw.front.refusal(headers)
         if refusal is not None:
@@ -262,6 +281,19 @@ class HttpApi:
         if origin is not None:
             send = _with_cors(send, origin)
         await self.app(scope, receive, send)
+
+    async def _front(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """A route of the native front (``HttpFront.route``), with its front door: the same answer."""
+        http = self.gw.http
+        reply = http.refuse(Headers(scope=scope), path)
+        if reply is None:
+            if scope["method"] not in ("GET", "HEAD"):
+                reply = HttpReply.text(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed\n", ("Allow", "GET, HEAD"))
+            else:
+                reply = http.route(path)
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.header_list()]
+        await send({"type": "http.response.start", "status": reply.status.value, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else reply.body})
 
     # --- the rules every route shares ---------------------------------------------------------
 
@@ -508,6 +540,15 @@ class HttpApi:
     async def stream_changed(self) -> None:
         async with self._streams_changed:
             self._streams_changed.notify_all()
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path inside the mount (Starlette's ``Mount`` keeps the whole path and sets ``root_path``)."""
+    path: str = scope.get("path", "") or "/"
+    root: str = scope.get("root_path", "") or ""
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
 
 
 def _with_cors(send: Send, origin: str) -> Send:

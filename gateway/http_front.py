@@ -4,7 +4,9 @@ websockets hands each request to ``HttpFront.process_request`` before any
 upgrade: a request the front door refuses gets 403 (``gateway/front.py``,
 docs/security.md); a WebSocket handshake is admitted or gets 503 when
 ``max_connections`` are open; anything else is a route: ``/healthz``,
-``/apps``, ``/metrics``, or a file of the web UI and the JS client.
+``/apps``, ``/metrics``, or a file of the web UI and the JS client.  The
+ASGI front (``Gateway.asgi()``) asks the same object (``admit_upgrade``,
+``refuse``, ``route``): a ``Reply`` is either front's response.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from websockets.asyncio.server import ServerConnection as WebSocket
@@ -40,8 +44,45 @@ def client_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "clients" / "js" / "src"
 
 
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP response of either front, before it is one of websockets' or of ASGI."""
+
+    status: HTTPStatus
+    body: bytes
+    ctype: str = "text/plain; charset=utf-8"
+    #: Headers beyond the ones every reply gets (``Content-Type``, ``Content-Length``, ...).
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def text(cls, status: HTTPStatus, text: str, *headers: tuple[str, str]) -> Reply:
+        return cls(status, text.encode(), "text/plain; charset=utf-8", headers)
+
+    def header_list(self) -> list[tuple[str, str]]:
+        """Every header of the reply, in order."""
+        return [
+            ("Content-Type", self.ctype),
+            ("Content-Length", str(len(self.body))),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+            *self.headers,
+        ]
+
+
+class Admitted(Protocol):
+    """A WebSocket that holds a slot of ``max_connections``: websockets' own, or the ASGI front's."""
+
+    @property
+    def state(self) -> State: ...
+
+
 class HttpFront:
-    """Answers HTTP requests and lets WebSocket handshakes in (or not)."""
+    """Answers HTTP requests and lets WebSocket handshakes in (or not), for both fronts.
+
+    The native front (websockets) calls ``process_request``; the ASGI front
+    (``gateway/http_api.py``, ``gateway/asgi_ws.py``) calls ``admit_upgrade``
+    and ``route`` itself: the same rules, the same files, one set of slots.
+    """
 
     def __init__(
         self,
@@ -60,43 +101,62 @@ class HttpFront:
         self.registry = registry
         self._apps = apps
         self._closing = closing
-        self._admitted: set[WebSocket] = set()  # handshakes let in, for max_connections
+        self._admitted: set[Admitted] = set()  # handshakes let in, for max_connections
 
     def process_request(self, ws: WebSocket, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
-        refusal = self.front.refusal(request.headers)
-        if refusal is not None:
-            # once, at INFO: a hostile page can cause these at will.  No query
-            # string (it may hold ?auth=), no headers but the two judged.
-            log.info(
-                "refused %s %.200s: %s (Origin %.200r, Host %.200r)",
-                "WebSocket handshake to" if upgrade else "HTTP request for",
-                path,
-                refusal,
-                request.headers.get("Origin"),
-                request.headers.get("Host"),
-            )
-            if upgrade:
-                self.metrics.refuse("forbidden")
-            return ws.respond(HTTPStatus.FORBIDDEN, f"{refusal}\n")
-        if upgrade:
-            if self._closing():
-                self.metrics.refuse("closing")
-                return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
-            return self._admit(ws)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            refused = self.admit_upgrade(request.headers, path, ws)
+            return None if refused is None else _response(refused)
+        refused = self.refuse(request.headers, path)
+        return _response(refused if refused is not None else self.route(path))
+
+    def refuse(self, headers: Mapping[str, str], path: str, *, upgrade: bool = False) -> Reply | None:
+        """The front door's 403 for a request with these headers, or None to let it in (``FrontDoor``)."""
+        refusal = self.front.refusal(headers)
+        if refusal is None:
+            return None
+        # once, at INFO: a hostile page can cause these at will.  No query
+        # string (it may hold ?auth=), no headers but the two judged.
+        log.info(
+            "refused %s %.200s: %s (Origin %.200r, Host %.200r)",
+            "WebSocket handshake to" if upgrade else "HTTP request for",
+            path,
+            refusal,
+            headers.get("Origin"),
+            headers.get("Host"),
+        )
+        return Reply.text(HTTPStatus.FORBIDDEN, f"{refusal}\n")
+
+    def admit_upgrade(self, headers: Mapping[str, str], path: str, ws: Admitted) -> Reply | None:
+        """Let a WebSocket handshake in (None: ``ws`` holds a slot now), or the reply that refuses it.
+
+        403 from the front door, 503 while the gateway closes or when
+        ``max_connections`` are open.
+        """
+        refused = self.refuse(headers, path, upgrade=True)
+        if refused is not None:
+            self.metrics.refuse("forbidden")
+            return refused
+        if self._closing():
+            self.metrics.refuse("closing")
+            return Reply.text(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+        return self._admit(ws)
+
+    def route(self, path: str) -> Reply:
+        """The answer to an HTTP request the front door let in: a route, a file, or 404."""
         if path == "/healthz":
-            return ws.respond(HTTPStatus.OK, "ok\n")
+            return Reply.text(HTTPStatus.OK, "ok\n")
         if path == "/apps":  # the names hello.start accepts, for start forms
             names = json.dumps({"apps": self._apps()}).encode()
-            return _response(HTTPStatus.OK, names, "application/json")
+            return Reply(HTTPStatus.OK, names, "application/json")
         if path == "/metrics":
-            return _response(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+            return Reply(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         if not self.config.serve_ui:
-            return ws.respond(HTTPStatus.NOT_FOUND, "not found\n")
+            return Reply.text(HTTPStatus.NOT_FOUND, "not found\n")
         return static(path)
 
-    def _admit(self, ws: WebSocket) -> Response | None:
+    def _admit(self, ws: Admitted) -> Reply | None:
         """Let a WebSocket handshake in, or answer 503 when ``max_connections`` are open.
 
         A connection holds its slot from here until it starts closing (a
@@ -104,34 +164,29 @@ class HttpFront:
         synchronously up to the 101 response, so two handshakes never race
         for the last slot.  Connections leave the set when their handler
         ends (``release``); those that closed without one (a handshake that
-        failed after this) are swept out when the set is full.
+        failed after this) are swept out when the set is full.  Both fronts
+        share the slots.
         """
         if len(self._admitted) >= self.config.max_connections:
             self._admitted = {c for c in self._admitted if c.state in (State.CONNECTING, State.OPEN)}
         if len(self._admitted) >= self.config.max_connections:
             log.info("refused a WebSocket handshake: %d connections open (--max-connections)", len(self._admitted))
             self.metrics.refuse("capacity")
-            response = ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
-            response.headers["Retry-After"] = "1"
-            return response
+            return Reply.text(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n", ("Retry-After", "1"))
         self._admitted.add(ws)
         return None
 
-    def release(self, ws: WebSocket) -> None:
+    def release(self, ws: Admitted) -> None:
         """``ws``'s handler ended: its slot is free."""
         self._admitted.discard(ws)
 
 
-def _response(status: HTTPStatus, body: bytes, ctype: str) -> Response:
-    headers = Headers()
-    headers["Content-Type"] = ctype
-    headers["Content-Length"] = str(len(body))
-    headers["Cache-Control"] = "no-cache"
-    headers["X-Content-Type-Options"] = "nosniff"
-    return Response(status.value, status.phrase, headers, body)
+def _response(reply: Reply) -> Response:
+    """``reply`` as websockets' response (the native front)."""
+    return Response(reply.status.value, reply.status.phrase, Headers(reply.header_list()), reply.body)
 
 
-def static(path: str) -> Response:
+def static(path: str) -> Reply:
     """A file of the web UI or the JS client, or 404; never raises.
 
     Paths are not percent-decoded (no served file needs it), so ``%2e%2e``
@@ -139,7 +194,7 @@ def static(path: str) -> Response:
     a name the filesystem refuses (a component over 255 bytes) is not found.
     """
     if "\x00" in path or "%00" in path:
-        return _response(HTTPStatus.BAD_REQUEST, b"bad request\n", "text/plain")
+        return Reply(HTTPStatus.BAD_REQUEST, b"bad request\n", "text/plain")
     if path in ("", "/"):
         path = "/index.html"
     if path.startswith("/client/"):
@@ -152,10 +207,10 @@ def static(path: str) -> Response:
     except (OSError, ValueError):  # ENAMETOOLONG and the like: no such file here
         found = False
     if not found:
-        return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        return Reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
     ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
     if target.suffix in (".js", ".mjs"):
         ctype = "text/javascript"
     if ctype.startswith("text/"):
         ctype += "; charset=utf-8"
-    return _response(HTTPStatus.OK, target.read_bytes(), ctype)
+    return Reply(HTTPStatus.OK, target.read_bytes(), ctype)

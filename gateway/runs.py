@@ -18,9 +18,7 @@ import inspect
 import logging
 import secrets
 from collections.abc import Sequence
-from typing import Any
-
-from websockets.asyncio.server import ServerConnection as WebSocket
+from typing import TYPE_CHECKING, Any
 
 from protocol import ErrorCode, Kind, ProtocolError, RunState, StoreUnavailable, is_final
 from protocol.codec import SID_RE
@@ -31,6 +29,9 @@ from .middleware import Middleware
 from .pipe import WebPipe
 from .sessions import Limits, Session, ending, failed_ending, on_loop
 from .stores import Leases, Store, leases_of, queue_of
+
+if TYPE_CHECKING:
+    from .connection import Socket
 
 log = logging.getLogger("wirepipe")
 
@@ -126,7 +127,7 @@ class Runs:
         return ProtocolError(ErrorCode.NO_SESSION, f"no session {sid!r}")
 
     async def await_session(
-        self, sid: str, ws: WebSocket, *, starter: bool = False, not_epoch: str | None = None
+        self, sid: str, ws: Socket, *, starter: bool = False, not_epoch: str | None = None
     ) -> Session | None:
         """The session a new client of ``sid`` joins; waits for a run if there is none.
 

@@ -44,7 +44,7 @@ from protocol import SUBPROTOCOL, Grant
 
 from .compression import LeanDeflateFactory
 from .config import App, Auth, Config
-from .connection import BATCH_BYTES, Connection, Services
+from .connection import BATCH_BYTES, Connection, Services, Socket
 from .exporter import Exporter
 from .feed import Feeds
 from .front import FrontDoor, is_loopback, redacting_logger
@@ -290,7 +290,11 @@ class Gateway:
         return self.runs.start_run(sid, app_name, value)
 
     def asgi(self) -> HttpApi:
-        """The HTTP API (REST and SSE under ``/api/v1``) as an ASGI app, made once (docs/http.md).
+        """The whole gateway as an ASGI app, made once (docs/http.md).
+
+        The WebSocket protocol at any path of the mount (``gateway/asgi_ws.py``),
+        REST and SSE under ``/api/v1``, and the native front's routes: the web
+        UI, ``/client/``, ``/metrics``, ``/healthz``, ``/apps``.
 
         Mount it in FastAPI or Starlette and start the gateway in the host
         app's lifespan::
@@ -352,12 +356,21 @@ class Gateway:
         The connection says when it is gone (``Services.gone``: ``_gone``).
         """
         forget_handshake(ws)
-        conn = Connection(self._services, ws, beat=self.heartbeat.slot())
+        return self.connected(Connection, ws).serve()
+
+    def connected(self, kind: type[Connection], ws: Socket) -> Connection:
+        """A client of either front is in: its ``Connection`` (of ``kind``), counted and known.
+
+        The native front's is a ``Connection`` over websockets' connection;
+        the ASGI front's an ``AsgiConnection`` over an ``AsgiSocket``
+        (``gateway/asgi_ws.py``).  Both count as ``front="ws"``.
+        """
+        conn = kind(self._services, ws, beat=self.heartbeat.slot())
         self._conns.add(conn)
         self.metrics.ws.connections_total += 1
         self.metrics.ws.connections_open += 1
         self._changed_conns()
-        return conn.serve()
+        return conn
 
     def _gone(self, conn: Connection) -> None:
         self._conns.discard(conn)

@@ -1,11 +1,18 @@
 """Shared fixtures: a real gateway on 127.0.0.1, raw protocol clients.
 
 Helpers (``MS``, ``TIMEOUT``, ``Raw``, ``final``) live in ``tests/support.py``.
+
+Fronts.  A module marked ``pytest.mark.fronts`` runs each of its tests that
+takes a gateway (``gw``, ``make_gw``) once per front: ``native`` (the
+gateway's own websockets server) and ``asgi`` (``gw.asgi()`` mounted under
+``/agents`` in a Starlette app under a real uvicorn, ``tests/http_support.py``;
+the gateway's ``url`` is then the mount's).  Elsewhere the front is native.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -17,14 +24,47 @@ from websockets.asyncio.client import connect
 from gateway import Gateway, MemoryStore, Retention
 from protocol import SUBPROTOCOL
 
+#: The fronts a ``fronts``-marked module runs against (see the module docstring).
+FRONTS = ("native", "asgi")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fronts: run the module's gateway tests once per front (native, asgi)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "front" in metafunc.fixturenames and metafunc.definition.get_closest_marker("fronts") is not None:
+        metafunc.parametrize("front", FRONTS, indirect=True)
+
+
+@pytest.fixture
+def front(request: pytest.FixtureRequest) -> str:
+    """The front clients come in through: ``native`` unless the module is marked ``fronts``."""
+    return str(getattr(request, "param", "native"))
+
+
+@asynccontextmanager
+async def started(front: str, **kw: Any) -> AsyncIterator[Gateway]:
+    """A gateway on 127.0.0.1, port 0, started, its clients coming in through ``front``; closed afterwards."""
+    if front == "native":
+        async with Gateway(host="127.0.0.1", port=0, **kw) as g:
+            yield g
+        return
+    from http_support import AsgiGateway, serve
+
+    a = AsgiGateway(host="127.0.0.1", port=0, **kw)
+    async with serve(a) as served:  # the host app's lifespan starts and closes it
+        a.served = served
+        yield a
+
 
 @pytest.fixture(params=[pytest.param(name, marks=STORE_MARKS.get(name, []), id=name) for name in STORE_FACTORIES])
-async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
-    """A started gateway on 127.0.0.1, port 0, closed afterwards: once per store backend."""
+async def gw(request: pytest.FixtureRequest, front: str) -> AsyncIterator[Gateway]:
+    """A started gateway on 127.0.0.1, port 0, closed afterwards: once per store backend (and front)."""
     if request.param in STORE_FIXTURES:
         request.getfixturevalue(STORE_FIXTURES[request.param])
     async with STORE_FACTORIES[request.param](Retention()) as store:
-        async with Gateway(host="127.0.0.1", port=0, store=store) as g:
+        async with started(front, store=store) as g:
             yield g
 
 
@@ -39,20 +79,15 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateC
 
 
 @pytest.fixture
-async def make_gw() -> AsyncIterator[MakeGateway]:
-    """Factory for started gateways with custom knobs; all are closed afterwards."""
-    made: list[Gateway] = []
+async def make_gw(front: str) -> AsyncIterator[MakeGateway]:
+    """Factory for started gateways with custom knobs (through ``front``); all are closed afterwards."""
+    async with AsyncExitStack() as stack:
 
-    async def make(**kw: Any) -> Gateway:
-        kw.setdefault("store", MemoryStore())
-        g = Gateway(host="127.0.0.1", port=0, **kw)
-        await g.start()
-        made.append(g)
-        return g
+        async def make(**kw: Any) -> Gateway:
+            kw.setdefault("store", MemoryStore())
+            return await stack.enter_async_context(started(front, **kw))
 
-    yield make
-    for g in made:
-        await g.close()
+        yield make
 
 
 @pytest.fixture

@@ -29,6 +29,25 @@ from gateway.http_api import HttpApi
 MOUNT = "/agents"
 
 
+class AsgiGateway(Gateway):
+    """A gateway whose clients come in through ``gw.asgi()`` under uvicorn (``serve``): ``url`` is the mount's.
+
+    The gateway's own port is bound too (``Gateway.start``), and unused.
+    """
+
+    served: Served | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.served is not None, "not served yet"
+        return f"ws://127.0.0.1:{self.served.port}{MOUNT}/"
+
+    @property
+    def http_url(self) -> str:
+        assert self.served is not None, "not served yet"
+        return f"http://127.0.0.1:{self.served.port}{MOUNT}/"
+
+
 @dataclass
 class Served:
     """A gateway's HTTP API under uvicorn: ``base`` is the URL of ``/api/v1``."""
@@ -44,11 +63,14 @@ class Served:
 
 
 @asynccontextmanager
-async def serve(gw: Gateway, mount: str = MOUNT, routes: Sequence[BaseRoute] = ()) -> AsyncIterator[Served]:
+async def serve(
+    gw: Gateway, mount: str = MOUNT, routes: Sequence[BaseRoute] = (), *, fastapi: bool = False
+) -> AsyncIterator[Served]:
     """uvicorn on 127.0.0.1 (port 0) serving a Starlette app that mounts ``gw.asgi()`` at ``mount``.
 
     The gateway starts in the app's lifespan and closes in it; ``routes`` are
-    the host app's own (a page of the same origin, for a browser).
+    the host app's own (a page of the same origin, for a browser).  With
+    ``fastapi`` the host app is a FastAPI app, as docs/http.md shows.
     """
     up = asyncio.Event()
 
@@ -59,7 +81,14 @@ async def serve(gw: Gateway, mount: str = MOUNT, routes: Sequence[BaseRoute] = (
             yield
 
     api = gw.asgi()
-    host = Starlette(lifespan=lifespan, routes=[*routes, Mount(mount, app=api)])
+    host: Any
+    if fastapi:
+        from fastapi import FastAPI
+
+        host = FastAPI(lifespan=lifespan, routes=list(routes))
+        host.mount(mount, api)
+    else:
+        host = Starlette(lifespan=lifespan, routes=[*routes, Mount(mount, app=api)])
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

@@ -22,11 +22,19 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway import Gateway
+from gateway.connection import Connection
 from gateway.stores import Appended
 from protocol import Event, decode_event, decode_server, encode_event, events_of, is_final, packb
+
+
+def native(conn: Connection) -> ServerConnection:
+    """``conn``'s websockets connection: the native front's (the ASGI front's is an ``AsgiSocket``)."""
+    assert isinstance(conn.ws, ServerConnection), f"not a native-front connection: {conn.ws!r}"
+    return conn.ws
 
 
 def missing(what: str, fix: str) -> NoReturn:

@@ -85,3 +85,33 @@ def test_quick_bench_with_deflate_measures_idle_clients_that_negotiated_compress
     assert row["workload"] == "idle 100 connections: server kB/connection (deflate)"
     float(row["gateway"].replace(",", ""))
     float(row["bare"].replace(",", ""))
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(int(30 * TIMEOUT) + 30)
+def test_quick_bench_measures_the_asgi_front_beside_the_gateway_and_bare(tmp_path: Path) -> None:
+    if shutil.which("node") is None or not (ROOT / "clients" / "js" / "node_modules" / "ws").is_dir():
+        missing("node and the JS client's packages", "scripts/bootstrap.sh --node")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--front", "asgi", "--only", "one,idle,replay", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30 * TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads(out.read_text())["table"]
+    assert [row["workload"] for row in table] == [ROWS[0], ROWS[1], ROWS[2], ROWS[14], ROWS[15]]
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert "gateway through ASGI" in printed[0] and "ASGI / gateway" in printed[0]
+    for row in table:
+        for key in ("gateway", "asgi"):
+            float(row[key].replace(",", ""))
+        if row["workload"].startswith("replay"):
+            assert (row["bare"], row["ratio"], row["asgi_ratio"]) == ("-", "-", "-")
+        else:
+            float(row["bare"].replace(",", ""))
+            float(row["asgi_ratio"])
+        if float(row["gateway"].replace(",", "")):  # a smoke run's 0 (receiver CPU %) has no ratio
+            float(row["asgi_vs_gateway"])

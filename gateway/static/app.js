@@ -303,11 +303,14 @@ async function start() {
   try {
     ({ connect } = await import('@wirepipe/client/wirepipe.js'));
   } catch (err) {
-    showBanner(`Could not load the wirepipe client (/client/wirepipe.js): ${errorMessage(err)}`);
+    showBanner(`Could not load the wirepipe client (client/wirepipe.js): ${errorMessage(err)}`);
     return;
   }
 
-  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  // The WebSocket is where the page is: the gateway's root, or the mount of
+  // gw.asgi() in a host app (/agents/): its directory, as ws: or wss:.
+  const wsUrl = new URL('.', location.href);
+  wsUrl.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
   /** @type {ConnectOptions} */
   const options = { sid: plan.sid };  // only keys with a value: nil is not a str on the wire
   if (plan.auth) options.auth = plan.auth;
@@ -315,7 +318,7 @@ async function start() {
   if (Number.isInteger(plan.window) && plan.window > 0) options.window = plan.window;
   if (plan.app) options.start = { app: plan.app, input: parseInput(plan.input) };
 
-  client = connect(`${scheme}//${location.host}/`, options);
+  client = connect(wsUrl.href, options);
 
   client.on('state', (state) => setConn(state));
   client.on('welcome', (welcome) => {
@@ -366,8 +369,8 @@ async function start() {
 
 start();
 
-// Offer the gateway's registered apps in the start form (GET /apps).
-fetch('/apps').then((r) => (r.ok ? r.json() : null)).then((body) => {
+// Offer the gateway's registered apps in the start form (GET apps, beside the page).
+fetch('apps').then((r) => (r.ok ? r.json() : null)).then((body) => {
   if (!body || !Array.isArray(body.apps)) return;
   const list = $('start-apps', HTMLDataListElement);
   list.replaceChildren(...body.apps.map((/** @type {unknown} */ name) => Object.assign(document.createElement('option'), { value: String(name) })));

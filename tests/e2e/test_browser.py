@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
 from playwright.async_api import expect
+from support import native
 
 from gateway import Gateway, MemoryStore, WebPipe
 from gateway.compression import COMPRESS_MIN_BYTES, LeanDeflate
@@ -426,7 +427,7 @@ async def test_compressed_and_plain_frames_reach_the_page(gw: Gateway, store: Me
     page = await open_page(f"{gw.http_url}?sid={sid}")
     await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
     (conn,) = list(gw._conns)
-    (ext,) = conn.ws.protocol.extensions
+    (ext,) = native(conn).protocol.extensions
     assert isinstance(ext, LeanDeflate)
     source = "\n".join(f"print({i}, 'wirepipe')" for i in range(400))
     assert len(source) > 4 * COMPRESS_MIN_BYTES
@@ -437,3 +438,27 @@ async def test_compressed_and_plain_frames_reach_the_page(gw: Gateway, store: Me
     assert shown == source
     assert not hasattr(ext, "encoder") and not hasattr(ext, "decoder")  # no zlib state left
     await assert_each_event_once(page, store, sid)
+
+
+async def test_the_page_through_a_fastapi_mount(store: MemoryStore, open_page: Any) -> None:
+    """``gw.asgi()`` mounted at /agents in FastAPI under uvicorn: the page, its files and its WebSocket all under it."""
+    from http_support import AsgiGateway, serve
+
+    from gateway.asgi_ws import AsgiConnection
+    from gateway.integrations.demo import app as demo_app
+
+    gw = AsgiGateway(host="127.0.0.1", port=0, store=store, apps={"demo": demo_app})
+    async with serve(gw, fastapi=True) as served:
+        gw.served = served
+        page = await open_page(run_url(gw, "demo", {"steps": 2, "ask": True, "delay": 0}))
+        sid = await sid_of(page)
+        assert page.url.startswith(gw.http_url)
+        card = page.locator(".ask-card")
+        await expect(card).to_have_count(1)
+        (conn,) = list(gw._conns)
+        assert isinstance(conn, AsgiConnection)  # through the mount, not the gateway's own port
+        await card.get_by_role("button", name="yes", exact=True).click()
+        await wait_done(page)
+        await expect(page.locator("#start-apps option")).to_have_count(1)  # GET apps, beside the page
+        await assert_each_event_once(page, store, sid)
+        await page.goto("about:blank")  # leave before uvicorn stops

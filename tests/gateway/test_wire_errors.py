@@ -16,6 +16,9 @@ from websockets.typing import Subprotocol
 from gateway import Gateway
 from protocol import Grant, ResumeToken, packb, sign
 
+#: Every test here runs through both fronts (tests/conftest.py), native and ASGI.
+pytestmark = pytest.mark.fronts
+
 
 async def _expect_error(r: Raw, code: str, close: int) -> None:
     got_close, frames = await r.closed()

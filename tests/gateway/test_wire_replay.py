@@ -6,11 +6,15 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 
+import pytest
 from support import TIMEOUT, MakeGateway, OpenRaw, final
 
 from gateway import Gateway
 from gateway.client import Client
 from protocol import Event, Welcome
+
+#: Every test here runs through both fronts (tests/conftest.py), native and ASGI.
+pytestmark = pytest.mark.fronts
 
 
 def seqs_ok(seqs: list[int], start: int = 1) -> bool:
