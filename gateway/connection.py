@@ -156,6 +156,7 @@ class Connection:
         "_reader",
         "_failure",
         "_metrics",
+        "_caught_up",
     )
 
     def __init__(self, gw: Services, ws: Socket, *, beat: int = 0) -> None:
@@ -164,6 +165,9 @@ class Connection:
         # The rate limiter starts full, so when it started makes no difference.
         self.rules = ServerConnection(gw.limits)
         self.session: Session | None = None
+        #: Reached the head of the log since it connected: from then on its
+        #: frames are timed for the delivery lag (history before is not lag).
+        self._caught_up = False
         #: When the frame being sent started waiting for the socket (None: not sending).
         #: A client that takes no byte for ``Config.stall_timeout`` is dropped.
         self.sending_since: float | None = None
@@ -343,6 +347,7 @@ class Connection:
 
     async def _restart(self, *, live: bool = False) -> None:
         """A welcome with ``recovered: false``: snapshot, then events from ``first``."""
+        self._caught_up = False  # what comes before the head again is history, not lag
         sid = self.sid
         store = self.gw.store
         while True:
@@ -391,6 +396,7 @@ class Connection:
         """
         feed.park(self)
         self._pump_task = None
+        self._caught_up = True
 
     def wake(self) -> None:
         """The feed has something the pump must do itself (``Feed._push``): a new pump task."""
@@ -418,7 +424,14 @@ class Connection:
         if news is not None and not ws.protocol.extensions:
             # The quick step: the events just appended, when this client was at
             # the head before them; the one frame every such watcher shares.
-            if ws.paused or ws.send_in_progress is not None or ws.protocol.state is not State.OPEN:
+            if (
+                ws.paused
+                or ws.send_in_progress is not None
+                or ws.protocol.state is not State.OPEN
+                # A write that met a reset closes the transport at once, and
+                # websockets hears of it only on the loop's next turn.
+                or ws.transport.is_closing()
+            ):
                 return False
             if self.rules.sends(*news):
                 try:
@@ -441,7 +454,12 @@ class Connection:
             return False
         if rules.cursor >= info.head:
             return True
-        if ws.protocol.state is not State.OPEN or ws.paused or ws.send_in_progress is not None:
+        if (
+            ws.protocol.state is not State.OPEN
+            or ws.paused
+            or ws.send_in_progress is not None
+            or ws.transport.is_closing()
+        ):
             return False
         try:
             if ws.protocol.extensions:  # compressed: this connection's own bytes
@@ -528,7 +546,7 @@ class Connection:
         await self._send(frame)
         self.rules.sent(n)
         self.gw.metrics.sent(n)
-        if (-before) & LAG_MASK < n:  # the frame holds a lag-marked event (gateway/metrics.py)
+        if self._caught_up and (-before) & LAG_MASK < n:  # a lag-marked event (gateway/metrics.py)
             self._lag(before)
 
     def _lag(self, before: int) -> None:

@@ -78,6 +78,13 @@ async def test_a_run_as_scraped(gw: Gateway) -> None:
     assert m.value("wirepipe_sessions", state="running") == 0
     assert m.value("wirepipe_replays_total", front="ws", recovered="true") == 0
     assert m.value("wirepipe_store_errors_total") == 0
+
+    # A page that opens the run now reads its history: sent, but not lag.
+    async with Client(gw.url, "m1") as page:
+        assert [e.seq for e in await asyncio.wait_for(page.until(final), TIMEOUT)] == list(range(1, head + 1))
+    m = await scrape(gw)
+    assert m.value("wirepipe_events_sent_total", front="ws") == 2 * head
+    assert m.value("wirepipe_delivery_lag_seconds_count", front="ws") == marked
     assert m.value("wirepipe_store_retries_total", kind="transient") == 0
     assert not [s for s in m.samples if s.name == "wirepipe_errors_total"]  # no error frame was sent
 

@@ -101,3 +101,38 @@ async def test_a_client_that_stops_reading_what_was_pushed_to_it_is_dropped(froz
         await asyncio.wait_for(gw.wait_connections(lambda n: n == 0), TIMEOUT)
         assert gw.metrics.ws.stalled == 1
         assert gw.metrics.ws.heartbeat_timeouts == 0
+
+
+async def test_a_reset_client_takes_no_more_pushed_frames(caplog: pytest.LogCaptureFixture) -> None:
+    """Before: a burst written on the loop after the client's RST kept writing to the closed
+    transport (asyncio's "socket.send() raised exception" per event) and counted it as sent."""
+    async with Gateway(port=0, store=MemoryStore()) as gw:
+        pipe = gw.pipe("reset")
+        pipe.set_message("first")
+        await pipe.drained()
+        s = socket.socket()
+        s.connect(("127.0.0.1", gw.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall(
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        s.sendall(_masked(packb({"t": "hello", "sid": "reset", "live": True})))
+
+        # Parked at the head: new events are pushed to it inside set_message.
+        async def parked() -> None:
+            while (feed := gw.feeds.get("reset")) is None or not feed.parked:
+                await asyncio.sleep(0)  # loop turns, no clock
+
+        await asyncio.wait_for(parked(), TIMEOUT)
+        sent = gw.metrics.ws.events_out
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # an RST, at once
+        # Written in one go on the loop: the gateway hears of the reset only
+        # when a write meets it.
+        for i in range(50):
+            pipe.set_message(f"token {i} ")
+        await asyncio.wait_for(gw.wait_connections(lambda n: n == 0), TIMEOUT)
+        pipe.close()
+    assert gw.metrics.ws.events_out - sent <= 1  # at most the write that met the reset
+    assert not [r for r in caplog.records if "socket.send() raised exception" in r.getMessage()]
