@@ -156,7 +156,7 @@ class Connection:
         "_reader",
         "_failure",
         "_metrics",
-        "_caught_up",
+        "_since",
     )
 
     def __init__(self, gw: Services, ws: Socket, *, beat: int = 0) -> None:
@@ -165,9 +165,9 @@ class Connection:
         # The rate limiter starts full, so when it started makes no difference.
         self.rules = ServerConnection(gw.limits)
         self.session: Session | None = None
-        #: Reached the head of the log since it connected: from then on its
-        #: frames are timed for the delivery lag (history before is not lag).
-        self._caught_up = False
+        #: When its last welcome went out (monotonic): events appended before
+        #: are history or a replay to it, not lag (``_lag``).
+        self._since = float("inf")
         #: When the frame being sent started waiting for the socket (None: not sending).
         #: A client that takes no byte for ``Config.stall_timeout`` is dropped.
         self.sending_since: float | None = None
@@ -347,7 +347,6 @@ class Connection:
 
     async def _restart(self, *, live: bool = False) -> None:
         """A welcome with ``recovered: false``: snapshot, then events from ``first``."""
-        self._caught_up = False  # what comes before the head again is history, not lag
         sid = self.sid
         store = self.gw.store
         while True:
@@ -367,6 +366,7 @@ class Connection:
 
     async def _welcome(self, epoch: str, cursor: int, first: int, head: int, snapshot: dict[str, Any] | None) -> None:
         cfg = self.gw.config
+        self._since = time.monotonic()
         token = ResumeToken(self.sid, epoch, self.rules.grant, time.time() + cfg.token_ttl)
         welcome = self.rules.welcome(
             epoch=epoch,
@@ -396,7 +396,6 @@ class Connection:
         """
         feed.park(self)
         self._pump_task = None
-        self._caught_up = True
 
     def wake(self) -> None:
         """The feed has something the pump must do itself (``Feed._push``): a new pump task."""
@@ -546,18 +545,20 @@ class Connection:
         await self._send(frame)
         self.rules.sent(n)
         self.gw.metrics.sent(n)
-        if self._caught_up and (-before) & LAG_MASK < n:  # a lag-marked event (gateway/metrics.py)
+        if (-before) & LAG_MASK < n:  # the frame holds a lag-marked event (gateway/metrics.py)
             self._lag(before)
 
     def _lag(self, before: int) -> None:
         """A frame of the events after ``before`` holding a lag-marked one is written: observe its lag.
 
-        Only for a run written here: its session keeps the marks.
+        Only for a run written here (its session keeps the marks), and only
+        for an event appended after this client's welcome: what it reads of
+        the history, or replays on a resume, is not lag.
         """
         s = self.session
         if s is not None:
             mark = s.lag_marks.get(before + ((-before) & LAG_MASK) + 1)  # the first marked seq after before
-            if mark is not None:
+            if mark is not None and mark >= self._since:
                 self.gw.metrics.lag.observe(time.monotonic() - mark)
 
     async def _wait_ack(self) -> None:
