@@ -54,6 +54,7 @@ from protocol import (
     sign,
     verify,
 )
+from protocol.frames import Cancel, Reply, Send
 from protocol.server import BATCH_BYTES, ConnectionLimits, Request, ServerConnection, Step
 
 from .config import Auth, Config
@@ -620,33 +621,47 @@ class Connection:
         return s.handle(req.frame, grant, req.size, passes)
 
     async def _not_local(self, req: Request) -> Replied:
-        """A request for a run this process does not write: handed to its writer through the store.
+        """A request for a run this process does not write (``relay``)."""
+        gw = self.gw
+        return await relay(gw.store, gw.middleware, self.sid, req.frame, self.rules, req.size)
 
-        The middleware runs here, where the client is; the writer runs the
-        request once per ``rid`` (whichever node it came through).  Without
-        a live writer (its process died, or the store cannot hand requests
-        on) the client gets ``not_here`` while the run's log is open; a
-        writer that does not answer in time gets ``unavailable`` (re-send
-        the same ``rid``).
-        """
-        frame, rules, gw = req.frame, self.rules, self.gw
-        remote = requests_of(gw.store)
-        if remote is not None and rules.grant is Grant.OPERATOR:
-            passed = apply_requests(gw.middleware, self.sid, frame, rules.grant) if gw.middleware else frame
-            if passed is None:
-                return Replied(frame.rid, False, ErrorCode.REFUSED)
-            handed = {"rid": frame.rid, "f": encode(passed), "g": rules.grant.value, "n": req.size, "e": rules.epoch}
-            try:
-                out = await remote.request(self.sid, handed)
-            except StoreUnavailable as exc:
-                log.warning("sid %r: a %s request was not answered: %s", self.sid, frame.t.value, exc)
-                return Replied(frame.rid, False, ErrorCode.UNAVAILABLE)
-            if out is not None and not out.get("stale"):
-                return Replied(frame.rid, bool(out.get("ok")), out.get("err"))
-        info = await gw.store.info(self.sid)
-        alive = info is not None and rules.follows(info.epoch) and not info.ended
-        if alive:
-            # The final status may be stored a moment before the log is ended.
-            status = (await gw.store.snapshot(self.sid))[0].get("status")
-            alive = not (isinstance(status, dict) and is_final(Kind.STATUS, status))
-        return rules.not_local(frame, alive)
+
+async def relay(
+    store: Store,
+    middleware: tuple[Middleware, ...],
+    sid: str,
+    frame: Reply | Send | Cancel,
+    rules: ServerConnection,
+    size: int,
+) -> Replied:
+    """A request for a run this process does not write: handed to its writer through the store.
+
+    The middleware runs here, where the client is; the writer runs the
+    request once per ``rid`` (whichever node it came through).  Without
+    a live writer (its process died, or the store cannot hand requests
+    on) the client gets ``not_here`` while the run's log is open; a
+    writer that does not answer in time gets ``unavailable`` (re-send
+    the same ``rid``).  ``rules`` says the grant and the epoch the client
+    follows; both fronts (this WebSocket one and the REST API,
+    ``gateway/http_api.py``) ask here.
+    """
+    remote = requests_of(store)
+    if remote is not None and rules.grant is Grant.OPERATOR:
+        passed = apply_requests(middleware, sid, frame, rules.grant) if middleware else frame
+        if passed is None:
+            return Replied(frame.rid, False, ErrorCode.REFUSED)
+        handed = {"rid": frame.rid, "f": encode(passed), "g": rules.grant.value, "n": size, "e": rules.epoch}
+        try:
+            out = await remote.request(sid, handed)
+        except StoreUnavailable as exc:
+            log.warning("sid %r: a %s request was not answered: %s", sid, frame.t.value, exc)
+            return Replied(frame.rid, False, ErrorCode.UNAVAILABLE)
+        if out is not None and not out.get("stale"):
+            return Replied(frame.rid, bool(out.get("ok")), out.get("err"))
+    info = await store.info(sid)
+    alive = info is not None and rules.follows(info.epoch) and not info.ended
+    if alive:
+        # The final status may be stored a moment before the log is ended.
+        status = (await store.snapshot(sid))[0].get("status")
+        alive = not (isinstance(status, dict) and is_final(Kind.STATUS, status))
+    return rules.not_local(frame, alive)

@@ -68,24 +68,21 @@ from protocol import (
     Cancel,
     ErrorCode,
     Grant,
-    Kind,
     ProtocolError,
     Replied,
     Reply,
     StoreUnavailable,
     check_value,
-    encode,
-    is_final,
 )
 from protocol.codec import MAX_ID, SID_RE
 from protocol.frames import Send as SendFrame
 from protocol.server import RateLimiter, ServerConnection
 
+from .connection import relay
 from .front import redacting_logger
 from .http_front import Reply as HttpReply
 from .middleware import apply_requests
 from .openapi import openapi
-from .stores import requests_of
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -615,30 +612,12 @@ async def submit(gw: Gateway, sid: str, frame: Reply | SendFrame | Cancel, grant
 async def hand_on(gw: Gateway, sid: str, frame: Reply | SendFrame | Cancel, grant: Grant, size: int) -> Replied:
     """A request for a run this process does not write: handed to its writer through the store.
 
-    The same steps as ``Connection._not_local`` (see there), for the log's
+    ``Connection``'s own path (``gateway.connection.relay``), for the log's
     current epoch: ``no_session`` without a log.
     """
-    store = gw.store
-    info = await store.info(sid)
+    info = await gw.store.info(sid)
     if info is None:
         raise ApiError(ErrorCode.NO_SESSION, f"no session {sid!r}")
     rules = ServerConnection()
     rules.grant, rules.epoch = grant, info.epoch
-    remote = requests_of(store)
-    if remote is not None and grant is Grant.OPERATOR:
-        passed = apply_requests(gw.middleware, sid, frame, grant) if gw.middleware else frame
-        if passed is None:
-            return Replied(frame.rid, False, ErrorCode.REFUSED)
-        handed = {"rid": frame.rid, "f": encode(passed), "g": grant.value, "n": size, "e": info.epoch}
-        try:
-            out = await remote.request(sid, handed)
-        except StoreUnavailable as exc:
-            log.warning("sid %r: a %s request was not answered: %s", sid, frame.t.value, exc)
-            return Replied(frame.rid, False, ErrorCode.UNAVAILABLE)
-        if out is not None and not out.get("stale"):
-            return Replied(frame.rid, bool(out.get("ok")), out.get("err"))
-    alive = not info.ended
-    if alive:
-        status = (await store.snapshot(sid))[0].get("status")
-        alive = not (isinstance(status, dict) and is_final(Kind.STATUS, status))
-    return rules.not_local(frame, alive)
+    return await relay(gw.store, gw.middleware, sid, frame, rules, size)

@@ -10,9 +10,10 @@ import asyncio
 from typing import Any
 
 from http_support import client, serve
+from store_factories import delete_prefix, redis_prefix, require_redis
 from support import TIMEOUT, scrape
 
-from gateway import Config, Gateway, MemoryStore
+from gateway import Config, Gateway, MemoryStore, RedisStore
 from gateway.client import Client
 from protocol import Grant
 
@@ -209,3 +210,32 @@ async def test_the_rate_limit_is_per_client() -> None:
         assert r.json()["error"]["code"] == "rate_limited" and r.headers["retry-after"] == "1"
         m = await scrape(srv.gw)
         assert m.value("wirepipe_errors_total", front="rest", code="rate_limited") == 2
+
+
+async def test_confirm_by_rest_on_a_node_that_does_not_run_the_agent() -> None:
+    """The answer goes through the store to the writer (``gateway.connection.relay``), once per key."""
+    url, prefix = require_redis(), redis_prefix()
+    try:
+        await _confirm_on_another_node(url, prefix)
+    finally:
+        await delete_prefix(prefix)
+
+
+async def _confirm_on_another_node(url: str, prefix: str) -> None:
+    async with (
+        Gateway(host="127.0.0.1", port=0, store=RedisStore(url, prefix=prefix)) as writer,
+        serve(gateway(store=RedisStore(url, prefix=prefix))) as other,
+        client() as http,
+    ):
+        pipe = writer.pipe("far")
+        asking = asyncio.ensure_future(pipe.ask("Proceed?", choices=["yes", "no"]))
+        async with Client(writer.url, "far") as ws:
+            ask = (await ws.until(lambda e: e.k == "ask"))[-1]
+        assert "far" not in other.gw.runs.sessions  # the other node does not write this run
+        ask_url = other.url(f"/sessions/far/asks/{ask.d['id']}")
+        r = await http.post(ask_url, json={"value": "yes"}, headers={"Idempotency-Key": "k1"})
+        assert (r.status_code, r.json()) == (200, {"ok": True, "rid": "k1"}), r.text
+        assert await asyncio.wait_for(asking, TIMEOUT) == "yes"
+        again = await http.post(ask_url, json={"value": "no"}, headers={"Idempotency-Key": "k1"})
+        assert (again.status_code, again.json()) == (200, {"ok": True, "rid": "k1"})
+        pipe.close()
