@@ -424,14 +424,7 @@ class Connection:
         if news is not None and not ws.protocol.extensions:
             # The quick step: the events just appended, when this client was at
             # the head before them; the one frame every such watcher shares.
-            if (
-                ws.paused
-                or ws.send_in_progress is not None
-                or ws.protocol.state is not State.OPEN
-                # A write that met a reset closes the transport at once, and
-                # websockets hears of it only on the loop's next turn.
-                or ws.transport.is_closing()
-            ):
+            if not _writable(ws):
                 return False
             if self.rules.sends(*news):
                 try:
@@ -454,12 +447,7 @@ class Connection:
             return False
         if rules.cursor >= info.head:
             return True
-        if (
-            ws.protocol.state is not State.OPEN
-            or ws.paused
-            or ws.send_in_progress is not None
-            or ws.transport.is_closing()
-        ):
+        if not _writable(ws):
             return False
         try:
             if ws.protocol.extensions:  # compressed: this connection's own bytes
@@ -624,6 +612,20 @@ class Connection:
         """A request for a run this process does not write (``relay``)."""
         gw = self.gw
         return await relay(gw.store, gw.middleware, self.sid, req.frame, self.rules, req.size)
+
+
+def _writable(ws: WebSocket) -> bool:
+    """A frame written now goes out at once: open, under its write limit, no send in progress.
+
+    ``is_closing``: a write that met a reset closes the transport at once,
+    and websockets hears of it only on the loop's next turn.
+    """
+    return (
+        ws.protocol.state is State.OPEN
+        and not ws.paused
+        and ws.send_in_progress is None
+        and not ws.transport.is_closing()
+    )
 
 
 async def relay(

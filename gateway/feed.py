@@ -327,22 +327,16 @@ class Feed:
             self.tail.add(raws)
             self._after = info.head
             self.state = info
-            changed, self._changed = self._changed, None
-            if changed is not None:
-                changed.set()
-            if self.parked:
-                n = len(raws)
-                # One frame of them all, as a pump's own step would take (``Tail.span``).
-                if n == 1 or (n <= self.batch_max and sum(map(len, raws)) <= self.max_bytes):
-                    self.news, self._news_raws, self._news_wire = (info.epoch, before, n), raws, None
+            n = len(raws)
+            # One frame of them all, as a pump's own step would take (``Tail.span``).
+            if self.parked and (n == 1 or (n <= self.batch_max and sum(map(len, raws)) <= self.max_bytes)):
+                self.news, self._news_raws, self._news_wire = (info.epoch, before, n), raws, None
                 try:
-                    parked = self.parked  # ``_push``, inline
-                    for pump in list(parked):
-                        if pump in parked and not pump.push(self):
-                            del parked[pump]
-                            pump.wake()
+                    self._bump()
                 finally:
                     self.news, self._news_raws, self._news_wire = None, [], None
+            else:
+                self._bump()
         else:
             self.poke()
 

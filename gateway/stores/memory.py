@@ -111,7 +111,7 @@ class MemoryStore:
             fns = self._listeners.get(sid)
             if not fns:
                 return
-        info = LogInfo(log.epoch, log.first, log.head, log.ended_at is not None) if log is not None else None
+        info = log.info() if log is not None else None
         for fn in list(fns):
             try:
                 fn(info, raws)
@@ -186,14 +186,7 @@ class MemoryStore:
             fns = self._listeners.get(sid)
             if fns:
                 # the appended events still held (a batch over the retention lost its oldest)
-                held = raws[max(len(raws) - len(events), log.skip) :]
-                if len(fns) == 1:  # ``_tell``, inline: the common case, one feed
-                    try:
-                        fns[0](LogInfo(log.epoch, log.first, log.head, log.ended_at is not None), held)
-                    except Exception:  # a listener's bug must not undo a stored append
-                        log_.exception("a listener of %r failed", sid)
-                else:
-                    self._tell(sid, log, held, fns)
+                self._tell(sid, log, raws[max(len(raws) - len(events), log.skip) :], fns)
 
     async def read(
         self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20, epoch: str | None = None
@@ -208,7 +201,7 @@ class MemoryStore:
         log = self._get(sid)
         if log is None:
             return None
-        info = LogInfo(log.epoch, log.first, log.head, log.ended_at is not None)
+        info = log.info()
         if after >= log.head or limit <= 0:
             return Fetched(info, [])
         return Fetched(info, _slice(log, after, limit, max_bytes))
@@ -235,7 +228,7 @@ class MemoryStore:
         log = self._get(sid)
         if log is None:
             return None
-        return LogInfo(log.epoch, log.first, log.head, log.ended_at is not None)
+        return log.info()
 
     async def snapshot(self, sid: str) -> tuple[dict[str, Any], int]:
         log = self._get(sid)
