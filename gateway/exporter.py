@@ -12,7 +12,7 @@ labels: docs/metrics.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -157,14 +157,12 @@ class Exporter:
             "wirepipe_events_appended_total", "Events the runs written here stored in their logs.", m.events_appended
         )
         yield CounterMetricFamily("wirepipe_asks_opened_total", "Asks opened.", m.asks_opened)
-        settled = CounterMetricFamily(
+        yield _by_label(
             "wirepipe_asks_settled_total",
             "Asks no longer open, by outcome: answered (by a client), expired (timeout), closed (run ended).",
-            labels=["outcome"],
+            "outcome",
+            m.asks_settled,
         )
-        for outcome, n in m.asks_settled.items():
-            settled.add_metric([outcome], n)
-        yield settled
         yield GaugeMetricFamily("wirepipe_asks_open", "Asks waiting for an answer now.", asks_open)
         yield _histogram(
             "wirepipe_ask_answer_seconds", "Seconds from an ask to a client's answer.", [([], m.answer_seconds)]
@@ -176,14 +174,20 @@ class Exporter:
             "Store calls that failed: unreachable, no answer in time, refusing writes for now.",
             getattr(self._store, "failed_calls", 0),
         )
-        retries = CounterMetricFamily(
+        yield _by_label(
             "wirepipe_store_retries_total",
             "Store calls a run's writer retried, by kind of error (transient, other).",
-            labels=["kind"],
+            "kind",
+            m.store_retries,
         )
-        for kind, n in m.store_retries.items():
-            retries.add_metric([kind], n)
-        yield retries
+
+
+def _by_label(name: str, doc: str, label: str, counts: Mapping[str, int]) -> Metric:
+    """A counter family with one series per key of ``counts``, labelled ``label``."""
+    fam = CounterMetricFamily(name, doc, labels=[label])
+    for key, n in counts.items():
+        fam.add_metric([key], n)
+    return fam
 
 
 def _histogram(name: str, doc: str, series: Iterable[tuple[list[str], Buckets]], labels: Sequence[str] = ()) -> Metric:
