@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from protocol import Grant, RemoteError, StoreUnavailable, is_final
 
-from .config import App, Config
+from .config import FRONTS, App, Config
 from .front import is_loopback, normalize_host, normalize_origin
 from .middleware import Middleware
 from .server import Gateway, tune_gc
@@ -223,6 +223,13 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
         app="register an app that hello.start can run; repeatable",
     )
     p.add_argument("--no-ui", action="store_true", help="do not serve the web UI")
+    p.add_argument(
+        "--front",
+        choices=FRONTS,
+        default=Config().front,
+        help="what answers on the port: uvicorn (the page, the WebSocket, REST and SSE, one origin) "
+        "or websockets (its server alone: the page and the WebSocket); docs/http.md (default: %(default)s)",
+    )
 
 
 def _add_run_args(p: argparse.ArgumentParser, *, redis: str, lease: str, middleware: str, app: str) -> None:
@@ -289,6 +296,7 @@ def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None)
             default_grant=Grant.OPERATOR if args.insecure else None,
             allow_origins=tuple(args.allow_origin),
             allow_hosts=tuple(args.allow_host),
+            front=args.front,
         ),
     )
 
