@@ -316,7 +316,8 @@ async def _until_signalled() -> None:
 async def _serve(gw: Gateway, banner: str = "") -> None:
     await gw.start()
     tune_gc()
-    print(f"wirepipe serving {gw.url} (web UI: {gw.http_url})", flush=True)
+    api = f", HTTP API: {gw.http_url}api/v1/" if gw.config.front == "uvicorn" else ""
+    print(f"wirepipe serving {gw.url} (web UI: {gw.http_url}{api})", flush=True)
     if gw.apps:
         print(f"apps: {', '.join(sorted(gw.apps))}", flush=True)
     if banner:

@@ -7,7 +7,8 @@ of the mount: ``gateway/asgi_ws.py``), and ``/healthz``, ``/apps``,
 (``HttpFront.route``, the same answers).
 
 ``Gateway.asgi()`` builds it (Starlette is imported then, never by ``import
-gateway``: ``pip install wirepipe[http]``); docs/http.md is the user's
+gateway``); the gateway's own port serves it with the ``uvicorn`` front
+(``gateway/uvicorn_front.py``); docs/http.md is the user's
 reference, ``gateway/openapi.py`` the machine-readable one.
 
 Theory of operation

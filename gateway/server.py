@@ -6,7 +6,9 @@
         pipe = gw.pipe("run-1")     # hand it to an agent
         print(gw.url)               # clients connect here
 
-It owns the listening socket and the life of everything else, and composes
+It owns the listening socket (``Config.front``: uvicorn for HTTP with
+websockets' connection for each WebSocket, ``gateway/uvicorn_front.py``; or
+websockets' server alone) and the life of everything else, and composes
 the pieces, each in its own module:
 
 - ``Runs`` (``gateway/runs.py``): the sessions written here and the apps run;
@@ -350,8 +352,9 @@ class Gateway:
             app = Starlette(lifespan=lifespan)      # or FastAPI(lifespan=lifespan)
             app.mount("/agents", gw.asgi())
 
-        Raises:
-            ModuleNotFoundError: Starlette is not installed (``pip install wirepipe[http]``).
+        The gateway's own port serves it too, with the default front
+        (``Config.front="uvicorn"``); give ``port=None`` to listen only
+        through the mount.
         """
         if self._asgi is None:
             from .http_api import HttpApi  # Starlette: only for those who use it
