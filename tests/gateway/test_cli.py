@@ -270,9 +270,13 @@ def test_serve_flags_reach_the_config() -> None:
             "4096",
             "--rate-strikes",
             "2",
+            "--front",
+            "websockets",
         ]
     )
     cfg = _gateway(args).config
+    assert cfg.front == "websockets"
+    assert _gateway(parser.parse_args([])).config.front == "uvicorn"
     assert (
         cfg.rate,
         cfg.burst,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from support import TIMEOUT
 
 from gateway.client import Client
@@ -118,3 +119,20 @@ async def anext_where(events: AsyncIterator[dict[str, Any]], pred: Any) -> dict[
         raise AssertionError("the stream ended first")
 
     return await asyncio.wait_for(first(), TIMEOUT)
+
+
+async def test_a_gateway_made_with_no_port_listens_on_nothing() -> None:
+    from gateway import Gateway, MemoryStore
+
+    async with Gateway(port=None, store=MemoryStore()) as gw:
+        assert gw.port is None
+        with pytest.raises(RuntimeError, match="port=None"):
+            print(gw.url)
+        assert gw.asgi() is gw.asgi()  # what serves it is the host app's mount
+
+
+def test_an_unknown_front_is_refused() -> None:
+    from gateway import Config
+
+    with pytest.raises(ValueError, match="front must be one of uvicorn, websockets"):
+        Config(front="native")
