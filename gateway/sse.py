@@ -157,9 +157,12 @@ class EventStream(Response):
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._last_write = 0.0
+        #: When the stream began: events appended before are history, not lag.
+        self._since = float("inf")
 
     def begin(self, epoch: str, cursor: int) -> None:
         """Start the rules at ``cursor`` of ``epoch`` (the welcome's part of it)."""
+        self._since = time.monotonic()
         heartbeat_ms = int(self._heartbeat * 1000)
         self.rules.welcome(
             epoch=epoch, cursor=cursor, first=0, head=0, snapshot=None, resume="", heartbeat_ms=heartbeat_ms
@@ -307,9 +310,13 @@ class EventStream(Response):
         for raw in raws:
             ev: dict[str, Any] = msgpack.unpackb(raw, raw=False, strict_map_key=False)
             parts.append(f"id: {epoch}:{ev['seq']}\ndata: {dumps(ev)}\n\n")
+        before = self.rules.cursor
         await self._write(send, "".join(parts))
         self.rules.sent(len(raws))
-        self.api.sse.sent(len(raws))
+        # the delivery lag, as a WebSocket's (gateway/metrics.py), for a run written here
+        session = self.api.gw.runs.sessions.get(self.sid)
+        marks = session.lag_marks if session is not None and session.epoch == epoch else None
+        self.api.sse.delivered(marks, before, len(raws), self._since)
 
     async def _idle(self, send: Send, changed: asyncio.Event) -> None:
         """Wait for a change; a ``: ping`` comment once nothing was written for ``heartbeat`` seconds."""
