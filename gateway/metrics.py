@@ -49,8 +49,8 @@ replaying old history: that is a replay, not lag).
 
 from __future__ import annotations
 
-from bisect import bisect_left
 import time
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from typing import Final
 
