@@ -69,7 +69,12 @@ _DOC: Final[dict[str, Any]] = {
     "info": {
         "title": "wirepipe HTTP API",
         "version": __version__,
-        "description": "REST and Server-Sent Events over a wirepipe gateway's sessions (docs/http.md).",
+        "description": (
+            "REST and Server-Sent Events over a wirepipe gateway's sessions (docs/http.md). "
+            "The same origin answers the WebSocket protocol: a GET upgrade at the gateway's root "
+            "(or the mount's), subprotocol wirepipe.v1, MessagePack frames (docs/protocol.md); "
+            "OpenAPI does not describe WebSockets."
+        ),
     },
     "servers": [{"url": "/"}],
     "security": [{}, {"bearer": []}],
