@@ -456,14 +456,25 @@ class Answers:
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(MAX_QUEUED_ANSWERS)
         self.closed = False
 
-    def read_lines(self, stream: IO[bytes]) -> None:
-        """Read ``stream`` line by line in a daemon thread (it never holds the process up)."""
+    def read_lines(self, fd: int) -> None:
+        """Read lines from ``fd`` in a daemon thread.
+
+        The thread reads the file descriptor itself, not ``sys.stdin``: a
+        thread blocked inside a buffered reader would hold its lock, and the
+        interpreter's shutdown would wait on it.
+        """
 
         def reader() -> None:
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            pending = ""
             try:
-                for raw in iter(stream.readline, b""):
-                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                    asyncio.run_coroutine_threadsafe(self.queue.put(line), self.loop).result()
+                while chunk := os.read(fd, 4096):
+                    pending += decoder.decode(chunk)
+                    *lines, pending = pending.split("\n")
+                    for line in lines:
+                        asyncio.run_coroutine_threadsafe(self.queue.put(line.rstrip("\r")), self.loop).result()
+                if pending:
+                    asyncio.run_coroutine_threadsafe(self.queue.put(pending.rstrip("\r")), self.loop).result()
             except (OSError, ValueError, RuntimeError):  # stdin gone, or the loop closed
                 pass
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
@@ -819,7 +830,8 @@ class View:
             return Text(f"{what}: retrying in {left:.0f} s (Ctrl-C to stop)", style="yellow")
         if self.connection != "open":
             if self.waiting_for_run:
-                return Text(f"no run in session {self.opts.sid} yet: waiting for one to start{clock}", style="yellow")
+                waiting = f"session {self.opts.sid} has no run yet: waiting for one to start"
+                return Text(f"{waiting}{clock}", style="yellow")
             return Text(f"connecting to {self.opts.url}{clock}")
         status = self.state.status or {}
         state = str(status.get("state") or "")
@@ -1100,7 +1112,7 @@ class Watcher:
             answers.closed = True
             answers.put(None)
         else:
-            answers.read_lines(stdin.buffer)
+            answers.read_lines(stdin.fileno())
         return answers
 
     async def _asker(self, c: Client) -> None:
