@@ -827,7 +827,7 @@ class View:
         if self.retry is not None:
             when, what = self.retry
             left = max(0.0, when - time.monotonic())
-            return Text(f"{what}: retrying in {left:.0f} s (Ctrl-C to stop)", style="yellow")
+            return Text(f"{what}: retrying in {math.ceil(left)} s (Ctrl-C to stop)", style="yellow")
         if self.connection != "open":
             if self.waiting_for_run:
                 waiting = f"session {self.opts.sid} has no run yet: waiting for one to start"
@@ -1220,7 +1220,7 @@ def run(opts: WatchOptions) -> int:
         try:
             return asyncio.run(Watcher(opts).run())
         except KeyboardInterrupt:
-            print("\nwirepipe watch: stopped (the run goes on at the gateway)", file=sys.stderr)
+            print("\nwirepipe watch: stopped (Ctrl-C; a run goes on at the gateway)", file=sys.stderr)
             return int(Exit.INTERRUPTED)
         except BrokenPipeError:
             raise

@@ -28,7 +28,7 @@ from servers import free_port
 from support import TIMEOUT, missing
 from test_cli import ROOT, WIREPIPE, _env, reap, start_server, stop_server
 
-from gateway.client import Client
+from gateway.client import Client, CloseInfo
 from gateway.watch import WordWrap, gateway_url, render_value, resolve_answer
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -92,6 +92,47 @@ def test_metagpts_final_message_renders_as_sections_and_fields_not_json() -> Non
     assert "User Requirement" in text and "Current Plan" in text
     assert "instruction" in text and "Count" in text and "print(2)" in text
     assert '"task_id"' not in text and "\\n" not in text and "{" not in text
+
+
+# --- what the watcher hears from the shared client --------------------------------------------
+
+
+async def test_the_client_announces_each_failed_attempt_and_its_delay() -> None:
+    """``on_close`` and ``on_state`` (the JS client's ``close`` and ``state``), against a dead port."""
+    from protocol import RemoteError
+
+    port = free_port()
+    closes: list[CloseInfo] = []
+    states: list[str] = []
+    c = Client(
+        f"ws://127.0.0.1:{port}/",
+        "x",
+        backoff=(0.001, 0.002),
+        max_retries=2,
+        on_close=closes.append,
+        on_state=states.append,
+    )
+    with pytest.raises(RemoteError):
+        await asyncio.wait_for(c.connect(), TIMEOUT)
+    await c.close()
+    assert [(i.code, i.will_retry, i.attempt) for i in closes] == [(1006, True, 1), (1006, True, 2), (1006, False, 3)]
+    assert all("Connect call failed" in i.reason or "refused" in i.reason.lower() for i in closes)
+    assert all(i.delay is not None and 0 <= i.delay <= 0.002 for i in closes[:2]) and closes[2].delay is None
+    assert states == ["recovering", "connecting", "recovering", "connecting", "closed"]
+    assert c.state == "closed"
+
+
+async def test_the_client_says_open_once_welcomed() -> None:
+    server = None
+    try:
+        server, url = await start_server()
+        states: list[str] = []
+        start = {"app": "demo", "input": {"steps": 1, "delay": 0, "ask": False}}
+        async with Client(url, "o1", start=start, on_state=states.append) as c:
+            assert c.state == "open" and states == ["open"]
+        assert states == ["open", "closed"]
+    finally:
+        await reap(server)
 
 
 # --- subprocesses -----------------------------------------------------------------------------
