@@ -632,6 +632,7 @@ class View:
             self.print(Text(f"── {why} (epoch {w.epoch}): rebuilt from the snapshot ──", style="bold yellow"))
         self.state = Snapshot.from_map(w.snapshot)
         self.results = {}
+        self.asked_at = {}
         self.head = w.head
         self.epoch = w.epoch
         self.prompt = None
@@ -755,11 +756,13 @@ class View:
 
     def _on_ask(self, ev: Event, d: dict[str, Any]) -> None:
         self.asked_at[str(d.get("id"))] = ev.ts
-        line = Text.assemble(("? ", "bold yellow"), (str(d.get("prompt", "")).strip(), "bold"))
-        if self.live_mode:  # the live region holds the choices and the input
-            self._out(line)
-        else:
-            self._out(line, Text.assemble("  ", ask_choices(d)))
+        prompt = str(d.get("prompt", "")).strip()
+        if self.live_mode:  # the live region holds the whole prompt, the choices and the input
+            first, _, more = prompt.partition("\n")
+            self._out(Text.assemble(("? ", "bold yellow"), (first, "bold"), " …" if more else ""))
+            return
+        choices = ask_choices(d)
+        self._out(Text.assemble(("? ", "bold yellow"), (prompt, "bold")), *([Text("  ") + choices] if choices else []))
 
     def _on_answer(self, ev: Event, d: dict[str, Any]) -> None:
         if d.get("by") == "closed":
@@ -1002,9 +1005,10 @@ class Watcher:
                 self.view.event(ev)
                 if ev.k in ("ask", "answer") or ev.seq == self.view.head:
                     self.asks_changed.set()
-                if is_final(ev.k, ev.d) and not self.opts.follow:
+                if is_final(ev.k, ev.d):
                     self.view.result()
-                    return int(Exit.DONE if ev.d["state"] == "done" else Exit.FAILED)
+                    if not self.opts.follow:
+                        return int(Exit.DONE if ev.d["state"] == "done" else Exit.FAILED)
         except RemoteError as exc:
             code, msg = self._why(exc)
             self.view.error(msg)
