@@ -267,6 +267,7 @@ async def test_a_refused_answer_is_asked_again_with_the_reason() -> None:
         assert "[1] yes   [2] no (default)" in out
         assert "✓ answer: yes (by client)" in out
         assert "The human said 'yes'." in out
+        assert "INFO    demo: task 1 started" in out and "task 1 checked" not in out  # DEBUG hidden by default
         assert "Run done" in out and "step 2 ok" in out.split("Result")[-1]  # the result, with each task's
         assert out.index("? Ship the result?") < out.index("refused") < out.index("✓ answer") < out.index("Result")
         assert '{"' not in out  # no JSON blobs
@@ -290,6 +291,28 @@ async def test_an_unreachable_gateway_is_retried_with_a_countdown_then_exit_3() 
         await watch.kill()
 
 
+async def test_a_handshake_refused_with_http_404_is_not_retried() -> None:
+    """A plain HTTP server on loopback that answers every request 404: exit 3 at once, with the status."""
+
+    async def not_found(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_found, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    watch = await Proc.spawn("watch", f"ws://127.0.0.1:{port}/", "--sid", "h1", "--retries", "forever", stdin=DEVNULL)
+    try:
+        assert await watch.exit() == 3
+        assert f"ws://127.0.0.1:{port}/ refused the WebSocket handshake: HTTP 404" in watch.err
+        assert "retrying" not in watch.err and "Traceback" not in watch.err
+    finally:
+        await watch.kill()
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1:8765/", "127.0.0.1:8765"])
 async def test_a_wrong_scheme_is_a_usage_error(url: str) -> None:
     watch = await Proc.spawn("watch", url, "--sid", "w1", stdin=DEVNULL)
@@ -306,13 +329,26 @@ async def test_an_http_url_with_stdin_closed_watches_and_says_where_to_answer() 
     try:
         server, url = await start_server()
         http = url.replace("ws://", "http://")
-        watch = await Proc.spawn("watch", http, "--sid", "c1", "--start", "demo", "--input", DEMO_INPUT, stdin=DEVNULL)
+        watch = await Proc.spawn(
+            "watch",
+            http,
+            "--sid",
+            "c1",
+            "--start",
+            "demo",
+            "--input",
+            DEMO_INPUT,
+            "--log-level",
+            "debug",
+            stdin=DEVNULL,
+        )
         await watch.until(lambda p: "stdin is closed" in p.err)
         assert "the asks must be answered elsewhere" in watch.err and "still watching" in watch.err
         assert watch.proc.returncode is None  # still watching
         await answer(url, "c1", "no")
         assert await watch.exit() == 0, watch.err
         assert f"at {url}" in watch.out  # http:// was taken as ws://
+        assert "DEBUG   demo: task 1 checked" in watch.out
         assert "✓ answer: no (by client)" in watch.out and "Run done" in watch.out
         assert "Traceback" not in watch.err
     finally:
