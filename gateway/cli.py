@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Final
 
-from protocol import Grant, RemoteError, StoreUnavailable, is_final
+from protocol import Grant, StoreUnavailable
 
 from .config import FRONTS, App, Config
 from .front import is_loopback, normalize_host, normalize_origin
@@ -364,8 +364,26 @@ def _demo_apps() -> tuple[dict[str, App], str]:
     return apps, default
 
 
-async def _watch(args: argparse.Namespace) -> int:
-    from .client import Client
+def _watch_url(value: str) -> str:
+    from .watch import gateway_url
+
+    try:
+        return gateway_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _retries(value: str) -> int | None:
+    from .watch import parse_retries
+
+    try:
+        return parse_retries(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--retries takes a count or 'forever': {exc}") from None
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from .watch import WatchOptions, run
 
     start = None
     if args.start:
@@ -376,48 +394,20 @@ async def _watch(args: argparse.Namespace) -> int:
             except json.JSONDecodeError:
                 value = args.input
         start = {"app": args.start, "input": value}
-    async with Client(args.url, args.sid, auth=args.auth, start=start) as c:
-        assert c.welcome is not None
-        print(f"# session {c.sid} epoch {c.epoch} grant {c.welcome.grant.value} head {c.welcome.head}", flush=True)
-        async for ev in c:
-            print(_render(ev.seq, ev.k, ev.d), end="", flush=True)
-            if ev.k == "ask" and not args.no_input:
-                answer = await asyncio.to_thread(input, "> ")
-                choices = ev.d.get("choices") or []
-                if answer == "" and "default" in ev.d:
-                    answer = ev.d["default"]
-                elif answer.isdigit() and 0 < int(answer) <= len(choices):
-                    answer = choices[int(answer) - 1]
-                r = await c.reply(ev.d["id"], answer)
-                if not r.ok:
-                    print(f"# reply refused: {r.err}", flush=True)
-            if is_final(ev.k, ev.d):
-                if not args.follow:
-                    return 0 if ev.d["state"] == "done" else 1
-    return 0
-
-
-def _render(seq: int, k: str, d: Any) -> str:
-    if k == "text":
-        return str(d.get("delta", "")) + ("\n" if d.get("end") else "")
-    if k == "ask":
-        choices = d.get("choices") or []
-        opts = "  ".join(f"[{i}] {c}" for i, c in enumerate(choices, 1))
-        default = f" (default: {d['default']})" if "default" in d else ""
-        return f"\n? {d.get('prompt')}{default}\n  {opts}\n" if opts else f"\n? {d.get('prompt')}{default}\n"
-    if k == "log":
-        return f"[{d.get('level')}] {d.get('msg')}\n"
-    if k == "code":
-        return f"--- code {d.get('id')} ({d.get('lang')})\n{d.get('source')}\n---\n"
-    if k == "output":
-        return f"{d.get('text')}" if str(d.get("text", "")).endswith("\n") else f"{d.get('text')}\n"
-    if k == "plan":
-        lines = [f"plan: {d.get('goal')}"]
-        lines += [f"  [{t.get('status')}] {t.get('id')}. {t.get('instruction')}" for t in d.get("tasks", [])]
-        return "\n".join(lines) + "\n"
-    if k == "status":
-        return f"## status: {d.get('state')}" + (f" ({d['detail']})" if d.get("detail") else "") + "\n"
-    return f"#{seq} {k}: {json.dumps(d, default=str, ensure_ascii=False)}\n"
+    return run(
+        WatchOptions(
+            url=args.url,
+            sid=args.sid,
+            auth=args.auth,
+            start=start,
+            no_input=args.no_input,
+            follow=args.follow,
+            json=args.json,
+            prompt=args.prompt,
+            log_level=args.log_level,
+            retries=args.retries,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,11 +431,20 @@ def main(argv: list[str] | None = None) -> int:
     p_watch = sub.add_parser(
         "watch",
         help="watch a session in the terminal and answer its asks",
-        description="A terminal client: print a session's events and answer its asks "
-        "(type a choice's number, or any text; Enter takes the default).  "
-        "Exits 0 when the run ends done, 1 when it ends failed or cancelled.",
+        description="A terminal client: the plan as a live table, streamed LLM text, code and its "
+        "output, logs, and a prompt for each ask (type a choice's number or its text, or any "
+        "other answer; Enter takes the default; a refused answer is asked again with the reason).",
+        epilog="exit codes: 0 the run ended done; 1 it ended failed or cancelled; 2 a usage "
+        "error; 3 the gateway could not be reached (after --retries) or refused the WebSocket "
+        "handshake; 4 the gateway refused the session (unauthorized, no_app, sid_taken, "
+        "no_session...); 130 Ctrl-C.  A sid with no run yet is waited for.",
     )
-    p_watch.add_argument("url", help="the gateway's ws:// URL")
+    p_watch.add_argument(
+        "url",
+        type=_watch_url,
+        help="the gateway's URL, e.g. ws://127.0.0.1:8765/ (wss:// over TLS); http:// and https:// "
+        "(the web UI's address) are taken as ws:// and wss://",
+    )
     p_watch.add_argument("--sid", required=True, help="the session id")
     p_watch.add_argument("--auth", help="credential (hello.auth)")
     p_watch.add_argument("--start", metavar="APP", help="start a run of this app under --sid")
@@ -455,7 +454,32 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="never prompt; only watch (an ask then waits for another client's answer or its timeout)",
     )
-    p_watch.add_argument("--follow", action="store_true", help="keep watching after the run ends")
+    p_watch.add_argument("--follow", action="store_true", help="keep watching after the run ends (the next run too)")
+    p_watch.add_argument(
+        "--json",
+        action="store_true",
+        help="for scripts: one event per line on stdout as JSON ({epoch, seq, k, ts, d}), no colours, "
+        "notes on stderr, and no prompts unless --prompt",
+    )
+    p_watch.add_argument(
+        "--prompt",
+        action="store_true",
+        help="with --json: prompt for asks anyway (on stderr; answers are lines of stdin)",
+    )
+    p_watch.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "OFF"],
+        help="the lowest level of the run's log events to show (default: INFO; with --json, every event)",
+    )
+    p_watch.add_argument(
+        "--retries",
+        type=_retries,
+        default=10,
+        metavar="N",
+        help="reconnects in a row before giving up with exit code 3, each announced with its "
+        "countdown; 'forever' retries until Ctrl-C (default: %(default)s)",
+    )
     p_worker = sub.add_parser(
         "worker",
         help="run apps that gateways queue on Redis (no WebSocket server)",
@@ -492,13 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "watch":
-        try:
-            return asyncio.run(_watch(args))
-        except KeyboardInterrupt:
-            return 130
-        except RemoteError as exc:  # refused for good (unauthorized, no_app, ...)
-            print(f"wirepipe watch: {exc}", file=sys.stderr)
-            return 1
+        return _watch(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.cmd == "worker":
         if not args.redis and not args.redis_cluster:

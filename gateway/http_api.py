@@ -76,6 +76,7 @@ from protocol import (
     check_value,
 )
 from protocol.codec import MAX_ID, SID_RE
+from protocol.errors import REFUSALS
 from protocol.frames import Send as SendFrame
 from protocol.server import RateLimiter, ServerConnection
 
@@ -124,17 +125,7 @@ STATUS: Final[dict[ErrorCode, int]] = {
 RETRY: Final = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.INBOX_FULL, ErrorCode.UNAVAILABLE, ErrorCode.SHUTDOWN})
 
 #: What a refused request's ``message`` says when the session gave only a code.
-MESSAGES: Final[dict[str, str]] = {
-    ErrorCode.FORBIDDEN: "a viewer cannot do that",
-    ErrorCode.UNKNOWN_ASK: "no such ask in this run",
-    ErrorCode.ASK_CLOSED: "the ask was already answered or closed",
-    ErrorCode.BAD_VALUE: "the value is not one of the ask's choices, or cannot be written",
-    ErrorCode.ENDED: "the run has ended",
-    ErrorCode.INBOX_FULL: "the agent has not taken its earlier messages yet; re-send later with the same key",
-    ErrorCode.REFUSED: "a middleware of the gateway refused the request",
-    ErrorCode.NOT_HERE: "the run's agent is not reachable from this node",
-    ErrorCode.UNAVAILABLE: "the node that runs the agent did not answer; re-send later with the same key",
-}
+MESSAGES: Final[dict[str, str]] = REFUSALS
 
 #: Headers a cross-origin page that ``allow_origins`` lets in may send and read.
 CORS_HEADERS: Final = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
