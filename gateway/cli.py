@@ -9,10 +9,12 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 from protocol import Grant, RemoteError, StoreUnavailable, is_final
@@ -426,6 +428,29 @@ def _setup_logging(level: str) -> None:
         metagpt_setup.quiet()
 
 
+def _self_command() -> str:
+    """This ``wirepipe`` as the shell that started it can run it again (``./run demo`` has no venv active).
+
+    ``wirepipe`` when that name finds this script on ``PATH``, else its path
+    (relative to the working directory when shorter); for ``python -m
+    gateway.cli``, that.
+    """
+    me = Path(sys.argv[0]).resolve()
+    if me.name != "wirepipe":
+        return f"{_shortest(sys.executable)} -m gateway.cli"
+    found = shutil.which("wirepipe")
+    if found is not None and Path(found).resolve() == me:
+        return "wirepipe"
+    return _shortest(sys.argv[0])
+
+
+def _shortest(path: str) -> str:
+    """``path`` relative to the working directory if that is shorter, else absolute (a relative one keeps a /)."""
+    full = os.path.abspath(path)
+    rel = os.path.relpath(full)
+    return rel if len(rel) < len(full) and os.sep in rel else full
+
+
 def _demo_apps() -> tuple[dict[str, App], str]:
     from .integrations.demo import app as demo
 
@@ -595,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         extra, default = _demo_apps()
         banner = (
             f"open   http://{args.host}:{{port}}/?app={default}   in a browser to start and watch a run,\n"
-            f"or run wirepipe watch ws://{args.host}:{{port}}/ --sid demo-1 --start {default}"
+            f"or run {_self_command()} watch ws://{args.host}:{{port}}/ --sid demo-1 --start {default}"
         )
     gw = _gateway(args, extra)
     try:

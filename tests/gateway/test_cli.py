@@ -410,3 +410,30 @@ def test_an_invalid_port_is_a_usage_error(port: str, capsys: pytest.CaptureFixtu
     assert code == 2
     assert err.splitlines()[-1].startswith("wirepipe serve: error: argument --port: ")
     assert "Traceback" not in err and "serving" not in out
+
+
+async def test_the_demo_banner_prints_a_watch_command_that_runs_from_this_shell(tmp_path: Path) -> None:
+    """``./run demo`` activates no venv: the banner's ``watch`` command names this wirepipe by its path."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = _env()
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    server = await asyncio.create_subprocess_exec(
+        *WIREPIPE, "demo", "--port", "0", stdout=PIPE, stderr=PIPE, cwd=tmp_path, env=env
+    )
+    try:
+        assert server.stdout is not None
+        lines: list[str] = []
+        while not lines or not lines[-1].startswith("or run "):
+            line = (await asyncio.wait_for(server.stdout.readline(), TIMEOUT)).decode()
+            assert line, f"no watch command in {lines}"
+            lines.append(line)
+        command = lines[-1].removeprefix("or run ").split()
+        url = re.search(r"ws://\S+", lines[0])
+        assert url is not None, lines
+        assert command[command.index("watch") + 1 :][:3] == [url.group(0), "--sid", "demo-1"]
+        prog = command[: command.index("watch")]
+        done = await asyncio.create_subprocess_exec(*prog, "watch", "--help", stdout=PIPE, cwd=tmp_path, env=env)
+        out, _ = await asyncio.wait_for(done.communicate(), TIMEOUT)
+        assert done.returncode == 0 and b"usage: wirepipe watch" in out
+    finally:
+        await reap(server)
