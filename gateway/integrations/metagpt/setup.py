@@ -6,6 +6,8 @@ import time and fails without an ``llm:`` block); ``prepare()`` does it, then
 imports MetaGPT, registers the offline scripted LLM and installs the hooks.
 ``attach``, ``run_in_thread``, ``new_executor`` and the apps call ``prepare()``
 on first use; code that imports MetaGPT itself first calls it explicitly.
+``quiet()`` keeps MetaGPT off the terminal (the ``wirepipe`` command calls
+it below ``--log-level DEBUG``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["available", "configured_llm_is_scripted", "prepare", "prepare_environment", "quiet", "is_quiet"]
+__all__ = ["available", "configured_llm_is_scripted", "is_quiet", "logs_dir", "prepare", "prepare_environment", "quiet"]
 
 #: The first line of a config file that wirepipe wrote.
 CONFIG_HEADER = "# written by wirepipe: the offline scripted LLM; see docs/metagpt.md"
