@@ -1,7 +1,7 @@
 """Scheme 3 of docs/metagpt.md, the event pipe: ``DataInterpreter(stream_pipe=pipe)``.
 
-    python examples/pipe_agent.py                     # offline: the scripted LLM
-    python examples/pipe_agent.py --llm config        # the LLM of your config2.yaml
+    ./run python examples/pipe_agent.py                     # offline: the scripted LLM
+    ./run python examples/pipe_agent.py --llm config        # the LLM of your config2.yaml
 
 The role is handed the pipe (the third scheme of docs/metagpt.md).  MetaGPT 0.8.2 accepts
 ``stream_pipe=`` and ignores it; after ``gateway.integrations.metagpt.install()`` a role

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib
 import json
 import logging
 import os
+import shutil
 import signal
+import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 from protocol import Grant, StoreUnavailable
@@ -22,13 +26,31 @@ from .server import Gateway, tune_gc
 from .stores import MemoryStore, Retention, Store
 
 
+def _import(module: str) -> Any:
+    """``importlib.import_module``, with the working directory on the import path first.
+
+    As ``python -m`` and uvicorn do: ``--app mine=my_module:app`` and
+    ``--middleware`` name a module of the directory the command runs in, not
+    only installed ones, however ``wirepipe`` was started (its script's
+    ``sys.path[0]`` is the venv's ``bin/``).
+    """
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(module)
+
+
+#: The exit code of ``serve`` and ``demo`` when the address cannot be listened on (as for a bad flag).
+EXIT_CANNOT_BIND: Final = 2
+
+
 def _load_app(spec: str) -> tuple[str, App]:
     name, sep, target = spec.partition("=")
     module, colon, attr = target.partition(":")
     if not sep or not colon or not name or not module or not attr:
         raise argparse.ArgumentTypeError(f"--app takes NAME=module:callable, not {spec!r}")
     try:
-        obj = getattr(importlib.import_module(module), attr)
+        obj = getattr(_import(module), attr)
     except Exception as exc:  # whatever importing the user's module raised: say it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise argparse.ArgumentTypeError(f"cannot load app {spec!r}: {type(exc).__name__}: {first[:300]}") from exc
@@ -42,7 +64,7 @@ def _load_middleware(spec: str) -> Middleware:
     if not colon or not module or not attr:
         raise argparse.ArgumentTypeError(f"--middleware takes module:name, not {spec!r}")
     try:
-        obj = getattr(importlib.import_module(module), attr)
+        obj = getattr(_import(module), attr)
         mw = obj() if isinstance(obj, type) else obj
     except Exception as exc:  # whatever importing or making it raised: say it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -66,6 +88,16 @@ def _allowed_host(value: str) -> str:
         return normalize_host(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--allow-host: {exc}") from None
+
+
+def _port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535 (0 picks a free one), not {n}")
+    return n
 
 
 def _positive(value: str) -> int:
@@ -134,7 +166,7 @@ _KNOBS: Final[list[tuple[str, Callable[[str], Any], str | None, str]]] = [
 
 def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    p.add_argument("--port", type=int, default=port, help="port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--port", type=_port, default=port, help="port; 0 picks a free one (default: %(default)s)")
     p.add_argument(
         "--secret",
         default=os.environ.get("WIREPIPE_SECRET"),
@@ -313,8 +345,38 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
+class CannotBind(Exception):
+    """The gateway cannot listen where it was told to; the message says what to pass instead."""
+
+
+def bind_error(exc: OSError, host: str, port: int) -> str:
+    """One line for a failed bind of ``host:port``: what went wrong and the flag that fixes it."""
+    where = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {where}: {host!r} is not an address or a name that resolves; pass --host 127.0.0.1"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is in use on {host}: pass --port 0 (any free port) or another port"
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on {where}: pass --port 0 (any free port) or a port above 1023"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"cannot listen on {where}: {host} is not an address of this machine; "
+            "pass --host 127.0.0.1, or --host 0.0.0.0 for every interface"
+        )
+    return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
 async def _serve(gw: Gateway, banner: str = "") -> None:
-    await gw.start()
+    """Serve until SIGINT or SIGTERM.
+
+    Raises:
+        CannotBind: the host and port cannot be listened on (in use, not ours, ...).
+    """
+    try:
+        await gw.start()
+    except OSError as exc:
+        await gw.close()
+        raise CannotBind(bind_error(exc, gw.host, gw.port)) from None
     tune_gc()
     api = f", HTTP API: {gw.http_url}api/v1/" if gw.config.front == "uvicorn" else ""
     print(f"wirepipe serving {gw.url} (web UI: {gw.http_url}{api})", flush=True)
@@ -347,6 +409,55 @@ async def _work(args: argparse.Namespace) -> None:
     await _until_signalled()
     print("wirepipe worker: shutting down", flush=True)
     await worker.close()
+
+
+#: Loggers that write a line per request or per connection at INFO: above DEBUG, only their warnings.
+#: websockets (``wirepipe.ws``) says "HTTP response sent" and "connection closed"; uvicorn's access log.
+PER_REQUEST_LOGGERS: Final = ("wirepipe.ws", "uvicorn.access")
+
+
+def _setup_logging(level: str) -> None:
+    """The log of ``serve``, ``demo`` and ``worker``: short lines on stderr, the gateway's own.
+
+    Above DEBUG: no line per request (``PER_REQUEST_LOGGERS``), and MetaGPT
+    keeps off the terminal (``gateway.integrations.metagpt.quiet``: its
+    output goes to its log files, and to the ``metagpt`` logger at DEBUG;
+    a line says where when it loads).  At DEBUG, everything.
+    """
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # jupyter_client's "Could not destroy zmq context" as a MetaGPT kernel shuts down
+    logging.getLogger("traitlets").setLevel(logging.ERROR)
+    from .integrations.metagpt import setup as metagpt_setup  # imports no MetaGPT
+
+    if metagpt_setup.available():
+        metagpt_setup.quiet()
+
+
+def _self_command() -> str:
+    """This ``wirepipe`` as the shell that started it can run it again (``./run demo`` has no venv active).
+
+    ``wirepipe`` when that name finds this script on ``PATH``, else its path
+    (relative to the working directory when shorter); for ``python -m
+    gateway.cli``, that.
+    """
+    me = Path(sys.argv[0]).resolve()
+    if me.name != "wirepipe":
+        return f"{_shortest(sys.executable)} -m gateway.cli"
+    found = shutil.which("wirepipe")
+    if found is not None and Path(found).resolve() == me:
+        return "wirepipe"
+    return _shortest(sys.argv[0])
+
+
+def _shortest(path: str) -> str:
+    """``path`` relative to the working directory if that is shorter, else absolute (a relative one keeps a /)."""
+    full = os.path.abspath(path)
+    rel = os.path.relpath(full)
+    return rel if len(rel) < len(full) and os.sep in rel else full
 
 
 def _demo_apps() -> tuple[dict[str, App], str]:
@@ -411,9 +522,6 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # As `python -m` does: --app and --middleware name modules of the current directory.
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     parser = argparse.ArgumentParser(
         prog="wirepipe",
         description="Stream an AI agent's run to web pages, terminals and notebooks, and answer it.",
@@ -517,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "watch":
         return _watch(args)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _setup_logging(args.log_level.upper())
     if args.cmd == "worker":
         if not args.redis and not args.redis_cluster:
             parser.error("worker: --redis URL is required (or set WIREPIPE_REDIS)")
@@ -533,23 +641,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wirepipe worker: cannot use Redis at {args.redis or args.redis_cluster}: {exc}", file=sys.stderr)
             return 1
         return 0
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        # websockets says "HTTP response sent" and "connection closed" at INFO
-        # for every request: at the default level, only its warnings.
-        logging.getLogger("wirepipe.ws").setLevel(logging.WARNING)
     extra: dict[str, App] = {}
     banner = ""
     if args.cmd == "demo":
         extra, default = _demo_apps()
         banner = (
             f"open   http://{args.host}:{{port}}/?app={default}   in a browser to start and watch a run,\n"
-            f"or run wirepipe watch ws://{args.host}:{{port}}/ --sid demo-1 --start {default}"
+            f"or run {_self_command()} watch ws://{args.host}:{{port}}/ --sid demo-1 --start {default}"
         )
     gw = _gateway(args, extra)
     try:
         asyncio.run(_serve(gw, banner))
     except KeyboardInterrupt:  # pragma: no cover
         pass
+    except CannotBind as exc:
+        print(f"wirepipe {args.cmd}: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_BIND
     return 0
 
 

@@ -15,7 +15,7 @@ import json
 import logging
 import mimetypes
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +34,8 @@ log = logging.getLogger("wirepipe")
 
 #: The web UI's files.
 STATIC = Path(__file__).parent / "static"
+#: Files that pages of other origins may import (with ``--allow-origin``): the JS client and its dependency.
+CORS_PATHS = ("/client/", "/vendor/")
 
 
 def client_dir() -> Path:
@@ -109,7 +111,7 @@ class HttpFront:
             refused = self.admit_upgrade(request.headers, path, ws)
             return None if refused is None else _response(refused)
         refused = self.refuse(request.headers, path)
-        return _response(refused if refused is not None else self.route(path))
+        return _response(refused if refused is not None else self.route(path, request.headers.get("Origin")))
 
     def refuse(self, headers: Mapping[str, str], path: str, *, upgrade: bool = False) -> Reply | None:
         """The front door's 403 for a request with these headers, or None to let it in (``FrontDoor``)."""
@@ -143,8 +145,23 @@ class HttpFront:
             return Reply.text(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
         return self._admit(ws)
 
-    def route(self, path: str) -> Reply:
-        """The answer to an HTTP request the front door let in: a route, a file, or 404."""
+    def route(self, path: str, origin: str | None = None) -> Reply:
+        """The answer to an HTTP request the front door let in: a route, a file, or 404.
+
+        ``origin`` is the request's ``Origin``.  The JS client (``/client/``)
+        and its vendored dependency (``/vendor/``) are ES modules, which a
+        browser fetches with CORS: their replies carry
+        ``Access-Control-Allow-Origin`` for that origin (the front door let
+        it in: the gateway's own pages, or ``allow_origins``), so that a page
+        of another origin can import them.
+        """
+        if path.startswith(CORS_PATHS):
+            reply = self._route(path)
+            cors = (("Access-Control-Allow-Origin", origin),) if origin is not None else ()
+            return replace(reply, headers=(*reply.headers, *cors, ("Vary", "Origin")))
+        return self._route(path)
+
+    def _route(self, path: str) -> Reply:
         if path == "/healthz":
             return Reply.text(HTTPStatus.OK, "ok\n")
         if path == "/apps":  # the names hello.start accepts, for start forms
