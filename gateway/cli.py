@@ -376,7 +376,7 @@ async def _serve(gw: Gateway, banner: str = "") -> None:
         await gw.start()
     except OSError as exc:
         await gw.close()
-        raise CannotBind(bind_error(exc, gw.host, gw.port)) from None
+        raise CannotBind(bind_error(exc, gw.host, gw.port or 0)) from None
     tune_gc()
     api = f", HTTP API: {gw.http_url}api/v1/" if gw.config.front == "uvicorn" else ""
     print(f"wirepipe serving {gw.url} (web UI: {gw.http_url}{api})", flush=True)
