@@ -18,7 +18,7 @@ handler for it runs the same handshake (``HttpFront.process_request``: the
 front door, the connection cap, 503 while closing) and then the gateway's
 handler: from its first byte on, the client is a client of the websockets
 front, with its push path, its memory per idle connection and its
-heartbeat.  ``python -m bench --front uvicorn`` measures it beside the other
+heartbeat.  ``./run bench --front websockets`` measures it beside the other
 fronts (docs/performance.md).
 
 Bounds: HTTP connections (and responses in flight) are capped at
