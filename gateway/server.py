@@ -232,12 +232,13 @@ class Gateway:
             # websockets' Server, listening on nothing: its handler runs each
             # upgrade uvicorn hands over (the handshake, then ours); closing it
             # closes those clients and waits for their handlers.
-            self._server = serve(self._handler, **options)
+            server = serve(self._handler, **options)
             self._uvicorn = UvicornFront(
-                self.asgi(), websocket_connection(self._server, options), max_connections=self.config.max_connections
+                self.asgi(), websocket_connection(server, options), max_connections=self.config.max_connections
             )
-            self._server.server = await self._uvicorn.start(self.host, port)
-            sock = next(iter(self._server.server.sockets))
+            server.server = listener = await self._uvicorn.start(self.host, port)
+            self._server = server  # once it has a listener: close() closes both
+            sock = next(iter(listener.sockets))
         self.port = sock.getsockname()[1]
 
     async def close(self) -> None:

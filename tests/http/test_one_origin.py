@@ -136,3 +136,21 @@ def test_an_unknown_front_is_refused() -> None:
 
     with pytest.raises(ValueError, match="front must be one of uvicorn, websockets"):
         Config(front="native")
+
+
+@pytest.mark.parametrize("front", ["uvicorn", "websockets"])
+async def test_a_port_in_use_raises_and_the_gateway_still_closes(front: str) -> None:
+    import socket
+
+    from gateway import Gateway, MemoryStore
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        gw = Gateway(port=taken.getsockname()[1], store=MemoryStore(), front=front)
+        with pytest.raises(OSError):
+            await gw.start()
+        await asyncio.wait_for(gw.close(), TIMEOUT)
+    finally:
+        taken.close()
