@@ -384,6 +384,7 @@ export class View {
    * @param {...(Child | Child[])} children
    */
   entry(ev, k, cls, ...children) {
+    this.unclaimed = null;  // something else came after the stream: it became nothing
     const node = el('article', { class: `ev ev-${token(k)} ${cls || ''}`.trim(), dataset: this.marks(ev, k) },
       ...children);
     this.where().append(node);
@@ -850,6 +851,7 @@ const HANDLERS = {
     const content = formatValue(d.content);
     const name = d.name ? str(d.name) : '';
     const person = PERSON_ROLES.has(role.toLowerCase());
+    const stream = this.unclaimed;
     // The same message again (an agent that re-sends it): one card, counted.
     const key = `${role}\u0000${name}\u0000${content}`;
     const seen = this.messageCards.get(key);
@@ -882,9 +884,7 @@ const HANDLERS = {
         : el('div', { class: 'message-body md' }, markdown(content)));
     if (d.cause !== undefined && d.cause !== null && d.cause !== '') node.title = `cause: ${shortValue(d.cause)}`;
     this.messageCards.set(key, node);
-    const stream = this.unclaimed;
-    if (stream && (stream.body.textContent || '').trim() === content.trim()) {
-      this.claim();
+    if (stream && !stream.folded && (stream.body.textContent || '').trim() === content.trim()) {
       this.fold(stream, node, { hidden: true });  // the card says the same
     }
     if (!person && content.trim()) this.outcome = { text: content, from: name ? `${name} (${role})` : role, node };
