@@ -397,7 +397,7 @@ async function start() {
   client.on('reset', ({ snapshot, welcome }) => {
     resets += 1;
     document.body.dataset.resets = String(resets);
-    view.reset(snapshot, welcome);
+    view.reset(snapshot, welcome, { live: plan.live });
     syncControls();
     syncTitle();
     queueScroll();

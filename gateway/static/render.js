@@ -69,6 +69,9 @@ const LEVEL_RANK = {
   WARNING: 2, WARN: 2, ERROR: 3, CRITICAL: 3, FATAL: 3, EXCEPTION: 3,
 };
 
+/** @type {Record<string, string>} level names as the one-line log rows show them */
+const SHORT_LEVEL = { WARNING: 'WARN', CRITICAL: 'CRIT', SUCCESS: 'OK' };
+
 /** Roles that are a person (or stand for one), not an agent. */
 const PERSON_ROLES = new Set(['user', 'human']);
 
@@ -303,8 +306,9 @@ export class View {
    * as their own spans.
    * @param {SnapshotMap | null} snapshot
    * @param {Welcome} welcome
+   * @param {{live?: boolean}} [options] live: the client asked for no history
    */
-  reset(snapshot, welcome) {
+  reset(snapshot, welcome, { live = false } = {}) {
     this.clear();
     this.snapshotHead = welcome && typeof welcome.head === 'number' ? welcome.head : 0;
     this.state = Snapshot.fromMap(snapshot);
@@ -317,8 +321,11 @@ export class View {
       stream.base = { span, text, replayed: 0 };
       this.redraw(stream);
     }
-    // A finished run whose final status is no longer in the log: its card from the snapshot.
-    if (this.state.finished && this.state.status) {
+    // A finished run whose final status will not be replayed (live, or no
+    // longer in the log): its card from the snapshot. (The final status is
+    // the log's last event, so any replay from `first` brings it.)
+    const replays = !live && welcome && typeof welcome.first === 'number' && welcome.first <= this.snapshotHead;
+    if (this.state.finished && this.state.status && !replays) {
       const card = this.outcomeCard(this.state.status, null);
       card.dataset.snapshot = '';
       this.e.feed.append(card);
@@ -842,6 +849,7 @@ const HANDLERS = {
       base.span.textContent = base.text.slice(0, Math.max(0, base.text.length - base.replayed));
     }
     stream.body.append(el('span', { dataset: this.marks(ev, 'text') }, delta));
+    if (!stream.folded) this.unclaimed = stream;  // the latest stream written: what the next code, plan or message may have come from
     if (d.end) stream.block.classList.add('ended');
     this.redraw(stream);
   },
@@ -1014,7 +1022,7 @@ const HANDLERS = {
     const row = el('div', { class: `log lvl-${rank}${msg.trim() ? '' : ' empty'}`,
       dataset: { ...this.marks(ev, 'log'), level: token(level) }, title: d.logger ? `${str(d.logger)}: ${msg}` : msg },
     el('time', {}, clock(ev.ts)),
-    el('span', { class: 'log-level' }, level.slice(0, 4)),
+    el('span', { class: 'log-level' }, SHORT_LEVEL[level] || level.slice(0, 5)),
     el('span', { class: 'log-msg' }, msg.replace(/\s*\n\s*/g, ' ⏎ ')));
     row.addEventListener('click', () => row.classList.toggle('expanded'));
     this.e.logs.append(row);
@@ -1063,6 +1071,12 @@ const HANDLERS = {
     if (state === 'done' || state === 'failed' || state === 'cancelled') {
       // Nothing streams after the end: no stream still looks like it is being written.
       for (const stream of this.texts.values()) stream.block.classList.add('ended');
+      // Nor does a step still look like it runs.
+      if (state !== 'done') {
+        for (const step of this.steps.values()) {
+          if (step.el.dataset.status === 'running') this.setStepStatus(step, 'stopped');
+        }
+      }
       for (const old of this.e.feed.querySelectorAll('.outcome[data-snapshot]')) old.remove();
       this.current = null;
       this.e.feed.append(this.outcomeCard(d, ev));
