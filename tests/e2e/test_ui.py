@@ -167,10 +167,25 @@ async def test_sessions_list_rejoins_a_run(open_page: Any) -> None:
         await home.goto("about:blank")  # leave before uvicorn stops
 
 
-async def test_sessions_list_without_the_rest_api(gw: Gateway, open_page: Any) -> None:
+async def test_sessions_list_without_the_rest_api(open_page: Any) -> None:
+    """``--front websockets``: websockets' server alone serves the page and no REST API (docs/http.md)."""
+    async with Gateway(host="127.0.0.1", port=0, store=MemoryStore(), apps=APPS, front="websockets") as gw:
+        page = await open_page(gw.http_url)
+        await expect(page.locator("#sessions-note")).to_contain_text("not available on this server")
+        await expect(page.locator("#controls")).to_have_attribute("open", "")
+        await page.goto("about:blank")
+
+
+async def test_sessions_list_on_the_gateways_own_port(gw: Gateway, open_page: Any) -> None:
+    """The default front serves ``api/v1/sessions`` beside the page: the list shows a run, and rejoins it."""
+    gw.start_run("own-port", "ask", None)
     page = await open_page(gw.http_url)
-    await expect(page.locator("#sessions-note")).to_contain_text("not available on this server")
-    await expect(page.locator("#controls")).to_have_attribute("open", "")
+    row = page.locator(".session-row", has_text="own-port")
+    await expect(row).to_contain_text("1 question")
+    await row.click()
+    await expect(page).to_have_url(f"{gw.http_url}?sid=own-port")
+    await page.locator(".ask-card").get_by_role("button", name="keep (default)").click()
+    await expect(page.locator(".result-card")).to_contain_text("You chose keep.")
 
 
 async def test_unknown_sid_waits_then_starts(gw: Gateway, open_page: Any, artifacts: Any) -> None:
