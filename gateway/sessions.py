@@ -1058,7 +1058,8 @@ async def ending(store: Store, sid: str, timeout: float) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while (left := deadline - loop.time()) > 0:
-        await store.wait(sid, info.head, timeout=left, epoch=info.epoch)
+        # ended=False: an end between the look above and the wait returns at once
+        await store.wait(sid, info.head, timeout=left, epoch=info.epoch, ended=False)
         now = await store.info(sid)
         if now is None or now.ended or now.epoch != info.epoch:
             return True
