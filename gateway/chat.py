@@ -153,7 +153,8 @@ class Renderer:
             return f"`{level}` {_one_line(d.get('msg', ''))}"
         if k == Kind.MESSAGE:
             who = d.get("name") or d.get("role") or "agent"
-            return f"**{who}**: {_text(d.get('content'))}"
+            content = _text(d.get("content")).strip()
+            return f"**{who}**:" + ("\n\n" if "\n" in content else " ") + content
         if k == Kind.ANSWER:
             by = d.get("by")
             if by == "closed":
@@ -177,7 +178,12 @@ class Renderer:
 
 def ask_markdown(d: dict[str, Any]) -> str:
     """An ask as the question, its choices, and how to answer in the conversation."""
-    lines = [f"❓ **{d.get('prompt', '')}**"]
+    prompt = str(d.get("prompt", "")).strip()
+    if "\n" in prompt:  # a long question (MetaGPT's reviews) reads as a quote, not as bold
+        quoted = "\n".join(f"> {_escape(line)}" if line.strip() else ">" for line in prompt.splitlines())
+        lines = ["❓ **The agent asks:**", "", quoted]
+    else:
+        lines = [f"❓ **{_escape(prompt)}**"]
     choices = d.get("choices")
     if choices:
         listed = " · ".join(f"`{_one_line(c)}`" for c in choices)
@@ -208,6 +214,11 @@ def fenced(body: str, lang: str = "") -> str:
     longest = max((len(m) for m in re.findall(r"`+", body)), default=0)
     fence = "`" * max(3, longest + 1)
     return f"{fence}{lang}\n{body.rstrip(chr(10))}\n{fence}"
+
+
+def _escape(text: str) -> str:
+    """``text`` with what markdown would take for HTML or emphasis escaped (MetaGPT writes ``<task>``)."""
+    return re.sub(r"([<>*_`\\])", r"\\\1", text)
 
 
 def _one_line(v: Any) -> str:

@@ -10,12 +10,12 @@ the same events and the ask closed by that answer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from openai import AsyncOpenAI, AuthenticationError, BadRequestError, NotFoundError, PermissionDeniedError
+from openai.types.chat import ChatCompletionMessageParam
 from support import TIMEOUT
 
 from gateway import Gateway, MemoryStore
@@ -39,7 +39,15 @@ def sdk(gw: Gateway, key: str = "none", **kw: Any) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=f"{gw.http_url}v1", api_key=key, timeout=TIMEOUT, max_retries=0, **kw)
 
 
-async def collect(stream: AsyncIterator[Any]) -> tuple[str, list[Any]]:
+def wp(obj: Any) -> dict[str, Any]:
+    """The ``wirepipe`` extension of a chunk or a completion (docs/openai.md)."""
+    extra = obj.model_extra
+    assert extra is not None
+    out: dict[str, Any] = extra["wirepipe"]
+    return out
+
+
+async def collect(stream: Any) -> tuple[str, list[Any]]:
     """The content a chat UI would show, and every chunk."""
     chunks = [c async for c in stream]
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
@@ -51,7 +59,7 @@ async def test_the_sdk_streams_a_demo_run_and_answers_its_ask_in_the_same_conver
         models = await oa.models.list()
         assert [m.id for m in models.data] == ["demo"]
 
-        messages: list[dict[str, Any]] = [{"role": "user", "content": "Summarise the data"}]
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Summarise the data"}]
         stream = await oa.chat.completions.create(
             model="demo", messages=messages, stream=True, extra_body={"wirepipe": {"input": QUICK}}
         )
@@ -62,7 +70,7 @@ async def test_the_sdk_streams_a_demo_run_and_answers_its_ask_in_the_same_conver
         assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
         last = chunks[-1]
         assert last.choices[0].finish_reason == "stop"
-        extra = last.model_extra["wirepipe"]
+        extra = wp(last)
         assert extra["session"] == sid and extra["state"] == "waiting"
         assert extra["ask"]["prompt"] == "Ship the result?" and extra["ask"]["choices"] == ["yes", "no"]
         # the plan, the streamed text, the code and its output, INFO logs (not DEBUG), the question
@@ -88,8 +96,8 @@ async def test_the_sdk_streams_a_demo_run_and_answers_its_ask_in_the_same_conver
         assert f"wirepipe session `{sid}`" in reply
         assert "> answered `yes`" in reply and "**demo**: The human said 'yes'." in reply
         assert reply.rstrip().endswith("✅ **Run done.**")
-        assert chunks2[-1].model_extra["wirepipe"]["state"] == "done"
-        assert chunks2[-1].model_extra["wirepipe"]["ask"] is None
+        assert wp(chunks2[-1])["state"] == "done"
+        assert wp(chunks2[-1])["ask"] is None
         # The WebSocket saw every event of the run, in order; the chat showed each one once.
         events = seen + after
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
@@ -106,7 +114,7 @@ async def test_an_answer_given_elsewhere_and_a_non_streaming_request() -> None:
         )
         assert first.object == "chat.completion"
         text = first.choices[0].message.content or ""
-        assert first.choices[0].finish_reason == "stop" and first.model_extra["wirepipe"]["state"] == "waiting"
+        assert first.choices[0].finish_reason == "stop" and wp(first)["state"] == "waiting"
         assert "`DEBUG` task 1 checked" in text and "❓ **Ship the result?**" in text
         sid = find_session([{"role": "assistant", "content": text}])
         assert sid is not None
@@ -128,7 +136,7 @@ async def test_an_answer_given_elsewhere_and_a_non_streaming_request() -> None:
         done = await oa.chat.completions.create(
             model="demo", messages=[{"role": "user", "content": "2"}], extra_headers={"X-Wirepipe-Session": sid}
         )
-        assert done.model_extra["wirepipe"]["state"] == "done"
+        assert wp(done)["state"] == "done"
         assert "The human said 'no'." in (done.choices[0].message.content or "")
         # The run ended: the next message in the conversation starts a new run of the sid.
         again = await oa.chat.completions.with_raw_response.create(
@@ -139,8 +147,8 @@ async def test_an_answer_given_elsewhere_and_a_non_streaming_request() -> None:
         )
         assert again.headers["x-wirepipe-session"] == sid
         body = again.parse()
-        assert body.model_extra["wirepipe"]["state"] == "done"
-        assert body.model_extra["wirepipe"]["epoch"] != first.model_extra["wirepipe"]["epoch"]
+        assert wp(body)["state"] == "done"
+        assert wp(body)["epoch"] != wp(first)["epoch"]
 
 
 async def test_bad_requests_get_the_openai_error_shape() -> None:
@@ -222,7 +230,7 @@ async def test_a_cut_stream_leaves_the_run_going() -> None:
             extra_body={"wirepipe": {"input": {**QUICK, "delay": 0.001}}},
         )
         head = await anext(aiter(stream))
-        sid = head.model_extra["wirepipe"]["session"]
+        sid = wp(head)["session"]
         await stream.close()
         await gw.asgi().wait_streams(lambda n: n == 0)
         s = gw.runs.sessions[sid]
@@ -232,5 +240,5 @@ async def test_a_cut_stream_leaves_the_run_going() -> None:
         done = await oa.chat.completions.create(
             model="demo", messages=[{"role": "user", "content": "yes"}], extra_headers={"X-Wirepipe-Session": sid}
         )
-        assert done.model_extra["wirepipe"]["state"] == "done"
+        assert wp(done)["state"] == "done"
         await asyncio.wait_for(s.drained(), TIMEOUT)
