@@ -6,6 +6,10 @@ of the mount: ``gateway/asgi_ws.py``), and ``/healthz``, ``/apps``,
 ``/metrics``, the web UI and the JS client under ``/client/``
 (``HttpFront.route``, the same answers).
 
+The OpenAI-compatible routes under ``/v1`` (``gateway/openai_api.py``,
+docs/openai.md) are mounted here too and pass the same rules; their errors
+take OpenAI's shape (``error_response(openai=True)``).
+
 ``Gateway.asgi()`` builds it (Starlette is imported then, never by ``import
 gateway``); the gateway's own port serves it with the ``uvicorn`` front
 (``gateway/uvicorn_front.py``); docs/http.md is the user's
