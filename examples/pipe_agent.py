@@ -47,7 +47,7 @@ async def main() -> int:
     state, tasks = "?", {}
     async with Gateway(host="127.0.0.1", port=0) as gw:
         pipe = gw.pipe("pipe-agent")
-        print(f"a frame on the wire: {pipe.msg2stream('hello')!r}")
+        print(f"a frame on the wire: {pipe.msg2stream('hello', format='frame')!r}")
 
         async def run_agent() -> None:
             async with pipe:  # ends the run: done, failed or cancelled

@@ -6,6 +6,10 @@ of the mount: ``gateway/asgi_ws.py``), and ``/healthz``, ``/apps``,
 ``/metrics``, the web UI and the JS client under ``/client/``
 (``HttpFront.route``, the same answers).
 
+The OpenAI-compatible routes under ``/v1`` (``gateway/openai_api.py``,
+docs/openai.md) are mounted here too and pass the same rules; their errors
+take OpenAI's shape (``error_response(openai=True)``).
+
 ``Gateway.asgi()`` builds it (Starlette is imported then, never by ``import
 gateway``); the gateway's own port serves it with the ``uvicorn`` front
 (``gateway/uvicorn_front.py``); docs/http.md is the user's
@@ -80,6 +84,7 @@ from protocol.errors import REFUSALS
 from protocol.frames import Send as SendFrame
 from protocol.server import RateLimiter, ServerConnection
 
+from .chat import error_body
 from .connection import relay
 from .front import redacting_logger
 from .http_front import Reply as HttpReply
@@ -94,6 +99,8 @@ log = logging.getLogger("wirepipe.http")
 
 #: Where every route lives (under the mount point of a host app).
 PREFIX: Final = "/api/v1"
+#: Where the OpenAI-compatible routes live (``gateway/openai_api.py``): a client's ``base_url``.
+OPENAI_PREFIX: Final = "/v1"
 #: Client addresses whose rate-limit buckets are kept (see the module docstring).
 LIMITERS: Final = 4096
 
@@ -128,27 +135,53 @@ RETRY: Final = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.INBOX_FULL, ErrorCod
 MESSAGES: Final[dict[str, str]] = REFUSALS
 
 #: Headers a cross-origin page that ``allow_origins`` lets in may send and read.
-CORS_HEADERS: Final = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
-CORS_EXPOSE: Final = "Retry-After"
+CORS_HEADERS: Final = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-Wirepipe-Session"
+CORS_EXPOSE: Final = "Retry-After, X-Wirepipe-Session"
 
 
 class ApiError(Exception):
-    """A request refused with a protocol error code (answered as JSON by ``error_response``)."""
+    """A request refused with a protocol error code (answered as JSON by ``error_response``).
 
-    def __init__(self, code: ErrorCode, message: str, headers: dict[str, str] | None = None) -> None:
+    ``param``: the request field at fault, for the OpenAI routes' error shape.
+    """
+
+    def __init__(
+        self, code: ErrorCode, message: str, headers: dict[str, str] | None = None, *, param: str | None = None
+    ) -> None:
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.param = param
 
 
-def error_response(code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    """``{"error": {"code", "message"}}`` with the status of ``code`` (``STATUS``)."""
+def error_response(
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    openai: bool = False,
+    param: str | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """``{"error": {"code", "message"}}`` with the status of ``code`` (``STATUS``).
+
+    ``openai``: OpenAI's shape instead, ``{"error": {"message", "type",
+    "param", "code"}}`` (``gateway.chat.error_body``), for the routes under ``/v1``.
+    """
     err = ErrorCode(code)
     out = dict(headers or {})
     if err in RETRY:
         out.setdefault("Retry-After", "1")
-    return JSONResponse({"error": {"code": err.value, "message": message}, **extra}, STATUS[err], out)
+    status = STATUS[err]
+    if openai:
+        return JSONResponse(error_body(status, err.value, message, param), status, out)
+    return JSONResponse({"error": {"code": err.value, "message": message}, **extra}, status, out)
+
+
+def is_openai(path: str) -> bool:
+    """True for a path of the OpenAI-compatible routes (``gateway/openai_api.py``)."""
+    return path.startswith(OPENAI_PREFIX + "/")
 
 
 # --- JSON of MessagePack values ----------------------------------------------------------------
@@ -201,6 +234,8 @@ class HttpApi:
         #: REST counts each request as a connection.
         self.rest = gw.metrics.front("rest")
         self.sse = gw.metrics.front("sse")
+        #: The OpenAI-compatible routes' counters (``front="openai"``): requests, chat replies streamed.
+        self.openai = gw.metrics.front("openai")
         self._limiters: OrderedDict[str, RateLimiter] = OrderedDict()
         #: The open SSE streams (``drop_streams``).
         self.streams: set[EventStream] = set()
@@ -218,6 +253,10 @@ class HttpApi:
             Route(f"{p}/sessions/{{sid}}/cancel", self.cancel, methods=["POST"]),
             Route(f"{p}/sessions/{{sid}}/events", self.events, methods=["GET"]),
         ]
+        from .openai_api import OpenAiApi  # the OpenAI-compatible door to the same rules
+
+        self.chat = OpenAiApi(self)
+        self.routes += self.chat.routes
         self.app = Starlette(routes=self.routes, exception_handlers={ApiError: self._api_error})
         # uvicorn's access log carries query strings (an EventSource's ?auth=):
         # the same filter as the WebSocket's log redacts them (docs/security.md).
@@ -237,7 +276,8 @@ class HttpApi:
                 return
             raise RuntimeError(f"the gateway's ASGI app serves http and websocket, not {kind!r}")
         path = route_path(scope)
-        if not path.startswith(PREFIX + "/"):
+        openai = is_openai(path)
+        if not path.startswith(PREFIX + "/") and not openai:
             # The native front's routes and files: /healthz, /apps, /metrics, the web UI, /client/.
             await self._front(scope, receive, send, path)
             return
@@ -252,16 +292,19 @@ class HttpApi:
                 headers.get("origin"),
                 headers.get("host"),
             )
-            self.rest.refuse("forbidden")
-            await error_response(ErrorCode.FORBIDDEN, refusal)(scope, receive, send)
+            (self.openai if openai else self.rest).refuse("forbidden")
+            await error_response(ErrorCode.FORBIDDEN, refusal, openai=openai)(scope, receive, send)
             return
         origin = headers.get("origin")
         if origin is not None and scope["method"] == "OPTIONS":
             # A CORS preflight of a page the front door let in (its own origin, or allow_origins).
+            # The OpenAI SDKs send headers of their own (X-Stainless-*): the /v1 routes allow
+            # what the preflight asks for, the origin being one the front door lets in.
+            allowed = headers.get("access-control-request-headers") if openai else None
             cors = {
                 "Access-Control-Allow-Origin": origin,
                 "Access-Control-Allow-Methods": "GET, POST",
-                "Access-Control-Allow-Headers": CORS_HEADERS,
+                "Access-Control-Allow-Headers": allowed or CORS_HEADERS,
                 "Access-Control-Max-Age": "600",
                 "Vary": "Origin",
             }
@@ -289,9 +332,10 @@ class HttpApi:
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        front = self.sse if request.url.path.endswith("/events") else self.rest
+        openai = is_openai(route_path(request.scope))
+        front = self.openai if openai else self.sse if request.url.path.endswith("/events") else self.rest
         front.error(exc.code)
-        return error_response(exc.code, exc.message, exc.headers)
+        return error_response(exc.code, exc.message, exc.headers, openai=openai, param=exc.param)
 
     def _running(self) -> None:
         runs = self.gw.runs
