@@ -402,7 +402,8 @@ class Tmux:
         prefix = ["env", *(f"{k}={v}" for k, v in env.items())]
         # After the watcher: its exit code, and the tty's line mode (cbreak must be undone).
         tty = "stty -a | tr ' ;' '\\n\\n' | grep -x -e '-*icanon' -e '-*echo'"
-        shell = f"cd {shlex.quote(str(ROOT))} && {shlex.join(prefix + argv)}; echo EXIT=$?; {tty}; exec cat"
+        # the terminal's line mode is printed before EXIT=: a test that waits for EXIT sees both
+        shell = f"cd {shlex.quote(str(ROOT))} && {shlex.join(prefix + argv)}; st=$?; {tty}; echo EXIT=$st; exec cat"
         subprocess.run(
             [*self.base, "new-session", "-d", "-s", "w", "-x", str(width), "-y", str(height), shell],
             check=True,
