@@ -282,12 +282,13 @@ class HttpApi:
     async def _front(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         """A route of the native front (``HttpFront.route``), with its front door: the same answer."""
         http = self.gw.http
-        reply = http.refuse(Headers(scope=scope), path)
+        asked = Headers(scope=scope)
+        reply = http.refuse(asked, path)
         if reply is None:
             if scope["method"] not in ("GET", "HEAD"):
                 reply = HttpReply.text(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed\n", ("Allow", "GET, HEAD"))
             else:
-                reply = http.route(path)
+                reply = http.route(path, asked.get("origin"))
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.header_list()]
         await send({"type": "http.response.start", "status": reply.status.value, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else reply.body})

@@ -7,6 +7,13 @@ docs/security.md); a WebSocket handshake is admitted or gets 503 when
 ``/apps``, ``/metrics``, or a file of the web UI and the JS client.  The
 ASGI front (``Gateway.asgi()``) asks the same object (``admit_upgrade``,
 ``refuse``, ``route``): a ``Reply`` is either front's response.
+
+Pages of other origins that the front door lets in (``allow_origins``) may
+load the files with ``import()`` and ``fetch`` (CORS: the reply names their
+origin).  Such a page has no import map of its own, so ``/esm/<file>`` is
+``/<file>`` with the web page's import map applied (``resolve_imports``): the
+notebook widget (``gateway/static/widget.js``) imports the JS client and the
+web UI's view from there, the gateway's own version of both.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import posixpath
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +43,8 @@ log = logging.getLogger("wirepipe")
 
 #: The web UI's files.
 STATIC = Path(__file__).parent / "static"
+#: Under this prefix, the same files with the web page's import map applied to their imports.
+ESM = "/esm/"
 
 
 def client_dir() -> Path:
@@ -109,7 +120,7 @@ class HttpFront:
             refused = self.admit_upgrade(request.headers, path, ws)
             return None if refused is None else _response(refused)
         refused = self.refuse(request.headers, path)
-        return _response(refused if refused is not None else self.route(path))
+        return _response(refused if refused is not None else self.route(path, request.headers.get("Origin")))
 
     def refuse(self, headers: Mapping[str, str], path: str, *, upgrade: bool = False) -> Reply | None:
         """The front door's 403 for a request with these headers, or None to let it in (``FrontDoor``)."""
@@ -143,8 +154,12 @@ class HttpFront:
             return Reply.text(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
         return self._admit(ws)
 
-    def route(self, path: str) -> Reply:
-        """The answer to an HTTP request the front door let in: a route, a file, or 404."""
+    def route(self, path: str, origin: str | None = None) -> Reply:
+        """The answer to an HTTP request the front door let in: a route, a file, or 404.
+
+        ``origin``: the request's ``Origin`` (the front door let it in): a
+        file's reply lets that page read it (CORS), for ``import()``.
+        """
         if path == "/healthz":
             return Reply.text(HTTPStatus.OK, "ok\n")
         if path == "/apps":  # the names hello.start accepts, for start forms
@@ -154,7 +169,12 @@ class HttpFront:
             return Reply(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         if not self.config.serve_ui:
             return Reply.text(HTTPStatus.NOT_FOUND, "not found\n")
-        return static(path)
+        reply = static(path)
+        if origin is not None and reply.status is HTTPStatus.OK:
+            reply = replace(
+                reply, headers=(*reply.headers, ("Access-Control-Allow-Origin", origin), ("Vary", "Origin"))
+            )
+        return reply
 
     def _admit(self, ws: Admitted) -> Reply | None:
         """Let a WebSocket handshake in, or answer 503 when ``max_connections`` are open.
@@ -197,6 +217,13 @@ def static(path: str) -> Reply:
         return Reply(HTTPStatus.BAD_REQUEST, b"bad request\n", "text/plain")
     if path in ("", "/"):
         path = "/index.html"
+    if path.startswith(ESM):
+        inner = "/" + path[len(ESM) :]
+        reply = static(inner)
+        if reply.status is not HTTPStatus.OK or not reply.ctype.startswith("text/javascript"):
+            return reply
+        body = resolve_imports(reply.body.decode("utf-8"), inner.lstrip("/"), import_map())
+        return Reply(HTTPStatus.OK, body.encode("utf-8"), reply.ctype)
     if path.startswith("/client/"):
         root, rel = client_dir(), path[len("/client/") :]
     else:
@@ -214,3 +241,51 @@ def static(path: str) -> Reply:
     if ctype.startswith("text/"):
         ctype += "; charset=utf-8"
     return Reply(HTTPStatus.OK, target.read_bytes(), ctype)
+
+
+# --- the import map, for pages that have none -------------------------------------------------
+
+_IMPORT_MAP = re.compile(r"<script\s+type=[\"']?importmap[\"']?\s*>(.*?)</script>", re.DOTALL | re.IGNORECASE)
+# A module specifier in a static import or export, or a literal import(): the quote and the text.
+_SPECIFIER = re.compile(r"""(\bfrom\s*|\bimport\s*\(?\s*)(['"])([^'"\s]+)\2""")
+
+
+def import_map() -> dict[str, str]:
+    """The web page's import map (``index.html``): bare specifier -> file path from the UI's root.
+
+    Read on each call (it is small, and a checkout's page may change under
+    a running gateway); an absent or unreadable map is empty.
+    """
+    try:
+        match = _IMPORT_MAP.search((STATIC / "index.html").read_text("utf-8"))
+        imports = json.loads(match.group(1)).get("imports", {}) if match else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v.removeprefix("./").lstrip("/") for k, v in imports.items() if isinstance(v, str)}
+
+
+def resolve_imports(source: str, module: str, imports: Mapping[str, str]) -> str:
+    """``source`` (the module at path ``module`` from the root) with its bare specifiers resolved.
+
+    A specifier that ``imports`` maps (exactly, or by its longest key that
+    ends in ``/``) becomes a path relative to the module, so it resolves
+    the same under any mount; relative and absolute ones, and bare ones
+    the map lacks, stay as they are.
+    """
+
+    def resolve(m: re.Match[str]) -> str:
+        spec = m.group(3)
+        if spec.startswith((".", "/")) or ":" in spec:
+            return m.group(0)
+        if spec in imports:
+            target = imports[spec]
+        else:
+            prefixes = [k for k in imports if k.endswith("/") and spec.startswith(k)]
+            if not prefixes:
+                return m.group(0)
+            key = max(prefixes, key=len)
+            target = imports[key] + spec[len(key) :]
+        rel = posixpath.relpath(target, posixpath.dirname(module) or ".")
+        return f"{m.group(1)}{m.group(2)}{rel if rel.startswith('.') else './' + rel}{m.group(2)}"
+
+    return _SPECIFIER.sub(resolve, source)
