@@ -55,7 +55,8 @@ const WIDGET_CSS = `
 .wp .side { position: static; height: auto; gap: 0.75rem; }
 .wp .main-col { gap: 0.75rem; }
 .wp .plan { max-height: 22rem; }
-.wp .logs { max-height: 12rem; }
+.wp .logs-panel { flex: none; min-height: 0; }
+.wp .logs { max-height: 14rem; }
 .wp .feed { max-height: 28rem; overflow: auto; }
 .wp .asks-panel { position: static; max-height: none; box-shadow: none; }
 @container (max-width: 640px) {
