@@ -209,21 +209,28 @@ def _response(reply: Reply) -> Response:
 def static(path: str) -> Reply:
     """A file of the web UI or the JS client, or 404; never raises.
 
-    Paths are not percent-decoded (no served file needs it), so ``%2e%2e``
-    is a name, not a parent.  A NUL, raw or as ``%00``, is a bad request;
+    Under ``/esm/``, the same file, a module with the web page's import map
+    applied to its imports (``resolve_imports``).  Paths are not
+    percent-decoded (no served file needs it), so ``%2e%2e`` is a name, not
+    a parent.  A NUL, raw or as ``%00``, is a bad request;
     a name the filesystem refuses (a component over 255 bytes) is not found.
     """
     if "\x00" in path or "%00" in path:
         return Reply(HTTPStatus.BAD_REQUEST, b"bad request\n", "text/plain")
-    if path in ("", "/"):
-        path = "/index.html"
     if path.startswith(ESM):
         inner = "/" + path[len(ESM) :]
-        reply = static(inner)
+        reply = _file(inner)
         if reply.status is not HTTPStatus.OK or not reply.ctype.startswith("text/javascript"):
             return reply
         body = resolve_imports(reply.body.decode("utf-8"), inner.lstrip("/"), import_map())
         return Reply(HTTPStatus.OK, body.encode("utf-8"), reply.ctype)
+    return _file(path)
+
+
+def _file(path: str) -> Reply:
+    """The file at ``path`` of the web UI or, under ``/client/``, of the JS client; or 404."""
+    if path in ("", "/"):
+        path = "/index.html"
     if path.startswith("/client/"):
         root, rel = client_dir(), path[len("/client/") :]
     else:

@@ -29,7 +29,11 @@ over its own connection, each resuming by itself after a drop:
   ``error``.  They work with no browser at all (``nbclient``, a script of
   cells), are what ``wait()`` and ``next_ask()`` wait on, and are what a
   saved notebook keeps.  A trait changes only when its value does (plan,
-  task, status, ask and answer events), never once per token.
+  task, status, ask and answer events), never once per token.  The follow
+  runs in no cell's context, so ipykernel sends its updates as part of the
+  request running then; ``wait()`` and ``next_ask()`` send the state once
+  more from the cell that awaits them (a headless runner such as nbclient
+  records only a running cell's messages).
 
 The views only read the model.  A credential is never a trait (a notebook
 may save widget state): a view that needs one asks the kernel for it with
@@ -195,11 +199,14 @@ class RunWidget(anywidget.AnyWidget):
         self._waiters = [(p, f) for p, f in self._waiters if not f.done()]
 
     async def _until(self, pred: Callable[[], bool]) -> None:
-        if pred() or self._ended:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((pred, fut))
-        await fut
+        if not (pred() or self._ended):
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append((pred, fut))
+            await fut
+        # Once more, from the awaiting cell: a change made while no cell ran
+        # went out as part of the last request, which a headless runner
+        # (nbclient) stopped listening to; this cell's it records.
+        self.send_state(["status", "plan", "asks", "error"])
 
     # --- what notebook code uses -------------------------------------------------------------
 
