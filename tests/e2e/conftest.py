@@ -99,6 +99,7 @@ async def open_page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterat
         page.set_default_timeout(TIMEOUT_MS)
         log = PageLog(name or f"page{len(opened) + 1}")
         page.on("console", lambda m: log.console.append(f"{m.type}: {m.text}"))
+
         def on_error(e: Any) -> None:
             frames = [line.strip() for line in (e.stack or "").splitlines() if line.strip().startswith("at ")]
             if foreign is not None and frames and foreign.search(frames[0]):
