@@ -70,6 +70,8 @@ __all__ = ["RunWidget", "watch"]
 
 #: The widget's ES module (it imports the client and the view from the gateway).
 ESM = Path(__file__).parent / "static" / "widget.js"
+#: The kernel's flow-control window (docs/protocol.md section 6): at most about two of it buffered.
+FOLLOW_WINDOW = 1000
 #: Kinds whose events change what the traits show.
 _STATE_KINDS = frozenset({"status", "plan", "task", "ask", "answer"})
 
@@ -288,11 +290,14 @@ def watch(
     app (the kernel's connection starts it; the views only watch).
     ``browser_url``: the gateway's WebSocket URL as the browser reaches it,
     when it differs from the kernel's (a proxy, a remote kernel).
-    ``client_options``: the rest of ``Client``'s options (``window``,
-    ``max_retries``, ...).  Call it in the kernel (its event loop runs).
+    ``client_options``: the rest of ``Client``'s options (``window``, by
+    default ``FOLLOW_WINDOW``, ``max_retries``, ...).  Call it in the kernel
+    (its event loop runs).
 
     Raises:
         ValueError: ``sid`` is not a valid session id, or a URL is not a gateway URL.
         RuntimeError: no event loop is running.
     """
+    # A window bounds what the kernel's client buffers while a cell keeps the loop busy.
+    client_options.setdefault("window", FOLLOW_WINDOW)
     return RunWidget(Client(url, sid, auth=auth, start=start, **client_options), browser_url=browser_url)
