@@ -59,6 +59,12 @@ const WIDGET_CSS = `
 .wp .logs { max-height: 14rem; }
 .wp .feed { max-height: 28rem; overflow: auto; }
 .wp .asks-panel { position: static; max-height: none; box-shadow: none; }
+/* The page's style could not load: the reason alone, in a style of its own. */
+.wp.failed {
+  font: 14px/1.45 system-ui, sans-serif; color: #1c2128; background: #ffebe9;
+  border: 1px solid #c62828; border-radius: 8px; padding: 0.6rem 0.9rem;
+}
+.wp.failed .banner { margin: 0; overflow-wrap: anywhere; }
 @container (max-width: 640px) {
   .wp .layout { grid-template-columns: minmax(0, 1fr); }
 }
@@ -230,6 +236,8 @@ async function render({ model, el }) {
     showBanner(`Could not load the wirepipe view from ${base} (${messageOf(err)}). Is the gateway running there, `
       + `and does it let this page's origin (${location.origin}) in? Start it with --allow-origin ${location.origin} `
       + '(docs/notebook.md).');
+    ui.root.classList.add('failed');
+    ui.root.replaceChildren(ui.banner);  // without the page's style, the rest is only noise
     setConn('closed');
     return () => model.off('change:error', showKernelError);
   }

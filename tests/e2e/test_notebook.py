@@ -239,3 +239,26 @@ async def test_the_widget_shows_a_run_and_answers_its_ask(
     await page.set_viewport_size({"width": 390, "height": 844})
     await expect(widget.locator(".layout")).to_have_css("grid-template-columns", re.compile(r"^\S+$"))
     await widget.screenshot(path=str(artifacts / f"notebook-{ui}-phone.png"))
+
+
+async def test_a_gateway_that_refuses_jupyters_origin_is_named_with_the_fix(
+    jupyter: Jupyter, open_page: Any, artifacts: Path
+) -> None:
+    """Without ``--allow-origin``, the view cannot load; it says which origin to allow."""
+    ui = jupyter.ui
+    async with Gateway(host="127.0.0.1", port=0, store=MemoryStore(), apps={"demo": demo_app}) as gw:
+        name = f"refused-{ui}.ipynb"
+        write_notebook(
+            jupyter.root / name,
+            "from gateway.notebook import watch\n"
+            f"w = watch({gw.url!r}, 'refused', start={{'app': 'demo', 'input': {{'ask': False, 'delay': 0}}}})\n"
+            "w",
+        )
+        path = f"lab/tree/{name}" if ui == "lab" else f"notebooks/{name}"
+        page = await open_page(f"{jupyter.url}{path}?token={jupyter.token}", foreign=JUPYTER_OWN)
+        await kernel_ready(page)
+        await run_cell(page, 0)
+        widget = page.locator(".wp")
+        await expect(widget.locator(".banner")).to_contain_text(f"--allow-origin {jupyter.origin}", timeout=LOAD_MS)
+        await expect(widget).to_have_attribute("data-conn", "closed")
+        await widget.screenshot(path=str(artifacts / f"notebook-{ui}-refused.png"))
