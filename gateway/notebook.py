@@ -60,7 +60,7 @@ try:
 except ImportError as exc:  # the optional extra is missing: say which
     raise ImportError(f"gateway.notebook needs anywidget ({exc}): pip install 'wirepipe[notebook]'") from exc
 
-from protocol import FINAL_STATES, RemoteError
+from protocol import FINAL_STATES, RemoteError, Snapshot
 
 from .client import Client
 
@@ -148,6 +148,8 @@ class RunWidget(anywidget.AnyWidget):
         self.client = client
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._ended = False
+        self._failure: RemoteError | None = None  # why the follow stopped, when the gateway said
+        self._shown: Snapshot | None = None  # the snapshot the traits were last set from
         self.on_msg(self._on_msg)
         # An empty context: the follow belongs to no cell, so ipykernel sends its
         # trait updates as part of the request it handles now (the cell running
@@ -165,25 +167,26 @@ class RunWidget(anywidget.AnyWidget):
             await client.connect()
             self._sync()
             async for ev in client:
-                if ev.k in _STATE_KINDS:
+                # A new snapshot object: the stream was reset (a new run under the sid).
+                if ev.k in _STATE_KINDS or client.snapshot is not self._shown:
                     self._sync()
         except asyncio.CancelledError:
             raise
         except RemoteError as exc:
+            self._failure = exc
             self.error = f"{exc.code}: {exc.msg}" if exc.msg else str(exc.code)
         except Exception as exc:  # a bug: the notebook shows it rather than a widget that froze
             log.exception("watching %s stopped", client.sid)
             self.error = f"{type(exc).__name__}: {exc}"
         else:
-            if not self.error:
-                self.error = "the connection was closed"
+            self.error = "the connection was closed"
         finally:
             self._ended = True
             self._wake()
 
     def _sync(self) -> None:
         """Set the traits from the client's snapshot (traitlets sends only those that changed)."""
-        snap = self.client.snapshot
+        snap = self._shown = self.client.snapshot
         state = snap.status.get("state") if snap.status else None
         self.status = state if isinstance(state, str) else ""
         self.plan = _plain(snap.plan) if snap.plan else {}
@@ -210,6 +213,10 @@ class RunWidget(anywidget.AnyWidget):
         # (nbclient) stopped listening to; this cell's it records.
         self.send_state(["status", "plan", "asks", "error"])
 
+    def _stopped(self) -> RemoteError:
+        """Why the follow stopped: the gateway's error, or a ``closed`` one saying what happened."""
+        return self._failure or RemoteError("closed", self.error or "the widget was closed")
+
     # --- what notebook code uses -------------------------------------------------------------
 
     @property
@@ -225,7 +232,7 @@ class RunWidget(anywidget.AnyWidget):
         """
         await self._until(lambda: self.finished)
         if not self.finished:
-            raise RemoteError("closed", self.error or "the widget was closed")
+            raise self._stopped()
         return self.status
 
     async def next_ask(self) -> dict[str, Any]:
@@ -236,7 +243,7 @@ class RunWidget(anywidget.AnyWidget):
         """
         await self._until(lambda: bool(self.asks) or self.finished)
         if not self.asks:
-            raise RemoteError("closed", self.error or f"no ask is open (the run is {self.status or 'gone'})")
+            raise self._stopped() if self._ended else RemoteError("closed", f"no ask is open: the run is {self.status}")
         first: dict[str, Any] = self.asks[0]
         return first
 
@@ -250,7 +257,7 @@ class RunWidget(anywidget.AnyWidget):
         return replied.ok
 
     @property
-    def snapshot(self) -> Any:
+    def snapshot(self) -> Snapshot:
         """The run's state as the kernel received it (``protocol.Snapshot``; shows as a table)."""
         return self.client.snapshot
 
@@ -262,9 +269,9 @@ class RunWidget(anywidget.AnyWidget):
         task: asyncio.Task[None] | None = getattr(self, "_task", None)
         if task is not None and not task.done():
             task.cancel()  # the follow's client closes with its task: cancel, then close
-            try:
-                asyncio.get_running_loop().create_task(self.client.close())
-            except RuntimeError:  # no loop runs: the task's socket dies with the loop
+            try:  # the client's own task holds the socket: close it too (kept, so it is not collected)
+                self._closing = asyncio.get_running_loop().create_task(self.client.close())
+            except RuntimeError:  # no loop runs: the socket dies with the loop
                 pass
             self._ended = True
             self._wake()
