@@ -161,6 +161,18 @@ def write_notebook(path: Path, *sources: str) -> None:
     nbformat.write(nb, path)
 
 
+def notebook_url(jupyter: Jupyter, name: str) -> str:
+    """The URL that opens notebook ``name``; in JupyterLab with a fresh workspace (no tabs of earlier tests)."""
+    if jupyter.ui == "lab":
+        return f"{jupyter.url}lab/tree/{name}?reset&token={jupyter.token}"
+    return f"{jupyter.url}notebooks/{name}?token={jupyter.token}"
+
+
+def notebook_panel(page: Any) -> Any:
+    """The notebook on screen (JupyterLab keeps other tabs in the page, hidden)."""
+    return page.locator(".jp-NotebookPanel:visible")
+
+
 async def kernel_ready(page: Any) -> None:
     """Until the notebook takes input: its session has a kernel, connected and idle.
 
@@ -168,15 +180,16 @@ async def kernel_ready(page: Any) -> None:
     names the kernel from the moment the session has one (before that it
     says "No Kernel"), and the execution indicator is idle once it is connected.
     """
-    await expect(page.locator(".jp-ToolbarButtonComponent-label", has_text="Python 3 (ipykernel)")).to_be_visible(
+    panel = notebook_panel(page)
+    await expect(panel.locator(".jp-ToolbarButtonComponent-label", has_text="Python 3 (ipykernel)")).to_be_visible(
         timeout=LOAD_MS
     )
-    await expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_visible()
+    await expect(panel.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_visible()
 
 
 async def run_cell(page: Any, index: int) -> None:
     """Run the notebook's cell ``index`` as a person would: click into it, Shift+Enter."""
-    editor = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".cm-content")
+    editor = notebook_panel(page).locator(".jp-Cell").nth(index).locator(".cm-content")
     await editor.click()
     await page.keyboard.press("Shift+Enter")
 
@@ -195,14 +208,15 @@ async def test_the_widget_shows_a_run_and_answers_its_ask(
         "w",
         "print('kernel:', await w.wait(), [t['status'] for t in w.plan['tasks']])",
     )
-    path = f"lab/tree/{name}" if ui == "lab" else f"notebooks/{name}"
     page = await open_page(
-        f"{jupyter.url}{path}?token={jupyter.token}", viewport={"width": 1366, "height": 900}, foreign=JUPYTER_OWN
+        notebook_url(jupyter, name),
+        viewport={"width": 1366, "height": 900},
+        foreign=JUPYTER_OWN,
     )
     await kernel_ready(page)
     await run_cell(page, 0)
 
-    widget = page.locator(".wp")  # in the widget's shadow root (Playwright's CSS pierces it)
+    widget = notebook_panel(page).locator(".wp")  # in the widget's shadow root (Playwright's CSS pierces it)
     await expect(widget).to_have_attribute("data-conn", "open", timeout=LOAD_MS)
     # The view got the credential from the kernel (a message, never widget state): it is an operator.
     assert "waiting for the kernel" in (await widget.get_attribute("data-history") or "")
@@ -231,7 +245,7 @@ async def test_the_widget_shows_a_run_and_answers_its_ask(
 
     # The kernel followed the same run: its wait() ends done.
     await run_cell(page, 1)
-    await expect(page.locator(".jp-OutputArea-output", has_text="kernel:")).to_contain_text(
+    await expect(notebook_panel(page).locator(".jp-OutputArea-output", has_text="kernel:")).to_contain_text(
         "kernel: done ['done', 'done']"
     )
     await page.screenshot(path=str(artifacts / f"notebook-{ui}-page.png"))
@@ -254,11 +268,10 @@ async def test_a_gateway_that_refuses_jupyters_origin_is_named_with_the_fix(
             f"w = watch({gw.url!r}, 'refused', start={{'app': 'demo', 'input': {{'ask': False, 'delay': 0}}}})\n"
             "w",
         )
-        path = f"lab/tree/{name}" if ui == "lab" else f"notebooks/{name}"
-        page = await open_page(f"{jupyter.url}{path}?token={jupyter.token}", foreign=JUPYTER_OWN)
+        page = await open_page(notebook_url(jupyter, name), foreign=JUPYTER_OWN)
         await kernel_ready(page)
         await run_cell(page, 0)
-        widget = page.locator(".wp")
+        widget = notebook_panel(page).locator(".wp")
         await expect(widget.locator(".banner")).to_contain_text(f"--allow-origin {jupyter.origin}", timeout=LOAD_MS)
         await expect(widget).to_have_attribute("data-conn", "closed")
         await widget.screenshot(path=str(artifacts / f"notebook-{ui}-refused.png"))
