@@ -249,10 +249,11 @@ async def test_the_widget_shows_a_run_and_answers_its_ask(
         "kernel: done ['done', 'done']"
     )
     await page.screenshot(path=str(artifacts / f"notebook-{ui}-page.png"))
-    # On a phone's width the widget is one column (a container query: the cell's width, not the window's).
-    await page.set_viewport_size({"width": 390, "height": 844})
-    await expect(widget.locator(".layout")).to_have_css("grid-template-columns", re.compile(r"^\S+$"))
-    await widget.screenshot(path=str(artifacts / f"notebook-{ui}-phone.png"))
+    if ui == "notebook7":  # JupyterLab keeps its side panel on a phone's width: no room for any output
+        # On a phone's width the widget is one column (a container query: the cell's width, not the window's).
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await expect(widget.locator(".layout")).to_have_css("grid-template-columns", re.compile(r"^\S+$"))
+        await widget.screenshot(path=str(artifacts / f"notebook-{ui}-phone.png"))
 
 
 async def test_a_gateway_that_refuses_jupyters_origin_is_named_with_the_fix(
