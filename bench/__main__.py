@@ -25,17 +25,21 @@ replay   a client resumes with its token after 10,000 missed events: ms from
          its reconnect to the last event (the gateway only: bare has no replay).
 
 Ratios (gateway / bare) are what to compare: both run on the same machine in
-the same run.  ``--front asgi`` measures a third server beside the two: the
-same gateway with its clients coming in through ``gw.asgi()`` mounted in a
-Starlette app under uvicorn (docs/http.md, "The WebSocket through ASGI"),
-with the ratios ASGI / bare and ASGI / gateway.  ``--quick`` shrinks every workload to a smoke run of seconds.
+the same run.  The gateway is its default front (``uvicorn``: uvicorn answers
+HTTP, websockets' connection takes each WebSocket).  ``--front websockets``
+or ``--front asgi`` measures a third server beside the two: the same gateway
+with websockets' server alone on its port, or with its clients coming in
+through ``gw.asgi()`` mounted in a Starlette app under uvicorn (docs/http.md,
+"Fronts"), with the ratios front / bare and front / gateway.  ``--quick``
+shrinks every workload to a smoke run of seconds.
 With ``--deflate`` every client offers permessage-deflate (``ws``'s default
 offer), which both servers accept: the bare one with websockets' defaults
 (a compressor and a decompressor kept per connection), the gateway without
 context takeover (``gateway/compression.py``); ``--deflate --only idle`` is
 the memory of an idle client that negotiated compression.
 
-Usage: python -m bench [--quick] [--deflate] [--front asgi] [--only one,fanout,rate,many,idle,replay] [--json FILE]
+Usage: python -m bench [--quick] [--deflate] [--front websockets|asgi]
+       [--only one,fanout,rate,many,idle,replay] [--json FILE]
        [--n 100000] [--fanout-n 10000] [--clients 100] [--rate 2000] [--rate-seconds 10]
        [--sessions 500] [--watchers 2] [--session-rate 10] [--seconds 15] [--idle 2000]
        [--replay 10000]
@@ -58,6 +62,8 @@ from bench.scale import GUARD, ROOT, cpu_of, read_json, stop, tell, watchers
 
 WORKLOADS = ("one", "fanout", "rate", "many", "idle", "replay")
 KINDS = ("gateway", "bare")
+#: The fronts ``--front`` measures beside the gateway's default one.
+FRONTS = ("websockets", "asgi")
 QUICK = {
     "n": 5_000,
     "fanout_n": 500,
@@ -82,9 +88,9 @@ def rss_kb(pid: int) -> int:
 
 
 def server(kind: str, *args: str) -> subprocess.Popen[str]:
-    """The gateway (memory store; ``asgi``: through ``gw.asgi()``) or the bare baseline, in a process of its own."""
+    """The gateway (memory store; ``websockets``, ``asgi``: that front) or the bare baseline, in its own process."""
     script = "bare_proc.py" if kind == "bare" else "gateway_proc.py"
-    front = ["--front", "asgi"] if kind == "asgi" else []
+    front = ["--front", kind] if kind in FRONTS else []
     cmd = [sys.executable, str(ROOT / "bench" / script), "--store", "memory", *front, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
@@ -225,20 +231,21 @@ def run(a: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
 
 
 def kinds(a: argparse.Namespace) -> tuple[str, ...]:
-    """The servers measured: the gateway and bare, and the gateway through ASGI with ``--front asgi``."""
-    return ("gateway", "asgi", "bare") if a.front == "asgi" else KINDS
+    """The servers measured: the gateway and bare, and the gateway through ``--front``'s front."""
+    return ("gateway", a.front, "bare") if a.front else KINDS
 
 
 def columns(a: argparse.Namespace) -> tuple[str, ...]:
     """The table's columns (``rows``' tuples, the JSON table's keys)."""
-    if a.front == "asgi":
-        return ("workload", "gateway", "asgi", "bare", "ratio", "asgi_ratio", "asgi_vs_gateway")
+    if a.front:
+        f = a.front
+        return ("workload", "gateway", f, "bare", "ratio", f"{f}_ratio", f"{f}_vs_gateway")
     return ("workload", "gateway", "bare", "ratio")
 
 
 def rows(results: dict[str, Any], a: argparse.Namespace) -> list[tuple[str, ...]]:
-    """(label, gateway, bare, gateway / bare) for every measured line; with ``--front asgi``
-    (label, gateway, asgi, bare, gateway / bare, asgi / bare, asgi / gateway)."""
+    """(label, gateway, bare, gateway / bare) for every measured line; with ``--front F``
+    (label, gateway, F, bare, gateway / bare, F / bare, F / gateway)."""
     spec = [
         ("one", "deliveries_per_s", f"one client, {a.n:,} events: events/s"),
         ("one", "server_cpu_us_per_delivery", "one client: server CPU µs/event"),
@@ -269,8 +276,8 @@ def rows(results: dict[str, Any], a: argparse.Namespace) -> list[tuple[str, ...]
         b = results.get(f"{w}.bare", {}).get(key)
         if a.deflate:
             label += " (deflate)"
-        if a.front == "asgi":
-            s = results.get(f"{w}.asgi", {}).get(key)
+        if a.front:
+            s = results.get(f"{w}.{a.front}", {}).get(key)
             out.append((label, _num(g), _num(s), _num(b), _ratio(g, b), _ratio(s, b), _ratio(s, g)))
         else:
             out.append((label, _num(g), _num(b), _ratio(g, b)))
@@ -286,10 +293,10 @@ def _ratio(x: Any, y: Any) -> str:
 
 
 def table(lines: list[tuple[str, ...]], a: argparse.Namespace) -> str:
-    if a.front == "asgi":
+    if a.front:
+        f = {"asgi": "ASGI", "websockets": "websockets front"}[a.front]
         text = [
-            "| workload | gateway | gateway through ASGI | bare websockets "
-            "| gateway / bare | ASGI / bare | ASGI / gateway |",
+            f"| workload | gateway | {f} | bare websockets | gateway / bare | {f} / bare | {f} / gateway |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
     else:
@@ -306,9 +313,10 @@ def main() -> None:
     p.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate")
     p.add_argument(
         "--front",
-        choices=["native", "asgi"],
-        default="native",
-        help="asgi: measure the gateway through gw.asgi() under uvicorn too",
+        choices=FRONTS,
+        default=None,
+        help="measure the gateway with this front too: websockets (its server alone), "
+        "asgi (through gw.asgi() under uvicorn)",
     )
     p.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads to run")
     p.add_argument("--n", type=int, default=100_000, help="events to one client (one)")

@@ -99,7 +99,9 @@ async def main(a: argparse.Namespace) -> None:
         store: Any = RedisStore(a.redis, retention=retention, prefix="bench:")
     else:
         store = MemoryStore(Retention(max_events=a.n + 10, max_bytes=1 << 30))
-    async with Gateway(port=0, store=store) as gw, front(gw, a.front) as url:
+    port = None if a.front == "asgi" else 0  # mounted: the host app's uvicorn is the only listener
+    knobs = {"front": a.front} if a.front != "asgi" else {}
+    async with Gateway(port=port, store=store, **knobs) as gw, front(gw, a.front) as url:
         sids = ["bench"] if a.mode != "many" else [f"s{i}" for i in range(a.sessions)]
         pipes = [gw.pipe(sid) for sid in sids]
         if a.mode == "replay":
@@ -142,7 +144,7 @@ async def main(a: argparse.Namespace) -> None:
 @asynccontextmanager
 async def front(gw: Gateway, kind: str) -> AsyncIterator[str]:
     """The URL clients connect to: the gateway's own, or ``gw.asgi()``'s under uvicorn (``--front asgi``)."""
-    if kind == "native":
+    if kind != "asgi":
         yield gw.url
         return
     import socket
@@ -180,7 +182,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--store", choices=["memory", "redis"], default="memory")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    p.add_argument("--front", choices=["native", "asgi"], default="native")
+    p.add_argument("--front", choices=["uvicorn", "websockets", "asgi"], default="uvicorn")
     p.add_argument("mode", choices=["throughput", "many", "idle", "replay"])
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--sessions", type=int, default=500)

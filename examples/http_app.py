@@ -1,6 +1,6 @@
 """The whole gateway inside a Starlette app, as docs/http.md shows it.
 
-    uvicorn --app-dir examples http_app:app --port 8000
+    ./run python -m uvicorn --app-dir examples http_app:app --port 8000
 
 FastAPI is the same: ``app = FastAPI(lifespan=lifespan)`` then
 ``app.mount("/agents", gw.asgi())``.  Everything is on the app's origin:

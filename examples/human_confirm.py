@@ -1,9 +1,9 @@
 """Human confirmation: a DataInterpreter asks a person to review its plan and each task.
 
-    python examples/human_confirm.py                          # answer at the terminal
-    python examples/human_confirm.py --answer "change task 2: also count the letters"
-    python examples/human_confirm.py --ui                     # answer in the web UI
-    python examples/human_confirm.py --llm config             # the LLM of your config2.yaml
+    ./run python examples/human_confirm.py                          # answer at the terminal
+    ./run python examples/human_confirm.py --answer "change task 2: also count the letters"
+    ./run python examples/human_confirm.py --ui                     # answer in the web UI
+    ./run python examples/human_confirm.py --llm config             # the LLM of your config2.yaml
 
 MetaGPT 0.8.2 asks for reviews with the blocking ``input()``.  In a wirepipe
 run each review is an ``ask`` event instead, answered by whichever client

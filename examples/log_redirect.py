@@ -1,8 +1,8 @@
 """Scheme 2 of docs/metagpt.md, log redirection: MetaGPT's LLM stream and log, on the web.
 
-    python examples/log_redirect.py                   # offline: the scripted LLM
-    python examples/log_redirect.py --level DEBUG     # more log lines
-    python examples/log_redirect.py --llm config      # the LLM of your config2.yaml
+    ./run python examples/log_redirect.py                   # offline: the scripted LLM
+    ./run python examples/log_redirect.py --level DEBUG     # more log lines
+    ./run python examples/log_redirect.py --llm config      # the LLM of your config2.yaml
 
 MetaGPT has ONE process-wide LLM-stream function (``set_llm_stream_logfunc``)
 and logs through loguru.  ``attach`` redirects both, for the run inside it

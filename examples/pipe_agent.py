@@ -1,7 +1,7 @@
 """Scheme 3 of docs/metagpt.md, the event pipe: ``DataInterpreter(stream_pipe=pipe)``.
 
-    python examples/pipe_agent.py                     # offline: the scripted LLM
-    python examples/pipe_agent.py --llm config        # the LLM of your config2.yaml
+    ./run python examples/pipe_agent.py                     # offline: the scripted LLM
+    ./run python examples/pipe_agent.py --llm config        # the LLM of your config2.yaml
 
 The role is handed the pipe (the third scheme of docs/metagpt.md).  MetaGPT 0.8.2 accepts
 ``stream_pipe=`` and ignores it; after ``gateway.integrations.metagpt.install()`` a role
@@ -47,7 +47,7 @@ async def main() -> int:
     state, tasks = "?", {}
     async with Gateway(host="127.0.0.1", port=0) as gw:
         pipe = gw.pipe("pipe-agent")
-        print(f"a frame on the wire: {pipe.msg2stream('hello')!r}")
+        print(f"a frame on the wire: {pipe.msg2stream('hello', format='frame')!r}")
 
         async def run_agent() -> None:
             async with pipe:  # ends the run: done, failed or cancelled

@@ -1,7 +1,7 @@
 """Scheme 1 of docs/metagpt.md, the queue relay: the agent in a thread, a client consuming.
 
-    python examples/queue_relay.py                    # offline: the scripted LLM
-    python examples/queue_relay.py --llm config       # the LLM of your config2.yaml
+    ./run python examples/queue_relay.py                    # offline: the scripted LLM
+    ./run python examples/queue_relay.py --llm config       # the LLM of your config2.yaml
 
 The pattern: the agent runs in a thread (``asyncio.run`` there,
 as MetaGPT's examples/stream_output_via_api.py does), producing into a

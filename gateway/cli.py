@@ -4,22 +4,44 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib
 import json
 import logging
 import os
+import shutil
 import signal
+import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
-from protocol import Grant, RemoteError, StoreUnavailable, is_final
+from protocol import Grant, StoreUnavailable
 
-from .config import App, Config
+from .config import FRONTS, App, Config
 from .front import is_loopback, normalize_host, normalize_origin
 from .middleware import Middleware
 from .server import Gateway, tune_gc
 from .stores import MemoryStore, Retention, Store
+
+
+def _import(module: str) -> Any:
+    """``importlib.import_module``, with the working directory on the import path first.
+
+    As ``python -m`` and uvicorn do: ``--app mine=my_module:app`` and
+    ``--middleware`` name a module of the directory the command runs in, not
+    only installed ones, however ``wirepipe`` was started (its script's
+    ``sys.path[0]`` is the venv's ``bin/``).
+    """
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(module)
+
+
+#: The exit code of ``serve`` and ``demo`` when the address cannot be listened on (as for a bad flag).
+EXIT_CANNOT_BIND: Final = 2
 
 
 def _load_app(spec: str) -> tuple[str, App]:
@@ -28,7 +50,7 @@ def _load_app(spec: str) -> tuple[str, App]:
     if not sep or not colon or not name or not module or not attr:
         raise argparse.ArgumentTypeError(f"--app takes NAME=module:callable, not {spec!r}")
     try:
-        obj = getattr(importlib.import_module(module), attr)
+        obj = getattr(_import(module), attr)
     except Exception as exc:  # whatever importing the user's module raised: say it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise argparse.ArgumentTypeError(f"cannot load app {spec!r}: {type(exc).__name__}: {first[:300]}") from exc
@@ -42,7 +64,7 @@ def _load_middleware(spec: str) -> Middleware:
     if not colon or not module or not attr:
         raise argparse.ArgumentTypeError(f"--middleware takes module:name, not {spec!r}")
     try:
-        obj = getattr(importlib.import_module(module), attr)
+        obj = getattr(_import(module), attr)
         mw = obj() if isinstance(obj, type) else obj
     except Exception as exc:  # whatever importing or making it raised: say it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -66,6 +88,16 @@ def _allowed_host(value: str) -> str:
         return normalize_host(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--allow-host: {exc}") from None
+
+
+def _port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535 (0 picks a free one), not {n}")
+    return n
 
 
 def _positive(value: str) -> int:
@@ -134,7 +166,7 @@ _KNOBS: Final[list[tuple[str, Callable[[str], Any], str | None, str]]] = [
 
 def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    p.add_argument("--port", type=int, default=port, help="port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--port", type=_port, default=port, help="port; 0 picks a free one (default: %(default)s)")
     p.add_argument(
         "--secret",
         default=os.environ.get("WIREPIPE_SECRET"),
@@ -223,6 +255,13 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
         app="register an app that hello.start can run; repeatable",
     )
     p.add_argument("--no-ui", action="store_true", help="do not serve the web UI")
+    p.add_argument(
+        "--front",
+        choices=FRONTS,
+        default=Config().front,
+        help="what answers on the port: uvicorn (the page, the WebSocket, REST and SSE, one origin) "
+        "or websockets (its server alone: the page and the WebSocket); docs/http.md (default: %(default)s)",
+    )
 
 
 def _add_run_args(p: argparse.ArgumentParser, *, redis: str, lease: str, middleware: str, app: str) -> None:
@@ -289,6 +328,7 @@ def _gateway(args: argparse.Namespace, extra_apps: dict[str, App] | None = None)
             default_grant=Grant.OPERATOR if args.insecure else None,
             allow_origins=tuple(args.allow_origin),
             allow_hosts=tuple(args.allow_host),
+            front=args.front,
         ),
     )
 
@@ -305,10 +345,41 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
+class CannotBind(Exception):
+    """The gateway cannot listen where it was told to; the message says what to pass instead."""
+
+
+def bind_error(exc: OSError, host: str, port: int) -> str:
+    """One line for a failed bind of ``host:port``: what went wrong and the flag that fixes it."""
+    where = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {where}: {host!r} is not an address or a name that resolves; pass --host 127.0.0.1"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is in use on {host}: pass --port 0 (any free port) or another port"
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on {where}: pass --port 0 (any free port) or a port above 1023"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"cannot listen on {where}: {host} is not an address of this machine; "
+            "pass --host 127.0.0.1, or --host 0.0.0.0 for every interface"
+        )
+    return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
 async def _serve(gw: Gateway, banner: str = "") -> None:
-    await gw.start()
+    """Serve until SIGINT or SIGTERM.
+
+    Raises:
+        CannotBind: the host and port cannot be listened on (in use, not ours, ...).
+    """
+    try:
+        await gw.start()
+    except OSError as exc:
+        await gw.close()
+        raise CannotBind(bind_error(exc, gw.host, gw.port or 0)) from None
     tune_gc()
-    print(f"wirepipe serving {gw.url} (web UI: {gw.http_url})", flush=True)
+    api = f", HTTP API: {gw.http_url}api/v1/" if gw.config.front == "uvicorn" else ""
+    print(f"wirepipe serving {gw.url} (web UI: {gw.http_url}{api})", flush=True)
     if gw.apps:
         print(f"apps: {', '.join(sorted(gw.apps))}", flush=True)
     if banner:
@@ -340,6 +411,55 @@ async def _work(args: argparse.Namespace) -> None:
     await worker.close()
 
 
+#: Loggers that write a line per request or per connection at INFO: above DEBUG, only their warnings.
+#: websockets (``wirepipe.ws``) says "HTTP response sent" and "connection closed"; uvicorn's access log.
+PER_REQUEST_LOGGERS: Final = ("wirepipe.ws", "uvicorn.access")
+
+
+def _setup_logging(level: str) -> None:
+    """The log of ``serve``, ``demo`` and ``worker``: short lines on stderr, the gateway's own.
+
+    Above DEBUG: no line per request (``PER_REQUEST_LOGGERS``), and MetaGPT
+    keeps off the terminal (``gateway.integrations.metagpt.quiet``: its
+    output goes to its log files, and to the ``metagpt`` logger at DEBUG;
+    a line says where when it loads).  At DEBUG, everything.
+    """
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # jupyter_client's "Could not destroy zmq context" as a MetaGPT kernel shuts down
+    logging.getLogger("traitlets").setLevel(logging.ERROR)
+    from .integrations.metagpt import setup as metagpt_setup  # imports no MetaGPT
+
+    if metagpt_setup.available():
+        metagpt_setup.quiet()
+
+
+def _self_command() -> str:
+    """This ``wirepipe`` as the shell that started it can run it again (``./run demo`` has no venv active).
+
+    ``wirepipe`` when that name finds this script on ``PATH``, else its path
+    (relative to the working directory when shorter); for ``python -m
+    gateway.cli``, that.
+    """
+    me = Path(sys.argv[0]).resolve()
+    if me.name != "wirepipe":
+        return f"{_shortest(sys.executable)} -m gateway.cli"
+    found = shutil.which("wirepipe")
+    if found is not None and Path(found).resolve() == me:
+        return "wirepipe"
+    return _shortest(sys.argv[0])
+
+
+def _shortest(path: str) -> str:
+    """``path`` relative to the working directory if that is shorter, else absolute (a relative one keeps a /)."""
+    full = os.path.abspath(path)
+    rel = os.path.relpath(full)
+    return rel if len(rel) < len(full) and os.sep in rel else full
+
+
 def _demo_apps() -> tuple[dict[str, App], str]:
     from .integrations.demo import app as demo
 
@@ -355,8 +475,26 @@ def _demo_apps() -> tuple[dict[str, App], str]:
     return apps, default
 
 
-async def _watch(args: argparse.Namespace) -> int:
-    from .client import Client
+def _watch_url(value: str) -> str:
+    from .watch import gateway_url
+
+    try:
+        return gateway_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _retries(value: str) -> int | None:
+    from .watch import parse_retries
+
+    try:
+        return parse_retries(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--retries takes a count or 'forever': {exc}") from None
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from .watch import WatchOptions, run
 
     start = None
     if args.start:
@@ -367,54 +505,23 @@ async def _watch(args: argparse.Namespace) -> int:
             except json.JSONDecodeError:
                 value = args.input
         start = {"app": args.start, "input": value}
-    async with Client(args.url, args.sid, auth=args.auth, start=start) as c:
-        assert c.welcome is not None
-        print(f"# session {c.sid} epoch {c.epoch} grant {c.welcome.grant.value} head {c.welcome.head}", flush=True)
-        async for ev in c:
-            print(_render(ev.seq, ev.k, ev.d), end="", flush=True)
-            if ev.k == "ask" and not args.no_input:
-                answer = await asyncio.to_thread(input, "> ")
-                choices = ev.d.get("choices") or []
-                if answer == "" and "default" in ev.d:
-                    answer = ev.d["default"]
-                elif answer.isdigit() and 0 < int(answer) <= len(choices):
-                    answer = choices[int(answer) - 1]
-                r = await c.reply(ev.d["id"], answer)
-                if not r.ok:
-                    print(f"# reply refused: {r.err}", flush=True)
-            if is_final(ev.k, ev.d):
-                if not args.follow:
-                    return 0 if ev.d["state"] == "done" else 1
-    return 0
-
-
-def _render(seq: int, k: str, d: Any) -> str:
-    if k == "text":
-        return str(d.get("delta", "")) + ("\n" if d.get("end") else "")
-    if k == "ask":
-        choices = d.get("choices") or []
-        opts = "  ".join(f"[{i}] {c}" for i, c in enumerate(choices, 1))
-        default = f" (default: {d['default']})" if "default" in d else ""
-        return f"\n? {d.get('prompt')}{default}\n  {opts}\n" if opts else f"\n? {d.get('prompt')}{default}\n"
-    if k == "log":
-        return f"[{d.get('level')}] {d.get('msg')}\n"
-    if k == "code":
-        return f"--- code {d.get('id')} ({d.get('lang')})\n{d.get('source')}\n---\n"
-    if k == "output":
-        return f"{d.get('text')}" if str(d.get("text", "")).endswith("\n") else f"{d.get('text')}\n"
-    if k == "plan":
-        lines = [f"plan: {d.get('goal')}"]
-        lines += [f"  [{t.get('status')}] {t.get('id')}. {t.get('instruction')}" for t in d.get("tasks", [])]
-        return "\n".join(lines) + "\n"
-    if k == "status":
-        return f"## status: {d.get('state')}" + (f" ({d['detail']})" if d.get("detail") else "") + "\n"
-    return f"#{seq} {k}: {json.dumps(d, default=str, ensure_ascii=False)}\n"
+    return run(
+        WatchOptions(
+            url=args.url,
+            sid=args.sid,
+            auth=args.auth,
+            start=start,
+            no_input=args.no_input,
+            follow=args.follow,
+            json=args.json,
+            prompt=args.prompt,
+            log_level=args.log_level,
+            retries=args.retries,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    # As `python -m` does: --app and --middleware name modules of the current directory.
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     parser = argparse.ArgumentParser(
         prog="wirepipe",
         description="Stream an AI agent's run to web pages, terminals and notebooks, and answer it.",
@@ -432,11 +539,20 @@ def main(argv: list[str] | None = None) -> int:
     p_watch = sub.add_parser(
         "watch",
         help="watch a session in the terminal and answer its asks",
-        description="A terminal client: print a session's events and answer its asks "
-        "(type a choice's number, or any text; Enter takes the default).  "
-        "Exits 0 when the run ends done, 1 when it ends failed or cancelled.",
+        description="A terminal client: the plan as a live table, streamed LLM text, code and its "
+        "output, logs, and a prompt for each ask (type a choice's number or its text, or any "
+        "other answer; Enter takes the default; a refused answer is asked again with the reason).",
+        epilog="exit codes: 0 the run ended done; 1 it ended failed or cancelled; 2 a usage "
+        "error; 3 the gateway could not be reached (after --retries) or refused the WebSocket "
+        "handshake; 4 the gateway refused the session (unauthorized, no_app, sid_taken, "
+        "no_session...); 130 Ctrl-C.  A sid with no run yet is waited for.",
     )
-    p_watch.add_argument("url", help="the gateway's ws:// URL")
+    p_watch.add_argument(
+        "url",
+        type=_watch_url,
+        help="the gateway's URL, e.g. ws://127.0.0.1:8765/ (wss:// over TLS); http:// and https:// "
+        "(the web UI's address) are taken as ws:// and wss://",
+    )
     p_watch.add_argument("--sid", required=True, help="the session id")
     p_watch.add_argument("--auth", help="credential (hello.auth)")
     p_watch.add_argument("--start", metavar="APP", help="start a run of this app under --sid")
@@ -446,7 +562,32 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="never prompt; only watch (an ask then waits for another client's answer or its timeout)",
     )
-    p_watch.add_argument("--follow", action="store_true", help="keep watching after the run ends")
+    p_watch.add_argument("--follow", action="store_true", help="keep watching after the run ends (the next run too)")
+    p_watch.add_argument(
+        "--json",
+        action="store_true",
+        help="for scripts: one event per line on stdout as JSON ({epoch, seq, k, ts, d}), no colours, "
+        "notes on stderr, and no prompts unless --prompt",
+    )
+    p_watch.add_argument(
+        "--prompt",
+        action="store_true",
+        help="with --json: prompt for asks anyway (on stderr; answers are lines of stdin)",
+    )
+    p_watch.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "OFF"],
+        help="the lowest level of the run's log events to show (default: INFO; with --json, every event)",
+    )
+    p_watch.add_argument(
+        "--retries",
+        type=_retries,
+        default=10,
+        metavar="N",
+        help="reconnects in a row before giving up with exit code 3, each announced with its "
+        "countdown; 'forever' retries until Ctrl-C (default: %(default)s)",
+    )
     p_worker = sub.add_parser(
         "worker",
         help="run apps that gateways queue on Redis (no WebSocket server)",
@@ -483,14 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "watch":
-        try:
-            return asyncio.run(_watch(args))
-        except KeyboardInterrupt:
-            return 130
-        except RemoteError as exc:  # refused for good (unauthorized, no_app, ...)
-            print(f"wirepipe watch: {exc}", file=sys.stderr)
-            return 1
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        return _watch(args)
+    _setup_logging(args.log_level.upper())
     if args.cmd == "worker":
         if not args.redis and not args.redis_cluster:
             parser.error("worker: --redis URL is required (or set WIREPIPE_REDIS)")
@@ -506,23 +641,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wirepipe worker: cannot use Redis at {args.redis or args.redis_cluster}: {exc}", file=sys.stderr)
             return 1
         return 0
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        # websockets says "HTTP response sent" and "connection closed" at INFO
-        # for every request: at the default level, only its warnings.
-        logging.getLogger("wirepipe.ws").setLevel(logging.WARNING)
     extra: dict[str, App] = {}
     banner = ""
     if args.cmd == "demo":
         extra, default = _demo_apps()
         banner = (
             f"open   http://{args.host}:{{port}}/?app={default}   in a browser to start and watch a run,\n"
-            f"or run wirepipe watch ws://{args.host}:{{port}}/ --sid demo-1 --start {default}"
+            f"or run {_self_command()} watch ws://{args.host}:{{port}}/ --sid demo-1 --start {default}"
         )
     gw = _gateway(args, extra)
     try:
         asyncio.run(_serve(gw, banner))
     except KeyboardInterrupt:  # pragma: no cover
         pass
+    except CannotBind as exc:
+        print(f"wirepipe {args.cmd}: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_BIND
     return 0
 
 

@@ -21,6 +21,14 @@ events buffered before it are owed no ack (the buffer can then briefly hold
 up to two windows).  Without a window the client never acks and buffers
 whatever arrives.
 
+Connection life (the JS client's states, ``clients/js/src/wirepipe.js``):
+``connecting`` (a socket is opening, or open with its hello sent and no
+welcome yet: a gateway holds the hello of a sid that has no run until one
+starts), ``open`` (welcomed), ``recovering`` (the socket dropped or could not
+open; a retry is scheduled) and ``closed``.  ``on_state(state)`` hears each
+change; ``on_close(info)`` hears each socket that ended or could not open,
+with what the client does next (``CloseInfo``), before it retries or stops.
+
 ``snapshot`` is the run's state as received (``protocol.Snapshot``: status,
 plan, open asks, open texts), kept by the rule of docs/protocol.md section 4:
 rebuilt from each welcome that resets, then every event past its ``head``
@@ -38,11 +46,12 @@ import logging
 import random
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
 from protocol import (
@@ -73,6 +82,26 @@ log = logging.getLogger("wirepipe.client")
 CLIENT_NAME = f"wirepipe-py/{__version__}"
 
 
+@dataclass(frozen=True, slots=True)
+class CloseInfo:
+    """A socket ended or could not open, and what the client does next (``on_close``).
+
+    ``code``: the close code (1006 when no close frame came, or no socket
+    opened); ``reason``: the close frame's reason, or why the socket could not
+    open or broke (the error's text, e.g. "[Errno 111] Connect call failed");
+    ``status``: the HTTP status of a refused handshake (403, 404, 503, ...);
+    ``will_retry``: a retry follows in ``delay`` seconds; ``attempt``: failed
+    attempts in a row so far (1 for the first; a welcome starts it over).
+    """
+
+    code: int
+    reason: str
+    will_retry: bool
+    delay: float | None = None
+    attempt: int = 1
+    status: int | None = None
+
+
 class Client:
     """An auto-resuming wirepipe client.  Use as ``async with``.
 
@@ -95,6 +124,8 @@ class Client:
         max_retries: int | None = None,
         on_reset: Callable[[Welcome], Any] | None = None,
         compression: bool = True,
+        on_state: Callable[[str], Any] | None = None,
+        on_close: Callable[[CloseInfo], Any] | None = None,
     ) -> None:
         """
         Raises:
@@ -113,7 +144,10 @@ class Client:
         self.backoff = backoff
         self.max_retries = max_retries
         self.on_reset = on_reset
+        self.on_state = on_state
+        self.on_close = on_close
         self.compression = compression
+        self._state = "connecting"
         self.proto = ClientProtocol(sid, auth=auth, window=window, start=start, live=live, client=name)
         self.closed_with: int | None = None
         self._ws: ClientConnection | None = None
@@ -199,6 +233,17 @@ class Client:
         """Sockets opened so far."""
         return self.proto.connects
 
+    @property
+    def state(self) -> str:
+        """``connecting``, ``open``, ``recovering`` or ``closed`` (see the module docstring)."""
+        return self._state
+
+    def _set_state(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            if self.on_state is not None:
+                self.on_state(state)
+
     # --- life -------------------------------------------------------------------
 
     async def __aenter__(self) -> Client:
@@ -228,6 +273,7 @@ class Client:
     async def close(self) -> None:
         """Close for good (1000); pending requests fail."""
         self._stopping = True
+        self._set_state("closed")
         if self._ws is not None:
             await self._ws.close()
         if self._task is not None:
@@ -252,14 +298,22 @@ class Client:
         attempt = 0
         try:
             while not self._stopping:
+                self._set_state("connecting")
                 welcomed = False
+                reason, status = "", None
                 try:
                     code = await self._session()
+                    if self._ws is not None:
+                        reason = self._ws.close_reason or ""
                 except ConnectionClosed as exc:
                     code = exc.rcvd.code if exc.rcvd is not None else 1006
-                except (OSError, InvalidStatus, TimeoutError) as exc:
+                    reason = exc.rcvd.reason if exc.rcvd is not None else ""
+                except (OSError, InvalidHandshake, TimeoutError) as exc:
+                    # Unreachable, refused (HTTP 403, 404, 503...), not a WebSocket server, TLS.
                     log.debug("connect failed: %s", exc)
                     code = 1006
+                    reason = str(exc) or type(exc).__name__
+                    status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
                 finally:
                     welcomed = self.proto.welcomed
                     self._ws = None
@@ -267,13 +321,20 @@ class Client:
                 action = self.proto.closed(code)
                 if self._stopping:
                     break
-                if action != "retry" or (self.max_retries is not None and attempt >= self.max_retries):
-                    err = self.errors[-1] if self.errors else None
-                    raise RemoteError(err.code if err else str(code), err.msg if err else "")
-                base, cap = self.backoff
                 if welcomed:  # that connection worked: start the backoff over
                     attempt = 0
-                await asyncio.sleep(random.uniform(0, min(cap, base * 2**attempt)))
+                if action != "retry" or (self.max_retries is not None and attempt >= self.max_retries):
+                    self._set_state("closed")
+                    if self.on_close is not None:
+                        self.on_close(CloseInfo(code, reason, False, None, attempt + 1, status))
+                    err = self.errors[-1] if self.errors else None
+                    raise RemoteError(err.code if err else str(code), err.msg if err else reason)
+                base, cap = self.backoff
+                delay = random.uniform(0, min(cap, base * 2**attempt))
+                self._set_state("recovering")
+                if self.on_close is not None:
+                    self.on_close(CloseInfo(code, reason, True, delay, attempt + 1, status))
+                await asyncio.sleep(delay)
                 attempt += 1
         except RemoteError as exc:
             self._finish(exc)
@@ -330,6 +391,7 @@ class Client:
             if out.reset:  # docs/protocol.md section 4: rebuild, then fold only seq > head
                 self._snapshot = Snapshot.from_map(out.welcome.snapshot)
                 self._snapshot_head = out.welcome.head
+            self._set_state("open")
             if out.reset and not out.first and self.on_reset is not None:
                 self.on_reset(out.welcome)
             self._welcomed.set()

@@ -19,6 +19,10 @@ App = Callable[["WebPipe", Any], Any]
 Auth = Callable[[str | None, str], "str | None | Awaitable[str | None]"]
 
 
+#: ``Config.front``'s choices.
+FRONTS = ("uvicorn", "websockets")
+
+
 @dataclass(frozen=True)
 class Config:
     """Limits and knobs.
@@ -73,6 +77,11 @@ class Config:
     #: reads the store itself.
     feed_events: int = 2048
     feed_bytes: int = 1024 * 1024
+    #: What answers on the gateway's port (docs/http.md, "Fronts"): ``"uvicorn"``,
+    #: uvicorn for HTTP (the page, REST, SSE) with every WebSocket handed to
+    #: websockets' own connection, all on one origin; or ``"websockets"``,
+    #: websockets' server alone (the page and the WebSocket, no REST or SSE).
+    front: str = "uvicorn"
 
     def __post_init__(self) -> None:
         # lists are accepted (Gateway(allow_origins=[...])); a frozen config holds tuples
@@ -81,5 +90,7 @@ class Config:
             if isinstance(value, str):
                 raise TypeError(f"{name} takes a list of strings, not a string")
             object.__setattr__(self, name, tuple(value))
+        if self.front not in FRONTS:
+            raise ValueError(f"front must be one of {', '.join(FRONTS)}, not {self.front!r}")
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")

@@ -545,10 +545,7 @@ class Connection:
         the history, or replays on a resume, is not lag.
         """
         s = self.session
-        if s is not None:
-            mark = s.lag_marks.get(before + ((-before) & LAG_MASK) + 1)  # the first marked seq after before
-            if mark is not None and mark >= self._since:
-                self.gw.metrics.lag.observe(time.monotonic() - mark)
+        self._metrics.observe_lag(s.lag_marks if s is not None else None, before, self._since)
 
     async def _wait_ack(self) -> None:
         self._acked = fut = asyncio.get_running_loop().create_future()

@@ -6,8 +6,13 @@ of the mount: ``gateway/asgi_ws.py``), and ``/healthz``, ``/apps``,
 ``/metrics``, the web UI and the JS client under ``/client/``
 (``HttpFront.route``, the same answers).
 
+The OpenAI-compatible routes under ``/v1`` (``gateway/openai_api.py``,
+docs/openai.md) are mounted here too and pass the same rules; their errors
+take OpenAI's shape (``error_response(openai=True)``).
+
 ``Gateway.asgi()`` builds it (Starlette is imported then, never by ``import
-gateway``: ``pip install wirepipe[http]``); docs/http.md is the user's
+gateway``); the gateway's own port serves it with the ``uvicorn`` front
+(``gateway/uvicorn_front.py``); docs/http.md is the user's
 reference, ``gateway/openapi.py`` the machine-readable one.
 
 Theory of operation
@@ -75,9 +80,11 @@ from protocol import (
     check_value,
 )
 from protocol.codec import MAX_ID, SID_RE
+from protocol.errors import REFUSALS
 from protocol.frames import Send as SendFrame
 from protocol.server import RateLimiter, ServerConnection
 
+from .chat import error_body
 from .connection import relay
 from .front import redacting_logger
 from .http_front import Reply as HttpReply
@@ -92,6 +99,8 @@ log = logging.getLogger("wirepipe.http")
 
 #: Where every route lives (under the mount point of a host app).
 PREFIX: Final = "/api/v1"
+#: Where the OpenAI-compatible routes live (``gateway/openai_api.py``): a client's ``base_url``.
+OPENAI_PREFIX: Final = "/v1"
 #: Client addresses whose rate-limit buckets are kept (see the module docstring).
 LIMITERS: Final = 4096
 
@@ -123,40 +132,56 @@ STATUS: Final[dict[ErrorCode, int]] = {
 RETRY: Final = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.INBOX_FULL, ErrorCode.UNAVAILABLE, ErrorCode.SHUTDOWN})
 
 #: What a refused request's ``message`` says when the session gave only a code.
-MESSAGES: Final[dict[str, str]] = {
-    ErrorCode.FORBIDDEN: "a viewer cannot do that",
-    ErrorCode.UNKNOWN_ASK: "no such ask in this run",
-    ErrorCode.ASK_CLOSED: "the ask was already answered or closed",
-    ErrorCode.BAD_VALUE: "the value is not one of the ask's choices, or cannot be written",
-    ErrorCode.ENDED: "the run has ended",
-    ErrorCode.INBOX_FULL: "the agent has not taken its earlier messages yet; re-send later with the same key",
-    ErrorCode.REFUSED: "a middleware of the gateway refused the request",
-    ErrorCode.NOT_HERE: "the run's agent is not reachable from this node",
-    ErrorCode.UNAVAILABLE: "the node that runs the agent did not answer; re-send later with the same key",
-}
+MESSAGES: Final[dict[str, str]] = REFUSALS
 
 #: Headers a cross-origin page that ``allow_origins`` lets in may send and read.
-CORS_HEADERS: Final = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
-CORS_EXPOSE: Final = "Retry-After"
+CORS_HEADERS: Final = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-Wirepipe-Session"
+CORS_EXPOSE: Final = "Retry-After, X-Wirepipe-Session"
 
 
 class ApiError(Exception):
-    """A request refused with a protocol error code (answered as JSON by ``error_response``)."""
+    """A request refused with a protocol error code (answered as JSON by ``error_response``).
 
-    def __init__(self, code: ErrorCode, message: str, headers: dict[str, str] | None = None) -> None:
+    ``param``: the request field at fault, for the OpenAI routes' error shape.
+    """
+
+    def __init__(
+        self, code: ErrorCode, message: str, headers: dict[str, str] | None = None, *, param: str | None = None
+    ) -> None:
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.param = param
 
 
-def error_response(code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    """``{"error": {"code", "message"}}`` with the status of ``code`` (``STATUS``)."""
+def error_response(
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    openai: bool = False,
+    param: str | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """``{"error": {"code", "message"}}`` with the status of ``code`` (``STATUS``).
+
+    ``openai``: OpenAI's shape instead, ``{"error": {"message", "type",
+    "param", "code"}}`` (``gateway.chat.error_body``), for the routes under ``/v1``.
+    """
     err = ErrorCode(code)
     out = dict(headers or {})
     if err in RETRY:
         out.setdefault("Retry-After", "1")
-    return JSONResponse({"error": {"code": err.value, "message": message}, **extra}, STATUS[err], out)
+    status = STATUS[err]
+    if openai:
+        return JSONResponse(error_body(status, err.value, message, param), status, out)
+    return JSONResponse({"error": {"code": err.value, "message": message}, **extra}, status, out)
+
+
+def is_openai(path: str) -> bool:
+    """True for a path of the OpenAI-compatible routes (``gateway/openai_api.py``)."""
+    return path.startswith(OPENAI_PREFIX + "/")
 
 
 # --- JSON of MessagePack values ----------------------------------------------------------------
@@ -209,6 +234,8 @@ class HttpApi:
         #: REST counts each request as a connection.
         self.rest = gw.metrics.front("rest")
         self.sse = gw.metrics.front("sse")
+        #: The OpenAI-compatible routes' counters (``front="openai"``): requests, chat replies streamed.
+        self.openai = gw.metrics.front("openai")
         self._limiters: OrderedDict[str, RateLimiter] = OrderedDict()
         #: The open SSE streams (``drop_streams``).
         self.streams: set[EventStream] = set()
@@ -226,6 +253,10 @@ class HttpApi:
             Route(f"{p}/sessions/{{sid}}/cancel", self.cancel, methods=["POST"]),
             Route(f"{p}/sessions/{{sid}}/events", self.events, methods=["GET"]),
         ]
+        from .openai_api import OpenAiApi  # the OpenAI-compatible door to the same rules
+
+        self.chat = OpenAiApi(self)
+        self.routes += self.chat.routes
         self.app = Starlette(routes=self.routes, exception_handlers={ApiError: self._api_error})
         # uvicorn's access log carries query strings (an EventSource's ?auth=):
         # the same filter as the WebSocket's log redacts them (docs/security.md).
@@ -245,7 +276,8 @@ class HttpApi:
                 return
             raise RuntimeError(f"the gateway's ASGI app serves http and websocket, not {kind!r}")
         path = route_path(scope)
-        if not path.startswith(PREFIX + "/"):
+        openai = is_openai(path)
+        if not path.startswith(PREFIX + "/") and not openai:
             # The native front's routes and files: /healthz, /apps, /metrics, the web UI, /client/.
             await self._front(scope, receive, send, path)
             return
@@ -260,16 +292,19 @@ class HttpApi:
                 headers.get("origin"),
                 headers.get("host"),
             )
-            self.rest.refuse("forbidden")
-            await error_response(ErrorCode.FORBIDDEN, refusal)(scope, receive, send)
+            (self.openai if openai else self.rest).refuse("forbidden")
+            await error_response(ErrorCode.FORBIDDEN, refusal, openai=openai)(scope, receive, send)
             return
         origin = headers.get("origin")
         if origin is not None and scope["method"] == "OPTIONS":
             # A CORS preflight of a page the front door let in (its own origin, or allow_origins).
+            # The OpenAI SDKs send headers of their own (X-Stainless-*): the /v1 routes allow
+            # what the preflight asks for, the origin being one the front door lets in.
+            allowed = headers.get("access-control-request-headers") if openai else None
             cors = {
                 "Access-Control-Allow-Origin": origin,
                 "Access-Control-Allow-Methods": "GET, POST",
-                "Access-Control-Allow-Headers": CORS_HEADERS,
+                "Access-Control-Allow-Headers": allowed or CORS_HEADERS,
                 "Access-Control-Max-Age": "600",
                 "Vary": "Origin",
             }
@@ -282,13 +317,13 @@ class HttpApi:
     async def _front(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         """A route of the native front (``HttpFront.route``), with its front door: the same answer."""
         http = self.gw.http
-        asked = Headers(scope=scope)
-        reply = http.refuse(asked, path)
+        headers_in = Headers(scope=scope)
+        reply = http.refuse(headers_in, path)
         if reply is None:
             if scope["method"] not in ("GET", "HEAD"):
                 reply = HttpReply.text(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed\n", ("Allow", "GET, HEAD"))
             else:
-                reply = http.route(path, asked.get("origin"))
+                reply = http.route(path, headers_in.get("origin"))
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.header_list()]
         await send({"type": "http.response.start", "status": reply.status.value, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else reply.body})
@@ -297,9 +332,10 @@ class HttpApi:
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        front = self.sse if request.url.path.endswith("/events") else self.rest
+        openai = is_openai(route_path(request.scope))
+        front = self.openai if openai else self.sse if request.url.path.endswith("/events") else self.rest
         front.error(exc.code)
-        return error_response(exc.code, exc.message, exc.headers)
+        return error_response(exc.code, exc.message, exc.headers, openai=openai, param=exc.param)
 
     def _running(self) -> None:
         runs = self.gw.runs

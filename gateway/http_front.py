@@ -45,6 +45,9 @@ log = logging.getLogger("wirepipe")
 STATIC = Path(__file__).parent / "static"
 #: Under this prefix, the same files with the web page's import map applied to their imports.
 ESM = "/esm/"
+#: Files that pages of other origins may import (with ``--allow-origin``): the JS client and its
+#: dependency, and under ``/esm/`` the web UI's files (the notebook widget's view and style).
+CORS_PATHS = ("/client/", "/vendor/", ESM)
 
 
 def client_dir() -> Path:
@@ -157,9 +160,21 @@ class HttpFront:
     def route(self, path: str, origin: str | None = None) -> Reply:
         """The answer to an HTTP request the front door let in: a route, a file, or 404.
 
-        ``origin``: the request's ``Origin`` (the front door let it in): a
-        file's reply lets that page read it (CORS), for ``import()``.
+        ``origin`` is the request's ``Origin``.  The JS client (``/client/``)
+        and its vendored dependency (``/vendor/``) are ES modules, which a
+        browser fetches with CORS, and so are the web UI's files under
+        ``/esm/`` (the notebook widget imports them): their replies carry
+        ``Access-Control-Allow-Origin`` for that origin (the front door let
+        it in: the gateway's own pages, or ``allow_origins``), so that a page
+        of another origin can import them.
         """
+        if path.startswith(CORS_PATHS):
+            reply = self._route(path)
+            cors = (("Access-Control-Allow-Origin", origin),) if origin is not None else ()
+            return replace(reply, headers=(*reply.headers, *cors, ("Vary", "Origin")))
+        return self._route(path)
+
+    def _route(self, path: str) -> Reply:
         if path == "/healthz":
             return Reply.text(HTTPStatus.OK, "ok\n")
         if path == "/apps":  # the names hello.start accepts, for start forms
@@ -169,12 +184,7 @@ class HttpFront:
             return Reply(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         if not self.config.serve_ui:
             return Reply.text(HTTPStatus.NOT_FOUND, "not found\n")
-        reply = static(path)
-        if origin is not None and reply.status is HTTPStatus.OK:
-            reply = replace(
-                reply, headers=(*reply.headers, ("Access-Control-Allow-Origin", origin), ("Vary", "Origin"))
-            )
-        return reply
+        return static(path)
 
     def _admit(self, ws: Admitted) -> Reply | None:
         """Let a WebSocket handshake in, or answer 503 when ``max_connections`` are open.

@@ -33,7 +33,8 @@ writes a frame checks, with integer arithmetic only, whether the frame
 holds such a seq: the first seq after its cursor ``before`` that is 1
 modulo ``LAG_EVERY`` is ``before + ((-before) & LAG_MASK) + 1``, so a frame
 of ``n`` events holds one exactly when ``(-before) & LAG_MASK < n``.  If it
-does, it looks that mark up and observes ``now - mark`` (``Connection._lag``):
+does, it looks that mark up and observes ``now - mark``
+(``FrontMetrics.delivered``; a WebSocket's and an SSE stream's writes):
 the lag of the oldest marked event in the frame, the one that waited
 longest.  At most one observation per frame, so a batch costs no more than
 one event: about 40 ns per frame for the test, and a few hundred more for
@@ -48,8 +49,9 @@ replaying old history: that is a replay, not lag).
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 #: One event in ``LAG_EVERY`` is timed for the delivery lag (a power of two).
@@ -139,6 +141,24 @@ class FrontMetrics:
 
     def sent(self, n: int) -> None:
         self.events_out += n
+
+    def delivered(self, marks: Mapping[int, float] | None, before: int, n: int, since: float) -> None:
+        """The ``n`` events after seq ``before`` are written: count them, and observe the lag of a marked one.
+
+        ``marks`` is the session's ``lag_marks`` (None: a run written
+        elsewhere); ``since`` the client's welcome: an event appended before
+        it is history or replay, not lag (see the module docstring).
+        """
+        self.events_out += n
+        if (-before) & LAG_MASK < n:  # the frame holds a marked seq
+            self.observe_lag(marks, before, since)
+
+    def observe_lag(self, marks: Mapping[int, float] | None, before: int, since: float) -> None:
+        """A frame of the events after ``before`` that holds a marked seq is written: observe its lag."""
+        if marks is not None:
+            mark = marks.get(before + ((-before) & LAG_MASK) + 1)  # the first marked seq after before
+            if mark is not None and mark >= since:
+                self.lag.observe(time.monotonic() - mark)
 
     def error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1

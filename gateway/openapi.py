@@ -55,6 +55,28 @@ _REQUEST_ERRORS = {
     "421": _error("not_here: the run's agent is on a node this one cannot reach"),
     "422": _error("bad_value: not one of the ask's choices, or a value that cannot travel"),
 }
+
+
+def _openai_error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("OpenAIError")}}}
+
+
+_OPENAI_COMMON = {
+    "401": _openai_error("unauthorized"),
+    "403": _openai_error("forbidden: a viewer (chat), or a cross-origin request / Host the front door refuses"),
+    "429": _openai_error("rate_limited: retry after Retry-After"),
+    "503": _openai_error("unavailable / shutdown: retry after Retry-After"),
+}
+_MODEL = {
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by"],
+    "properties": {
+        "id": {"type": "string", "description": "an app's name"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+    },
+}
 _OK = _json(
     {
         "type": "object",
@@ -69,7 +91,12 @@ _DOC: Final[dict[str, Any]] = {
     "info": {
         "title": "wirepipe HTTP API",
         "version": __version__,
-        "description": "REST and Server-Sent Events over a wirepipe gateway's sessions (docs/http.md).",
+        "description": (
+            "REST and Server-Sent Events over a wirepipe gateway's sessions (docs/http.md). "
+            "The same origin answers the WebSocket protocol: a GET upgrade at the gateway's root "
+            "(or the mount's), subprotocol wirepipe.v1, MessagePack frames (docs/protocol.md); "
+            "OpenAPI does not describe WebSockets."
+        ),
     },
     "servers": [{"url": "/"}],
     "security": [{}, {"bearer": []}],
@@ -230,6 +257,113 @@ _DOC: Final[dict[str, Any]] = {
                 },
             },
         },
+        "/v1/models": {
+            "get": {
+                "operationId": "openaiListModels",
+                "summary": "OpenAI-compatible: the apps, as models (docs/openai.md)",
+                "tags": ["openai"],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["object", "data"],
+                            "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _MODEL}},
+                        },
+                        "the models",
+                    ),
+                    **_OPENAI_COMMON,
+                },
+            }
+        },
+        "/v1/models/{model}": {
+            "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {
+                "operationId": "openaiGetModel",
+                "summary": "OpenAI-compatible: one app, as a model",
+                "tags": ["openai"],
+                "responses": {"200": _json(_MODEL, "the model"), **_OPENAI_COMMON, "404": _openai_error("no_app")},
+            },
+        },
+        "/v1/chat/completions": {
+            "post": {
+                "operationId": "openaiChatCompletions",
+                "summary": "OpenAI-compatible: start, answer or message a run from any chat client (docs/openai.md)",
+                "description": (
+                    "`model` names an app; the last user message is a new run's input, the answer to the "
+                    "run's open ask, or a message to the agent, in the conversation's session (the "
+                    "X-Wirepipe-Session header, or the session line of an assistant message). The reply "
+                    "renders the run as markdown until it asks or ends, then finish_reason `stop` and the "
+                    "`wirepipe` extension {session, epoch, state, ask}."
+                ),
+                "tags": ["openai"],
+                "parameters": [
+                    _KEY,
+                    {
+                        "name": "X-Wirepipe-Session",
+                        "in": "header",
+                        "required": False,
+                        "description": "The conversation's session (sid); otherwise found in the messages.",
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["model", "messages"],
+                                "properties": {
+                                    "model": {"type": "string"},
+                                    "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+                                    "stream": {"type": "boolean"},
+                                    "stream_options": {
+                                        "type": "object",
+                                        "properties": {"include_usage": {"type": "boolean"}},
+                                    },
+                                    "wirepipe": {
+                                        "type": "object",
+                                        "properties": {
+                                            "input": {"description": "a new run's input instead of the message"},
+                                            "log_level": {
+                                                "enum": [
+                                                    "TRACE",
+                                                    "DEBUG",
+                                                    "INFO",
+                                                    "SUCCESS",
+                                                    "WARNING",
+                                                    "ERROR",
+                                                    "CRITICAL",
+                                                    "NONE",
+                                                ]
+                                            },
+                                        },
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": (
+                            "a chat.completion, or with stream: chat.completion.chunk events (`data: {...}`), "
+                            "then `data: [DONE]`"
+                        ),
+                        "content": {
+                            "application/json": {"schema": {"type": "object"}},
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_OPENAI_COMMON,
+                    "400": _openai_error("bad_frame: no model, no messages, no user message, a bad header"),
+                    "404": _openai_error("no_app: the model names no app"),
+                    "409": _openai_error("sid_taken, ask_closed"),
+                    "413": _openai_error("too_big"),
+                    "422": _openai_error("bad_value: the message is not one of the ask's choices"),
+                },
+            }
+        },
     },
     "components": {
         "securitySchemes": {
@@ -253,6 +387,22 @@ _DOC: Final[dict[str, Any]] = {
                         },
                     },
                     "rid": {"type": "string"},
+                },
+            },
+            "OpenAIError": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["message", "type", "param", "code"],
+                        "properties": {
+                            "message": {"type": "string"},
+                            "type": {"type": "string"},
+                            "param": {"type": ["string", "null"]},
+                            "code": {"enum": [c.value for c in ErrorCode]},
+                        },
+                    }
                 },
             },
             "Started": {

@@ -1,7 +1,8 @@
 """The Pipe: what an agent writes to (docs/protocol.md section 9).
 
 ``WebPipe`` has the interface of MetaGPT's ``StreamPipe`` (docs/metagpt.md,
-"The adapter"): ``set_message``, ``get_message``, ``msg2stream``, plus
+"The adapter"): ``set_message``, ``get_message``, ``msg2stream`` (an SSE
+``chat.completion.chunk`` line by default, as MetaGPT's), plus
 ``ask`` for a human's answer and ``close`` for the end of the run.  Every
 write is safe from the event loop and from any thread, and never waits for a
 client.
@@ -18,6 +19,7 @@ from typing import Any
 
 from protocol import FINAL_STATES, Kind, RunState, check_event, encode_event, ev_frame
 
+from .chat import Renderer, chunk, sse
 from .sessions import Session, on_loop
 
 _pipe_ids = itertools.count(1)
@@ -161,12 +163,35 @@ class WebPipe:
                 return 0
         return self.text("", end=True)
 
-    def msg2stream(self, msg: Any) -> bytes:
-        """The ``ev`` frame bytes ``msg`` would become, without appending it.
+    def msg2stream(self, msg: Any, format: str = "sse") -> bytes:
+        """What ``msg`` would be on a stream, without appending it (docs/openai.md, "msg2stream").
 
-        The seq in it is the next one; the real event may get a later one.
+        ``format="sse"`` (the default: MetaGPT's ``StreamPipe.msg2stream``
+        contract, so code written for it can yield this into an HTTP
+        response): one server-sent event, ``data: `` and a
+        ``chat.completion.chunk`` whose ``delta.content`` is ``msg``: a str
+        as it is, None as null, anything ``set_message`` takes (an event, a
+        message) rendered as markdown as ``/v1/chat/completions`` renders it
+        (``gateway.chat.Renderer``, every log level); then a blank line, which
+        ends the event (MetaGPT writes one newline only).
+
+        ``format="frame"``: the ``ev`` frame bytes ``msg`` would become; the
+        seq in it is the next one, the real event may get a later one.
+
+        Raises:
+            ValueError: another ``format``.
         """
         ev: tuple[str, Any] | None
+        if format == "sse":
+            if msg is None or isinstance(msg, str):
+                content = msg
+            else:
+                ev = _as_event(msg) or (Kind.MESSAGE.value, {"role": "agent", "content": msg})
+                content, _ = Renderer(level=0).event(*ev)
+            body = chunk(f"chatcmpl-{self.epoch}", int(time.time()), self._s.app or "wirepipe", content)
+            return sse(body).encode()
+        if format != "frame":
+            raise ValueError(f"format is 'sse' or 'frame', not {format!r}")
         if isinstance(msg, str):
             ev = Kind.TEXT.value, {"id": self._text_id or f"{self._prefix}0", "delta": msg}
         else:

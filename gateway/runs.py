@@ -17,6 +17,7 @@ import asyncio
 import inspect
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -279,6 +280,8 @@ class Runs:
             except Exception:
                 return
         pipe.emit("status", {"state": RunState.RUNNING})
+        started = time.monotonic()
+        log.info("run %s started: app %s", pipe.sid, session.app)
         try:
             if inspect.iscoroutinefunction(app):
                 await app(pipe, value)
@@ -287,16 +290,24 @@ class Runs:
                 if inspect.isawaitable(result):
                     await result
         except asyncio.CancelledError:
-            pipe.close(RunState.CANCELLED, detail=pipe.cancel_reason or "cancelled")
+            self._ended(pipe, session, started, RunState.CANCELLED, pipe.cancel_reason or "cancelled")
             return
         except Exception as exc:
             log.exception("app run %s failed", pipe.sid)
-            pipe.close(RunState.FAILED, detail=_public_detail(exc))
+            self._ended(pipe, session, started, RunState.FAILED, _public_detail(exc))
             return
         if pipe.cancelled.is_set():
-            pipe.close(RunState.CANCELLED, detail=pipe.cancel_reason or "cancelled")
+            self._ended(pipe, session, started, RunState.CANCELLED, pipe.cancel_reason or "cancelled")
         else:
-            pipe.close(RunState.DONE)
+            self._ended(pipe, session, started, RunState.DONE)
+
+    @staticmethod
+    def _ended(pipe: WebPipe, session: Session, started: float, state: RunState, detail: str | None = None) -> None:
+        """End the run ``state`` unless the app ended it already, and say how it ended in one line."""
+        pipe.close(state, detail=detail)
+        final = session.final_status or {"state": state, "detail": detail}
+        shown = f" ({final['detail']})" if final.get("detail") else ""
+        log.info("run %s ended %s after %.1f s%s", pipe.sid, final["state"], time.monotonic() - started, shown)
 
     # --- the end ---------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@
         pipe = gw.pipe("run-1")     # hand it to an agent
         print(gw.url)               # clients connect here
 
-It owns the listening socket and the life of everything else, and composes
+It owns the listening socket (``Config.front``: uvicorn for HTTP with
+websockets' connection for each WebSocket, ``gateway/uvicorn_front.py``; or
+websockets' server alone) and the life of everything else, and composes
 the pieces, each in its own module:
 
 - ``Runs`` (``gateway/runs.py``): the sessions written here and the apps run;
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import Server, serve
 from websockets.asyncio.server import ServerConnection as WebSocket
 from websockets.exceptions import NegotiationError
+from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from protocol import SUBPROTOCOL, Grant
@@ -58,6 +61,7 @@ from .stores import MemoryStore, Store, leases_of
 
 if TYPE_CHECKING:
     from .http_api import HttpApi
+    from .uvicorn_front import UvicornFront
 
 log = logging.getLogger("wirepipe")
 
@@ -79,7 +83,7 @@ class Gateway:
     def __init__(
         self,
         host: str = "127.0.0.1",
-        port: int = 8765,
+        port: int | None = 8765,
         *,
         store: Store | None = None,
         secret: str | bytes | None = None,
@@ -143,6 +147,9 @@ class Gateway:
         #: Pings every client (websockets' per-connection keepalive is off).
         self.heartbeat = Heartbeat(self.config.heartbeat, self._conns, self.metrics.ws)
         self._server: Server | None = None
+        #: uvicorn, with the ``uvicorn`` front (``gateway/uvicorn_front.py``).
+        self._uvicorn: UvicornFront | None = None
+        self._started = False
         self._closing = False
         self._closed = asyncio.Event()
         self._janitor: asyncio.Task[None] | None = None
@@ -166,6 +173,7 @@ class Gateway:
             OSError: the address cannot be bound.
         """
         self.runs.loop = asyncio.get_running_loop()
+        self._started = True
         share_attribute_names()
         cfg = self.config
         if self.auth is None and cfg.default_grant is None and not is_loopback(self.host):
@@ -176,32 +184,8 @@ class Gateway:
                 "(Config(default_grant=Grant.OPERATOR)) to make every client an operator",
                 self.host,
             )
-        self._server = await serve(
-            self._handler,
-            self.host,
-            self.port,
-            subprotocols=[Subprotocol(SUBPROTOCOL)],
-            select_subprotocol=_select_subprotocol,
-            process_request=self.http.process_request,
-            # Over max_frame we answer too_big ourselves; websockets guards far beyond.
-            max_size=max(cfg.max_frame * 4, cfg.max_frame + 65536),
-            # permessage-deflate without zlib state between messages (gateway/compression.py)
-            compression=None,
-            extensions=[LeanDeflateFactory()] if cfg.compression else None,
-            # one heartbeat task for all clients (self.heartbeat), not a keepalive task each
-            ping_interval=None,
-            ping_timeout=None,
-            write_limit=cfg.write_limit,
-            # after a fatal error, a client that does not read (so never
-            # answers our close frame) is dropped after this, not 10 s
-            close_timeout=cfg.close_timeout,
-            server_header="wirepipe",
-            # websockets logs request lines, headers and frame payloads at DEBUG:
-            # ours redacts credentials from them (docs/security.md)
-            logger=redacting_logger("wirepipe.ws"),
-        )
-        sock = next(iter(self._server.sockets))
-        self.port = sock.getsockname()[1]
+        if self.port is not None:
+            await self._listen(self.port)
         try:
             await self.runs.refresh_apps()  # the apps workers run, for /apps (the janitor keeps it fresh)
         except Exception as exc:
@@ -210,6 +194,52 @@ class Gateway:
         self._watchdog = asyncio.create_task(self._watch_stalls(), name="wirepipe-watchdog")
         self._heartbeat = asyncio.create_task(self.heartbeat.run(), name="wirepipe-heartbeat")
         return self
+
+    def _websocket_options(self) -> dict[str, Any]:
+        """websockets' options for a client of either front that uses its connection (``front``)."""
+        cfg = self.config
+        return {
+            "subprotocols": [Subprotocol(SUBPROTOCOL)],
+            "select_subprotocol": _select_subprotocol,
+            "process_request": self.http.process_request,
+            # Over max_frame we answer too_big ourselves; websockets guards far beyond.
+            "max_size": max(cfg.max_frame * 4, cfg.max_frame + 65536),
+            # permessage-deflate without zlib state between messages (gateway/compression.py)
+            "compression": None,
+            "extensions": [LeanDeflateFactory()] if cfg.compression else None,
+            # one heartbeat task for all clients (self.heartbeat), not a keepalive task each
+            "ping_interval": None,
+            "ping_timeout": None,
+            "write_limit": cfg.write_limit,
+            # after a fatal error, a client that does not read (so never
+            # answers our close frame) is dropped after this, not 10 s
+            "close_timeout": cfg.close_timeout,
+            "server_header": "wirepipe",
+            # websockets logs request lines, headers and frame payloads at DEBUG:
+            # ours redacts credentials from them (docs/security.md)
+            "logger": redacting_logger("wirepipe.ws"),
+        }
+
+    async def _listen(self, port: int) -> None:
+        """Bind ``host:port`` with ``Config.front``: uvicorn and websockets (one origin), or websockets alone."""
+        options = self._websocket_options()
+        if self.config.front == "websockets":
+            self._server = await serve(self._handler, self.host, port, **options)
+            sock = next(iter(self._server.sockets))
+        else:
+            from .uvicorn_front import UvicornFront  # uvicorn and Starlette: not imported by ``import gateway``
+
+            # websockets' Server, listening on nothing: its handler runs each
+            # upgrade uvicorn hands over (the handshake, then ours); closing it
+            # closes those clients and waits for their handlers.
+            server = serve(self._handler, **options)
+            self._uvicorn = UvicornFront(
+                self.asgi(), websocket_connection(server, options), max_connections=self.config.max_connections
+            )
+            server.server = listener = await self._uvicorn.start(self.host, port)
+            self._server = server  # once it has a listener: close() closes both
+            sock = next(iter(listener.sockets))
+        self.port = sock.getsockname()[1]
 
     async def close(self) -> None:
         """Tell every client ``shutdown``, close them with 1001, stop runs, stop.  Idempotent.
@@ -233,6 +263,11 @@ class Gateway:
                 asyncio.gather(*(c.shutdown() for c in list(self._conns)), return_exceptions=True),
                 self.runs.stop(),
             )
+            if self._uvicorn is not None:
+                # the SSE streams end (their clients resume elsewhere), HTTP connections close
+                if self._asgi is not None:
+                    self._asgi.drop_streams()
+                await self._uvicorn.close(self.config.close_timeout)
             if self._server is not None:
                 self._server.close()
                 await self._server.wait_closed()
@@ -252,19 +287,28 @@ class Gateway:
 
     async def serve_forever(self) -> None:
         """Run until cancelled (or until ``close``)."""
-        if self._server is None:
+        if not self._started:
             await self.start()
         await self._closed.wait()
 
     @property
     def url(self) -> str:
-        """The ``ws://`` URL clients connect to."""
-        return f"ws://{_hostport(self.host, self.port)}/"
+        """The ``ws://`` URL clients connect to.
+
+        Raises:
+            RuntimeError: ``port=None``: the gateway listens on nothing (mounted: ``asgi()``).
+        """
+        return f"ws://{self._address()}/"
 
     @property
     def http_url(self) -> str:
-        """The ``http://`` URL of the web UI."""
-        return f"http://{_hostport(self.host, self.port)}/"
+        """The ``http://`` URL of the web UI (raises as ``url`` does)."""
+        return f"http://{self._address()}/"
+
+    def _address(self) -> str:
+        if self.port is None:
+            raise RuntimeError("this gateway listens on no port (port=None): its clients come through gw.asgi()")
+        return _hostport(self.host, self.port)
 
     # --- runs ---------------------------------------------------------------------
 
@@ -309,8 +353,9 @@ class Gateway:
             app = Starlette(lifespan=lifespan)      # or FastAPI(lifespan=lifespan)
             app.mount("/agents", gw.asgi())
 
-        Raises:
-            ModuleNotFoundError: Starlette is not installed (``pip install wirepipe[http]``).
+        The gateway's own port serves it too, with the default front
+        (``Config.front="uvicorn"``); give ``port=None`` to listen only
+        through the mount.
         """
         if self._asgi is None:
             from .http_api import HttpApi  # Starlette: only for those who use it
@@ -495,6 +540,36 @@ def share_attribute_names() -> None:
     probe = WebSocket.__new__(WebSocket)
     for name in LATE_ATTRIBUTES:
         setattr(probe, name, None)
+
+
+def websocket_connection(server: Server, options: dict[str, Any]) -> Callable[[], WebSocket]:
+    """What ``serve(**options)`` makes for each TCP connection: websockets' connection of ``server``.
+
+    For the ``uvicorn`` front, which hands it each upgrade (``gateway/uvicorn_front.py``);
+    ``serve`` keeps its own factory to itself.
+    """
+    select = options["select_subprotocol"]
+
+    def connection() -> WebSocket:
+        conn: WebSocket
+        protocol = ServerProtocol(
+            extensions=options["extensions"],
+            subprotocols=options["subprotocols"],
+            select_subprotocol=lambda _protocol, offered: select(conn, offered),
+            max_size=options["max_size"],
+            logger=options["logger"],
+        )
+        conn = WebSocket(
+            protocol,
+            server,
+            ping_interval=options["ping_interval"],
+            ping_timeout=options["ping_timeout"],
+            close_timeout=options["close_timeout"],
+            write_limit=options["write_limit"],
+        )
+        return conn
+
+    return connection
 
 
 def _select_subprotocol(ws: WebSocket, offered: Sequence[Subprotocol]) -> Subprotocol | None:

@@ -205,6 +205,8 @@ class Session:
         self._drained: list[asyncio.Future[None]] = []
         self._ask_ids = itertools.count(1)
         self.ended = False
+        #: The final ``status`` payload, once the run ended.
+        self.final_status: dict[str, Any] | None = None
         self.predecessor = predecessor
         self._end_stored = False
         #: Done once the log exists in the store (the first time).
@@ -329,6 +331,7 @@ class Session:
             self._pending_bytes += size
             if k == "status" and is_final(k, d):
                 self.ended = True
+                self.final_status = d
             kick = self._idle
             self._idle = False
         finally:
@@ -1055,7 +1058,8 @@ async def ending(store: Store, sid: str, timeout: float) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while (left := deadline - loop.time()) > 0:
-        await store.wait(sid, info.head, timeout=left, epoch=info.epoch)
+        # ended=False: an end between the look above and the wait returns at once
+        await store.wait(sid, info.head, timeout=left, epoch=info.epoch, ended=False)
         now = await store.info(sid)
         if now is None or now.ended or now.epoch != info.epoch:
             return True

@@ -65,6 +65,7 @@ from .http_api import ApiError, dumps, snapshot_of
 if TYPE_CHECKING:
     from .feed import Feed
     from .http_api import HttpApi
+    from .metrics import FrontMetrics
 
 log = logging.getLogger("wirepipe.sse")
 
@@ -136,9 +137,11 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, api: HttpApi, sid: str, rules: ServerConnection) -> None:
+    def __init__(self, api: HttpApi, sid: str, rules: ServerConnection, front: FrontMetrics | None = None) -> None:
         # Not Response.__init__: a stream has no body (and so no Content-Length).
         self.api = api
+        #: The counters it counts in (``front="sse"``; a chat reply's are ``front="openai"``).
+        self.front = front if front is not None else api.sse
         self.sid = sid
         self.rules = rules
         self.status_code = 200
@@ -157,9 +160,12 @@ class EventStream(Response):
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._last_write = 0.0
+        #: When the stream began: events appended before are history, not lag.
+        self._since = float("inf")
 
     def begin(self, epoch: str, cursor: int) -> None:
         """Start the rules at ``cursor`` of ``epoch`` (the welcome's part of it)."""
+        self._since = time.monotonic()
         heartbeat_ms = int(self._heartbeat * 1000)
         self.rules.welcome(
             epoch=epoch, cursor=cursor, first=0, head=0, snapshot=None, resume="", heartbeat_ms=heartbeat_ms
@@ -201,8 +207,8 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         api = self.api
         api.streams.add(self)
-        api.sse.connections_total += 1
-        api.sse.connections_open += 1
+        self.front.connections_total += 1
+        self.front.connections_open += 1
         await api.stream_changed()
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -229,7 +235,7 @@ class EventStream(Response):
         finally:
             self.rules.closed()
             api.streams.discard(self)
-            api.sse.connections_open -= 1
+            self.front.connections_open -= 1
             await api.stream_changed()
 
     async def _write(self, send: Send, text: str) -> None:
@@ -243,7 +249,7 @@ class EventStream(Response):
 
     async def _pump(self, send: Send) -> None:
         api = self.api
-        await self._write(send, f"retry: {RETRY_MS}\n\n")
+        await self._open(send)
         feed = api.gw.feeds.join(self.sid, self.rules.cursor)
         try:
             while not api.gw.runs.closing and not self.ended:
@@ -252,14 +258,23 @@ class EventStream(Response):
                     await self._write(send, text)
                     continue
                 await self._step(send, feed)
+            await self._close(send, None)
         except Stalled:
             log.info("dropping an SSE client of %r that took no byte for %.1fs", self.sid, self._stall)
-            api.sse.stalled += 1
+            self.front.stalled += 1
             raise
         except StoreUnavailable as exc:
             log.warning("sid %r: SSE stream ended: %s", self.sid, exc)
+            await self._close(send, exc)
         finally:
             api.gw.feeds.leave(feed)
+
+    async def _open(self, send: Send) -> None:
+        """What the stream writes first: the reconnection delay."""
+        await self._write(send, f"retry: {RETRY_MS}\n\n")
+
+    async def _close(self, send: Send, failure: StoreUnavailable | None) -> None:
+        """What the stream writes last, when it ends on its own (nothing: an SSE client comes back)."""
 
     async def _step(self, send: Send, feed: Feed) -> None:
         """One step of ``Connection._pump_step``: events from the tail, a wait, or a look at the store."""
@@ -307,9 +322,13 @@ class EventStream(Response):
         for raw in raws:
             ev: dict[str, Any] = msgpack.unpackb(raw, raw=False, strict_map_key=False)
             parts.append(f"id: {epoch}:{ev['seq']}\ndata: {dumps(ev)}\n\n")
+        before = self.rules.cursor
         await self._write(send, "".join(parts))
         self.rules.sent(len(raws))
-        self.api.sse.sent(len(raws))
+        # the delivery lag, as a WebSocket's (gateway/metrics.py), for a run written here
+        session = self.api.gw.runs.sessions.get(self.sid)
+        marks = session.lag_marks if session is not None and session.epoch == epoch else None
+        self.front.delivered(marks, before, len(raws), self._since)
 
     async def _idle(self, send: Send, changed: asyncio.Event) -> None:
         """Wait for a change; a ``: ping`` comment once nothing was written for ``heartbeat`` seconds."""

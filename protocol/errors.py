@@ -121,6 +121,21 @@ RETRY_CLOSE_CODES: frozenset[int] = frozenset(
 REAUTH_CLOSE_CODES: frozenset[int] = frozenset({CloseCode.UNAUTHORIZED})
 
 
+#: Why a request was refused, when the gateway gives only a code (``replied.err``):
+#: the clients and the HTTP API say the same thing.
+REFUSALS: dict[str, str] = {
+    ErrorCode.FORBIDDEN: "a viewer cannot do that",
+    ErrorCode.UNKNOWN_ASK: "no such ask in this run",
+    ErrorCode.ASK_CLOSED: "the ask was already answered or closed",
+    ErrorCode.BAD_VALUE: "the value is not one of the ask's choices, or cannot be written",
+    ErrorCode.ENDED: "the run has ended",
+    ErrorCode.INBOX_FULL: "the agent has not taken its earlier messages yet; re-send later with the same key",
+    ErrorCode.REFUSED: "a middleware of the gateway refused the request",
+    ErrorCode.NOT_HERE: "the run's agent is not reachable from this node",
+    ErrorCode.UNAVAILABLE: "the node that runs the agent did not answer; re-send later with the same key",
+}
+
+
 def close_action(code: int) -> str:
     """What a client does after the connection closed with ``code``.
 

@@ -4,18 +4,20 @@
 #   --node      the JS client's npm packages
 #   --browser   Debian's chromium (for the browser tests)
 #   --redis     a Redis server on 127.0.0.1:6379, and redis-cli (the cluster tests make clusters with it)
+#   --terminal  Debian's tmux (the terminal tests drive `wirepipe watch` in it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .stamps
 PY="${PYTHON:-python3}"
 
-want_metagpt=0 want_node=0 want_browser=0 want_redis=0
+want_metagpt=0 want_node=0 want_browser=0 want_redis=0 want_terminal=0
 for a in "$@"; do
   case "$a" in
     --metagpt) want_metagpt=1 ;;
     --node) want_node=1 ;;
     --browser) want_browser=1 ;;
     --redis) want_redis=1 ;;
+    --terminal) want_terminal=1 ;;
     *) echo "bootstrap: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -72,6 +74,11 @@ fi
 if [ "$want_browser" = 1 ] && ! command -v chromium >/dev/null; then
   say "installing Debian's chromium"
   apt_install chromium
+fi
+
+if [ "$want_terminal" = 1 ] && ! command -v tmux >/dev/null; then
+  say "installing Debian's tmux"
+  apt_install tmux
 fi
 
 if [ "$want_redis" = 1 ]; then

@@ -3,14 +3,18 @@
 Helpers (``MS``, ``TIMEOUT``, ``Raw``, ``final``) live in ``tests/support.py``.
 
 Fronts.  A module marked ``pytest.mark.fronts`` runs each of its tests that
-takes a gateway (``gw``, ``make_gw``) once per front: ``native`` (the
-gateway's own websockets server) and ``asgi`` (``gw.asgi()`` mounted under
-``/agents`` in a Starlette app under a real uvicorn, ``tests/http_support.py``;
-the gateway's ``url`` is then the mount's).  Elsewhere the front is native.
+takes a gateway (``gw``, ``make_gw``) once per front: ``uvicorn`` (the
+default: the gateway's own port, uvicorn for HTTP and websockets' connection
+for the WebSocket) and ``asgi`` (``gw.asgi()`` mounted under ``/agents`` in a
+Starlette app under a real uvicorn, ``tests/http_support.py``; the gateway's
+``url`` is then the mount's).  ``pytest.mark.fronts("uvicorn", "websockets")``
+names the fronts instead: ``websockets`` is ``Config.front="websockets"``,
+websockets' server alone.  Elsewhere the front is ``uvicorn``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -24,37 +28,45 @@ from websockets.asyncio.client import connect
 from gateway import Gateway, MemoryStore, Retention
 from protocol import SUBPROTOCOL
 
-#: The fronts a ``fronts``-marked module runs against (see the module docstring).
-FRONTS = ("native", "asgi")
+#: The fronts a ``fronts``-marked module runs against unless it names them (see the module docstring).
+FRONTS = ("uvicorn", "asgi")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "fronts: run the module's gateway tests once per front (native, asgi)")
+    config.addinivalue_line(
+        "markers", "fronts(*names): run the module's gateway tests once per front (uvicorn, asgi unless named)"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "front" in metafunc.fixturenames and metafunc.definition.get_closest_marker("fronts") is not None:
-        metafunc.parametrize("front", FRONTS, indirect=True)
+    mark = metafunc.definition.get_closest_marker("fronts")
+    if "front" in metafunc.fixturenames and mark is not None:
+        metafunc.parametrize("front", mark.args or FRONTS, indirect=True)
 
 
 @pytest.fixture
 def front(request: pytest.FixtureRequest) -> str:
-    """The front clients come in through: ``native`` unless the module is marked ``fronts``."""
-    return str(getattr(request, "param", "native"))
+    """The front clients come in through: ``uvicorn`` unless the module is marked ``fronts``."""
+    return str(getattr(request, "param", "uvicorn"))
 
 
 @asynccontextmanager
 async def started(front: str, **kw: Any) -> AsyncIterator[Gateway]:
     """A gateway on 127.0.0.1, port 0, started, its clients coming in through ``front``; closed afterwards."""
-    if front == "native":
+    if front in ("uvicorn", "websockets"):
+        if "config" in kw:
+            kw["config"] = dataclasses.replace(kw["config"], front=front)
+        else:
+            kw["front"] = front
         async with Gateway(host="127.0.0.1", port=0, **kw) as g:
             yield g
         return
     from http_support import AsgiGateway, serve
 
-    a = AsgiGateway(host="127.0.0.1", port=0, **kw)
+    a = AsgiGateway(host="127.0.0.1", port=None, **kw)
     async with serve(a) as served:  # the host app's lifespan starts and closes it
         a.served = served
+        a.port = served.port
         yield a
 
 

@@ -32,7 +32,7 @@ MOUNT = "/agents"
 class AsgiGateway(Gateway):
     """A gateway whose clients come in through ``gw.asgi()`` under uvicorn (``serve``): ``url`` is the mount's.
 
-    The gateway's own port is bound too (``Gateway.start``), and unused.
+    Made with ``port=None``, it listens on nothing of its own; ``port`` is the host app's once served.
     """
 
     served: Served | None = None

@@ -89,12 +89,13 @@ def test_quick_bench_with_deflate_measures_idle_clients_that_negotiated_compress
 
 @pytest.mark.bench
 @pytest.mark.timeout(int(30 * TIMEOUT) + 30)
-def test_quick_bench_measures_the_asgi_front_beside_the_gateway_and_bare(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("front", "title"), [("asgi", "ASGI"), ("websockets", "websockets front")])
+def test_quick_bench_measures_another_front_beside_the_gateway_and_bare(tmp_path: Path, front: str, title: str) -> None:
     if shutil.which("node") is None or not (ROOT / "clients" / "js" / "node_modules" / "ws").is_dir():
         missing("node and the JS client's packages", "scripts/bootstrap.sh --node")
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--front", "asgi", "--only", "one,idle,replay", "--json", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--front", front, "--only", "one,idle,replay", "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -104,14 +105,14 @@ def test_quick_bench_measures_the_asgi_front_beside_the_gateway_and_bare(tmp_pat
     table = json.loads(out.read_text())["table"]
     assert [row["workload"] for row in table] == [ROWS[0], ROWS[1], ROWS[2], ROWS[14], ROWS[15]]
     printed = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert "gateway through ASGI" in printed[0] and "ASGI / gateway" in printed[0]
+    assert f"| gateway | {title} |" in printed[0] and f"{title} / gateway" in printed[0]
     for row in table:
-        for key in ("gateway", "asgi"):
+        for key in ("gateway", front):
             float(row[key].replace(",", ""))
         if row["workload"].startswith("replay"):
-            assert (row["bare"], row["ratio"], row["asgi_ratio"]) == ("-", "-", "-")
+            assert (row["bare"], row["ratio"], row[f"{front}_ratio"]) == ("-", "-", "-")
         else:
             float(row["bare"].replace(",", ""))
-            float(row["asgi_ratio"])
+            float(row[f"{front}_ratio"])
         if float(row["gateway"].replace(",", "")):  # a smoke run's 0 (receiver CPU %) has no ratio
-            float(row["asgi_vs_gateway"])
+            float(row[f"{front}_vs_gateway"])

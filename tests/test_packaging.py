@@ -121,3 +121,87 @@ def test_the_wheel_ships_types_ui_js_client_and_every_module(tmp_path: Path) -> 
         if "__pycache__" not in p.parts
     }
     assert modules <= names, f"modules missing from the wheel: {sorted(modules - names)}"
+
+
+# --- the JS package ------------------------------------------------------------------------------
+
+#: What a Node user imports; each must load with nothing but the package and its dependency.
+NODE_IMPORTS = """
+import { connect, Client, PROTOCOL } from '@wirepipe/client';
+import { Snapshot } from '@wirepipe/client/state';
+import { closeAction } from '@wirepipe/client/codes';
+import { ClientCore } from '@wirepipe/client/core';
+import { createRequire } from 'node:module';
+const resolved = import.meta.resolve('@wirepipe/client');
+console.log(JSON.stringify({
+  protocol: PROTOCOL, connect: typeof connect, Client: typeof Client, Snapshot: typeof Snapshot,
+  closeAction: typeof closeAction, ClientCore: typeof ClientCore, inProject: resolved.includes('/node_modules/'),
+}));
+"""
+
+
+def npm(*args: str, cwd: Path) -> str:
+    """``npm args`` in ``cwd`` (the registry only for @msgpack/msgpack, from npm's cache when it has it)."""
+    exe = shutil.which("npm")
+    if exe is None:
+        from support import missing
+
+        missing("npm is not installed", "scripts/bootstrap.sh --node")
+    done = subprocess.run(
+        [exe, *args, "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"npm {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def imports_in_node(project: Path) -> dict[str, object]:
+    (project / "check.mjs").write_text(NODE_IMPORTS)
+    done = subprocess.run(["node", "check.mjs"], cwd=project, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def a_project(path: Path) -> Path:
+    path.mkdir()
+    (path / "package.json").write_text(json.dumps({"name": path.name, "version": "1.0.0", "type": "module"}))
+    return path
+
+
+EXPECTED_IMPORTS = {
+    "protocol": "wirepipe.v1",
+    "connect": "function",
+    "Client": "function",
+    "Snapshot": "function",
+    "closeAction": "function",
+    "ClientCore": "function",
+    "inProject": True,
+}
+
+
+def test_the_js_package_installs_as_its_readme_says(tmp_path: Path) -> None:
+    """From a fresh clone (no node_modules): ``npm pack``'s tarball, and the folder with ``--install-links``."""
+    readme = (JS / "README.md").read_text()
+    assert "npm install --install-links path/to/wirepipe/clients/js" in readme
+    assert "(cd path/to/wirepipe/clients/js && npm pack)" in readme
+    assert "npm install path/to/wirepipe/clients/js/wirepipe-client-*.tgz" in readme
+    clone = tmp_path / "wirepipe" / "clients" / "js"
+    shutil.copytree(JS, clone, ignore=NOT_SOURCE)
+    assert not (clone / "node_modules").exists()
+
+    npm("pack", cwd=clone)
+    (tarball,) = clone.glob("wirepipe-client-*.tgz")
+    assert tarball.name == f"wirepipe-client-{gateway.__version__}.tgz"
+    packed = a_project(tmp_path / "from-tarball")
+    npm("install", str(tarball), cwd=packed)
+    assert imports_in_node(packed) == EXPECTED_IMPORTS
+
+    tarball.unlink()
+    linked = a_project(tmp_path / "from-folder")
+    npm("install", "--install-links", str(clone), cwd=linked)
+    assert imports_in_node(linked) == EXPECTED_IMPORTS
+    assert not (clone / "node_modules").exists()  # a copy: the clone is left as it was

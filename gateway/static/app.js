@@ -10,9 +10,14 @@
 // What tests read is on the page: #conn[data-history] (every connection
 // state), body[data-resets] (how many times the view was rebuilt) and the
 // feed's data-events/-duplicates/-gaps/-errors (render.js).
+//
+// Beside the run: the sessions list (GET api/v1/sessions, beside the page;
+// a server without the REST API answers 404 and the list says it is not
+// available), and "waiting for this session to start" while a sid has no
+// run yet (the gateway holds the hello until one starts: no welcome comes).
 
-import { SID_RE } from '@wirepipe/client/state.js';
-import { child, errorMessage } from './dom.js';
+import { SID_RE, isMap } from '@wirepipe/client/state.js';
+import { child, el, errorMessage, str, token } from './dom.js';
 import { View } from './render.js';
 
 /**
@@ -36,6 +41,15 @@ function $(id, type) {
 
 const ui = {
   sid: $('sid', HTMLElement),
+  runApp: $('run-app', HTMLElement),
+  waiting: $('waiting', HTMLElement),
+  sessions: $('sessions', HTMLElement),
+  sessionsNote: $('sessions-note', HTMLElement),
+  sessionsPanel: $('sessions-panel', HTMLElement),
+  sessionsToggle: $('sessions-toggle', HTMLButtonElement),
+  sessionsRefresh: $('sessions-refresh', HTMLButtonElement),
+  askJump: $('ask-jump', HTMLButtonElement),
+  sendBox: $('send-box', HTMLDetailsElement),
   conn: $('conn', HTMLElement),
   runStatus: $('run-status', HTMLElement),
   grant: $('grant', HTMLElement),
@@ -54,9 +68,8 @@ const view = new View({
   planGoal: $('plan-goal', HTMLElement),
   planTasks: $('plan-tasks', HTMLElement),
   planProgress: $('plan-progress', HTMLElement),
-  asks: $('asks', HTMLElement),
-  asksPanel: $('asks-panel', HTMLElement),
   logs: $('logs', HTMLElement),
+  logsCount: $('logs-count', HTMLElement),
   runStatus: $('run-status', HTMLElement),
 }, { onReply: (askId, value) => reply(askId, value) });
 
@@ -68,6 +81,12 @@ let resets = 0;
 let client = null;
 /** @type {'viewer' | 'operator' | null} */
 let grant = null;
+let welcomed = false;
+let waitingShown = false;
+
+function syncWaiting() {
+  ui.waiting.hidden = !(waitingShown && !welcomed && client !== null && client.state === 'connecting');
+}
 
 /**
  * Storage can throw (disabled cookies, sandboxed frames): then it is just not remembered.
@@ -150,7 +169,9 @@ function syncControls() {
   const operator = grant === 'operator';
   const open = client !== null && client.state !== 'closed';
   ui.cancel.disabled = !(open && operator && !view.finished);
-  ui.sendForm.hidden = !(open && operator && !view.finished);
+  ui.cancel.hidden = view.finished || !view.status;
+  // Notes go to the agent's inbox; not beside an open ask (whose own Send is the answer).
+  ui.sendBox.hidden = !(open && operator && !view.finished && view.asks.size === 0);
   view.setReadOnly(!operator);
 }
 
@@ -162,7 +183,39 @@ function syncTitle() {
   document.title = `${asks ? `(${asks}) ` : ''}${parts.join(' · ')}`;
 }
 
-view.onStatus = () => { syncControls(); syncTitle(); };
+view.onStatus = () => { syncControls(); syncTitle(); queueSessions(); };
+view.onAsks = () => { syncControls(); syncTitle(); syncAskJump(); };
+
+// ---- the open ask, when it is out of sight --------------------------------------
+
+// A small button (not the card over the page) says a question waits below or
+// above, and takes the reader to it.
+/** @type {Set<Element>} */
+const unseen = new Set();
+const askObserver = 'IntersectionObserver' in window
+  ? new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      if (e.isIntersecting) unseen.delete(e.target); else unseen.add(e.target);
+    }
+    ui.askJump.hidden = unseen.size === 0;
+  })
+  : null;
+function syncAskJump() {
+  if (!askObserver) return;
+  askObserver.disconnect();
+  unseen.clear();
+  for (const ask of view.asks.values()) askObserver.observe(ask.card);
+  ui.askJump.hidden = true;
+}
+ui.askJump.addEventListener('click', () => {
+  const card = [...view.asks.values()][0];
+  if (!card) return;
+  const details = card.card.closest('details.step');
+  if (details instanceof HTMLDetailsElement) details.open = true;
+  card.card.scrollIntoView({ block: 'center', behavior: 'smooth' });
+  const first = card.controls.find((c) => !c.disabled);
+  if (first) first.focus({ preventScroll: true });
+});
 
 /** @type {BannerAction | null} */
 let bannerAction = null;
@@ -232,8 +285,10 @@ ui.sendForm.addEventListener('submit', async (event) => {
   button.disabled = true;
   try {
     const result = await client.send(input.value);
-    if (result && result.ok) input.value = '';
-    else showBanner(`Send failed: ${(result && result.err) || 'unknown error'}`);
+    if (result && result.ok) {
+      input.value = '';
+      showBanner('Note sent to the agent’s inbox (apps that read notes act on it).', { kind: 'info' });
+    } else showBanner(`Send failed: ${(result && result.err) || 'unknown error'}`);
   } catch (err) {
     showBanner(`Send failed: ${errorMessage(err)}`);
   } finally {
@@ -292,6 +347,7 @@ async function start() {
     return;
   }
   ui.sid.textContent = plan.sid;
+  child(ui.waiting, '.waiting-sid', HTMLElement).textContent = plan.sid;
   $('watch-sid', HTMLInputElement).value = plan.sid;
   if (!SID_RE.test(plan.sid)) {
     showBanner('That session id is not valid: use 1-128 letters, digits, ".", "_", ":" or "-".');
@@ -316,12 +372,21 @@ async function start() {
   if (plan.auth) options.auth = plan.auth;
   if (plan.live) options.live = true;
   if (Number.isInteger(plan.window) && plan.window > 0) options.window = plan.window;
-  if (plan.app) options.start = { app: plan.app, input: parseInput(plan.input) };
+  if (plan.app) {
+    options.start = { app: plan.app, input: parseInput(plan.input) };
+    ui.runApp.textContent = plan.app;
+  }
 
   client = connect(wsUrl.href, options);
 
-  client.on('state', (state) => setConn(state));
+  client.on('state', (state) => { setConn(state); syncWaiting(); });
+  // No welcome soon after the socket opened: the gateway holds the hello
+  // until a run starts under this sid (docs/protocol.md section 4).
+  const waitingTimer = setTimeout(() => { waitingShown = true; syncWaiting(); }, 700);
   client.on('welcome', (welcome) => {
+    welcomed = true;
+    clearTimeout(waitingTimer);
+    syncWaiting();
     grant = welcome.grant || null;
     // Only worth a badge when it takes something away.
     ui.grant.hidden = grant === 'operator' || !grant;
@@ -332,7 +397,7 @@ async function start() {
   client.on('reset', ({ snapshot, welcome }) => {
     resets += 1;
     document.body.dataset.resets = String(resets);
-    view.reset(snapshot, welcome);
+    view.reset(snapshot, welcome, { live: plan.live });
     syncControls();
     syncTitle();
     queueScroll();
@@ -377,3 +442,108 @@ fetch('apps').then((r) => (r.ok ? r.json() : null)).then((body) => {
   const input = $('start-app', HTMLInputElement);
   if (!input.value && body.apps.length) input.placeholder = body.apps.join(', ');
 }).catch(() => {});
+
+// ---- the sessions list ------------------------------------------------------------
+
+const STATE_ORDER = ['waiting', 'running', 'failed', 'cancelled', 'done'];
+/** @type {ReturnType<typeof setTimeout> | null} */
+let sessionsTimer = null;
+/** The server has no REST API (404): asked again only by the Refresh button. */
+let sessionsMissing = false;
+let currentSid = '';
+
+/**
+ * How long ago a Unix time was, said briefly ('12 s ago', '5 min ago').
+ * @param {unknown} ts
+ */
+function ago(ts) {
+  if (typeof ts !== 'number' || !Number.isFinite(ts)) return '';
+  const s = Math.max(0, Date.now() / 1000 - ts);
+  if (s < 60) return `${Math.round(s)} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return new Date(ts * 1000).toLocaleDateString();
+}
+
+/** @param {string} text */
+function sessionsNote(text) {
+  ui.sessionsNote.hidden = !text;
+  ui.sessionsNote.textContent = text;
+}
+
+async function loadSessions() {
+  /** @type {Response} */
+  let response;
+  try {
+    const auth = stored('session', 'wirepipe.auth');
+    response = await fetch('api/v1/sessions', {
+      headers: auth ? { Authorization: `Bearer ${auth}` } : {},
+      cache: 'no-store',
+    });
+  } catch {
+    sessionsNote('The session list could not be loaded (network).');
+    return;
+  }
+  if (response.status === 404) {
+    sessionsMissing = true;
+    ui.sessions.replaceChildren();
+    sessionsNote('The session list is not available on this server (no REST API). Open a run by its id: Start or watch a run.');
+    return;
+  }
+  if (!response.ok) {
+    sessionsNote(`The session list could not be loaded (HTTP ${response.status}).`);
+    return;
+  }
+  /** @type {{sessions?: unknown}} */
+  let body;
+  try {
+    body = await response.json();
+  } catch {
+    sessionsNote('The session list could not be read.');
+    return;
+  }
+  const rows = Array.isArray(body.sessions) ? body.sessions.filter(isMap) : [];
+  // Newest first; among those without a start time, those that need someone first.
+  rows.sort((a, b) => (Number(b.started) || 0) - (Number(a.started) || 0)
+    || STATE_ORDER.indexOf(str(a.state)) - STATE_ORDER.indexOf(str(b.state)));
+  sessionsNote(rows.length ? '' : 'No sessions yet.');
+  ui.sessions.replaceChildren(...rows.map((s) => {
+    const sid = str(s.sid);
+    const state = s.state ? str(s.state) : 'starting';
+    const asks = Array.isArray(s.asks) ? s.asks.length : 0;
+    if (sid === currentSid && s.app) ui.runApp.textContent = str(s.app);
+    return el('li', {},
+      el('a', { class: 'session-row', href: `?sid=${encodeURIComponent(sid)}`, dataset: { sid, state: token(state) },
+        'aria-current': sid === currentSid ? 'page' : null },
+      el('span', { class: 'session-top' },
+        el('span', { class: 'session-app' }, s.app ? str(s.app) : 'run'),
+        el('span', { class: `pill st-${token(state)}` }, state)),
+      el('span', { class: 'session-bottom' },
+        el('span', { class: 'session-sid' }, sid),
+        asks ? el('span', { class: 'session-asks' }, `${asks} question${asks === 1 ? '' : 's'}`) : null,
+        el('span', { class: 'session-ago' }, ago(s.started)))));
+  }));
+}
+
+/** Reload the list once things have settled (300 ms after the last call). */
+function queueSessions() {
+  if (sessionsMissing) return;
+  if (sessionsTimer !== null) clearTimeout(sessionsTimer);
+  sessionsTimer = setTimeout(() => { sessionsTimer = null; loadSessions(); }, 300);
+}
+
+ui.sessionsRefresh.addEventListener('click', () => loadSessions());
+// A glance every 15 s while the page is in sight keeps states and asks current.
+setInterval(() => { if (document.visibilityState === 'visible' && !sessionsMissing) loadSessions(); }, 15000);
+
+// On a phone the list is a drawer the ☰ button opens.
+ui.sessionsToggle.addEventListener('click', () => {
+  const open = document.body.dataset.sessions !== 'open';
+  document.body.dataset.sessions = open ? 'open' : '';
+  ui.sessionsToggle.setAttribute('aria-expanded', String(open));
+  if (open) loadSessions();
+});
+
+currentSid = new URLSearchParams(location.search).get('sid') || '';
+if (!currentSid) document.body.dataset.home = '';
+loadSessions();

@@ -1,24 +1,42 @@
 // The run view: turns a snapshot and the event stream into DOM.
 //
 // Every event that reaches apply() ends up as exactly ONE element carrying
-// data-seq and data-k (a text delta is a <span> inside its stream's block, an
-// output chunk a <span> inside its code cell, a log a row in the log panel,
-// everything else an entry in the feed). Panels derived from events (the plan,
-// the open-ask cards, the status badge) carry no data-seq, so
+// data-seq and data-k (a text delta is a <span> inside its stream's raw text,
+// an output chunk a <span> inside its code cell, a log a row in the log
+// panel, an event with nothing to show of its own a hidden `.mark`,
+// everything else an entry in the feed). Panels derived from events (the
+// plan, the open-ask cards, the status badge) carry no data-seq, so
 // `document.querySelectorAll('[data-seq]')` lists each event once.
 // Things rebuilt from a snapshot carry data-snapshot instead.
 //
 // The state panels are a projection of the client's reducer (`Snapshot` of
 // clients/js/src/state.js, the twin of protocol/state.py): every event with
-// seq > the snapshot's head is folded into it, and the plan, the status badge
-// and the open-ask cards show what it holds, nothing more. The feed, the logs
-// and the text streams are the timeline: every event, history included.
+// seq > the snapshot's head is folded into it, and the plan (in the side
+// panel and the steps' status), the status badge and the open-ask cards show
+// what it holds, nothing more. The feed, the logs and the text streams are
+// the timeline: every event, history included.
+//
+// How the timeline reads:
+// - the first message from a person is the request; a long message (an
+//   agent's whole working context) is folded under its first line;
+// - a plan task that runs opens a step (a <details>): what happens while it
+//   runs goes inside, and the step folds when the task is done;
+// - an LLM stream shows as markdown while it streams, and folds into what it
+//   became: the code cell that follows (its prose becomes the cell's
+//   caption), the plan, or the message with the same text;
+// - an open ask is a compact card docked where it was asked (after the code
+//   or plan it is about), choices first, the agent's full prompt folded;
+//   answered, it is one line;
+// - the final status is a result card (what the run produced: the last
+//   agent message or task result) or a failure card (the exception's last
+//   line, found in the detail or else in the error logs).
 //
 // The counters (events, duplicates, gaps, render errors) are published as
 // data-* attributes of the feed, for tests and the curious.
 
 import { Snapshot, isMap } from '@wirepipe/client/state.js';
 import { child, clock, el, errorMessage, formatValue, shortValue, str, token } from './dom.js';
+import { markdown, proseOf } from './markdown.js';
 
 /**
  * @typedef {import('@wirepipe/client/wirepipe.js').WirepipeEvent} WirepipeEvent
@@ -27,13 +45,16 @@ import { child, clock, el, errorMessage, formatValue, shortValue, str, token } f
  * @typedef {import('./dom.js').Child} Child
  * @typedef {Record<string, any>} Payload a decoded map: an event's d, a task, an ask
  * @typedef {{feed: HTMLElement, planGoal: HTMLElement, planTasks: HTMLElement, planProgress: HTMLElement,
- *   asks: HTMLElement, asksPanel: HTMLElement, logs: HTMLElement, runStatus: HTMLElement}} ViewElements
+ *   logs: HTMLElement, logsCount: HTMLElement, runStatus: HTMLElement}} ViewElements
  * @typedef {{span: HTMLElement, text: string, replayed: number, moved?: boolean}} SnapshotText
- * @typedef {{block: HTMLElement, body: HTMLElement, base?: SnapshotText}} TextStream
+ * @typedef {{id: string, block: HTMLElement, body: HTMLElement, md: HTMLElement, base?: SnapshotText,
+ *   folded: boolean}} TextStream
  * @typedef {{cell: HTMLElement, outputs: HTMLElement}} CodeCell
  * @typedef {HTMLButtonElement | HTMLInputElement} Control
  * @typedef {{card: HTMLElement, controls: Control[]}} AskCard
+ * @typedef {{el: HTMLDetailsElement, body: HTMLElement, pill: HTMLElement, sum: HTMLElement, touched: boolean}} Step
  * @typedef {{goal: unknown, tasks: Payload[], current: unknown, proposed: boolean}} ShownPlan
+ * @typedef {{text: string, from: string, node?: HTMLElement}} Outcome
  * @typedef {{ok: boolean, err?: string}} ReplyResult
  */
 
@@ -47,6 +68,16 @@ const LEVEL_RANK = {
   TRACE: 0, DEBUG: 0, INFO: 1, SUCCESS: 1, NOTICE: 1,
   WARNING: 2, WARN: 2, ERROR: 3, CRITICAL: 3, FATAL: 3, EXCEPTION: 3,
 };
+
+/** @type {Record<string, string>} level names as the one-line log rows show them */
+const SHORT_LEVEL = { WARNING: 'WARN', CRITICAL: 'CRIT', SUCCESS: 'OK' };
+
+/** Roles that are a person (or stand for one), not an agent. */
+const PERSON_ROLES = new Set(['user', 'human']);
+
+/** A message longer than this (characters or lines) is folded under its first line. */
+const LONG_CHARS = 700;
+const LONG_LINES = 14;
 
 /**
  * @param {unknown} level
@@ -69,29 +100,128 @@ let uid = 0;
 /** @param {string} prefix */
 const nextId = (prefix) => `${prefix}-${++uid}`;
 
+/**
+ * The first line worth showing of a long text: markdown heading marks and
+ * blank lines skipped, cut at `max`.
+ * @param {string} text
+ * @param {number} [max]
+ */
+export function firstLine(text, max = 120) {
+  for (const raw of text.split('\n')) {
+    const line = raw.replace(/^\s*#+\s*/, '').trim();
+    if (line) return line.length > max ? `${line.slice(0, max - 1)}…` : line;
+  }
+  return '';
+}
+
+/**
+ * The last non-empty line of `text`.
+ * @param {string} text
+ */
+function lastLine(text) {
+  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
+  return lines.length ? lines[lines.length - 1] : '';
+}
+
+const TRACEBACK = 'Traceback (most recent call last):';
+
+/**
+ * What a failed run's detail says went wrong, in one line: the exception's
+ * last line. A detail that is only the head of a traceback (MetaGPT raises
+ * `Exception(traceback text)`, and the gateway keeps the first line) says
+ * nothing: then `fallback` (the last error the run logged or printed) does.
+ * @param {unknown} detail
+ * @param {string} fallback
+ * @returns {string}
+ */
+export function failureCause(detail, fallback) {
+  const text = detail === undefined || detail === null ? '' : formatValue(detail, 0).trim();
+  const at = text.indexOf(TRACEBACK);
+  if (at >= 0) {
+    const after = text.slice(at + TRACEBACK.length).trim();
+    if (after) return lastLine(after);
+    return fallback ? causeIn(fallback) : 'The agent raised an exception (its traceback is in the logs).';
+  }
+  return text || (fallback ? causeIn(fallback) : '');
+}
+
+/**
+ * The line of an error text that names the exception: the last `Name: message`
+ * line (a traceback's last), else its last line.
+ * @param {string} text
+ */
+function causeIn(text) {
+  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
+  for (let i = lines.length - 1; i >= 0; i -= 1) {
+    if (/^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b/.test(lines[i])) return lines[i];
+  }
+  return lines.length ? lines[lines.length - 1] : '';
+}
+
+/**
+ * A Python repr of a one-line string ('x' or "x") as the string itself.
+ * @param {string} text
+ */
+function unquote(text) {
+  const t = text.trim();
+  if (t.length >= 2 && !t.includes('\n') && (t[0] === '"' || t[0] === "'") && t.at(-1) === t[0]) return t.slice(1, -1);
+  return t;
+}
+
+/**
+ * A hidden element that stands for an event with nothing of its own to show.
+ * @param {WirepipeEvent} ev
+ * @param {string} k
+ */
+function mark(ev, k) {
+  return el('span', { class: 'mark', hidden: true, dataset: { seq: ev.seq, k } });
+}
+
 export class View {
   // What a reset drops: clear() puts each of these back as it is here.
   /** what the state panels show */
   state = new Snapshot();
   /** @type {number | null} seq of the last event applied, null after a reset */
   lastSeq = null;
-  /** @type {Map<string, TextStream>} stream id -> {block, body} */
+  /** @type {Map<string, TextStream>} stream id -> its block */
   texts = new Map();
+  /** @type {TextStream | null} the latest stream not yet folded into what it became */
+  unclaimed = null;
+  /** @type {Set<TextStream>} streams whose markdown is to be drawn again */
+  dirty = new Set();
   /** @type {Map<string, CodeCell>} code id -> {cell, outputs} */
   codes = new Map();
   /** @type {Map<string, AskCard>} ask id -> {card, controls}: a card per open ask of the state */
   asks = new Map();
   /** @type {Set<string>} ask ids whose reply said the ask is gone: no card */
   dismissed = new Set();
-  /** @type {Map<string, HTMLElement>} ask id -> feed entry of its ask event */
+  /** @type {Map<string, HTMLElement>} ask id -> feed entry of its ask event (where its card docks) */
   askEntries = new Map();
   /** @type {Map<string, HTMLElement>} task id -> <li> */
   taskRows = new Map();
+  /** @type {Map<string, Step>} task id -> its step in the feed */
+  steps = new Map();
+  /** @type {string | null} the task whose step takes what happens now */
+  current = null;
+  /** @type {string} the tasks of the plan card last shown (ids and instructions) */
+  planShown = '';
+  /** @type {HTMLElement | null} */
+  planCard = null;
+  /** @type {boolean} the latest plan event was a proposal (the next review ask is about it) */
+  proposed = false;
+  /** @type {boolean} the request (the first message from a person) is shown */
+  requested = false;
+  /** @type {Map<string, HTMLElement>} a message's role, name and content -> its card */
+  messageCards = new Map();
+  /** @type {Outcome | null} what the run produced so far */
+  outcome = null;
+  /** the last error the run logged or printed (a failure card's fallback cause) */
+  lastError = '';
+  logCount = 0;
   snapshotHead = 0;
 
   /**
-   * elements: {feed, planGoal, planTasks, planProgress, asks, asksPanel, logs,
-   * runStatus}; onReply(askId, value) -> Promise<{ok, err}>.
+   * elements: see ViewElements; onReply(askId, value) -> Promise<{ok, err}>.
    * @param {ViewElements} elements
    * @param {{onReply?: (askId: string, value: unknown) => Promise<ReplyResult>}} [options]
    */
@@ -102,6 +232,8 @@ export class View {
     this.stats = { events: 0, duplicates: 0, gaps: 0, errors: 0 };
     /** @type {(status: Record<string, any> | null) => void} */
     this.onStatus = () => {};
+    /** @type {() => void} called when the set of open-ask cards changes */
+    this.onAsks = () => {};
     this.clear();
   }
 
@@ -109,24 +241,41 @@ export class View {
     this.state = new Snapshot();
     this.lastSeq = null;
     this.texts = new Map();
+    this.unclaimed = null;
+    this.dirty = new Set();
     this.codes = new Map();
     this.asks = new Map();
     this.dismissed = new Set();
     this.askEntries = new Map();
     this.taskRows = new Map();
+    this.steps = new Map();
+    this.current = null;
+    this.planShown = '';
+    this.planCard = null;
+    this.proposed = false;
+    this.requested = false;
+    this.messageCards = new Map();
+    this.outcome = null;
+    this.lastError = '';
+    this.logCount = 0;
     this.snapshotHead = 0;
     this.e.feed.replaceChildren();
     this.e.logs.replaceChildren();
-    this.e.asks.replaceChildren();
+    this.e.logsCount.textContent = '';
     this.renderPlan();
     this.setStatus(null);
-    this.syncAsksPanel();
+    this.onAsks();
     this.publish();
   }
 
   /** The latest status payload of the state, or null. */
   get status() {
     return this.state.status;
+  }
+
+  /** True until the first event or a snapshot with something in it. */
+  get empty() {
+    return this.stats.events === 0 && this.state.status === null && this.state.plan === null;
   }
 
   /** The counters, as data-* attributes of the feed. */
@@ -157,8 +306,9 @@ export class View {
    * as their own spans.
    * @param {SnapshotMap | null} snapshot
    * @param {Welcome} welcome
+   * @param {{live?: boolean}} [options] live: the client asked for no history
    */
-  reset(snapshot, welcome) {
+  reset(snapshot, welcome, { live = false } = {}) {
     this.clear();
     this.snapshotHead = welcome && typeof welcome.head === 'number' ? welcome.head : 0;
     this.state = Snapshot.fromMap(snapshot);
@@ -169,6 +319,16 @@ export class View {
       const span = el('span', { dataset: { snapshot: '' } }, text);
       stream.body.append(span);
       stream.base = { span, text, replayed: 0 };
+      this.redraw(stream);
+    }
+    // A finished run whose final status will not be replayed (live, or no
+    // longer in the log): its card from the snapshot. (The final status is
+    // the log's last event, so any replay from `first` brings it.)
+    const replays = !live && welcome && typeof welcome.first === 'number' && welcome.first <= this.snapshotHead;
+    if (this.state.finished && this.state.status && !replays) {
+      const card = this.outcomeCard(this.state.status, null);
+      card.dataset.snapshot = '';
+      this.e.feed.append(card);
     }
   }
 
@@ -217,16 +377,24 @@ export class View {
     return { seq: ev.seq, k };
   }
 
+  /** Where what happens now goes: the running task's step, else the feed. */
+  where() {
+    const step = this.current === null ? undefined : this.steps.get(this.current);
+    return step ? step.body : this.e.feed;
+  }
+
   /**
+   * A feed entry (appended where(), or to `into`).
    * @param {WirepipeEvent} ev
    * @param {string} k
    * @param {string} cls
    * @param {...(Child | Child[])} children
    */
   entry(ev, k, cls, ...children) {
+    this.unclaimed = null;  // something else came after the stream: it became nothing
     const node = el('article', { class: `ev ev-${token(k)} ${cls || ''}`.trim(), dataset: this.marks(ev, k) },
       ...children);
-    this.e.feed.append(node);
+    this.where().append(node);
     return node;
   }
 
@@ -245,15 +413,15 @@ export class View {
   }
 
   /**
+   * A one-line entry.
    * @param {WirepipeEvent} ev
    * @param {string} k
    * @param {...Child} children
    */
   line(ev, k, ...children) {
     const node = el('div', { class: `ev line ev-${token(k)}`, dataset: this.marks(ev, k) },
-      el('span', { class: 'ev-kind' }, k), el('span', { class: 'line-body' }, ...children),
-      this.time(ev));
-    this.e.feed.append(node);
+      el('span', { class: 'line-body' }, ...children));
+    this.where().append(node);
     return node;
   }
 
@@ -263,9 +431,20 @@ export class View {
    * @param {unknown} d
    */
   generic(ev, k, d) {
-    this.entry(ev, k, 'ev-generic',
+    this.entry(ev, k, 'ev-generic card-ev',
       this.head(k, this.time(ev)),
       el('pre', { class: 'ev-value' }, formatValue(d)));
+  }
+
+  /**
+   * Append a hidden mark for `ev` where() it happened.
+   * @param {WirepipeEvent} ev
+   * @param {string} k
+   */
+  mark(ev, k) {
+    const node = mark(ev, k);
+    this.where().append(node);
+    return node;
   }
 
   // ---- text streams -----------------------------------------------------
@@ -277,14 +456,108 @@ export class View {
   textStream(id) {
     let stream = this.texts.get(id);
     if (!stream) {
-      const body = el('div', { class: 'text-body' });
-      const block = el('article', { class: 'ev ev-text stream', dataset: { stream: id } },
-        this.head('LLM', el('span', { class: 'ev-id' }, id)), body);
-      this.e.feed.append(block);
-      stream = { block, body };
+      // The raw deltas (one span each) stay in the DOM, hidden; what shows is
+      // their markdown, drawn again when they change (redraw).
+      const body = el('div', { class: 'text-body', hidden: true });
+      const md = el('div', { class: 'text-md md' });
+      const block = el('article', { class: 'ev ev-text stream card-ev', dataset: { stream: id } },
+        this.head('LLM', el('span', { class: 'typing' }, 'writing…')), md, body);
+      this.where().append(block);
+      stream = { id, block, body, md, folded: false };
       this.texts.set(id, stream);
+      this.unclaimed = stream;
     }
     return stream;
+  }
+
+  /**
+   * Draw `stream`'s markdown again once the current batch of events is in.
+   * @param {TextStream} stream
+   */
+  redraw(stream) {
+    if (this.dirty.size === 0) queueMicrotask(() => this.flush());
+    this.dirty.add(stream);
+  }
+
+  flush() {
+    for (const stream of this.dirty) {
+      const text = stream.body.textContent || '';
+      stream.md.replaceChildren(markdown(text));
+      stream.block.classList.toggle('blank', !text.trim());
+    }
+    this.dirty.clear();
+  }
+
+  /**
+   * The latest stream not yet folded into anything (and no older than the
+   * last thing shown), taken: it became what the caller is about to show.
+   * @returns {TextStream | null}
+   */
+  claim() {
+    const stream = this.unclaimed;
+    this.unclaimed = null;
+    return stream && !stream.folded ? stream : null;
+  }
+
+  /**
+   * Fold `stream` into `card`: its block goes into a closed "LLM output"
+   * details at the card's end (hidden when the card shows the same text).
+   * @param {TextStream} stream
+   * @param {HTMLElement} card
+   * @param {{hidden?: boolean}} [options]
+   */
+  fold(stream, card, { hidden = false } = {}) {
+    stream.folded = true;
+    stream.block.classList.add('folded');
+    const fold = el('details', { class: 'llm-fold', hidden },
+      el('summary', {}, 'LLM output'), stream.block);
+    card.append(fold);
+  }
+
+  // ---- steps (one per plan task that ran) ------------------------------------
+
+  /**
+   * The step of task `id`, made (where the feed is now) if it is new.
+   * @param {string} id
+   * @returns {Step}
+   */
+  step(id) {
+    let step = this.steps.get(id);
+    if (!step) {
+      const plan = this.plan;
+      const index = plan ? plan.tasks.findIndex((t) => t.id === id) : -1;
+      const task = index >= 0 && plan ? plan.tasks[index] : null;
+      const pill = el('span', { class: 'pill st-running' }, 'running');
+      const body = el('div', { class: 'step-body' });
+      const sum = el('span', { class: 'step-sum' });
+      const details = el('details', { class: 'step', open: true, dataset: { taskId: id } },
+        el('summary', { class: 'step-head' },
+          el('span', { class: 'step-n' }, String(index >= 0 ? index + 1 : id)),
+          el('span', { class: 'step-title' }, task ? str(task.instruction, `Step ${id}`) : `Step ${id}`, sum),
+          pill),
+        body);
+      const made = { el: details, body, pill, sum, touched: false };
+      // A reader who opens or closes a step keeps it so.
+      child(details, 'summary', HTMLElement).addEventListener('click', () => { made.touched = true; });
+      this.e.feed.append(details);
+      this.steps.set(id, made);
+      step = made;
+    }
+    return step;
+  }
+
+  /**
+   * A step's pill says the status its task's latest event gave; a finished
+   * step folds, unless a reader opened or closed it or it holds an open ask.
+   * @param {Step} step
+   * @param {string} status
+   */
+  setStepStatus(step, status) {
+    step.pill.className = `pill st-${token(status)}`;
+    step.pill.textContent = status;
+    step.el.dataset.status = token(status);
+    const finished = status === 'done' || status === 'skipped';
+    if (finished && !step.touched && step.el.open && !step.body.querySelector('.ask-card')) step.el.open = false;
   }
 
   // ---- plan ---------------------------------------------------------------
@@ -317,28 +590,24 @@ export class View {
       planGoal.append(' ', el('span', { class: 'pill st-waiting', title: 'shown for review; not applied yet' },
         'proposed'));
     }
-    for (const task of plan.tasks) this.renderTask(task, plan);
+    plan.tasks.forEach((task, i) => this.renderTask(task, plan, i));
     this.updateProgress(plan);
   }
 
   /**
    * @param {Payload} task
    * @param {ShownPlan} plan
+   * @param {number} index
    */
-  renderTask(task, plan) {
+  renderTask(task, plan, index) {
     const id = str(task.id);
     // An unknown status shows as it is, in the neutral style.
     const status = token(str(task.status, 'pending'));
-    const deps = Array.isArray(task.deps) && task.deps.length
-      ? el('span', { class: 'task-deps' }, `after ${task.deps.map((/** @type {unknown} */ x) => str(x)).join(', ')}`) : null;
     const row = el('li', { class: 'task', dataset: { taskId: id, status } },
-      el('span', { class: `pill st-${token(status)}` }, status),
+      el('span', { class: `task-n st-${token(status)}`, title: status }, String(index + 1)),
       el('div', { class: 'task-main' },
-        el('span', { class: 'task-text' }, str(task.instruction, `task ${id}`)),
-        el('span', { class: 'task-meta' },
-          el('span', { class: 'task-id' }, `#${id}`),
-          task.type ? el('span', { class: 'task-type' }, str(task.type)) : null,
-          deps)));
+        el('span', { class: 'task-text' }, str(task.instruction, `Step ${index + 1}`),
+          status === 'done' ? null : el('span', { class: `pill st-${token(status)}` }, status))));
     if (task.result !== undefined && task.result !== null && task.result !== '') {
       child(row, '.task-main', HTMLElement).append(this.resultDetails(task.result));
     }
@@ -368,11 +637,28 @@ export class View {
 
   /** One card per open ask of the state (and none for a dismissed one). */
   syncAsks() {
+    let changed = false;
     for (const [id, d] of this.state.asks) {
-      if (!this.asks.has(id) && !this.dismissed.has(id)) this.openAsk(id, d);
+      if (!this.asks.has(id) && !this.dismissed.has(id)) { this.openAsk(id, d); changed = true; }
     }
-    for (const id of [...this.asks.keys()]) if (!this.state.asks.has(id)) this.closeAsk(id);
-    this.syncAsksPanel();
+    for (const id of [...this.asks.keys()]) {
+      if (!this.state.asks.has(id)) { this.closeAsk(id); changed = true; }
+    }
+    if (changed) this.onAsks();
+  }
+
+  /**
+   * The one line an ask card leads with: what is asked, without the agent's boilerplate.
+   * @param {Payload} d the ask's payload
+   * @param {string} prompt
+   */
+  askTitle(d, prompt) {
+    if (d.kind === 'review') {
+      if (this.proposed) return 'Review the plan';
+      const step = this.current === null ? null : this.plan?.tasks.find((t) => t.id === this.current);
+      return step ? `Review this step: ${shortValue(step.instruction, 90)}` : 'Review the latest result';
+    }
+    return firstLine(prompt) || 'The agent asks';
   }
 
   /**
@@ -381,11 +667,15 @@ export class View {
    */
   openAsk(id, d) {
     if (this.asks.has(id)) return;
-    const promptId = nextId('ask-prompt');
+    const prompt = str(d.prompt, '');
+    const entry = this.askEntries.get(id);
+    const shown = entry ? entry.querySelector('.ask-done-q') : null;
+    const title = shown ? shown.textContent || '' : this.askTitle(d, prompt);
+    const titleId = nextId('ask-title');
     const errorLine = el('p', { class: 'ask-error', role: 'alert' });
-    const card = el('div', { class: 'ask-card', role: 'group', 'aria-labelledby': promptId,
+    const card = el('div', { class: 'ask-card', role: 'group', 'aria-labelledby': titleId,
       dataset: { askId: id } },
-    el('p', { class: 'ask-prompt', id: promptId }, str(d.prompt, '(no prompt)')));
+    el('p', { class: 'ask-title', id: titleId }, el('span', { class: 'ask-icon', 'aria-hidden': 'true' }, '?'), title));
 
     const hasDefault = d.default !== undefined && d.default !== null;
     /**
@@ -410,6 +700,7 @@ export class View {
         // The answer event will say so too; until then, no card to click.
         this.dismissed.add(id);
         this.closeAsk(id);
+        this.onAsks();
         return;
       }
       errorLine.textContent = code === 'forbidden'
@@ -438,11 +729,12 @@ export class View {
     if (!hasChoices || d.other === true) {
       const inputId = nextId('ask-input');
       const input = el('input', { id: inputId, type: 'text', autocomplete: 'off',
-        placeholder: hasDefault && !hasChoices ? formatValue(d.default, 0) : '',
+        placeholder: hasChoices ? 'or say what to change…' : (hasDefault ? formatValue(d.default, 0) : ''),
         required: !hasDefault || hasChoices });
-      const button = el('button', { type: 'submit' }, 'Send');
+      const button = el('button', { type: 'submit', class: hasChoices ? '' : 'primary' }, 'Send');
       const form = el('form', { class: 'ask-form' },
-        el('label', { for: inputId }, hasChoices ? 'Or another answer' : 'Your answer'), input, button);
+        el('label', { for: inputId, class: hasChoices ? 'visually-hidden' : '' },
+          hasChoices ? 'Or another answer' : 'Your answer'), input, button);
       form.addEventListener('submit', (event) => {
         event.preventDefault();
         send(input.value === '' && hasDefault && !hasChoices ? d.default : input.value, controls);
@@ -454,11 +746,17 @@ export class View {
     if (hasDefault) hints.push(`Default: ${shortValue(d.default, 60)}`);
     if (typeof d.timeout === 'number' && d.timeout > 0) hints.push(`times out after ${d.timeout} s`);
     if (hints.length) card.append(el('p', { class: 'ask-hint' }, hints.join(' · ')));
+    // The agent's own words, when they say more than the title: folded.
+    if (prompt.trim() && prompt.trim() !== title) {
+      card.append(el('details', { class: 'ask-prompt' },
+        el('summary', {}, 'The agent’s full prompt'), el('pre', {}, prompt.trim())));
+    }
     card.append(errorLine);
     for (const c of controls) c.disabled = this.readOnly;
     this.asks.set(id, { card, controls });
-    this.e.asks.append(card);
-    this.syncAsksPanel();
+    // Docked where it was asked; until its ask event is shown (a snapshot's
+    // open ask, before the replay reaches it), at the end of the feed.
+    if (entry) entry.append(card); else this.e.feed.append(card);
   }
 
   /** @param {string} id */
@@ -468,11 +766,6 @@ export class View {
       ask.card.remove();
       this.asks.delete(id);
     }
-    this.syncAsksPanel();
-  }
-
-  syncAsksPanel() {
-    this.e.asksPanel.hidden = this.asks.size === 0;
   }
 
   /** @param {boolean} readOnly */
@@ -481,7 +774,7 @@ export class View {
     for (const ask of this.asks.values()) for (const c of ask.controls) c.disabled = readOnly;
   }
 
-  // ---- status -----------------------------------------------------------
+  // ---- status and outcome -------------------------------------------------
 
   /** @param {Payload | null} d */
   setStatus(d) {
@@ -496,6 +789,48 @@ export class View {
   get finished() {
     return this.state.finished;
   }
+
+  /**
+   * The card of a final status: the result, the failure, or the cancel.
+   * @param {Payload} d
+   * @param {WirepipeEvent | null} ev
+   */
+  outcomeCard(d, ev) {
+    const state = str(d.state, '?');
+    const marks = ev ? this.marks(ev, 'status') : {};
+    const time = ev ? this.time(ev) : null;
+    const detail = d.detail !== undefined && d.detail !== null && d.detail !== '' ? formatValue(d.detail) : '';
+    if (state === 'done') {
+      const outcome = this.outcome;
+      // The result card says what that message said: one of them is enough.
+      if (outcome && outcome.node) outcome.node.classList.add('absorbed');
+      const body = outcome ? outcome.text : detail || 'The run finished.';
+      return el('article', { class: 'ev outcome result-card', role: 'region', 'aria-label': 'Result', dataset: marks },
+        el('header', { class: 'outcome-head' },
+          el('span', { class: 'outcome-icon', 'aria-hidden': 'true' }, '✓'),
+          el('h3', {}, 'Result'),
+          outcome && outcome.from ? el('span', { class: 'outcome-from' }, outcome.from) : null,
+          time),
+        el('div', { class: 'result-body md' }, markdown(body)),
+        outcome && detail ? el('p', { class: 'muted' }, detail) : null);
+    }
+    if (state === 'failed') {
+      const cause = failureCause(d.detail, this.lastError) || 'The run failed.';
+      const more = [detail, this.lastError && !detail.includes(this.lastError) ? this.lastError : '']
+        .filter((t) => t && t.trim() !== cause).join('\n\n');
+      return el('article', { class: 'ev outcome failure-card', role: 'alert', dataset: marks },
+        el('header', { class: 'outcome-head' },
+          el('span', { class: 'outcome-icon', 'aria-hidden': 'true' }, '!'),
+          el('h3', {}, 'The run failed'), time),
+        el('p', { class: 'failure-cause' }, el('code', {}, cause)),
+        more ? el('details', { class: 'failure-more' }, el('summary', {}, 'Details'), el('pre', {}, more)) : null);
+    }
+    return el('article', { class: `ev outcome ${token(state)}-card`, dataset: marks },
+      el('header', { class: 'outcome-head' },
+        el('span', { class: 'outcome-icon', 'aria-hidden': 'true' }, '■'),
+        el('h3', {}, state === 'cancelled' ? 'Cancelled' : state), time),
+      detail ? el('p', { class: 'muted' }, detail) : null);
+  }
 }
 
 // One handler per known kind; `this` is the View, d is a plain object.
@@ -508,53 +843,144 @@ const HANDLERS = {
     if (base && ev.seq <= this.snapshotHead) {
       // Already inside the snapshot's text (see reset): move it out of there,
       // and the block to where its first retained delta belongs in the feed.
-      if (base.replayed === 0 && !base.moved) this.e.feed.append(stream.block);
+      if (base.replayed === 0 && !base.moved && !stream.folded) this.where().append(stream.block);
       base.moved = true;
       base.replayed += delta.length;
       base.span.textContent = base.text.slice(0, Math.max(0, base.text.length - base.replayed));
     }
     stream.body.append(el('span', { dataset: this.marks(ev, 'text') }, delta));
+    if (!stream.folded) this.unclaimed = stream;  // the latest stream written: what the next code, plan or message may have come from
     if (d.end) stream.block.classList.add('ended');
+    this.redraw(stream);
   },
 
   message(ev, d) {
     const role = str(d.role, 'message');
-    const node = this.entry(ev, 'message', `role-${token(role)}`,
-      this.head(role, d.name ? el('span', { class: 'ev-id' }, str(d.name)) : null, this.time(ev)),
-      messageBody(formatValue(d.content)));
-    if (d.cause !== undefined && d.cause !== null && d.cause !== '') {
-      node.append(el('p', { class: 'ev-cause' }, `cause: ${shortValue(d.cause)}`));
+    const content = formatValue(d.content);
+    const name = d.name ? str(d.name) : '';
+    const person = PERSON_ROLES.has(role.toLowerCase());
+    const stream = this.unclaimed;
+    // The same message again (an agent that re-sends it): one card, counted.
+    const key = `${role}\u0000${name}\u0000${content}`;
+    const seen = this.messageCards.get(key);
+    if (seen) {
+      seen.dataset.repeats = String(Number(seen.dataset.repeats || '1') + 1);
+      this.mark(ev, 'message');
+      return;
     }
+    if (person && !name && !this.requested) {
+      // The request the run started from.
+      this.requested = true;
+      const node = this.entry(ev, 'message', 'request',
+        el('span', { class: 'request-label' }, 'Request'),
+        el('div', { class: 'request-body md' }, markdown(content)));
+      this.messageCards.set(key, node);
+      return;
+    }
+    const long = content.length > LONG_CHARS || content.split('\n').length > LONG_LINES;
+    const who = name || role;
+    const node = this.entry(ev, 'message', `card-ev role-${token(role)}${long ? ' long' : ''}`,
+      el('header', { class: 'ev-head' },
+        el('span', { class: 'avatar', 'aria-hidden': 'true' }, who.slice(0, 1).toUpperCase()),
+        el('b', { class: 'who' }, who),
+        name && role ? el('span', { class: 'role' }, role) : null,
+        this.time(ev)),
+      long
+        ? el('details', { class: 'message-body message-long' },
+          el('summary', {}, `${firstLine(content, 90) || 'Message'} · ${content.length} characters`),
+          el('div', { class: 'md' }, markdown(content)))
+        : el('div', { class: 'message-body md' }, markdown(content)));
+    if (d.cause !== undefined && d.cause !== null && d.cause !== '') node.title = `cause: ${shortValue(d.cause)}`;
+    this.messageCards.set(key, node);
+    if (stream && !stream.folded && (stream.body.textContent || '').trim() === content.trim()) {
+      this.fold(stream, node, { hidden: true });  // the card says the same
+    }
+    if (!person && content.trim()) this.outcome = { text: content, from: name ? `${name} (${role})` : role, node };
   },
 
   plan(ev, d) {
-    const n = Array.isArray(d.tasks) ? d.tasks.filter(isObject).length : 0;
-    this.line(ev, 'plan', `${d.proposed === true ? 'proposed: ' : ''}${str(d.goal, '(no goal)')} — ${n} task${n === 1 ? '' : 's'}`);
+    const tasks = Array.isArray(d.tasks) ? d.tasks.filter(isObject) : [];
+    const shape = JSON.stringify(tasks.map((t) => [t.id, t.instruction]));
+    const proposed = d.proposed === true;
+    const stream = this.claim();
+    this.proposed = proposed;
+    if (shape === this.planShown && this.planCard && !stream) {
+      // The same plan again (MetaGPT sends it after every task): the card already says it.
+      if (!proposed) this.planCard.classList.remove('proposed');
+      this.mark(ev, 'plan');
+      return;
+    }
+    const card = el('article', { class: `ev ev-plan card-ev${proposed ? ' proposed' : ''}`,
+      dataset: this.marks(ev, 'plan') },
+    el('header', { class: 'ev-head' },
+      el('span', { class: 'ev-kind' }, this.planCard ? 'Plan updated' : 'Plan'),
+      el('span', { class: 'pill st-waiting proposed-pill' }, 'proposed'),
+      el('span', { class: 'muted' }, `${tasks.length} step${tasks.length === 1 ? '' : 's'}`),
+      this.time(ev)),
+    d.goal ? el('p', { class: 'plan-goal' }, str(d.goal)) : null,
+    el('ol', { class: 'plan-list' }, tasks.map((t) => el('li', {}, str(t.instruction, str(t.id))))));
+    this.e.feed.append(card);  // a plan is never inside a step
+    if (stream) this.fold(stream, card);
+    this.planShown = shape;
+    this.planCard = card;
   },
 
   task(ev, d) {
-    // The plan panel shows the state (a task the plan does not have is not
-    // added to it); the timeline shows the update as it came.
     const id = str(d.id);
     const status = str(d.status, '?');
     const plan = this.plan;
-    const task = plan && typeof d.id === 'string' ? plan.tasks.find((t) => t.id === d.id) : undefined;
-    const node = this.line(ev, 'task', `#${id} `, el('span', { class: `pill st-${token(status)}` }, status),
-      task && task.instruction ? el('span', { class: 'muted' }, ` ${shortValue(task.instruction, 80)}`) : null);
-    if (d.result !== undefined && d.result !== null && d.result !== '') {
-      node.append(this.resultDetails(d.result));
+    const known = plan !== null && typeof d.id === 'string' && plan.tasks.some((t) => t.id === d.id);
+    if (!known) {
+      // A task the plan does not have: the update as it came.
+      const node = this.line(ev, 'task', `Task ${id} `, el('span', { class: `pill st-${token(status)}` }, status));
+      if (d.result !== undefined && d.result !== null && d.result !== '') node.append(this.resultDetails(d.result));
+      return;
     }
+    const step = this.step(id);
+    if (status === 'running') {
+      this.current = id;
+      this.unclaimed = null;
+      step.body.append(mark(ev, 'task'));
+      this.setStepStatus(step, status);
+      return;
+    }
+    const hasResult = d.result !== undefined && d.result !== null && d.result !== '';
+    if (hasResult) {
+      const text = formatValue(d.result).trim();
+      step.body.append(el('div', { class: `ev step-result st-line-${token(status)}`, dataset: this.marks(ev, 'task') },
+        el('span', { class: 'step-result-label' }, status === 'done' ? 'Result' : status),
+        el('pre', {}, text)));
+      step.sum.textContent = shortValue(unquote(text), 140);
+      if (status === 'done') {
+        const task = plan && plan.tasks.find((t) => t.id === id);
+        const index = plan ? plan.tasks.findIndex((t) => t.id === id) : -1;
+        this.outcome = { text: unquote(text), from: `step ${index + 1}${task ? ` · ${shortValue(task.instruction, 70)}` : ''}` };
+      }
+    } else {
+      step.body.append(mark(ev, 'task'));
+    }
+    if (status === 'failed' && hasResult) this.lastError = formatValue(d.result);
+    if (this.current === id) this.current = null;
+    this.setStepStatus(step, status);
   },
 
   code(ev, d) {
     const id = str(d.id);
     const lang = str(d.lang, 'code');
     const outputs = el('div', { class: 'outputs' });
-    const cell = this.entry(ev, 'code', '',
-      this.head('code', el('span', { class: 'ev-id' }, `${lang} · ${id}`), this.time(ev)),
-      el('pre', { class: 'source', dataset: { lang: token(lang) } }, el('code', {}, str(d.source))),
+    const taskId = typeof d.task === 'string' && this.steps.has(d.task) ? d.task : null;
+    const stream = this.claim();
+    const prose = stream ? proseOf(stream.body.textContent || '') : '';
+    const cell = el('article', { class: 'ev ev-code card-ev', dataset: this.marks(ev, 'code') },
+      prose ? el('div', { class: 'code-caption md' }, markdown(prose)) : null,
+      el('div', { class: 'code-frame' },
+        el('div', { class: 'code-lang' }, lang),
+        el('pre', { class: 'source', dataset: { lang: token(lang) } }, el('code', {}, str(d.source)))),
       outputs);
     cell.dataset.codeId = id;
+    const step = taskId === null ? undefined : this.steps.get(taskId);
+    (step ? step.body : this.where()).append(cell);
+    if (stream) this.fold(stream, cell);
     this.codes.set(id, { cell, outputs });  // a re-run with the same id takes over
   },
 
@@ -564,9 +990,9 @@ const HANDLERS = {
     if (!code) {
       // Output of code we never saw (before a snapshot): a cell without source.
       const outputs = el('div', { class: 'outputs' });
-      const cell = el('article', { class: 'ev ev-code orphan', dataset: { codeId: id } },
-        this.head('output', el('span', { class: 'ev-id' }, id)), outputs);
-      this.e.feed.append(cell);
+      const cell = el('article', { class: 'ev ev-code card-ev orphan', dataset: { codeId: id } },
+        this.head('output'), outputs);
+      this.where().append(cell);
       code = { cell, outputs };
       this.codes.set(id, code);
     }
@@ -577,31 +1003,50 @@ const HANDLERS = {
       block = el('pre', { class: `out out-${stream}`, dataset: { stream } });
       code.outputs.append(block);
     }
-    block.append(el('span', { dataset: this.marks(ev, 'output') }, str(d.text)));
+    const text = str(d.text);
+    block.append(el('span', { dataset: this.marks(ev, 'output') }, text));
+    if (stream === 'error') this.lastError = text;
   },
 
   tool(ev, d) {
     const type = d.type !== undefined && d.type !== null ? ` (${str(d.type)})` : '';
-    this.entry(ev, 'tool', '',
-      this.head('tool', el('span', { class: 'ev-id' }, `${str(d.name, '?')}${type}`), this.time(ev)),
+    this.entry(ev, 'tool', 'card-ev',
+      this.head('tool', el('span', { class: 'muted' }, `${str(d.name, '?')}${type}`), this.time(ev)),
       el('pre', { class: 'ev-value' }, formatValue(d.value)));
   },
 
   log(ev, d) {
     const level = str(d.level, 'INFO').toUpperCase();
-    const row = el('div', { class: `log lvl-${levelRank(d.level)}`,
-      dataset: { ...this.marks(ev, 'log'), level: token(level) } },
+    const rank = levelRank(d.level);
+    const msg = str(d.msg);
+    const row = el('div', { class: `log lvl-${rank}${msg.trim() ? '' : ' empty'}`,
+      dataset: { ...this.marks(ev, 'log'), level: token(level) }, title: d.logger ? `${str(d.logger)}: ${msg}` : msg },
     el('time', {}, clock(ev.ts)),
-    el('span', { class: 'log-level' }, level),
-    d.logger ? el('span', { class: 'log-logger' }, str(d.logger)) : null,
-    el('span', { class: 'log-msg' }, str(d.msg)));
+    el('span', { class: 'log-level' }, SHORT_LEVEL[level] || level.slice(0, 5)),
+    el('span', { class: 'log-msg' }, msg.replace(/\s*\n\s*/g, ' ⏎ ')));
+    row.addEventListener('click', () => row.classList.toggle('expanded'));
     this.e.logs.append(row);
+    if (msg.trim()) this.logCount += 1;
+    this.e.logsCount.textContent = this.logCount ? String(this.logCount) : '';
+    if (rank >= 3 && msg.trim()) this.lastError = msg;
   },
 
   ask(ev, d) {
-    const entry = this.line(ev, 'ask', str(d.prompt, '(no prompt)'));
-    entry.classList.add('open');
-    this.askEntries.set(str(d.id), entry);
+    const id = str(d.id);
+    const prompt = str(d.prompt, '');
+    const entry = el('div', { class: 'ev ev-ask open', dataset: this.marks(ev, 'ask') },
+      el('div', { class: 'ask-done' },
+        el('span', { class: 'ask-done-q' }, this.askTitle(d, prompt))));
+    this.where().append(entry);
+    this.askEntries.set(id, entry);
+    this.unclaimed = null;
+    const card = this.asks.get(id);
+    if (card) {
+      // Opened from the snapshot before its event came: docked here now, under this title.
+      entry.append(card.card);
+      const title = card.card.querySelector('.ask-title');
+      if (title) title.replaceChildren(el('span', { class: 'ask-icon', 'aria-hidden': 'true' }, '?'), this.askTitle(d, prompt));
+    }
   },
 
   answer(ev, d) {
@@ -609,29 +1054,37 @@ const HANDLERS = {
     const entry = this.askEntries.get(id);
     if (entry) entry.classList.replace('open', 'answered');
     const by = str(d.by, '?');
-    if (by === 'closed') {
-      // The run ended (or the asking code stopped) before anyone answered.
-      this.line(ev, 'answer', el('span', { class: 'muted' }, 'closed without an answer'));
-    } else {
-      this.line(ev, 'answer', el('b', {}, shortValue(d.value, 200)),
-        el('span', { class: 'muted' }, ` by ${by}`));
-    }
+    const line = by === 'closed'
+      ? el('span', { class: 'ev ev-answer', dataset: this.marks(ev, 'answer') },
+        el('span', { class: 'muted' }, 'closed without an answer'))
+      : el('span', { class: 'ev ev-answer', dataset: this.marks(ev, 'answer') },
+        el('span', { class: 'answer-arrow', 'aria-hidden': 'true' }, '→ '),
+        el('b', {}, shortValue(d.value, 200)),
+        by === 'timeout' ? el('span', { class: 'muted' }, ' (no answer in time: the default)') : null);
+    const into = entry ? entry.querySelector('.ask-done') : null;
+    if (into) into.append(' ', line);
+    else this.where().append(el('div', { class: 'ev line ev-ask answered' }, el('div', { class: 'ask-done' }, line)));
   },
 
   status(ev, d) {
     const state = str(d.state, '?');
-    this.line(ev, 'status',
-      el('span', { class: `pill st-${token(state)}` }, state),
+    if (state === 'done' || state === 'failed' || state === 'cancelled') {
+      // Nothing streams after the end: no stream still looks like it is being written.
+      for (const stream of this.texts.values()) stream.block.classList.add('ended');
+      // Nor does a step still look like it runs.
+      if (state !== 'done') {
+        for (const step of this.steps.values()) {
+          if (step.el.dataset.status === 'running') this.setStepStatus(step, 'stopped');
+        }
+      }
+      for (const old of this.e.feed.querySelectorAll('.outcome[data-snapshot]')) old.remove();
+      this.current = null;
+      this.e.feed.append(this.outcomeCard(d, ev));
+      return;
+    }
+    // running / waiting: the badge says it; an unknown state shows as a line.
+    if (state === 'running' || state === 'waiting') this.mark(ev, 'status');
+    else this.line(ev, 'status', el('span', { class: `pill st-${token(state)}` }, state),
       d.detail !== undefined && d.detail !== null ? el('span', { class: 'muted' }, ` ${shortValue(d.detail)}`) : null);
   },
 };
-
-// A very long message (MetaGPT's final one is its whole plan context) is
-// folded: its start shows, the rest is one click away.
-/** @param {string} text */
-function messageBody(text) {
-  if (text.length <= 1200) return el('div', { class: 'message-body' }, text);
-  return el('details', { class: 'message-body message-long' },
-    el('summary', {}, `${text.slice(0, 300).trimEnd()}… (${text.length} characters)`),
-    el('div', {}, text));
-}

@@ -161,13 +161,23 @@ class Store(Protocol):
         with ``info`` to detect that they lagged.
         """
 
-    async def wait(self, sid: str, after: int, timeout: float | None = None, *, epoch: str | None = None) -> bool:
+    async def wait(
+        self,
+        sid: str,
+        after: int,
+        timeout: float | None = None,
+        *,
+        epoch: str | None = None,
+        ended: bool | None = None,
+    ) -> bool:
         """Wait until the log has an event with seq > ``after``, ends, or is replaced.
 
         True if it has such an event now (of ``epoch``, when given).
         Spurious False returns are allowed: callers re-check ``info`` and
         wait again.  A missing log, or one of another epoch than ``epoch``,
-        returns False at once.
+        returns False at once; so does, with ``ended`` (whether the log had
+        ended when the caller last looked), one whose end differs: an end
+        between the caller's look and the wait is not missed.
         """
 
     async def info(self, sid: str) -> LogInfo | None:

@@ -206,9 +206,21 @@ class MemoryStore:
             return Fetched(info, [])
         return Fetched(info, _slice(log, after, limit, max_bytes))
 
-    async def wait(self, sid: str, after: int, timeout: float | None = None, *, epoch: str | None = None) -> bool:
+    async def wait(
+        self,
+        sid: str,
+        after: int,
+        timeout: float | None = None,
+        *,
+        epoch: str | None = None,
+        ended: bool | None = None,
+    ) -> bool:
         log = self._get(sid)
-        if log is None or (epoch is not None and log.epoch != epoch):
+        if (
+            log is None
+            or (epoch is not None and log.epoch != epoch)
+            or (ended is not None and (log.ended_at is not None) != ended)
+        ):
             return False
         if log.head > after:
             return True

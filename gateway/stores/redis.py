@@ -1450,16 +1450,24 @@ class RedisStore:
         await self._io(self._redis.xack(key, WORKERS, entry_id))
         await self._io(self._redis.xdel(key, entry_id))
 
-    async def wait(self, sid: str, after: int, timeout: float | None = None, *, epoch: str | None = None) -> bool:
+    async def wait(
+        self,
+        sid: str,
+        after: int,
+        timeout: float | None = None,
+        *,
+        epoch: str | None = None,
+        ended: bool | None = None,
+    ) -> bool:
         if timeout is not None and timeout <= 0:  # a poll
             st = await self._check(sid)
             return st is not None and st.head > after and (epoch is None or st.epoch == epoch)
         try:
             if timeout is None or timeout >= self.poll_interval:
                 # No timer of its own: the housekeeping tick ends it after poll_interval.
-                return await self._wait(sid, after, epoch)
+                return await self._wait(sid, after, epoch, ended)
             async with asyncio.timeout(timeout):
-                return await self._wait(sid, after, epoch)
+                return await self._wait(sid, after, epoch, ended)
         except TimeoutError:
             return False
         except _PUBSUB_LOST as exc:  # the subscription failed
@@ -1526,7 +1534,7 @@ class RedisStore:
             return None
         return _State(_str(epoch), _int(head), ended_at is not None, _int(first))
 
-    async def _wait(self, sid: str, after: int, seen: str | None) -> bool:
+    async def _wait(self, sid: str, after: int, seen: str | None, ended: bool | None = None) -> bool:
         if self._closed:
             return False
         loop = asyncio.get_running_loop()
@@ -1542,6 +1550,8 @@ class RedisStore:
                 return False
             if st.head > after:
                 return True
+            if ended is not None and st.ended != ended:  # ended since the caller looked
+                return False
             waiter.epoch, waiter.ended = st.epoch, st.ended
             watch = self._watch(sid)
         self._attach(watch, waiter)  # before anything else: an idle watch must not be dropped now
@@ -1559,6 +1569,8 @@ class RedisStore:
                 if watch.ready is ready and ready.done() and watch.changes == changes:
                     watch.known = st
             if st is None or (seen is not None and st.epoch != seen):
+                return False
+            if ended is not None and st.ended != ended:
                 return False
             if waiter.epoch is None:
                 waiter.epoch, waiter.ended = st.epoch, st.ended

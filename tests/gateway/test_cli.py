@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from asyncio.subprocess import PIPE, Process
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 from support import TIMEOUT
 
-from gateway.cli import main
+from gateway.cli import EXIT_CANNOT_BIND, main
 
 ROOT = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).parent / "wirepipe"
@@ -78,7 +79,7 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[Any, 
         (["--help"], ["serve", "demo", "watch"]),
         (["serve", "--help"], ["--port", "--secret", "--app", "--retain-events"]),
         (["demo", "--help"], ["--port", "--host"]),
-        (["watch", "--help"], ["--sid", "--start", "--input", "--no-input"]),
+        (["watch", "--help"], ["--sid", "--start", "--input", "--no-input", "--json", "--log-level", "--retries"]),
         (["worker", "--help"], ["--redis", "--app", "--concurrency", "--claim-idle", "--lease-ttl"]),
     ],
 )
@@ -185,19 +186,20 @@ async def test_serve_and_watch_a_demo_run() -> None:
         out_b, err_b = await asyncio.wait_for(watch.communicate(b"1\n"), TIMEOUT)
         out, err = out_b.decode(), err_b.decode()
         assert watch.returncode == 0, err
-        assert out.startswith("# session s1 epoch ")
+        assert out.startswith("wirepipe watch session s1 at ws://127.0.0.1:")
         assert "grant operator" in out
-        assert "plan: Summarise a small data set" in out
-        assert "[pending] 1. Step 1: load the data" in out
-        assert "? Ship the result? (default: no)" in out
-        assert "[1] yes  [2] no" in out
-        answer = re.search(r"#\d+ answer: (\{.*\})", out)
-        assert answer, out
-        assert json.loads(answer.group(1)) == {"id": "a1", "value": "yes", "by": "client"}
+        assert "Plan: Summarise a small data set" in out
+        assert re.search(r"1\s+· pending\s+Step 1: load the data", out)  # the plan as it came
+        assert "? Ship the result?" in out
+        assert "[1] yes   [2] no (default)" in out
+        assert "✓ answer: yes (by client)" in out
         assert "The human said 'yes'." in out
-        assert out.rstrip().endswith("## status: done")
+        assert "● status: done" in out
+        result = out[out.index("Result") :]
+        assert "Run done" in result and re.search(r"1\s+✓ done\s+Step 1: load the data\s+step 1 ok", result)
+        assert '{"' not in out  # no event as a JSON blob
         # the order a human reads it in
-        assert out.index("plan:") < out.index("? Ship") < answer.start() < out.index("status: done")
+        assert out.index("Plan:") < out.index("? Ship") < out.index("✓ answer") < out.index("status: done")
 
         code, rest, server_err = await stop_server(server)
         assert code == 0, server_err
@@ -211,7 +213,7 @@ async def test_watch_a_refused_start_is_a_clear_error() -> None:
     try:
         server, url = await start_server()
         code, out, err = await run("watch", url, "--sid", "s2", "--start", "no-such-app")
-        assert code == 1
+        assert code == 4  # refused by the gateway (1 is a run that ended failed)
         assert "no_app" in err and "Traceback" not in err
         code, _, server_err = await stop_server(server)
         assert code == 0, server_err
@@ -270,9 +272,13 @@ def test_serve_flags_reach_the_config() -> None:
             "4096",
             "--rate-strikes",
             "2",
+            "--front",
+            "websockets",
         ]
     )
     cfg = _gateway(args).config
+    assert cfg.front == "websockets"
+    assert _gateway(parser.parse_args([])).config.front == "uvicorn"
     assert (
         cfg.rate,
         cfg.burst,
@@ -328,3 +334,111 @@ def test_tune_gc_freezes_startup_objects_and_raises_the_thresholds() -> None:
     code += "print(gc.get_threshold() == GC_THRESHOLDS, gc.get_freeze_count() > 0)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["True", "True"]
+
+
+def test_load_app_finds_a_module_of_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever calls the parser (not only ``main``): the working directory is on the path, as in uvicorn."""
+    from gateway.cli import _load_app, _load_middleware
+
+    (tmp_path / "wp_cwd_module.py").write_text(
+        "async def app(pipe, input):\n    pass\n\nclass Policy:\n    def on_event(self, ev):\n        return ev\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "wp_cwd_module", raising=False)
+    name, app = _load_app("di=wp_cwd_module:app")
+    assert name == "di" and app.__module__ == "wp_cwd_module"
+    assert type(_load_middleware("wp_cwd_module:Policy")).__name__ == "Policy"
+
+
+# --- what the terminal shows --------------------------------------------------------------------
+
+
+async def test_the_log_at_info_is_one_line_per_run_and_none_per_request() -> None:
+    """Pages, the JS client and a run: the gateway's stderr says the run started and ended, nothing else."""
+    server = None
+    try:
+        server, url = await start_server()
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        for path in ("/", "/app.js", "/client/wirepipe.js", "/vendor/msgpack/index.mjs", "/healthz", "/nope"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+            status = (await asyncio.wait_for(reader.readline(), TIMEOUT)).decode()
+            assert status.split()[1] in ("200", "404"), status
+            await reader.read()
+            writer.close()
+        code, out, err = await run(
+            "watch", url, "--sid", "r1", "--start", "demo", "--input", '{"steps": 1, "delay": 0}', stdin=b"1\n"
+        )
+        assert code == 0, err
+        code, _, server_err = await stop_server(server)
+        assert code == 0, server_err
+    finally:
+        await reap(server)
+    lines = [line.split(" ", 1)[1] for line in server_err.splitlines()]  # without the time
+    assert len(lines) == 2, server_err
+    assert lines[0] == "INFO wirepipe: run r1 started: app demo"
+    assert lines[1].startswith("INFO wirepipe: run r1 ended done after "), server_err
+
+
+# --- where it cannot listen -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cmd", ["serve", "demo"])
+async def test_a_port_in_use_is_one_line_with_the_fix(cmd: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await run(cmd, "--port", str(port))
+    assert code == EXIT_CANNOT_BIND == 2
+    assert err.splitlines() == [
+        f"wirepipe {cmd}: port {port} is in use on 127.0.0.1: pass --port 0 (any free port) or another port"
+    ]
+    assert "serving" not in out
+
+
+async def test_an_address_not_of_this_machine_is_one_line_with_the_fix() -> None:
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this machine.
+    code, out, err = await run("serve", "--host", "192.0.2.1", "--secret", "s", "--operator-token", "t")
+    assert code == 2
+    assert err.splitlines() == [
+        "wirepipe serve: cannot listen on 192.0.2.1:8765: 192.0.2.1 is not an address of this machine; "
+        "pass --host 127.0.0.1, or --host 0.0.0.0 for every interface"
+    ]
+    assert "serving" not in out
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "eighty"])
+def test_an_invalid_port_is_a_usage_error(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(["serve", "--port", port], capsys)
+    assert code == 2
+    assert err.splitlines()[-1].startswith("wirepipe serve: error: argument --port: ")
+    assert "Traceback" not in err and "serving" not in out
+
+
+async def test_the_demo_banner_prints_a_watch_command_that_runs_from_this_shell(tmp_path: Path) -> None:
+    """``./run demo`` activates no venv: the banner's ``watch`` command names this wirepipe by its path."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = _env()
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    server = await asyncio.create_subprocess_exec(
+        *WIREPIPE, "demo", "--port", "0", stdout=PIPE, stderr=PIPE, cwd=tmp_path, env=env
+    )
+    try:
+        assert server.stdout is not None
+        lines: list[str] = []
+        while not lines or not lines[-1].startswith("or run "):
+            line = (await asyncio.wait_for(server.stdout.readline(), TIMEOUT)).decode()
+            assert line, f"no watch command in {lines}"
+            lines.append(line)
+        command = lines[-1].removeprefix("or run ").split()
+        url = re.search(r"ws://\S+", lines[0])
+        assert url is not None, lines
+        assert command[command.index("watch") + 1 :][:3] == [url.group(0), "--sid", "demo-1"]
+        prog = command[: command.index("watch")]
+        done = await asyncio.create_subprocess_exec(*prog, "watch", "--help", stdout=PIPE, cwd=tmp_path, env=env)
+        out, _ = await asyncio.wait_for(done.communicate(), TIMEOUT)
+        assert done.returncode == 0 and b"usage: wirepipe watch" in out
+    finally:
+        await reap(server)

@@ -46,9 +46,17 @@ class Counting:
         self.calls["info"] += 1
         return await super().info(sid)  # type: ignore[misc,no-any-return]
 
-    async def wait(self, sid: str, after: int, timeout: float | None = None, *, epoch: str | None = None) -> bool:
+    async def wait(
+        self,
+        sid: str,
+        after: int,
+        timeout: float | None = None,
+        *,
+        epoch: str | None = None,
+        ended: bool | None = None,
+    ) -> bool:
         self.calls["wait"] += 1
-        return await super().wait(sid, after, timeout, epoch=epoch)  # type: ignore[misc,no-any-return]
+        return await super().wait(sid, after, timeout, epoch=epoch, ended=ended)  # type: ignore[misc,no-any-return]
 
 
 class CountingMemory(Counting, MemoryStore):

@@ -245,7 +245,7 @@ async def test_a_client_that_does_not_answer_pings_is_dropped_and_one_that_does_
         gw.pipe("beat")
         async with raw(gw.url) as alive:  # websockets answers pings by itself
             assert (await alive.hello("beat", live=True)).t == "welcome"
-            s = _silent_client(gw.port, "beat")
+            s = _silent_client(gw.port or 0, "beat")
             try:
                 got = await asyncio.wait_for(asyncio.to_thread(_read_until_closed, s), TIMEOUT)
             finally:

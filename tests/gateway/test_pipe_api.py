@@ -7,6 +7,7 @@ from, or through a real client over a loopback socket.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -208,23 +209,42 @@ async def test_msg2stream_is_the_ev_frame_without_appending(gw: Gateway) -> None
         (_Message("user", "hi"), "message", {"role": "user", "content": "hi"}),
     ]
     for msg, k, d in cases:
-        frame = decode_server(pipe.msg2stream(msg))
+        frame = decode_server(pipe.msg2stream(msg, format="frame"))
         assert isinstance(frame, Event), msg
         assert frame.seq == head + 1 and frame.k == k, msg
         assert {key: frame.d[key] for key in d} == d, msg
     # a str goes to the open text stream
     (opened,) = await logged(gw, pipe)
-    tok = decode_server(pipe.msg2stream("tok"))
+    tok = decode_server(pipe.msg2stream("tok", format="frame"))
     assert isinstance(tok, Event), tok
     assert tok.d["id"] == opened.d["id"]
     assert pipe.head == head
     assert len(await logged(gw, pipe)) == 1
 
 
+async def test_msg2stream_is_an_sse_chunk_by_default_as_metagpts(gw: Gateway) -> None:
+    pipe = gw.pipe("m2s-sse")
+    for msg, content in [
+        ("tok", "tok"),
+        (None, None),
+        ({"k": "code", "d": {"id": "c", "lang": "python", "source": "print(1)"}}, "```python\nprint(1)\n```\n\n"),
+        (_Message("assistant", "done", name="Bob"), "**Bob**: done\n\n"),
+        ({"k": "log", "d": {"level": "DEBUG", "msg": "m"}}, "`DEBUG` m\n\n"),
+    ]:
+        line = pipe.msg2stream(msg)
+        assert line.startswith(b"data: ") and line.endswith(b"\n\n") and line.count(b"\n") == 2, line
+        body = json.loads(line[6:])
+        assert body["object"] == "chat.completion.chunk"
+        assert body["choices"][0]["delta"] == {"content": content}
+    assert pipe.head == 0
+    with pytest.raises(ValueError, match="format"):
+        pipe.msg2stream("x", format="json")
+
+
 async def test_msg2stream_matches_set_message(gw: Gateway) -> None:
     pipe = gw.pipe("m2s-same")
     msg = _Message("assistant", "done", name="Bob")
-    frame = decode_server(pipe.msg2stream(msg))
+    frame = decode_server(pipe.msg2stream(msg, format="frame"))
     pipe.set_message(msg)
     (ev,) = await logged(gw, pipe)
     assert isinstance(frame, Event)

@@ -246,3 +246,23 @@ async def test_a_client_that_reads_nothing_is_dropped() -> None:
             assert srv.api.sse.events_out < 400
         finally:
             sock.close()
+
+
+async def test_the_delivery_lag_is_sampled_for_sse_as_for_the_websocket() -> None:
+    """Seqs 1 and 17 are timed (gateway/metrics.py), here each in a write of its own; history is not lag."""
+    async with serve(gateway()) as srv, client() as http:
+        pipe = srv.gw.pipe("lag")
+        async with http.stream("GET", srv.url("/sessions/lag/events")) as r:
+            sse = SseStream(r)
+            await sse.events(lambda e: e.event == "reset")
+            for i in range(1, 21):
+                pipe.emit("log", log(i))
+                await sse.events(seq_is(i))  # caught up: one event a write
+        m = await scrape(srv.gw)
+        assert m.value("wirepipe_delivery_lag_seconds_count", front="sse") == 2
+        assert m.value("wirepipe_delivery_lag_seconds_count", front="ws") == 0
+        async with http.stream("GET", srv.url("/sessions/lag/events")) as r:  # the history, read later
+            await SseStream(r).events(seq_is(20))
+        m = await scrape(srv.gw)
+        assert m.value("wirepipe_events_sent_total", front="sse") == 40
+        assert m.value("wirepipe_delivery_lag_seconds_count", front="sse") == 2

@@ -270,6 +270,18 @@ async def test_wait_wakes_on_end(store: Store, sid: str) -> None:
     assert info is not None and info.ended
 
 
+async def test_an_end_before_the_wait_is_not_missed_by_a_waiter_that_saw_the_log_open(store: Store, sid: str) -> None:
+    """``ended=False``: the caller looked before the end; a wait that starts after it returns at once.
+
+    (A start racing a run that just finished waited out the whole lease for the end it missed.)"""
+    await filled(store, sid, 1)
+    info = await store.info(sid)
+    assert info is not None and not info.ended
+    await store.end(sid)  # between the caller's look and its wait
+    assert await asyncio.wait_for(store.wait(sid, 1, epoch=info.epoch, ended=False), TIMEOUT) is False
+    assert await store.wait(sid, 1, timeout=20 * MS, epoch=info.epoch, ended=True) is False  # the same: no event
+
+
 async def test_wait_times_out(store: Store, sid: str) -> None:
     await filled(store, sid, 1)
     assert await asyncio.wait_for(store.wait(sid, 1, timeout=20 * MS), TIMEOUT) is False

@@ -13,7 +13,8 @@ Where the code lives, one module per job:
 
 - ``setup.py``: ``available()``, ``prepare()`` (MetaGPT's root, a config,
   the scripted LLM registered, the hooks installed), ``prepare_environment()``
-  (the part that must precede ``import metagpt``).
+  (the part that must precede ``import metagpt``), ``quiet()`` (MetaGPT off
+  the terminal), ``configured_llm_is_scripted()``.
 - ``run.py``: ``Run`` (one run's emitter: ids, asks, reviews, text streams),
   ``attach``, ``run_in_thread``, ``new_executor``, ``current_run``.
 - ``hooks.py``: ``install()``: the wrappers on MetaGPT's process-wide hooks
@@ -47,7 +48,7 @@ from __future__ import annotations
 from .hooks import install
 from .offline_llm import use
 from .run import RUN_THREAD_NAME, ReviewExit, Run, attach, current_run, new_executor, run_in_thread
-from .setup import available, prepare, prepare_environment
+from .setup import available, configured_llm_is_scripted, prepare, prepare_environment, quiet
 
 __all__ = [
     "RUN_THREAD_NAME",
@@ -55,11 +56,13 @@ __all__ = [
     "Run",
     "attach",
     "available",
+    "configured_llm_is_scripted",
     "current_run",
     "install",
     "new_executor",
     "prepare",
     "prepare_environment",
+    "quiet",
     "run_in_thread",
     "use",
 ]

@@ -29,12 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
+from .hooks import installed
 from .offline_llm import DemoScript, use
 from .run import attach, new_executor, run_in_thread
-from .setup import available, prepare
+from .setup import available, configured_llm_is_scripted, prepare
+
+log = logging.getLogger("wirepipe.metagpt")
 
 if not available():
     raise ImportError("MetaGPT is not installed: see docs/metagpt.md")
@@ -106,6 +111,40 @@ class Options:
         return contextlib.nullcontext()
 
 
+#: The ``detail`` of the ``status`` event while MetaGPT is imported (the first run of a process).
+LOADING_DETAIL: Final = "loading MetaGPT"
+#: The ``detail`` of a ``status`` event when ``llm: "config"`` finds no LLM configured.
+NO_LLM_CONFIGURED: Final = (
+    'llm "config": MetaGPT has no LLM configured (no llm: block in ~/.metagpt/config2.yaml), '
+    "so this run uses the offline scripted LLM; see docs/metagpt.md"
+)
+
+
+async def _ready(pipe: Any, opts: Options) -> None:
+    """MetaGPT imported and set up (``prepare``), saying so on ``pipe`` when it takes a while.
+
+    Its first import takes seconds: the run's ``status`` says ``loading
+    MetaGPT`` meanwhile.  A run that asked for ``llm: "config"`` when
+    MetaGPT's config is the offline one ``prepare`` wrote gets a ``status``
+    and a ``log`` event saying so, and the gateway's log a warning.
+    """
+    if not installed():
+        _status(pipe, LOADING_DETAIL)
+        started = time.monotonic()
+        await asyncio.to_thread(prepare)
+        _status(pipe, f"MetaGPT loaded in {time.monotonic() - started:.1f} s")
+    else:
+        await asyncio.to_thread(prepare)  # quick: only what a config change needs
+    if opts.llm == "config" and await asyncio.to_thread(configured_llm_is_scripted):
+        log.warning("run %s: %s", getattr(pipe, "sid", "?"), NO_LLM_CONFIGURED)
+        _status(pipe, NO_LLM_CONFIGURED)
+        pipe.set_message({"k": "log", "d": {"level": "WARNING", "msg": NO_LLM_CONFIGURED, "logger": "wirepipe"}})
+
+
+def _status(pipe: Any, detail: str) -> None:
+    pipe.set_message({"k": "status", "d": {"state": "running", "detail": detail}})
+
+
 async def data_interpreter(pipe: Any, input: Any = None) -> None:
     """A MetaGPT DataInterpreter on ``input``'s idea, with human reviews (``review``).
 
@@ -114,7 +153,7 @@ async def data_interpreter(pipe: Any, input: Any = None) -> None:
     its own and is shut down however the run ends.
     """
     opts = Options.parse(input, review=True)
-    await asyncio.to_thread(prepare)  # the first import of MetaGPT takes seconds
+    await _ready(pipe, opts)
     await run_in_thread(pipe, _data_interpreter, opts, **opts.attach_options())
 
 
@@ -133,7 +172,7 @@ async def team(pipe: Any, input: Any = None) -> None:
     critique is an ``ask``.  Runs on the gateway's loop (no blocking step).
     """
     opts = Options.parse(input, review=False, review_default="No critique.")
-    await asyncio.to_thread(prepare)
+    await _ready(pipe, opts)
     from metagpt.team import Team
 
     writer_cls, critic_cls = _team_roles()

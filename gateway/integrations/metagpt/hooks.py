@@ -42,6 +42,7 @@ install leaves MetaGPT as it was.  MetaGPT is imported inside ``_install``.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 import functools
 import logging
@@ -51,8 +52,9 @@ from typing import Any
 
 from .mapping import code_event, log_event, output_events, plain, tool_events
 from .run import RUN, STREAM, Run, attach
+from .setup import is_quiet
 
-__all__ = ["install", "installed"]
+__all__ = ["install", "installed", "quiet_now"]
 
 log = logging.getLogger("wirepipe.metagpt")
 
@@ -105,6 +107,7 @@ def _install() -> None:
     # Roles first: importing metagpt.environment first is a circular import.
     from metagpt.roles.role import Role  # isort: skip
     from metagpt.roles.di.data_interpreter import DataInterpreter  # isort: skip
+    from metagpt.roles.di import data_interpreter as data_interpreter_module  # isort: skip
     import metagpt.logs as mlogs
     from metagpt.actions.di import ask_review
     from metagpt.actions.di.execute_nb_code import ExecuteNbCode
@@ -120,6 +123,7 @@ def _install() -> None:
     _hook_human_input(mlogs, ask_review, HumanProvider)
     _hook_plans(planner_mod, Planner, Role, DataInterpreter)
     _hook_code(ExecuteNbCode)
+    _hook_prints(data_interpreter_module)
     _hook_messages(Role, Environment)
     _hook_stream_pipe(Role)
 
@@ -136,7 +140,7 @@ def _hook_llm(mlogs: Any, BaseLLM: Any) -> None:
 def _llm_stream(previous: Callable[[Any], Any] | None, msg: Any) -> None:
     run = RUN.get()
     if run is None:
-        if previous is not None:
+        if previous is not None and not is_quiet():
             previous(msg)
         return
     run.check_cancelled()
@@ -167,17 +171,99 @@ def _wrap_llm_aask(orig: Any) -> Any:
 
 def _hook_logs(mlogs: Any) -> None:
     """A loguru sink after MetaGPT's own handlers, put back whenever MetaGPT resets them."""
-    _add_sink()
+    global _mlogs
+    _mlogs = mlogs
     _patch(mlogs, "define_log_level", _wrap_define_log_level)
+    if is_quiet():
+        quiet_now()
+    else:
+        _add_sink()
+
+
+_mlogs: Any = None
+_define_lock = threading.Lock()
+
+
+def quiet_now() -> None:
+    """``setup.quiet()`` once the hooks are in: make MetaGPT's handlers again, without the terminal."""
+    if _mlogs is not None:
+        _mlogs.define_log_level(print_level=getattr(_mlogs, "_print_level", "INFO"))
 
 
 def _wrap_define_log_level(orig: Any) -> Any:
     def define_log_level(*args: Any, **kwargs: Any) -> Any:
-        result = orig(*args, **kwargs)  # it removes every handler, ours too
-        _add_sink()
+        with _define_lock:
+            # It removes every handler, ours too, then adds one on sys.stderr:
+            # when quiet, that "stderr" is the metagpt logger at DEBUG.
+            module = orig.__globals__
+            real = module.get("sys")
+            if is_quiet() and real is not None:
+                module["sys"] = _NoTerminal
+            try:
+                result = orig(*args, **kwargs)
+            finally:
+                if real is not None:
+                    module["sys"] = real
+            _add_sink()
         return result
 
     return define_log_level
+
+
+class _ToDebugLog:
+    """A stream whose lines go to the ``metagpt`` logger at DEBUG (MetaGPT's terminal output, when quiet)."""
+
+    logger = logging.getLogger("metagpt")
+
+    @classmethod
+    def write(cls, text: str) -> int:
+        if text.strip():
+            cls.logger.debug("%s", text.rstrip("\n"))
+        return len(text)
+
+    @staticmethod
+    def flush() -> None:
+        return None
+
+
+def quiet_loguru_default() -> None:
+    """Before MetaGPT's first import, when quiet: loguru's default stderr handler to the DEBUG log.
+
+    ``metagpt.const`` logs at import, before ``metagpt.logs`` replaces that
+    handler with its own.
+    """
+    from loguru import logger
+
+    try:
+        logger.remove(0)  # loguru's default handler; gone already if anyone configured loguru
+    except ValueError:
+        return
+    logger.add(_loguru_to_debug, level="DEBUG", format="{level} {name}: {message}")
+
+
+def _loguru_to_debug(message: Any) -> None:
+    _ToDebugLog.write(str(message))
+
+
+def _hook_prints(*modules: Any) -> None:
+    """MetaGPT modules that ``print()`` (a DataInterpreter prints each cell's result): to the DEBUG log when quiet."""
+    for module in modules:
+        _originals.append((module, "print", builtins.print))
+        module.print = _print
+
+
+def _print(*args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
+    if file is not None or not is_quiet():
+        builtins.print(*args, sep=sep, end=end, file=file, flush=flush)
+        return
+    _ToDebugLog.write((" " if sep is None else sep).join(map(str, args)) + ("\n" if end is None else end))
+
+
+class _NoTerminal:
+    """What ``metagpt.logs`` sees as ``sys`` while ``define_log_level`` runs quietly."""
+
+    stderr = _ToDebugLog
+    stdout = _ToDebugLog
 
 
 def _add_sink() -> None:
@@ -393,6 +479,29 @@ def _hook_code(ExecuteNbCode: Any) -> None:
     shared_nb = defaults[0] if defaults else None  # MetaGPT's one notebook for every instance
     _patch(ExecuteNbCode, "run", functools.partial(_wrap_execute, shared_nb))
     _patch(ExecuteNbCode, "reset", _wrap_reset)
+    _patch(ExecuteNbCode, "build", _wrap_build)
+
+
+def _wrap_build(orig: Any) -> Any:
+    # When quiet, the kernel (a process) writes its stdout and stderr to
+    # <root>/logs/kernels.log, not to the gateway's terminal.
+    async def build(self: Any) -> Any:
+        client = getattr(self, "nb_client", None)
+        if not is_quiet() or client is None:
+            return await orig(self)
+        from .setup import logs_dir
+
+        folder = logs_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "kernels.log", "ab") as out:  # the kernel holds its own copy of the fd
+            start = client.start_new_kernel
+            client.start_new_kernel = functools.partial(start, stdout=out, stderr=out)
+            try:
+                return await orig(self)
+            finally:
+                del client.start_new_kernel
+
+    return build
 
 
 def _wrap_execute(shared_nb: Any, orig: Any) -> Any:
@@ -403,6 +512,8 @@ def _wrap_execute(shared_nb: Any, orig: Any) -> Any:
         run.check_cancelled()
         if self not in run.executors:
             run.executors.append(self)
+            if is_quiet() and not getattr(getattr(self, "console", None), "quiet", True):
+                self.console.quiet = True  # it echoes each cell's code to the terminal
         if shared_nb is not None and self.nb is shared_nb and self.nb_client.kc is None:
             _own_notebook(self)
         cid = run.new_id("c")
