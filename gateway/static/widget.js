@@ -11,9 +11,10 @@
 // these loads and for the WebSocket alike (docs/notebook.md).
 //
 // What this module needs of render.js (kept narrow: the web UI evolves on
-// its own): `new View(elements, {onReply})` with the elements named in
-// ViewElements, `view.reset(snapshot, welcome)`, `view.apply(event)` and
-// `view.setReadOnly(bool)`. The runStatus element holds a <b>.
+// its own): `new View(elements, {onReply})`, `view.reset(snapshot, welcome)`,
+// `view.apply(event)` and `view.setReadOnly(bool)`. The elements are those
+// of its ViewElements (the widget hands over every one a View has asked
+// for; each View takes what it needs); the runStatus element holds a <b>.
 //
 // The model (RunWidget's traitlets): url (the WebSocket), base (the HTTP
 // root the modules come from), sid, needs_auth, and what the kernel's own
@@ -40,7 +41,8 @@
  */
 
 // What the web page's stylesheet is given for the widget: its layout sized
-// for a notebook's output area instead of a whole window.
+// for a notebook's output area instead of a whole window (the page's rules
+// for widths are media queries on the window; these win, by specificity).
 const WIDGET_CSS = `
 :host { display: block; }
 .wp {
@@ -51,13 +53,16 @@ const WIDGET_CSS = `
 .wp .topbar { position: static; min-height: 0; padding: 0.4rem 0.75rem; }
 .wp .brand { font-size: 0.95rem; }
 .wp .banner { margin: 0.5rem 0.75rem 0; }
-.wp .layout { padding: 0.75rem; gap: 0.75rem; grid-template-columns: minmax(220px, 300px) minmax(0, 1fr); }
-.wp .side { position: static; height: auto; gap: 0.75rem; }
+.wp .layout {
+  padding: 0.75rem; gap: 0.75rem; max-width: none; margin: 0;
+  grid-template-columns: minmax(0, 1fr) minmax(220px, 300px);
+}
+.wp .side { position: static; height: auto; max-height: none; gap: 0.75rem; }
 .wp .main-col { gap: 0.75rem; }
 .wp .plan { max-height: 22rem; }
 .wp .logs-panel { flex: none; min-height: 0; }
 .wp .logs { max-height: 14rem; }
-.wp .feed { max-height: 28rem; overflow: auto; }
+.wp .feed { max-height: 32rem; overflow: auto; }
 .wp .asks-panel { position: static; max-height: none; box-shadow: none; }
 /* The page's style could not load: the reason alone, in a style of its own. */
 .wp.failed {
@@ -84,21 +89,23 @@ function make(tag, cls, ...children) {
 }
 
 /**
- * The widget's elements, the web page's structure (index.html) in small.
+ * The widget's elements: the web page's structure (index.html) in small.
  * @param {string} sid
  */
 function skeleton(sid) {
-  const sidCode = make('code', '', sid);
+  const sidCode = make('code', 'run-sid', sid);
   const connText = make('b', '', 'idle');
-  const conn = make('span', 'badge conn', make('span', 'dot'), make('span', 'label', 'connection'), ' ', connText);
+  const conn = make('span', 'badge conn', make('span', 'dot'),
+    make('span', 'label visually-hidden', 'connection'), ' ', connText);
   conn.setAttribute('role', 'status');
-  const runStatus = make('span', 'badge run', make('span', 'label', 'run'), ' ', make('b', '', '—'));
+  conn.title = 'connection';
+  const runStatus = make('span', 'badge run', make('span', 'label visually-hidden', 'run'), ' ', make('b', '', '—'));
   runStatus.setAttribute('role', 'status');
   const grant = make('span', 'badge grant');
   grant.hidden = true;
   const top = make('header', 'topbar', make('span', 'brand', 'wirepipe'),
-    make('span', 'session', make('span', 'label', 'session'), ' ', sidCode),
-    make('span', 'badges', conn, runStatus, grant));
+    make('span', 'run-title', make('span', 'label visually-hidden', 'session'), ' ', sidCode),
+    make('span', 'badges', runStatus, conn, grant));
 
   const bannerText = make('span', 'banner-text');
   const bannerAction = make('button', 'banner-action');
@@ -106,6 +113,15 @@ function skeleton(sid) {
   const banner = make('div', 'banner', bannerText, bannerAction);
   banner.setAttribute('role', 'alert');
   banner.hidden = true;
+
+  const feed = make('div', 'feed');
+  const feedPanel = make('section', 'feed-panel', feed);
+  // Where a View that keeps its ask cards apart shows them (one that docks
+  // them in the feed leaves this hidden).
+  const asks = make('div', 'asks');
+  asks.setAttribute('aria-live', 'polite');
+  const asksPanel = make('section', 'panel asks-panel', make('h2', '', 'The agent is asking'), asks);
+  asksPanel.hidden = true;
 
   const planProgress = make('span', 'muted');
   const planGoal = make('p', 'goal muted', 'No plan yet.');
@@ -120,21 +136,18 @@ function skeleton(sid) {
   const logs = make('div', 'logs');
   logs.dataset.min = '0';
   level.addEventListener('change', () => { logs.dataset.min = level.value; });
-  const logsPanel = make('section', 'panel logs-panel', make('div', 'panel-head', make('h2', '', 'Logs'), level), logs);
-
-  const feed = make('div', 'feed');
-  const feedPanel = make('section', 'panel feed-panel', make('h2', '', 'Run'), feed);
-  const asks = make('div', 'asks');
-  asks.setAttribute('aria-live', 'polite');
-  const asksPanel = make('section', 'panel asks-panel', make('h2', '', 'The agent is asking'), asks);
-  asksPanel.hidden = true;
+  const logsCount = make('span', 'muted');
+  const logsPanel = make('section', 'panel logs-panel',
+    make('div', 'panel-head', make('h2', '', 'Logs ', logsCount), level), logs);
 
   const root = make('div', 'wp', top, banner,
-    make('main', 'layout', make('aside', 'side', plan, logsPanel), make('div', 'main-col', feedPanel, asksPanel)));
+    make('main', 'layout', make('div', 'main-col', feedPanel, asksPanel), make('aside', 'side', plan, logsPanel)));
   root.dataset.conn = 'idle';
   return {
     root, conn, connText, grant, banner, bannerText, bannerAction,
-    view: { feed, planGoal, planTasks, planProgress, asks, asksPanel, logs, runStatus },
+    // Every element a View of render.js has asked for: its current one takes
+    // what it needs (asks and asksPanel were an earlier View's).
+    view: { feed, planGoal, planTasks, planProgress, logs, logsCount, runStatus, asks, asksPanel },
   };
 }
 
@@ -144,7 +157,7 @@ function skeleton(sid) {
  * @returns {Promise<CSSStyleSheet>}
  */
 async function pageSheet(base) {
-  const response = await fetch(new URL('style.css', base), { mode: 'cors', credentials: 'omit' });
+  const response = await fetch(new URL('esm/style.css', base), { mode: 'cors', credentials: 'omit' });
   if (!response.ok) throw new Error(`style.css: HTTP ${response.status}`);
   const sheet = new CSSStyleSheet();
   sheet.replaceSync((await response.text()).replaceAll(':root', ':host'));

@@ -222,10 +222,12 @@ async def test_the_widget_shows_a_run_and_answers_its_ask(
     assert "waiting for the kernel" in (await widget.get_attribute("data-history") or "")
     await expect(widget.locator(".grant")).to_be_hidden()
     # The run as the web page shows it: the plan, streamed text, code and its output, logs.
-    await expect(widget.locator(".task")).to_have_count(2)
-    await expect(widget.locator(".ev-code .out")).to_have_count(2)
-    await expect(widget.locator(".ev-text").first).to_contain_text("checking the result")
-    await expect(widget.locator(".log").first).to_contain_text("task 1 started")
+    # (render.js marks each event's element with data-k: the selectors below depend on no layout.)
+    await expect(widget.locator(".tasks > li")).to_have_count(2)
+    await expect(widget.locator('[data-k="output"]')).to_have_count(2)
+    await expect(widget.locator('[data-k="code"]').first).to_contain_text("total = sum(range(10))")
+    await expect(widget.locator('[data-k="text"]').first).to_be_attached()
+    await expect(widget.locator('[data-k="log"]').first).to_contain_text("task 1 started")
     # The demo agent asks; the answer is a click in the widget.
     ask = widget.locator(".ask-card")
     await expect(ask).to_contain_text("Ship the result?")
@@ -235,9 +237,9 @@ async def test_the_widget_shows_a_run_and_answers_its_ask(
 
     await expect(ask).to_have_count(0)
     await expect(widget.locator(".run")).to_have_attribute("data-state", "done")
-    await expect(widget.locator(".ev-answer")).to_contain_text("yes")
-    await expect(widget.locator(".ev-message")).to_contain_text("The human said 'yes'.")
-    await expect(widget.locator(".task[data-status='done']")).to_have_count(2)
+    await expect(widget.locator('[data-k="answer"]')).to_contain_text("yes")
+    await expect(widget.locator('[data-k="message"]').last).to_contain_text("The human said 'yes'.")
+    await expect(widget.locator(".tasks > li[data-status='done']")).to_have_count(2)
     feed = widget.locator(".feed")
     for counter in ("duplicates", "gaps", "errors"):
         await expect(feed).to_have_attribute(f"data-{counter}", "0")

@@ -41,7 +41,7 @@ async def get(url: str, origin: str | None = None) -> httpx.Response:
 
 
 @pytest.mark.parametrize(
-    "path", ["client/wirepipe.js", "vendor/msgpack/index.mjs", "render.js", "style.css", "esm/render.js"]
+    "path", ["client/wirepipe.js", "vendor/msgpack/index.mjs", "esm/render.js", "esm/style.css", "esm/client/state.js"]
 )
 async def test_an_allowed_origin_may_read_the_files(make_gw: Any, path: str) -> None:
     gw = await make_gw(allow_origins=[JUPYTER])
@@ -51,12 +51,18 @@ async def test_an_allowed_origin_may_read_the_files(make_gw: Any, path: str) -> 
     assert r.headers["vary"] == "Origin"
 
 
-async def test_no_cors_without_an_origin_nor_on_a_404(make_gw: Any) -> None:
+@pytest.mark.parametrize("path", ["render.js", "style.css", "index.html"])
+async def test_the_pages_own_files_stay_its_own(make_gw: Any, path: str) -> None:
+    """Outside /client/, /vendor/ and /esm/, no other origin reads a file, allowed or not."""
     gw = await make_gw(allow_origins=[JUPYTER])
-    r = await get(urljoin(gw.http_url, "client/wirepipe.js"))
+    r = await get(urljoin(gw.http_url, path), JUPYTER)
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
-    r = await get(urljoin(gw.http_url, "client/nope.js"), JUPYTER)
-    assert r.status_code == 404 and "access-control-allow-origin" not in r.headers
+
+
+async def test_no_cors_without_an_origin(make_gw: Any) -> None:
+    gw = await make_gw(allow_origins=[JUPYTER])
+    r = await get(urljoin(gw.http_url, "esm/client/wirepipe.js"))
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
 
 
 async def test_another_origin_is_refused_without_cors(make_gw: Any) -> None:
