@@ -113,7 +113,7 @@ class RunWidget(anywidget.AnyWidget):
     """A run, live in a notebook cell's output; see the module docstring.
 
     Make one with ``watch()`` (or ``Client.widget()``).  The traits ``status``,
-    ``plan``, ``asks`` and ``error`` are the kernel's view of the run.
+    ``plan``, ``asks``, ``error`` and ``conn`` are the kernel's view of the run.
     """
 
     _esm = ESM
@@ -133,6 +133,8 @@ class RunWidget(anywidget.AnyWidget):
     asks: traitlets.List[dict[str, Any]] = traitlets.List(traitlets.Dict()).tag(sync=True)
     #: Why the kernel's follow of the run stopped ("" while it runs).
     error = traitlets.Unicode("").tag(sync=True)
+    #: The kernel's connection: connecting, open, recovering or closed (a view shows its own).
+    conn = traitlets.Unicode("connecting").tag(sync=True)
 
     def __init__(self, client: Client, *, browser_url: str | None = None) -> None:
         """Follow ``client``'s session (the widget owns the client: do not iterate it yourself).
@@ -151,6 +153,14 @@ class RunWidget(anywidget.AnyWidget):
         self._failure: RemoteError | None = None  # why the follow stopped, when the gateway said
         self._shown: Snapshot | None = None  # the snapshot the traits were last set from
         self.on_msg(self._on_msg)
+        told = client.on_state
+
+        def on_state(state: str) -> None:
+            self.conn = state
+            if told is not None:
+                told(state)
+
+        client.on_state = on_state
         # An empty context: the follow belongs to no cell, so ipykernel sends its
         # trait updates as part of the request it handles now (the cell running
         # when the run changes), not of the cell that made the widget, which
@@ -211,7 +221,7 @@ class RunWidget(anywidget.AnyWidget):
         # Once more, from the awaiting cell: a change made while no cell ran
         # went out as part of the last request, which a headless runner
         # (nbclient) stopped listening to; this cell's it records.
-        self.send_state(["status", "plan", "asks", "error"])
+        self.send_state(["status", "plan", "asks", "error", "conn"])
 
     def _stopped(self) -> RemoteError:
         """Why the follow stopped: the gateway's error, or a ``closed`` one saying what happened."""

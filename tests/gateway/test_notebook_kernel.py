@@ -93,7 +93,7 @@ async def test_the_docs_notebook_runs_and_the_widget_state_is_the_run(tmp_path: 
     assert state["status"] == "done"
     assert state["plan"]["goal"] == "Summarise a small data set"
     assert [t["status"] for t in state["plan"]["tasks"]] == ["done", "done", "done"]
-    assert state["asks"] == [] and state["error"] == ""
+    assert state["asks"] == [] and state["error"] == "" and state["conn"] == "open"
     assert state["needs_auth"] is False
 
     joined = "\n".join(outputs)

@@ -48,7 +48,7 @@ async def test_the_traits_follow_the_run_and_code_answers_it(make_gw: Any) -> No
         assert [t["status"] for t in w.plan["tasks"]] == ["done", "done"]
         assert await w.reply(ask["id"], "no") is True
         assert await w.wait() == "done"
-        assert w.asks == [] and w.error == "" and w.finished
+        assert w.asks == [] and w.error == "" and w.finished and w.conn == "open"
         assert w.snapshot.status == {"state": "done"}
         with pytest.raises(RemoteError, match="no ask is open"):
             await w.next_ask()
@@ -95,7 +95,7 @@ async def test_close_stops_the_kernels_follow(make_gw: Any) -> None:
     with pytest.raises(RemoteError, match="the widget was closed"):
         await asyncio.wait_for(waiting, TIMEOUT)
     await asyncio.gather(w._task, w._closing, return_exceptions=True)
-    assert w._task.cancelled() and w.client.ws is None
+    assert w._task.cancelled() and w.client.ws is None and w.conn == "closed"
 
 
 @pytest.mark.parametrize(
