@@ -25,11 +25,12 @@ over its own connection, each resuming by itself after a drop:
   copy bundled here that could drift from the protocol it speaks.
 - **the kernel** runs ``gateway.client.Client`` as a task on the kernel's
   event loop, folds the events into the snapshot (``protocol.Snapshot``) and
-  syncs what code needs as traitlets: ``status``, ``plan``, ``asks`` and
-  ``error``.  They work with no browser at all (``nbclient``, a script of
-  cells), are what ``wait()`` and ``next_ask()`` wait on, and are what a
-  saved notebook keeps.  A trait changes only when its value does (plan,
-  task, status, ask and answer events), never once per token.  The follow
+  syncs what code needs as traitlets: ``status``, ``plan``, ``asks``,
+  ``error`` and ``conn``.  They work with no browser at all (``nbclient``,
+  a script of cells), are what ``wait()`` and ``next_ask()`` wait on, and
+  are what a saved notebook keeps.  A trait changes only when its value
+  does (plan, task, status, ask and answer events), never once per token.
+  The follow
   runs in no cell's context, so ipykernel sends its updates as part of the
   request running then; ``wait()`` and ``next_ask()`` send the state once
   more from the cell that awaits them (a headless runner such as nbclient
