@@ -28,6 +28,15 @@ starts), ``open`` (welcomed), ``recovering`` (the socket dropped or could not
 open; a retry is scheduled) and ``closed``.  ``on_state(state)`` hears each
 change; ``on_close(info)`` hears each socket that ended or could not open,
 with what the client does next (``CloseInfo``), before it retries or stops.
+
+``snapshot`` is the run's state as received (``protocol.Snapshot``: status,
+plan, open asks, open texts), kept by the rule of docs/protocol.md section 4:
+rebuilt from each welcome that resets, then every event past its ``head``
+folded in.  In a notebook it shows as a table (``_repr_html_``).
+
+In a notebook (Jupyter's kernel runs an event loop already), use the client
+with top-level ``await`` or a task, never ``asyncio.run``; ``widget()`` shows
+the run live (docs/notebook.md).
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ from protocol import (
     Replied,
     Reply,
     Send,
+    Snapshot,
     Welcome,
     Welcomed,
 )
@@ -149,6 +159,8 @@ class Client:
         self._pongs: dict[Any, asyncio.Future[None]] = {}
         self._buffered = 0
         self._stopping = False
+        self._snapshot = Snapshot()
+        self._snapshot_head = 0
 
     # --- the protocol's state, read through ---------------------------------------
 
@@ -210,6 +222,11 @@ class Client:
     def gaps(self) -> int:
         """Holes in the seqs (the protocol promises none): for diagnostics."""
         return self.proto.gaps
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The run's state as received so far (see the module docstring); a new object after a reset."""
+        return self._snapshot
 
     @property
     def connects(self) -> int:
@@ -371,11 +388,16 @@ class Client:
 
     def _handle(self, out: object) -> None:
         if isinstance(out, Welcomed):
+            if out.reset:  # docs/protocol.md section 4: rebuild, then fold only seq > head
+                self._snapshot = Snapshot.from_map(out.welcome.snapshot)
+                self._snapshot_head = out.welcome.head
             self._set_state("open")
             if out.reset and not out.first and self.on_reset is not None:
                 self.on_reset(out.welcome)
             self._welcomed.set()
         elif isinstance(out, Event):
+            if out.seq > self._snapshot_head:
+                self._snapshot.apply(out.k, out.d)
             self._events.put_nowait((self.proto.generation, out))
             self._buffered += 1
         elif isinstance(out, Replied):
@@ -461,6 +483,22 @@ class Client:
         self.proto.ping(n)
         await self._flush(self._ws)
         await fut
+
+    # --- notebooks ------------------------------------------------------------------
+
+    def widget(self, **options: Any) -> Any:
+        """A notebook widget that shows this session live (``gateway.notebook.watch``).
+
+        It follows the session on connections of its own (the kernel's and
+        each view's), with this client's URL and credential; ``options``
+        are ``watch``'s (``start`` excepted: this client started the run, if any).
+
+        Raises:
+            ImportError: anywidget is not installed (``pip install 'wirepipe[notebook]'``).
+        """
+        from .notebook import watch  # optional: the core never needs anywidget
+
+        return watch(self.url, self.sid, auth=self.auth, **options)
 
 
 def connect(url: str, sid: str, **options: Any) -> Client:

@@ -7,6 +7,13 @@ docs/security.md); a WebSocket handshake is admitted or gets 503 when
 ``/apps``, ``/metrics``, or a file of the web UI and the JS client.  The
 ASGI front (``Gateway.asgi()``) asks the same object (``admit_upgrade``,
 ``refuse``, ``route``): a ``Reply`` is either front's response.
+
+Pages of other origins that the front door lets in (``allow_origins``) may
+load the files with ``import()`` and ``fetch`` (CORS: the reply names their
+origin).  Such a page has no import map of its own, so ``/esm/<file>`` is
+``/<file>`` with the web page's import map applied (``resolve_imports``): the
+notebook widget (``gateway/static/widget.js``) imports the JS client and the
+web UI's view from there, the gateway's own version of both.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import posixpath
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from http import HTTPStatus
@@ -34,8 +43,11 @@ log = logging.getLogger("wirepipe")
 
 #: The web UI's files.
 STATIC = Path(__file__).parent / "static"
-#: Files that pages of other origins may import (with ``--allow-origin``): the JS client and its dependency.
-CORS_PATHS = ("/client/", "/vendor/")
+#: Under this prefix, the same files with the web page's import map applied to their imports.
+ESM = "/esm/"
+#: Files that pages of other origins may import (with ``--allow-origin``): the JS client and its
+#: dependency, and under ``/esm/`` the web UI's files (the notebook widget's view and style).
+CORS_PATHS = ("/client/", "/vendor/", ESM)
 
 
 def client_dir() -> Path:
@@ -150,7 +162,8 @@ class HttpFront:
 
         ``origin`` is the request's ``Origin``.  The JS client (``/client/``)
         and its vendored dependency (``/vendor/``) are ES modules, which a
-        browser fetches with CORS: their replies carry
+        browser fetches with CORS, and so are the web UI's files under
+        ``/esm/`` (the notebook widget imports them): their replies carry
         ``Access-Control-Allow-Origin`` for that origin (the front door let
         it in: the gateway's own pages, or ``allow_origins``), so that a page
         of another origin can import them.
@@ -206,12 +219,26 @@ def _response(reply: Reply) -> Response:
 def static(path: str) -> Reply:
     """A file of the web UI or the JS client, or 404; never raises.
 
-    Paths are not percent-decoded (no served file needs it), so ``%2e%2e``
-    is a name, not a parent.  A NUL, raw or as ``%00``, is a bad request;
+    Under ``/esm/``, the same file, a module with the web page's import map
+    applied to its imports (``resolve_imports``).  Paths are not
+    percent-decoded (no served file needs it), so ``%2e%2e`` is a name, not
+    a parent.  A NUL, raw or as ``%00``, is a bad request;
     a name the filesystem refuses (a component over 255 bytes) is not found.
     """
     if "\x00" in path or "%00" in path:
         return Reply(HTTPStatus.BAD_REQUEST, b"bad request\n", "text/plain")
+    if path.startswith(ESM):
+        inner = "/" + path[len(ESM) :]
+        reply = _file(inner)
+        if reply.status is not HTTPStatus.OK or not reply.ctype.startswith("text/javascript"):
+            return reply
+        body = resolve_imports(reply.body.decode("utf-8"), inner.lstrip("/"), import_map())
+        return Reply(HTTPStatus.OK, body.encode("utf-8"), reply.ctype)
+    return _file(path)
+
+
+def _file(path: str) -> Reply:
+    """The file at ``path`` of the web UI or, under ``/client/``, of the JS client; or 404."""
     if path in ("", "/"):
         path = "/index.html"
     if path.startswith("/client/"):
@@ -231,3 +258,51 @@ def static(path: str) -> Reply:
     if ctype.startswith("text/"):
         ctype += "; charset=utf-8"
     return Reply(HTTPStatus.OK, target.read_bytes(), ctype)
+
+
+# --- the import map, for pages that have none -------------------------------------------------
+
+_IMPORT_MAP = re.compile(r"<script\s+type=[\"']?importmap[\"']?\s*>(.*?)</script>", re.DOTALL | re.IGNORECASE)
+# A module specifier in a static import or export, or a literal import(): the quote and the text.
+_SPECIFIER = re.compile(r"""(\bfrom\s*|\bimport\s*\(?\s*)(['"])([^'"\s]+)\2""")
+
+
+def import_map() -> dict[str, str]:
+    """The web page's import map (``index.html``): bare specifier -> file path from the UI's root.
+
+    Read on each call (it is small, and a checkout's page may change under
+    a running gateway); an absent or unreadable map is empty.
+    """
+    try:
+        match = _IMPORT_MAP.search((STATIC / "index.html").read_text("utf-8"))
+        imports = json.loads(match.group(1)).get("imports", {}) if match else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v.removeprefix("./").lstrip("/") for k, v in imports.items() if isinstance(v, str)}
+
+
+def resolve_imports(source: str, module: str, imports: Mapping[str, str]) -> str:
+    """``source`` (the module at path ``module`` from the root) with its bare specifiers resolved.
+
+    A specifier that ``imports`` maps (exactly, or by its longest key that
+    ends in ``/``) becomes a path relative to the module, so it resolves
+    the same under any mount; relative and absolute ones, and bare ones
+    the map lacks, stay as they are.
+    """
+
+    def resolve(m: re.Match[str]) -> str:
+        spec = m.group(3)
+        if spec.startswith((".", "/")) or ":" in spec:
+            return m.group(0)
+        if spec in imports:
+            target = imports[spec]
+        else:
+            prefixes = [k for k in imports if k.endswith("/") and spec.startswith(k)]
+            if not prefixes:
+                return m.group(0)
+            key = max(prefixes, key=len)
+            target = imports[key] + spec[len(key) :]
+        rel = posixpath.relpath(target, posixpath.dirname(module) or ".")
+        return f"{m.group(1)}{m.group(2)}{rel if rel.startswith('.') else './' + rel}{m.group(2)}"
+
+    return _SPECIFIER.sub(resolve, source)

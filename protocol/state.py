@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any, Final
 
 from .codec import NotPlain, copy_value
+from .display import snapshot_html, snapshot_markdown
 from .events import Kind, check_event
 
 
@@ -124,6 +125,13 @@ class Snapshot:
             "asks": list(self.asks.values()),
             "texts": [{"id": i, "text": "".join(parts)} for i, parts in self.texts.items()],
         }
+
+    # In a notebook, a snapshot shows as its status, plan, open asks and open texts.
+    def _repr_html_(self) -> str:
+        return snapshot_html(self)
+
+    def _repr_markdown_(self) -> str:
+        return snapshot_markdown(self)
 
 
 class ConnState(Enum):

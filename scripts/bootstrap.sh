@@ -41,7 +41,9 @@ PIP=(.venv/bin/python -m pip -q --disable-pip-version-check)
 
 h=$(hash_of pyproject.toml requirements/dev.txt)
 if ! fresh core "$h"; then
-  say "installing wirepipe and its dev tools"
+  # requirements/dev.txt holds the notebook stack too (anywidget, JupyterLab,
+  # Notebook 7, ipykernel, nbclient: about 100 packages, ~25 s on a fresh venv).
+  say "installing wirepipe and its dev tools (the notebook tests' JupyterLab included)"
   "${PIP[@]}" install -r requirements/dev.txt
   "${PIP[@]}" install --no-deps -e .
   stamp core "$h"

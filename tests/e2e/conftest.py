@@ -71,28 +71,43 @@ class PageLog:
     name: str
     console: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # uncaught exceptions in the page
+    #: Uncaught exceptions of code the test does not own (``open_page(..., foreign=...)``), kept but not failed on.
+    foreign: list[str] = field(default_factory=list)
 
 
 @pytest.fixture
 async def open_page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
-    """``await open_page(url, viewport=DESKTOP, name=...)`` -> a loaded playwright Page.
+    """``await open_page(url, viewport=DESKTOP, name=..., foreign=None)`` -> a loaded playwright Page.
 
     Each page gets its own browser context (no shared storage, like two
     people). At teardown: artifacts on failure, then a check that no page
-    raised an uncaught exception, then every context is closed.
+    raised an uncaught exception, then every context is closed.  ``foreign``
+    (a regex) matches the top stack frame of exceptions raised by code the
+    test does not own (a third-party page such as Notebook 7's own bundle):
+    those are kept in the console artifact instead of failing the test.
     """
     from playwright.async_api import expect
 
     expect.set_options(timeout=TIMEOUT_MS)
     opened: list[tuple[Any, Any, PageLog]] = []
 
-    async def make(url: str, *, viewport: dict[str, int] = DESKTOP, name: str = "") -> Any:
+    async def make(
+        url: str, *, viewport: dict[str, int] = DESKTOP, name: str = "", foreign: re.Pattern[str] | None = None
+    ) -> Any:
         context = await browser.new_context(viewport=viewport, color_scheme="light")
         page = await context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         log = PageLog(name or f"page{len(opened) + 1}")
         page.on("console", lambda m: log.console.append(f"{m.type}: {m.text}"))
-        page.on("pageerror", lambda e: log.errors.append(str(e)))
+
+        def on_error(e: Any) -> None:
+            frames = [line.strip() for line in (e.stack or "").splitlines() if line.strip().startswith("at ")]
+            if foreign is not None and frames and foreign.search(frames[0]):
+                log.foreign.append(f"{e}: {frames[0]}")
+            else:
+                log.errors.append(str(e))
+
+        page.on("pageerror", on_error)
 
         def on_response(r: Any) -> None:
             if r.status >= 400:
@@ -120,7 +135,12 @@ async def open_page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterat
                 except Exception as exc:  # the page may be gone: keep the console anyway
                     log.console.append(f"(no screenshot: {exc})")
                 base.with_suffix(".console.txt").write_text(
-                    "\n".join(log.console + [f"PAGEERROR {e}" for e in log.errors]) + "\n"
+                    "\n".join(
+                        log.console
+                        + [f"PAGEERROR {e}" for e in log.errors]
+                        + [f"PAGEERROR (foreign) {e}" for e in log.foreign]
+                    )
+                    + "\n"
                 )
         errors = [f"{log.name}: {e}" for _c, _p, log in opened for e in log.errors]
         if errors and not failed:
