@@ -66,7 +66,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any, Final, TypeVar
 
 import msgpack
@@ -123,9 +123,9 @@ _ENCODE_ERRORS: Final = (ValueError, TypeError, OverflowError, RecursionError)
 # without the named tuple's Python-level ``__new__`` (``_tuple_new(Appended, fields)``).
 _now: Final = time.time
 _tuple_new: Final = tuple.__new__
-# An ``Appended``'s fields, in C: (k, d) for the reducer, raw for its size.
-_K_D: Final = attrgetter("k", "d")
-_RAW: Final = attrgetter("raw")
+# An ``Appended``'s fields, in C and by index (cheaper than by name): (k, d) for the reducer, raw for its size.
+_K_D: Final = itemgetter(Appended._fields.index("k"), Appended._fields.index("d"))
+_RAW: Final = itemgetter(Appended._fields.index("raw"))
 
 
 def _unwritable(k: str, exc: Exception) -> ValueError:

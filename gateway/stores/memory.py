@@ -7,7 +7,7 @@ import heapq
 import logging
 import time
 from collections.abc import Sequence
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any
 
 from protocol import LogMissing, LogReplaced, SeqGap, Snapshot
@@ -17,10 +17,10 @@ from .base import Appended, Direct, Fetched, Fetches, Listener, LogInfo, Retenti
 log_ = logging.getLogger("wirepipe.store")
 
 _tuple_new = tuple.__new__
-# An ``Appended``'s fields, in C (once per event).
-_SEQ = attrgetter("seq")
-_RAW = attrgetter("raw")
-_K_D = attrgetter("k", "d")
+# An ``Appended``'s fields, in C (once per event), by index: cheaper than by name.
+_SEQ = itemgetter(Appended._fields.index("seq"))
+_RAW = itemgetter(Appended._fields.index("raw"))
+_K_D = itemgetter(Appended._fields.index("k"), Appended._fields.index("d"))
 
 
 class _Log:
@@ -176,14 +176,24 @@ class MemoryStore:
                     raise SeqGap(f"seq {events[0].seq} does not follow seq {head}", head)
         # Check the whole batch before touching the log: a gap inside it would
         # put raws at positions that no longer match their seqs.
+        # The payloads are handed over (``Appended``): the reducer keeps them with no second copy.
         n = len(events)
-        if list(map(_SEQ, events)) != list(range(head + 1, head + 1 + n)):
-            i = next(i for i, ev in enumerate(events) if ev.seq != head + 1 + i)
-            raise ValueError(f"seq {events[i].seq} does not follow seq {head + i}")
-        new = list(map(_RAW, events))
+        if n == 1:  # most appends on the loop (``Session._store_now``)
+            ev = events[0]
+            if ev.seq != head + 1:
+                raise ValueError(f"seq {ev.seq} does not follow seq {head}")
+            new = [ev.raw]
+            nbytes = log.nbytes + len(ev.raw)
+            log.snap.apply(ev.k, ev.d, owned=True)
+        else:
+            if list(map(_SEQ, events)) != list(range(head + 1, head + 1 + n)):
+                i = next(i for i, ev in enumerate(events) if ev.seq != head + 1 + i)
+                raise ValueError(f"seq {events[i].seq} does not follow seq {head + i}")
+            new = list(map(_RAW, events))
+            nbytes = log.nbytes + sum(map(len, new))
+            log.snap.fold(map(_K_D, events), owned=True)
         raws += new
-        log.nbytes = nbytes = log.nbytes + sum(map(len, new))
-        log.snap.fold(map(_K_D, events), owned=True)  # handed over (``Appended``): no second copy
+        log.nbytes = nbytes
         retention = self.retention
         if len(raws) - log.skip > retention.max_events or nbytes > retention.max_bytes:
             log.trim(retention)
