@@ -101,7 +101,7 @@ class Snapshot:
         texts = self.texts
         apply = self.apply
         for k, d in events:
-            if k == "text" and type(d) is dict and not d.get("end"):
+            if k == "text" and type(d) is dict and len(d) == 2:  # two keys, both below: no "end"
                 tid, delta = d.get("id"), d.get("delta")
                 if type(tid) is str and type(delta) is str:
                     parts = texts.get(tid)
