@@ -83,6 +83,16 @@ class Config:
     #: websockets' server alone (the page and the WebSocket, no REST or SSE).
     front: str = "uvicorn"
 
+    @property
+    def stall_limit(self) -> float | None:
+        """Seconds a client may take no byte of what waits for it: ``stall_timeout``, else ``heartbeat``.
+
+        None, no stall rule, when that is 0 or less (``--heartbeat 0`` with no
+        ``--stall-timeout``: no heartbeat and no stall watchdog either).
+        """
+        limit = self.stall_timeout if self.stall_timeout is not None else self.heartbeat
+        return limit if limit > 0 else None
+
     def __post_init__(self) -> None:
         # lists are accepted (Gateway(allow_origins=[...])); a frozen config holds tuples
         for name in ("allow_origins", "allow_hosts"):

@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wirepipe.connection")
 
+_OPEN = State.OPEN  # an enum member looked up once (a class attribute lookup is slow in 3.11)
+
 __all__ = ["BATCH_BYTES", "Connection", "Services", "Socket"]
 
 
@@ -424,16 +426,18 @@ class Connection:
         if news is not None and not ws.protocol.extensions:
             # The quick step: the events just appended, when this client was at
             # the head before them; the one frame every such watcher shares.
-            if not _writable(ws):
+            # ``_writable``, inlined (once per watcher and event):
+            transport = ws.transport
+            if ws.protocol.state is not _OPEN or ws.paused or ws.send_in_progress is not None or transport.is_closing():
                 return False
-            if self.rules.sends(*news):
+            epoch, before, n, wire = news
+            if self.rules.sends(epoch, before, n):
                 try:
-                    ws.transport.write(feed.news_wire())
+                    transport.write(wire)
                 except Exception as exc:  # a write error closes the connection, as send would
                     log.debug("sid %r: a pushed frame failed: %s", self.sid, exc)
-                    ws.transport.abort()
+                    transport.abort()
                     return False
-                _, before, n = news
                 self._metrics.events_out += n
                 if (-before) & LAG_MASK < n:  # the frame holds a lag-marked event (gateway/metrics.py)
                     self._lag(before)
@@ -618,10 +622,7 @@ def _writable(ws: WebSocket) -> bool:
     and websockets hears of it only on the loop's next turn.
     """
     return (
-        ws.protocol.state is State.OPEN
-        and not ws.paused
-        and ws.send_in_progress is None
-        and not ws.transport.is_closing()
+        ws.protocol.state is _OPEN and not ws.paused and ws.send_in_progress is None and not ws.transport.is_closing()
     )
 
 

@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+from itertools import accumulate
 from typing import Any, Final, Protocol
 
 from protocol import StoreUnavailable, frame_for
@@ -125,12 +126,22 @@ class Tail:
 
     def add(self, raws: list[bytes]) -> None:
         """Append the events after ``next``, then trim the oldest past the bounds."""
-        total = self.ends[-1] if self.ends else 0
-        for raw in raws:
-            total += len(raw)
-            self.raws.append(raw)
-            self.ends.append(total)
-            self.nbytes += len(raw)
+        ends = self.ends
+        total = ends[-1] if ends else 0
+        if len(raws) == 1:  # most appends: one event
+            size = len(raws[0])
+            ends.append(total + size)
+        else:
+            sizes = list(map(len, raws))
+            size = sum(sizes)
+            ends += accumulate(sizes, initial=total)
+            del ends[-len(sizes) - 1]  # the initial total, already the last before
+        self.raws += raws
+        self.nbytes = nbytes = self.nbytes + size
+        if len(self.raws) - self.skip > self.max_events or nbytes > self.max_bytes:
+            self._trim()
+
+    def _trim(self) -> None:
         n = len(self.raws)
         while self.skip < n and (n - self.skip > self.max_events or self.nbytes > self.max_bytes):
             self.nbytes -= len(self.raws[self.skip])
@@ -154,7 +165,7 @@ class Tail:
         n = min(limit, len(self.raws) - i)
         if n <= 0:
             return i, 0
-        before = self.ends[i - 1] if i else 0
+        before = self.ends[i - 1] if i else self.ends[0] - len(self.raws[0])  # ends count from before compactions
         fit = bisect.bisect_right(self.ends, before + max_bytes, i, i + n) - i
         return i, max(fit, 1)
 
@@ -189,11 +200,9 @@ class Feed:
         self.failure: Exception | None = None
         self._changed: asyncio.Event | None = None
         #: While a ``Direct`` store's append is pushed (``_heard``): (epoch, the seq
-        #: before the new events, their count), the frame every watcher that was at
-        #: the head takes (``news_wire``).  None at any other time.
-        self.news: tuple[str, int, int] | None = None
-        self._news_raws: list[bytes] = []
-        self._news_wire: bytes | None = None
+        #: before the new events, their count, the wire bytes of their frame), which
+        #: every watcher that was at the head takes.  None at any other time.
+        self.news: tuple[str, int, int, bytes] | None = None
         #: Pumps parked at the head, pushed to as events arrive (insertion order).
         self.parked: dict[Pusher, None] = {}
         #: Pumps following this feed.
@@ -256,13 +265,6 @@ class Feed:
             built[1] = wire_message(built[0])
         return built[1], n
 
-    def news_wire(self) -> bytes:
-        """The wire bytes of the frame of ``news``'s events (built once, for every watcher)."""
-        wire = self._news_wire
-        if wire is None:
-            wire = self._news_wire = wire_message(frame_for(self._news_raws))
-        return wire
-
     def _built(self, after: int, room: int) -> tuple[list[Any] | None, int]:
         """[frame, wire bytes or None] of the events after ``after``, cached by place (see ``take``)."""
         tail = self.tail
@@ -313,7 +315,7 @@ class Feed:
     def _heard(self, info: LogInfo | None, raws: list[bytes]) -> None:
         """A ``Direct`` store's news: events that follow what the feed holds go in now; else the task looks."""
         st = self.state
-        if (
+        if not (
             raws
             and info is not None
             and st is not None
@@ -322,23 +324,23 @@ class Feed:
             and info.epoch == st.epoch
             and self._after == info.head - len(raws)
         ):
-            # ``_apply`` of a fetch that found just these events, the same epoch
-            before = self._after
-            self.tail.add(raws)
-            self._after = info.head
-            self.state = info
-            n = len(raws)
-            # One frame of them all, as a pump's own step would take (``Tail.span``).
-            if self.parked and (n == 1 or (n <= self.batch_max and sum(map(len, raws)) <= self.max_bytes)):
-                self.news, self._news_raws, self._news_wire = (info.epoch, before, n), raws, None
-                try:
-                    self._bump()
-                finally:
-                    self.news, self._news_raws, self._news_wire = None, [], None
-            else:
-                self._bump()
-        else:
             self.poke()
+            return
+        # ``_apply`` of a fetch that found just these events, the same epoch
+        before = self._after
+        self.tail.add(raws)
+        self._after = info.head
+        self.state = info
+        n = len(raws)
+        # One frame of them all, as a pump's own step would take (``Tail.span``).
+        if self.parked and (n == 1 or (n <= self.batch_max and sum(map(len, raws)) <= self.max_bytes)):
+            self.news = (info.epoch, before, n, wire_message(frame_for(raws)))
+            try:
+                self._bump()
+            finally:
+                self.news = None
+        else:
+            self._bump()
 
     def _unlisten(self, _: object) -> None:
         if self._direct is not None:

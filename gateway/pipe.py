@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from protocol import FINAL_STATES, Kind, RunState, check_event, encode_event, ev_frame
+from protocol.codec import text_head
 
 from .chat import Renderer, chunk, sse
 from .sessions import Session, on_loop
@@ -31,7 +32,8 @@ class WebPipe:
     def __init__(self, session: Session) -> None:
         self._s = session
         self._text_lock = threading.Lock()
-        self._text_id: str | None = None
+        #: The open text stream: its id and ``codec.text_head`` of it (None: no stream is open).
+        self._stream: tuple[str, bytes] | None = None
         self._texts = itertools.count(1)
         self._prefix = f"p{next(_pipe_ids)}t"
 
@@ -111,13 +113,13 @@ class WebPipe:
             BacklogFull: see ``emit``.
         """
         if isinstance(msg, str):  # most writes: a delta of the current text stream
-            # The same as self.text(msg), inlined.  Reading the id needs no
-            # lock (an attribute read is atomic); opening a stream does, so
-            # that two threads do not open two.
-            tid = self._text_id
-            if tid is None:
-                tid = self._open_text()
-            return self._s.emit("text", {"id": tid, "delta": msg}, checked=True, plain=True)
+            # The same as self.text(msg), inlined.  Reading the stream needs
+            # no lock (an attribute read is atomic, and its id and head come
+            # in one tuple); opening one does, so that two threads do not open two.
+            stream = self._stream
+            if stream is None:
+                stream = self._open_text()
+            return self._s.emit("text", {"id": stream[0], "delta": msg}, checked=True, plain=True, text=stream[1])
         if isinstance(msg, dict):
             k: Any = msg.get("k")
             d = msg.get("d")
@@ -133,33 +135,36 @@ class WebPipe:
             raise ValueError(why)
         return self._s.emit(k, d)
 
-    def _open_text(self) -> str:
-        """The current text stream's id, a new one if none is open."""
+    def _open_text(self) -> tuple[str, bytes]:
+        """The current text stream (id, head), a new one if none is open.  Under the text lock."""
         with self._text_lock:
-            if self._text_id is None:
-                self._text_id = f"{self._prefix}{next(self._texts)}"
-            return self._text_id
+            return self._stream or self._new_stream()
+
+    def _new_stream(self) -> tuple[str, bytes]:
+        tid = f"{self._prefix}{next(self._texts)}"
+        self._stream = stream = (tid, text_head(tid))
+        return stream
 
     def text(self, delta: str, *, id: str | None = None, end: bool = False) -> int:
         """Append a ``text`` delta to stream ``id`` (default: the current stream)."""
+        head = None
         with self._text_lock:
             if id is None:
-                if self._text_id is None:
-                    self._text_id = f"{self._prefix}{next(self._texts)}"
-                id = self._text_id
+                id, head = self._stream or self._new_stream()
                 if end:
-                    self._text_id = None
+                    self._stream = None
         d: dict[str, Any] = {"id": id, "delta": delta}
         if end:
             d["end"] = True
         # An empty end is how a run closes its stream: it always fits the backlog.
         built = isinstance(delta, str) and isinstance(id, str)
-        return self._s.emit(Kind.TEXT, d, checked=built, plain=built, force=end and not delta)
+        text = head if built and not end else None  # {"id", "delta"} of the open stream
+        return self._s.emit(Kind.TEXT, d, checked=built, plain=built, force=end and not delta, text=text)
 
     def end_text(self) -> int:
         """End the current text stream; the next ``str`` starts a new one.  0 if none is open."""
         with self._text_lock:
-            if self._text_id is None:
+            if self._stream is None:
                 return 0
         return self.text("", end=True)
 
@@ -193,7 +198,8 @@ class WebPipe:
         if format != "frame":
             raise ValueError(f"format is 'sse' or 'frame', not {format!r}")
         if isinstance(msg, str):
-            ev = Kind.TEXT.value, {"id": self._text_id or f"{self._prefix}0", "delta": msg}
+            stream = self._stream
+            ev = Kind.TEXT.value, {"id": stream[0] if stream else f"{self._prefix}0", "delta": msg}
         else:
             # The same event set_message would append; anything else is wrapped.
             ev = _as_event(msg) or (Kind.MESSAGE.value, {"role": "agent", "content": msg})

@@ -454,8 +454,9 @@ class Gateway:
         The heartbeat cannot: its ping waits behind the frame that does not
         drain (and it leaves such clients to this watchdog).
         """
-        cfg = self.config
-        limit = cfg.stall_timeout if cfg.stall_timeout is not None else cfg.heartbeat
+        limit = self.config.stall_limit
+        if limit is None:
+            return
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(limit / 4)

@@ -66,6 +66,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Final, TypeVar
 
 import msgpack
@@ -92,7 +93,7 @@ from protocol import (
     encode_event,
     is_final,
 )
-from protocol.codec import NotPlain, copy_value, encode_body, is_flat_map, walk_value, with_seq
+from protocol.codec import NotPlain, copy_value, encode_body, encode_text, is_flat_map, walk_value, with_seq
 from protocol.events import FINAL_STATES
 
 from .metrics import LAG_EVERY, LAG_MARKS, LAG_MASK, Metrics
@@ -122,6 +123,9 @@ _ENCODE_ERRORS: Final = (ValueError, TypeError, OverflowError, RecursionError)
 # without the named tuple's Python-level ``__new__`` (``_tuple_new(Appended, fields)``).
 _now: Final = time.time
 _tuple_new: Final = tuple.__new__
+# An ``Appended``'s fields, in C and by index (cheaper than by name): (k, d) for the reducer, raw for its size.
+_K_D: Final = itemgetter(Appended._fields.index("k"), Appended._fields.index("d"))
+_RAW: Final = itemgetter(Appended._fields.index("raw"))
 
 
 def _unwritable(k: str, exc: Exception) -> ValueError:
@@ -179,7 +183,7 @@ class Session:
         self._leases = leases_of(store)
         self._requests = requests_of(store)
         #: A store in this process: events emitted on the loop while the
-        #: writer waits are stored at once (``_write_now``).
+        #: writer waits are stored at once (``_store_now``).
         self._direct = direct_of(store) if self._leases is None else None
         self._server: asyncio.Task[None] | None = None
         self._lease_lost = False
@@ -264,6 +268,7 @@ class Session:
         checked: bool = False,
         force: bool = False,
         plain: bool = False,
+        text: bytes | None = None,
     ) -> int:
         """Append one event; returns its seq.  Never blocks on I/O.
 
@@ -275,6 +280,9 @@ class Session:
         run: answers by ``closed``, the final status).
         ``plain``: ``d`` is a dict of built-in strings and numbers (built
         here: a text delta), so encoding it runs no Python code.
+        ``text``: ``d`` is ``{"id": tid, "delta": a str}`` of a ``text``
+        event (built here), and this is ``codec.text_head(tid)``: the event
+        is encoded from its parts (``codec.encode_text``).  Only with ``ts`` None.
 
         Raises:
             ValueError: ``d`` cannot be encoded (nests deeper than
@@ -289,6 +297,7 @@ class Session:
             if out[0] is not k or out[1] is not d:
                 k, d = out
                 checked = plain = False
+            text = None  # a middleware may have changed d in place
         if self.ended:  # read without the lock: once set it stays set (and is read again under it)
             return self._drop(k)
         # Encoding a payload that holds agent objects runs agent code (a
@@ -301,7 +310,7 @@ class Session:
         # before its seq is taken.
         stamp = _now() if ts is None else ts
         body = None
-        if k in _KEPT_KINDS or not (plain or is_flat_map(d)):
+        if text is None and (k in _KEPT_KINDS or not (plain or is_flat_map(d))):
             body, d = self._encode(k, d, stamp, checked)
         lock = self._lock
         lock.acquire()  # not `with`: this costs half as much, once per event
@@ -309,13 +318,13 @@ class Session:
             if self.ended:
                 return self._drop(k)
             seq = self._seq + 1
-            if body is None:
+            if body is not None:
+                raw = with_seq(seq, body)
+            else:
                 try:
-                    raw = encode_event(seq, k, stamp, d)
+                    raw = encode_event(seq, k, stamp, d) if text is None else encode_text(seq, stamp, text, d["delta"])
                 except _ENCODE_ERRORS as exc:
                     raise _unwritable(k, exc) from None
-            else:
-                raw = with_seq(seq, body)
             size = len(raw)
             if not force and (self._waiting >= self._max_events or self._pending_bytes + size > self._max_bytes):
                 raise BacklogFull(
@@ -326,20 +335,27 @@ class Session:
             if (seq & LAG_MASK) == 1:  # sampled for the delivery lag (gateway/metrics.py)
                 self.lag_marks[seq] = time.monotonic()
                 self.lag_marks.pop(seq - LAG_EVERY * LAG_MARKS, None)
-            self._pending.append(_tuple_new(Appended, (seq, k, d, raw)))
-            self._waiting += 1
-            self._pending_bytes += size
+            ev = _tuple_new(Appended, (seq, k, d, raw))
             if k == "status" and is_final(k, d):
                 self.ended = True
                 self.final_status = d
+            # The writer waits for events (so none are pending), this is its
+            # loop, and the store is Direct: the event is stored below, at
+            # once (``_store_now``), not queued for the writer, which waits on.
             kick = self._idle
-            self._idle = False
+            now = kick and self._direct is not None and not self.ended and not self._verify and on_loop(self.loop)
+            if not now:
+                self._pending.append(ev)
+                self._waiting += 1
+                self._pending_bytes += size
+                self._idle = False
         finally:
             lock.release()
-        if kick:
+        if now:
+            self._store_now(ev, size)
+        elif kick:
             if on_loop(self.loop):
-                if self._direct is None or not self._write_now():
-                    self._more.set()
+                self._more.set()
             else:
                 try:
                     self.loop.call_soon_threadsafe(self._more.set)
@@ -531,48 +547,48 @@ class Session:
     def _stored(self, batch: list[Appended]) -> None:
         """``batch`` is in the store: the writer's bookkeeping."""
         if self._keep_snap:
-            apply = self._snap.apply
-            for ev in batch:
-                # Kept kinds were decoded afresh in emit and the stores copy
-                # what they keep: the reducer may own them.
-                apply(ev.k, ev.d, owned=True)
+            # Kept kinds were decoded afresh in emit and the stores copy
+            # what they keep: the reducer may own them.
+            self._snap.fold(map(_K_D, batch), owned=True)
         n = len(batch)
         self.stored = batch[-1].seq
         self.metrics.events_appended += n
-        size = len(batch[0].raw) if n == 1 else sum([len(ev.raw) for ev in batch])
-        with self._lock:
-            self._waiting -= n
-            self._pending_bytes -= size
+        size = sum(map(len, map(_RAW, batch)))
+        lock = self._lock
+        lock.acquire()
+        self._waiting -= n
+        self._pending_bytes -= size
+        lock.release()
 
-    def _write_now(self) -> bool:
-        """Store what is pending now, on the loop, with no task switch (a ``Direct`` store).
+    def _store_now(self, ev: Appended, size: int) -> None:
+        """Store ``ev`` at once, on the loop, with no task switch (a ``Direct`` store).
 
         Called by ``emit`` on the event loop when the writer was waiting
-        for events, so the writer has nothing in flight: what is pending is
-        the newest events, in order.  The store's listeners (``Feed``) push
-        them on to the watchers' sockets inside the append, so a watcher at
-        the head gets the event before ``set_message`` returns.  False (the
-        events put back, the writer woken to do it with its retries) when
-        the run is ending, the log is being checked, or the append fails.
+        for events, so the writer has nothing pending or in flight: ``ev``
+        is the newest event (``size`` bytes), not counted as pending.  The
+        store's listeners (``Feed``) push it on to the watchers' sockets
+        inside the append, so a watcher at the head gets the event before
+        ``set_message`` returns.  If the append fails, ``ev`` goes back to
+        the front of the pending events (any that another thread wrote
+        meanwhile follow it) and the writer is woken to store it with its retries.
         """
         direct = self._direct
         assert direct is not None
-        lock = self._lock
-        with lock:
-            batch = self._pending
-            if self.ended or self._verify or not batch:
-                return False
-            self._pending = []
-            self._idle = True  # the writer still waits: the next emit kicks it (or comes here)
         try:
-            direct.append_now(self.sid, batch, epoch=self.epoch)
+            direct.append_now(self.sid, (ev,), epoch=self.epoch)
         except Exception:
+            lock = self._lock
             with lock:
-                self._pending[:0] = batch
+                self._pending.insert(0, ev)
+                self._waiting += 1
+                self._pending_bytes += size
                 self._idle = False
-            return False
-        self._stored(batch)
-        return True
+            self._more.set()
+            return
+        if self._keep_snap:
+            self._snap.apply(ev.k, ev.d, owned=True)
+        self.stored = ev.seq
+        self.metrics.events_appended += 1
 
     def poke(self) -> None:
         """A reader found this run's log missing: the writer checks it, and re-creates it if lost.

@@ -156,7 +156,7 @@ class EventStream(Response):
         self.ended = False
         cfg = api.gw.config
         self._heartbeat = cfg.heartbeat
-        self._stall = cfg.stall_timeout if cfg.stall_timeout is not None else cfg.heartbeat
+        self._stall = cfg.stall_limit
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._last_write = 0.0
@@ -332,6 +332,9 @@ class EventStream(Response):
 
     async def _idle(self, send: Send, changed: asyncio.Event) -> None:
         """Wait for a change; a ``: ping`` comment once nothing was written for ``heartbeat`` seconds."""
+        if self._heartbeat <= 0:  # no heartbeat: no pings either
+            await changed.wait()
+            return
         left = self._heartbeat - (time.monotonic() - self._last_write)
         if left > 0:
             try:

@@ -116,3 +116,46 @@ def test_quick_bench_measures_another_front_beside_the_gateway_and_bare(tmp_path
             float(row[f"{front}_ratio"])
         if float(row["gateway"].replace(",", "")):  # a smoke run's 0 (receiver CPU %) has no ratio
             float(row[f"{front}_vs_gateway"])
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(int(30 * TIMEOUT) + 30)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["many", "--server", "gateway", "--sessions", "5", "--n", "300"],
+        ["many", "--server", "bare", "--sessions", "5", "--n", "300"],
+        ["pipe", "--kind", "plan", "--n", "300"],
+    ],
+)
+def test_the_counted_workloads_run_and_deliver_everything(args: list[str]) -> None:
+    """``python -m bench.instr run ...``: the workload callgrind counts, once, without it (it raises on a loss)."""
+    if args[0] == "many" and (
+        shutil.which("node") is None or not (ROOT / "clients" / "js" / "node_modules" / "ws").is_dir()
+    ):
+        missing("node and the JS client's packages", "scripts/bootstrap.sh --node")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.instr", "run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30 * TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(int(60 * TIMEOUT) + 60)
+def test_instructions_per_event_are_counted_under_callgrind() -> None:
+    if shutil.which("valgrind") is None:  # a tool for measuring, not one the project needs
+        pytest.skip("valgrind is not installed (apt-get install valgrind)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.instr", "pipe", "--kind", "text", "--n", "2000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60 * TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ir_total"] > out["ir_baseline"] > 0 and out["ir_per_set_message"] > 0

@@ -20,7 +20,7 @@ from support import TIMEOUT, OpenRaw, Raw, final
 from websockets.frames import Frame, Opcode
 
 from gateway import Gateway, MemoryStore
-from gateway.feed import Feeds, wire_message
+from gateway.feed import Feeds, Tail, wire_message
 from gateway.stores import Appended, Fetched, LogInfo, Retention, Store
 from protocol import Event, encode_event, events_of
 
@@ -254,6 +254,20 @@ async def test_the_tail_is_bounded_and_frames_are_built_once() -> None:
     finally:
         await feeds.close()
         await store.close()
+
+
+def test_a_tail_compacted_after_trims_still_serves_batches() -> None:
+    """``Tail.span`` measures bytes from running totals, which a compaction leaves counting from older events."""
+    tail = Tail(max_events=4, max_bytes=1 << 20)
+    seq = 0
+    while seq < 1030 or tail.skip:  # until the add that compacted the trimmed events away
+        seq += 1
+        tail.add([ev(seq).raw])
+    assert (tail.first, tail.next) == (seq - 3, seq + 1)
+    two = sum(len(ev(s).raw) for s in (seq - 3, seq - 2))
+    i, n = tail.span(seq - 4, 100, two)  # from the first event held: index 0
+    assert (i, n) == (0, 2) and tail.raws[:2] == [ev(seq - 3).raw, ev(seq - 2).raw]
+    assert tail.span(seq - 4, 100, 1 << 20) == (0, 4)
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70_000])

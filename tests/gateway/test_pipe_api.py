@@ -151,6 +151,30 @@ async def test_a_value_that_fails_to_encode_under_the_lock_burns_no_seq(gw: Gate
     pipe.close()
 
 
+async def test_an_event_written_on_the_loop_as_its_log_is_lost_waits_for_the_writer(make_gw: MakeGateway) -> None:
+    """On the loop a MemoryStore stores an event inside set_message; an append that fails there loses nothing.
+
+    The event goes back to the writer, which re-creates the lost log under a
+    new epoch (continuing the seqs) and stores it with its retries.
+    """
+    gw = await make_gw(store=MemoryStore())
+    pipe = gw.pipe("lost")
+    assert pipe.set_message("one") == 1
+    await asyncio.wait_for(pipe.drained(), TIMEOUT)
+    assert pipe._s.backlog == 0  # stored inside set_message
+    old = pipe.epoch
+    await gw.store.close()  # every log gone, as after a restart
+    assert pipe.set_message("two") == 2  # its append finds no log
+    assert pipe.set_message("three") == 3
+    evs = await logged(gw, pipe, after=1)
+    assert [(e.seq, e.d["delta"]) for e in evs] == [(2, "two"), (3, "three")]
+    info = await gw.store.info("lost")
+    assert info is not None and info.epoch == pipe.epoch != old and (info.first, info.head) == (2, 3)
+    assert pipe._s.backlog == 0 and pipe.set_message("four") == 4
+    assert [e.seq for e in await logged(gw, pipe, after=3)] == [4]
+    pipe.close()
+
+
 class _Deferred(MemoryStore):
     """Not ``Direct`` (it overrides ``append``): the writer task stores events after ``set_message`` returns."""
 

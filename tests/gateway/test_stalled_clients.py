@@ -136,3 +136,19 @@ async def test_a_reset_client_takes_no_more_pushed_frames(caplog: pytest.LogCapt
         pipe.close()
     assert gw.metrics.ws.events_out - sent <= 1  # at most the write that met the reset
     assert not [r for r in caplog.records if "socket.send() raised exception" in r.getMessage()]
+
+
+async def test_no_heartbeat_and_no_stall_timeout_runs_no_stall_watchdog(frozen_client: Any) -> None:
+    """``--heartbeat 0`` without ``--stall-timeout``: no stall rule.  Before, the watchdog slept
+    0 s in a loop (a core at 100%) and dropped any client with a byte unread at once."""
+    async with Gateway(port=0, store=MemoryStore(), heartbeat=0) as gw:
+        assert gw.config.stall_limit is None
+        assert gw._watchdog is not None
+        await asyncio.wait_for(gw._watchdog, TIMEOUT)  # it ended: nothing to watch
+        pipe = gw.pipe("no-heartbeat")
+        for _ in range(3000):  # far more than the socket buffers hold: bytes wait for the client
+            pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": "x" * 2000}})
+        frozen_client(gw.port, "no-heartbeat")
+        await asyncio.wait_for(gw.wait_connections(lambda n: n == 1), TIMEOUT)
+        assert gw.metrics.ws.stalled == 0
+    assert Gateway(port=0, heartbeat=0, stall_timeout=5).config.stall_limit == 5

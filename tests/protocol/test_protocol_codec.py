@@ -29,6 +29,7 @@ from protocol import (
     Event,
     Grant,
     Hello,
+    Kind,
     Ping,
     Pong,
     ProtocolError,
@@ -504,6 +505,37 @@ def test_an_event_encoded_in_two_steps_is_the_same_bytes(seq: int, d: Any) -> No
 
     raw = with_seq(seq, encode_body("log", 1.25, d))
     assert raw == encode_event(seq, "log", 1.25, d) == pk({"seq": seq, "k": "log", "ts": 1.25, "d": d})
+
+
+# The session packs an event in parts (codec.encode_event), and a text delta
+# with its stream's id packed once (codec.encode_text): the same bytes as
+# packing the map, at every width msgpack gives an int or a string.
+@pytest.mark.parametrize("seq", [1, 127, 128, 65536, 2**32, 2**64 - 1])
+@pytest.mark.parametrize("delta", ["", "x", "x" * 31, "x" * 32, "é" * 200, "x" * 70_000])
+@pytest.mark.parametrize("tid", ["p1t1", "x" * 40])
+def test_a_text_delta_packed_in_parts_is_the_same_bytes(seq: int, delta: str, tid: str) -> None:
+    from protocol.codec import encode_text, text_head
+
+    ts = 1_700_000_000.123456
+    want = pk({"seq": seq, "k": "text", "ts": ts, "d": {"id": tid, "delta": delta}})
+    assert encode_text(seq, ts, text_head(tid), delta) == want
+    assert encode_event(seq, "text", ts, {"id": tid, "delta": delta}) == want
+
+
+@pytest.mark.parametrize("k", ["log", Kind.LOG, "vendor." + "x" * 40])
+@pytest.mark.parametrize("ts", [1.25, 2, float("inf"), -0.0])  # an int ts packs as an int
+@pytest.mark.parametrize("d", [None, "x", 1.5, [1, {"a": b"b"}], {"level": "info", "msg": "m"}])
+def test_an_event_packed_in_parts_is_the_map_packed(k: str, ts: float, d: Any) -> None:
+    assert encode_event(300, k, ts, d) == pk({"seq": 300, "k": k, "ts": ts, "d": d})
+
+
+def test_a_text_delta_that_cannot_be_written_raises_as_the_map_would() -> None:
+    from protocol.codec import encode_text, text_head
+
+    with pytest.raises(ValueError):
+        encode_text(1, 1.0, text_head("t"), "\ud800")  # a lone surrogate is not UTF-8
+    with pytest.raises(ValueError):
+        encode_event(1, "text", 1.0, {"id": "t", "delta": "\ud800"})
 
 
 class _Writes:

@@ -214,6 +214,30 @@ def test_other_kinds_leave_the_snapshot_alone() -> None:
     assert snap.as_map() == before
 
 
+_TEXTS = st.fixed_dictionaries(
+    {"id": st.sampled_from(["t1", "t2", 3])},
+    optional={"delta": st.sampled_from(["a", "", 5, None]), "end": st.sampled_from([True, False, 0, "y"])},
+)
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("text"), _TEXTS),
+            st.tuples(st.sampled_from(list(Kind) + ["other"]), any_values),
+        ),
+        max_size=20,
+    )
+)
+def test_folding_a_batch_is_applying_each_event(events: list[tuple[str, Any]]) -> None:
+    """``Snapshot.fold`` (a store's batch, its text deltas without a call each) is ``apply`` in turn."""
+    start = (("plan", plan("1", "2")), ("text", {"id": "t1", "delta": "x"}))
+    batch = Snapshot()
+    batch.fold([*start, *events])
+    assert batch.as_map() == fold(*start, *events).as_map()
+
+
 @SETTINGS
 @given(st.lists(st.tuples(st.sampled_from(list(Kind) + ["other"]), any_values), max_size=12))
 def test_reducer_never_raises(events: list[tuple[str, Any]]) -> None:
