@@ -440,10 +440,14 @@ def _setup_logging(level: str) -> None:
 def _self_command() -> str:
     """This ``wirepipe`` as the shell that started it can run it again (``./run demo`` has no venv active).
 
-    ``wirepipe`` when that name finds this script on ``PATH``, else its path
+    ``./run wirepipe`` under the clone's ``run`` script (``WIREPIPE_RUN``, its
+    name as typed); ``wirepipe`` when that name finds this script on ``PATH``, else its path
     (relative to the working directory when shorter); for ``python -m
     gateway.cli``, that.
     """
+    run = os.environ.get("WIREPIPE_RUN")
+    if run:  # started by the clone's ./run script, as its user typed it
+        return f"{run} wirepipe"
     me = Path(sys.argv[0]).resolve()
     if me.name != "wirepipe":
         return f"{_shortest(sys.executable)} -m gateway.cli"

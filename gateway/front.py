@@ -255,3 +255,11 @@ def redacting_logger(name: str) -> logging.Logger:
     if not any(isinstance(f, RedactCredentials) for f in logger.filters):
         logger.addFilter(RedactCredentials())
     return logger
+
+
+#: What an operator passes to let in what the front door refused (``FrontDoor.refusal``'s texts):
+#: said in the gateway's log, not to the refused client.
+FIXES = {
+    "origin not allowed": "if that page is yours, pass --allow-origin ORIGIN (Config.allow_origins)",
+    "host not allowed": "behind a reverse proxy, pass --allow-host NAME (Config.allow_hosts)",
+}

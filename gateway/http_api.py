@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -86,7 +87,7 @@ from protocol.server import RateLimiter, ServerConnection
 
 from .chat import error_body
 from .connection import relay
-from .front import redacting_logger
+from .front import FIXES, redacting_logger
 from .http_front import Reply as HttpReply
 from .middleware import apply_requests
 from .openapi import openapi
@@ -153,6 +154,10 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
         self.param = param
+
+
+#: The codes of an HTTP error no route raised (``HttpApi._no_route``): HTTP-only, not the protocol's.
+NO_ROUTE: Final = {404: "not_found", 405: "method_not_allowed"}
 
 
 def error_response(
@@ -257,7 +262,9 @@ class HttpApi:
 
         self.chat = OpenAiApi(self)
         self.routes += self.chat.routes
-        self.app = Starlette(routes=self.routes, exception_handlers={ApiError: self._api_error})
+        self.app = Starlette(
+            routes=self.routes, exception_handlers={ApiError: self._api_error, HTTPException: self._no_route}
+        )
         # uvicorn's access log carries query strings (an EventSource's ?auth=):
         # the same filter as the WebSocket's log redacts them (docs/security.md).
         for name in ("uvicorn.access", "uvicorn.error"):
@@ -286,11 +293,12 @@ class HttpApi:
         if refusal is not None:
             # As the WebSocket front logs them: once, at INFO, no query string.
             log.info(
-                "refused HTTP request for %.200s: %s (Origin %.200r, Host %.200r)",
+                "refused HTTP request for %.200s: %s (Origin %.200r, Host %.200r); %s",
                 scope.get("path", ""),
                 refusal,
                 headers.get("origin"),
                 headers.get("host"),
+                FIXES.get(refusal, ""),
             )
             (self.openai if openai else self.rest).refuse("forbidden")
             await error_response(ErrorCode.FORBIDDEN, refusal, openai=openai)(scope, receive, send)
@@ -336,6 +344,17 @@ class HttpApi:
         front = self.openai if openai else self.sse if request.url.path.endswith("/events") else self.rest
         front.error(exc.code)
         return error_response(exc.code, exc.message, exc.headers, openai=openai, param=exc.param)
+
+    async def _no_route(self, request: Request, exc: Exception) -> Response:
+        """An unknown path under ``/api/v1`` or ``/v1`` (404), or a method a route does not take (405):
+        the JSON error shape of its routes, with an HTTP-only code (docs/http.md, "Errors")."""
+        assert isinstance(exc, HTTPException)
+        code = NO_ROUTE.get(exc.status_code, "bad_request")
+        message = f"{request.method} {route_path(request.scope)}: {exc.detail}"
+        openai = is_openai(route_path(request.scope))
+        (self.openai if openai else self.rest).error(code)
+        body = error_body(exc.status_code, code, message) if openai else {"error": {"code": code, "message": message}}
+        return JSONResponse(body, exc.status_code, dict(exc.headers or {}))
 
     def _running(self) -> None:
         runs = self.gw.runs

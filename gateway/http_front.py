@@ -36,7 +36,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from .config import Config
-from .front import FrontDoor
+from .front import FIXES, FrontDoor
 from .metrics import FrontMetrics
 
 log = logging.getLogger("wirepipe")
@@ -133,12 +133,13 @@ class HttpFront:
         # once, at INFO: a hostile page can cause these at will.  No query
         # string (it may hold ?auth=), no headers but the two judged.
         log.info(
-            "refused %s %.200s: %s (Origin %.200r, Host %.200r)",
+            "refused %s %.200s: %s (Origin %.200r, Host %.200r); %s",
             "WebSocket handshake to" if upgrade else "HTTP request for",
             path,
             refusal,
             headers.get("Origin"),
             headers.get("Host"),
+            FIXES.get(refusal, ""),
         )
         return Reply.text(HTTPStatus.FORBIDDEN, f"{refusal}\n")
 

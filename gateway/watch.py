@@ -1005,6 +1005,9 @@ class Watcher:
                 self.view.event(ev)
                 if ev.k in ("ask", "answer") or ev.seq == self.view.head:
                     self.asks_changed.set()
+                if ev.k == "ask" and self.opts.json and not self.can_answer and isinstance(ev.d, dict):
+                    # --json never prompts: say once, on stderr, why the output stops here
+                    self.view.note(f"ask {ev.d.get('id')} is open: answer it elsewhere, or pass --prompt")
                 if is_final(ev.k, ev.d):
                     self.view.result()
                     if not self.opts.follow:
@@ -1078,7 +1081,8 @@ class Watcher:
             return
         if not info.will_retry or info.delay is None:
             return
-        of = f"{info.attempt} of {self.opts.retries}" if self.opts.retries is not None else f"{info.attempt}"
+        # --retries N: the first attempt, then N retries (N + 1 attempts in all)
+        of = f"{info.attempt} of {self.opts.retries + 1}" if self.opts.retries is not None else f"{info.attempt}"
         what = "connection lost" if view.connected_once else f"cannot reach {self.opts.url}"
         what = f"{what} ({_reason(info)}); attempt {of} failed"
         view.retry = (time.monotonic() + info.delay, what)

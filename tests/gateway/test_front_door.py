@@ -105,6 +105,7 @@ async def test_a_foreign_origin_is_refused_before_the_upgrade(make_gw: Any, reco
     refusals = [r for r in records if r.name == "wirepipe" and "refused" in r.getMessage()]
     assert len(refusals) == 1 and refusals[0].levelno == logging.INFO
     assert "https://evil.example" in refusals[0].getMessage()
+    assert "pass --allow-origin ORIGIN" in refusals[0].getMessage()  # the fix, for the operator
     assert not [r for r in records if r.exc_info or r.levelno >= logging.ERROR]
 
 

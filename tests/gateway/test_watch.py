@@ -206,6 +206,8 @@ async def test_json_prints_one_event_per_line_and_never_prompts() -> None:
         watch = await Proc.spawn("watch", url, "--sid", "j1", "--start", "demo", "--input", DEMO_INPUT, "--json")
         await watch.until(lambda p: '"k": "ask"' in p.out)
         assert "Ship the result" not in watch.err and "answer with" not in watch.err  # no prompt at all
+        # ...but one line on stderr says why the output stops there
+        await watch.until(lambda p: "ask a1 is open: answer it elsewhere, or pass --prompt" in p.err)
         await answer(url, "j1", "yes")
         assert await watch.exit() == 0, watch.err
         lines = watch.out.splitlines()
@@ -284,7 +286,7 @@ async def test_an_unreachable_gateway_is_retried_with_a_countdown_then_exit_3() 
         assert await watch.exit() == 3
         err = watch.err
         assert f"cannot reach ws://127.0.0.1:{port}/" in err
-        assert "attempt 1 of 1 failed: retrying in" in err and "(Ctrl-C to stop)" in err
+        assert "attempt 1 of 2 failed: retrying in" in err and "(Ctrl-C to stop)" in err
         assert f"cannot reach the gateway at ws://127.0.0.1:{port}/" in err and "gave up after 2 attempts" in err
         assert "Traceback" not in err and watch.out == ""
     finally:

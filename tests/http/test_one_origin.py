@@ -154,3 +154,23 @@ async def test_a_port_in_use_raises_and_the_gateway_still_closes(front: str) -> 
         await asyncio.wait_for(gw.close(), TIMEOUT)
     finally:
         taken.close()
+
+
+async def test_an_unknown_route_gets_the_json_error_shape_of_its_api() -> None:
+    from gateway import Gateway, MemoryStore
+
+    async with Gateway(port=0, store=MemoryStore()) as gw, httpx.AsyncClient(base_url=gw.http_url[:-1]) as http:
+        r = await http.get("/api/v1/nope")
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "not_found" and "/api/v1/nope" in r.json()["error"]["message"]
+        r = await http.delete("/api/v1/sessions")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+        assert "GET" in r.headers["allow"]
+        r = await http.get("/v1/nope")  # the OpenAI-compatible routes answer in OpenAI's shape
+        assert r.status_code == 404
+        assert r.json()["error"] == {
+            "message": "GET /v1/nope: Not Found",
+            "type": r.json()["error"]["type"],
+            "param": None,
+            "code": "not_found",
+        }
