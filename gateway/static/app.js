@@ -71,6 +71,7 @@ const view = new View({
   logs: $('logs', HTMLElement),
   logsCount: $('logs-count', HTMLElement),
   runStatus: $('run-status', HTMLElement),
+  activity: $('activity', HTMLElement),
 }, { onReply: (askId, value) => reply(askId, value) });
 
 /** @type {string[]} */

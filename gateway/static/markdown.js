@@ -73,3 +73,61 @@ export function markdown(text) {
 export function proseOf(text) {
   return text.replace(/(^|\n)(```|~~~)[^\n]*\n[\s\S]*?(\n\2[^\n]*(?=\n|$)|$)/g, '$1').trim();
 }
+
+// fenceJson's bounds: a longer text is left as it is, a JSON value may span
+// this many lines, and this many parses are tried in all.
+const JSON_MAX_CHARS = 100_000;
+const JSON_MAX_LINES = 2_000;
+const JSON_MAX_PARSES = 2_000;
+
+/**
+ * `text` with each JSON array or object that stands on lines of its own (an
+ * agent's plan pasted into a message) as a fenced `json` code block,
+ * pretty-printed, so markdown shows it as code and not as prose with a `[`
+ * per paragraph. Fenced code is left as it is; so is a text over
+ * JSON_MAX_CHARS.
+ * @param {string} text
+ * @returns {string}
+ */
+export function fenceJson(text) {
+  if (text.length > JSON_MAX_CHARS || !/^\s*[[{]/m.test(text)) return text;
+  const lines = text.split('\n');
+  /** @type {string[]} */
+  const out = [];
+  let fence = '';
+  let parses = 0;
+  for (let i = 0; i < lines.length; i += 1) {
+    const line = lines[i];
+    const t = line.trim();
+    const opens = /^(```|~~~)/.exec(t);
+    if (fence) {
+      if (t.startsWith(fence) && t.replace(/[`~]/g, '') === '') fence = '';
+      out.push(line);
+      continue;
+    }
+    if (opens) { fence = opens[1]; out.push(line); continue; }
+    if ((t.startsWith('[') || t.startsWith('{')) && parses < JSON_MAX_PARSES) {
+      let chunk = '';
+      let found = -1;
+      /** @type {unknown} */
+      let value;
+      for (let j = i; j < lines.length && j < i + JSON_MAX_LINES && parses < JSON_MAX_PARSES; j += 1) {
+        chunk += (j > i ? '\n' : '') + lines[j];
+        const end = lines[j].trim();
+        if (!end.endsWith(']') && !end.endsWith('}')) continue;
+        parses += 1;
+        try { value = JSON.parse(chunk); found = j; break; } catch { /* not yet, or not JSON */ }
+      }
+      if (found >= 0 && value !== null && typeof value === 'object') {
+        const pretty = JSON.stringify(value, null, 2);
+        const run = Math.max(2, ...(pretty.match(/`+/g) || []).map((m) => m.length));
+        const marks = '`'.repeat(run + 1);  // longer than any run of backticks inside
+        out.push(`${marks}json`, pretty, marks);
+        i = found;
+        continue;
+      }
+    }
+    out.push(line);
+  }
+  return out.join('\n');
+}

@@ -36,7 +36,7 @@
 
 import { Snapshot, isMap } from '@wirepipe/client/state.js';
 import { child, clock, el, errorMessage, formatValue, shortValue, str, token } from './dom.js';
-import { markdown, proseOf } from './markdown.js';
+import { fenceJson, markdown, proseOf } from './markdown.js';
 
 /**
  * @typedef {import('@wirepipe/client/wirepipe.js').WirepipeEvent} WirepipeEvent
@@ -45,7 +45,7 @@ import { markdown, proseOf } from './markdown.js';
  * @typedef {import('./dom.js').Child} Child
  * @typedef {Record<string, any>} Payload a decoded map: an event's d, a task, an ask
  * @typedef {{feed: HTMLElement, planGoal: HTMLElement, planTasks: HTMLElement, planProgress: HTMLElement,
- *   logs: HTMLElement, logsCount: HTMLElement, runStatus: HTMLElement}} ViewElements
+ *   logs: HTMLElement, logsCount: HTMLElement, runStatus: HTMLElement, activity?: HTMLElement}} ViewElements
  * @typedef {{span: HTMLElement, text: string, replayed: number, moved?: boolean}} SnapshotText
  * @typedef {{id: string, block: HTMLElement, body: HTMLElement, md: HTMLElement, base?: SnapshotText,
  *   folded: boolean}} TextStream
@@ -547,6 +547,18 @@ export class View {
   }
 
   /**
+   * What the last code cell of `step` printed: its stdout and its value (the
+   * `result` stream), without stderr; '' if none.
+   * @param {Step} step
+   */
+  printed(step) {
+    const cells = step.body.querySelectorAll('.ev-code');
+    const last = cells.length ? cells[cells.length - 1] : null;
+    if (!last) return '';
+    return [...last.querySelectorAll('.out-stdout, .out-result')].map((b) => b.textContent || '').join('').trim();
+  }
+
+  /**
    * A step's pill says the status its task's latest event gave; a finished
    * step folds, unless a reader opened or closed it or it holds an open ask.
    * @param {Step} step
@@ -783,6 +795,15 @@ export class View {
     badge.dataset.state = d ? token(state) : 'none';
     child(badge, 'b', HTMLElement).textContent = d ? state : '—';
     badge.title = d && d.detail !== undefined ? formatValue(d.detail, 0) : '';
+    // What a running run says it is doing (loading MetaGPT, a config
+    // warning): one line, replaced by the next detail, gone at the end.
+    const activity = this.e.activity;
+    if (activity) {
+      const detail = d && (state === 'running' || state === 'waiting') && d.detail !== undefined && d.detail !== null
+        ? formatValue(d.detail, 0).trim() : '';
+      activity.textContent = detail;
+      activity.hidden = !detail;
+    }
     this.onStatus(d);
   }
 
@@ -878,18 +899,24 @@ const HANDLERS = {
       return;
     }
     const long = content.length > LONG_CHARS || content.split('\n').length > LONG_LINES;
-    const who = name || role;
-    const node = this.entry(ev, 'message', `card-ev role-${token(role)}${long ? ' long' : ''}`,
+    // A person's message after the plan is no request: it is the agent
+    // handing back its working context (MetaGPT's DataInterpreter ends with
+    // one, role user, that repeats the request, the plan and the results).
+    const report = person && this.planCard !== null;
+    const who = report ? name || 'Agent' : name || role;
+    const roleLabel = report ? 'final report' : name && role ? role : '';
+    const shown = markdown(fenceJson(content));
+    const node = this.entry(ev, 'message', `card-ev role-${token(role)}${long ? ' long' : ''}${report ? ' report' : ''}`,
       el('header', { class: 'ev-head' },
         el('span', { class: 'avatar', 'aria-hidden': 'true' }, who.slice(0, 1).toUpperCase()),
         el('b', { class: 'who' }, who),
-        name && role ? el('span', { class: 'role' }, role) : null,
+        roleLabel ? el('span', { class: 'role' }, roleLabel) : null,
         this.time(ev)),
       long
         ? el('details', { class: 'message-body message-long' },
-          el('summary', {}, `${firstLine(content, 90) || 'Message'} · ${content.length} characters`),
-          el('div', { class: 'md' }, markdown(content)))
-        : el('div', { class: 'message-body md' }, markdown(content)));
+          el('summary', {}, `${report ? 'Agent’s final report' : firstLine(content, 90) || 'Message'} · ${content.length} characters`),
+          el('div', { class: 'md' }, shown))
+        : el('div', { class: 'message-body md' }, shown));
     if (d.cause !== undefined && d.cause !== null && d.cause !== '') node.title = `cause: ${shortValue(d.cause)}`;
     this.messageCards.set(key, node);
     if (stream && !stream.folded && (stream.body.textContent || '').trim() === content.trim()) {
@@ -921,6 +948,14 @@ const HANDLERS = {
     el('ol', { class: 'plan-list' }, tasks.map((t) => el('li', {}, str(t.instruction, str(t.id))))));
     this.e.feed.append(card);  // a plan is never inside a step
     if (stream) this.fold(stream, card);
+    const old = this.planCard;
+    if (old) {
+      // The new card replaces it: no longer proposed, nor the plan.
+      old.classList.remove('proposed');
+      old.classList.add('replaced');
+      const kind = old.querySelector('.ev-kind');
+      if (kind) kind.after(el('span', { class: 'pill st-replaced replaced-pill' }, 'replaced'));
+    }
     this.planShown = shape;
     this.planCard = card;
   },
@@ -950,11 +985,14 @@ const HANDLERS = {
       step.body.append(el('div', { class: `ev step-result st-line-${token(status)}`, dataset: this.marks(ev, 'task') },
         el('span', { class: 'step-result-label' }, status === 'done' ? 'Result' : status),
         el('pre', {}, text)));
-      step.sum.textContent = shortValue(unquote(text), 140);
+      // What the step printed (its last code cell's stdout or value) says
+      // what it found; the result may have stderr joined in (MetaGPT's does).
+      const said = unquote(this.printed(step) || text);
+      step.sum.textContent = shortValue(said, 140);
       if (status === 'done') {
         const task = plan && plan.tasks.find((t) => t.id === id);
         const index = plan ? plan.tasks.findIndex((t) => t.id === id) : -1;
-        this.outcome = { text: unquote(text), from: `step ${index + 1}${task ? ` · ${shortValue(task.instruction, 70)}` : ''}` };
+        this.outcome = { text: said, from: `step ${index + 1}${task ? ` · ${shortValue(task.instruction, 70)}` : ''}` };
       }
     } else {
       step.body.append(mark(ev, 'task'));
@@ -1019,12 +1057,28 @@ const HANDLERS = {
     const level = str(d.level, 'INFO').toUpperCase();
     const rank = levelRank(d.level);
     const msg = str(d.msg);
+    const oneLine = msg.replace(/\s*\n\s*/g, ' ⏎ ');
+    const text = el('span', { class: 'log-msg' }, oneLine);
     const row = el('div', { class: `log lvl-${rank}${msg.trim() ? '' : ' empty'}`,
-      dataset: { ...this.marks(ev, 'log'), level: token(level) }, title: d.logger ? `${str(d.logger)}: ${msg}` : msg },
+      dataset: { ...this.marks(ev, 'log'), level: token(level) }, title: d.logger ? `${str(d.logger)}: ${msg}` : msg,
+      tabindex: '0', role: 'button', 'aria-expanded': 'false' },
     el('time', {}, clock(ev.ts)),
     el('span', { class: 'log-level' }, SHORT_LEVEL[level] || level.slice(0, 5)),
-    el('span', { class: 'log-msg' }, msg.replace(/\s*\n\s*/g, ' ⏎ ')));
-    row.addEventListener('click', () => row.classList.toggle('expanded'));
+    text);
+    // A click, or Enter or Space on the focused row, shows its whole text (lines and all), and again one line.
+    const toggle = () => {
+      const open = row.classList.toggle('expanded');
+      row.setAttribute('aria-expanded', String(open));
+      text.textContent = open ? `${d.logger ? `${str(d.logger)}: ` : ''}${msg}` : oneLine;
+    };
+    row.addEventListener('click', () => {
+      const selection = window.getSelection();  // selecting text in a row is no click on it
+      if (selection && !selection.isCollapsed && row.contains(selection.anchorNode)) return;
+      toggle();
+    });
+    row.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); toggle(); }
+    });
     this.e.logs.append(row);
     if (msg.trim()) this.logCount += 1;
     this.e.logsCount.textContent = this.logCount ? String(this.logCount) : '';

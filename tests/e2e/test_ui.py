@@ -10,6 +10,7 @@ on a sid with no run yet that waits for it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
@@ -60,7 +61,10 @@ async def traceback_app(pipe: WebPipe, value: Any) -> None:
 
 
 async def asking_app(pipe: WebPipe, value: Any) -> None:
-    """Code, then an ask about it; the answer is the result."""
+    """What it is doing, code, then an ask about it; the answer is the result."""
+    pipe.emit("status", {"state": "running", "detail": "loading the model"})
+    pipe.emit("status", {"state": "running", "detail": "model loaded in 0.1 s"})
+    pipe.emit("log", {"level": "INFO", "msg": "first line of a long log\nsecond line", "logger": "agent"})
     pipe.emit("code", {"id": "c1", "lang": "python", "source": "\n".join(f"x{i} = {i}" for i in range(12))})
     pipe.emit("output", {"id": "c1", "stream": "stdout", "text": "ok\n"})
     prompt = "Keep this code?\n" + "Boilerplate the agent always adds. " * 20
@@ -68,7 +72,33 @@ async def asking_app(pipe: WebPipe, value: Any) -> None:
     pipe.emit("message", {"role": "assistant", "name": "coder", "content": f"You chose **{answer}**."})
 
 
-APPS: dict[str, App] = {"md": markdown_app, "tb": traceback_app, "ask": asking_app}
+PLAN = {"goal": "Count words", "tasks": [{"id": "1", "instruction": "Load the text"}]}
+REPORT = """## User Requirement
+Count words
+## Current Plan
+[
+    {
+        "task_id": "1",
+        "instruction": "Load the text",
+        "result": "63 characters"
+    },
+    {
+        "task_id": "2",
+        "instruction": "Count the words",
+        "result": "12 words"
+    }
+]
+"""
+
+
+async def planning_app(pipe: WebPipe, value: Any) -> None:
+    """A proposed plan replaced by another, then (as DataInterpreter ends) a user message with the plan as JSON."""
+    pipe.emit("plan", {**PLAN, "proposed": True})
+    pipe.emit("plan", {**PLAN, "tasks": [*PLAN["tasks"], {"id": "2", "instruction": "Count the words"}]})
+    pipe.emit("message", {"role": "user", "name": "David", "content": REPORT})
+
+
+APPS: dict[str, App] = {"md": markdown_app, "tb": traceback_app, "ask": asking_app, "plans": planning_app}
 
 
 @pytest.fixture
@@ -120,10 +150,40 @@ async def test_failure_card_shows_the_exceptions_last_line(gw: Gateway, open_pag
     await expect(card.locator(".failure-more")).to_contain_text("Traceback (most recent call last):")
 
 
+async def test_a_replaced_plan_and_the_agents_final_report(gw: Gateway, open_page: Any) -> None:
+    page = await open_page(run_url(gw, "plans"))
+    await expect(page.locator("#run-status")).to_have_attribute("data-state", "done")
+    first, second = page.locator(".ev-plan").nth(0), page.locator(".ev-plan").nth(1)
+    await expect(first).to_have_class(re.compile(r"\breplaced\b"))
+    await expect(first.locator(".replaced-pill")).to_be_visible()
+    await expect(first.locator(".proposed-pill")).to_be_hidden()
+    await expect(second.locator(".ev-kind")).to_have_text("Plan updated")
+    # The user message after the plan: the agent's report, its JSON as a code block, folded.
+    report = page.locator(".ev-message.report")
+    await expect(report.locator(".who")).to_have_text("David")
+    await expect(report.locator(".role")).to_have_text("final report")
+    await expect(report.locator("summary")).to_contain_text("Agent’s final report")
+    await report.locator("summary").click()
+    code = report.locator("pre code.language-json")
+    await expect(code).to_contain_text('"task_id": "1"')
+    assert json.loads(await code.inner_text())[0]["result"] == "63 characters"
+
+
 async def test_ask_is_docked_and_answerable_on_a_phone(gw: Gateway, open_page: Any, artifacts: Any) -> None:
     page = await open_page(run_url(gw, "ask"), viewport=PHONE)
     card = page.locator(".ask-card")
     await expect(card).to_be_visible()
+    # What the run said it is doing: the latest detail, one line above the feed, no card.
+    await expect(page.locator("#activity")).to_have_text("model loaded in 0.1 s")
+    assert "loading the model" not in await page.locator("main").inner_text()
+    # A log row cut to one line opens on Enter (and closes on a click).
+    row = page.locator(".log", has_text="first line of a long log")
+    await row.focus()
+    await row.press("Enter")
+    await expect(row).to_have_attribute("aria-expanded", "true")
+    await expect(row.locator(".log-msg")).to_have_text("agent: first line of a long log\nsecond line")
+    await row.click()
+    await expect(row).to_have_attribute("aria-expanded", "false")
     # Choices first, the agent's long prompt folded, the card after (not over) the code.
     await expect(card.locator(".ask-title")).to_have_text("?Keep this code?")
     await expect(card.locator(".ask-prompt pre")).to_be_hidden()
@@ -141,6 +201,7 @@ async def test_ask_is_docked_and_answerable_on_a_phone(gw: Gateway, open_page: A
     await expect(card).to_have_count(0)
     await expect(page.locator(".ev-ask.answered")).to_contain_text("drop")
     await expect(page.locator(".result-card")).to_contain_text("You chose drop.")
+    await expect(page.locator("#activity")).to_be_hidden()
 
 
 async def test_sessions_list_rejoins_a_run(open_page: Any) -> None:

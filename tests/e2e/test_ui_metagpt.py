@@ -131,8 +131,15 @@ async def test_data_interpreter_run_reads_as_a_product(served: Any, open_page: A
         await expect(card.locator(".outcome-from")).to_contain_text("step 3")
         await card.scroll_into_view_if_needed()
         await shoot(page, artifacts / f"mg-{name}-result.png")
-    # The working context DataInterpreter hands back last is folded, not shown as a result.
+    # The working context DataInterpreter hands back last is folded, not shown as a result:
+    # labelled as the agent's report (not as the user), its plan JSON a code block.
     await expect(desk.locator(".ev-message.long details")).to_have_count(1)
+    report = desk.locator(".ev-message.report")
+    await expect(report.locator(".role")).to_have_text("final report")
+    await report.locator("summary").click()
+    await expect(report.locator("pre code.language-json").first).to_contain_text('"task_id": "2"')
+    # A step's one line is what it printed: stdout, not the stderr MetaGPT joins into its result.
+    await expect(desk.locator('details.step[data-task-id="2"] .step-sum')).to_have_text("12 words, 11 distinct")
 
 
 async def test_a_failed_data_interpreter_run_says_why(served: Any, open_page: Any, artifacts: Path) -> None:
