@@ -36,17 +36,10 @@ from enum import Enum
 from typing import Any, Final
 
 from protocol import FINAL_STATES, Kind, RunState
+from protocol.events import LOG_LEVELS
 
 #: Log levels by name (loguru's, which MetaGPT logs with); an unknown name counts as INFO.
-LEVELS: Final[dict[str, int]] = {
-    "TRACE": 5,
-    "DEBUG": 10,
-    "INFO": 20,
-    "SUCCESS": 25,
-    "WARNING": 30,
-    "ERROR": 40,
-    "CRITICAL": 50,
-}
+LEVELS: Final[dict[str, int]] = LOG_LEVELS
 #: The level a chat shows logs from unless the request chooses (``wirepipe.log_level``).
 DEFAULT_LEVEL: Final = "INFO"
 #: What a chat sends to show no log lines.

@@ -98,3 +98,16 @@ def is_final(k: str, d: Any) -> bool:
     state = d.get("state")
     # An unhashable state (a list, a map) must not raise from a frozenset lookup.
     return isinstance(state, str) and state in FINAL_STATES
+
+
+#: Log levels by name and number: loguru's (which MetaGPT logs with), a superset of
+#: the ``log`` event's usual DEBUG, INFO, WARNING and ERROR.
+LOG_LEVELS: Final[dict[str, int]] = {
+    "TRACE": 5,
+    "DEBUG": 10,
+    "INFO": 20,
+    "SUCCESS": 25,
+    "WARNING": 30,
+    "ERROR": 40,
+    "CRITICAL": 50,
+}

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
+from protocol.events import LOG_LEVELS
+
 from .mapping import message_event, plain, plan_event
 from .setup import prepare
 
@@ -52,15 +54,7 @@ _run_ids = itertools.count(1)
 RUN_THREAD_NAME: Final = "wirepipe-metagpt-run"
 
 #: loguru's level numbers, so a level can be checked without importing loguru.
-_LEVELS: Final = {
-    "TRACE": 5,
-    "DEBUG": 10,
-    "INFO": 20,
-    "SUCCESS": 25,
-    "WARNING": 30,
-    "ERROR": 40,
-    "CRITICAL": 50,
-}
+_LEVELS: Final = LOG_LEVELS
 
 
 class ReviewExit(asyncio.CancelledError):
