@@ -130,6 +130,8 @@ class ClientProtocol:
         self._live_hello = False
         self._start_sent = False
         self._lagged = False
+        #: A ``bad_token`` error came on this socket: its 4401 means "retry without the token".
+        self._token_refused = False
         self._ack_every = 0
         self._acked_seq = 0
         self._out: list[ClientFrame] = []
@@ -182,7 +184,9 @@ class ClientProtocol:
 
         Returns ``"retry"`` (reconnect with backoff), ``"stop"`` or
         ``"reauth"`` (stop until new credentials; the resume token is
-        dropped, so that reconnect starts over with a reset).
+        dropped, so that reconnect starts over with a reset).  A 4401 after a
+        ``bad_token`` error is ``"retry"``: the token was refused, not the
+        credential, and the next hello goes without it.
         """
         self._connected = False
         self.welcomed = False
@@ -190,6 +194,12 @@ class ClientProtocol:
         action = close_action(code)
         if action == "reauth":
             self.resume = None
+            if self._token_refused:
+                # Only the resume token was refused (``bad_token``: expired, or a
+                # gateway restarted with another secret), not the credential:
+                # start over without it, a hello that gets a fresh welcome.
+                action = "retry"
+        self._token_refused = False
         return action
 
     # --- input -------------------------------------------------------------------
@@ -223,6 +233,8 @@ class ClientProtocol:
         elif isinstance(frame, Error):
             if frame.code == ErrorCode.LAGGED:
                 self._lagged = True
+            elif frame.code == ErrorCode.BAD_TOKEN:
+                self._token_refused = True
             self.errors.append(frame)
             out.append(frame)
         return out

@@ -53,6 +53,8 @@ export class ClientCore {
     this._liveHello = false;
     this._startSent = false;
     this._lagged = false;
+    /** A bad_token error came on this socket: its 4401 means "retry without the token". */
+    this._tokenRefused = false;
     this._ackEvery = 0;
     this._ackedSeq = 0;
     /** @type {Frame[]} */
@@ -106,8 +108,14 @@ export class ClientCore {
     this._connected = false;
     this.welcomed = false;
     this._out = [];
-    const action = closeAction(code);
-    if (action === 'reauth') this.resume = null; // the next welcome starts over
+    let action = closeAction(code);
+    if (action === 'reauth') {
+      this.resume = null; // the next welcome starts over
+      // Only the resume token was refused (bad_token: expired, or a gateway
+      // restarted with another secret), not the credential: retry without it.
+      if (this._tokenRefused) action = 'retry';
+    }
+    this._tokenRefused = false;
     return action;
   }
 
@@ -137,6 +145,7 @@ export class ClientCore {
         break;
       case 'error':
         if (frame.code === 'lagged') this._lagged = true;
+        else if (frame.code === 'bad_token') this._tokenRefused = true;
         this.errors.push(frame);
         out.push({ type: 'error', frame });
         break;
