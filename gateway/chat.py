@@ -227,14 +227,14 @@ def _text(v: Any) -> str:
 
 
 def message_text(message: Any) -> str:
-    """The text of one chat message: a string content, or its ``text`` parts joined."""
+    """The text of one chat message: a string content, or its ``text`` parts joined by newlines."""
     if not isinstance(message, dict):
         return ""
     content = message.get("content")
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
     return ""
 
 

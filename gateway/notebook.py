@@ -144,7 +144,13 @@ class RunWidget(anywidget.AnyWidget):
             ValueError: ``browser_url`` (or the client's URL) is not a gateway URL.
             RuntimeError: no event loop is running (a Jupyter kernel runs one).
         """
-        loop = asyncio.get_running_loop()  # RuntimeError outside a kernel or a coroutine, before any comm opens
+        try:
+            loop = asyncio.get_running_loop()  # before any comm opens
+        except RuntimeError:
+            raise RuntimeError(
+                "the widget follows its run on a running event loop: call it in a Jupyter kernel "
+                "(which runs one), or from a coroutine (docs/notebook.md)"
+            ) from None
         shown = browser_url or client.url
         base = http_base(shown)
         super().__init__(url=shown, base=base, sid=client.sid, needs_auth=bool(client.auth))

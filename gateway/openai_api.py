@@ -151,7 +151,8 @@ class OpenAiApi:
             raise ApiError(ErrorCode.BAD_FRAME, str(exc), param="wirepipe.log_level") from None
         options = body.get("stream_options")
         usage = isinstance(options, dict) and options.get("include_usage") is True
-        sid = request.headers.get(SESSION_HEADER) or find_session(messages) or f"chat-{secrets.token_hex(6)}"
+        named = request.headers.get(SESSION_HEADER) or find_session(messages)
+        sid = named or f"chat-{secrets.token_hex(6)}"
         if not SID_RE.fullmatch(sid):
             raise ApiError(ErrorCode.BAD_FRAME, f"{SESSION_HEADER} is 1-128 chars of [A-Za-z0-9._:-]")
         grant = await api._grant(request, sid)
@@ -166,6 +167,15 @@ class OpenAiApi:
                 info, snapshot, at = got
                 epoch, cursor = info.epoch, at
                 await self._continue(request, sid, snapshot, text, grant, size)
+            elif got is not None and named is not None:
+                # One conversation, one run: a message after its end (a late or repeated
+                # answer, a regenerated reply) must not start an agent run of its own.
+                raise ApiError(
+                    ErrorCode.ENDED,
+                    f"the run of session {sid!r} has ended ({_state(got[1]) or 'ended'}): "
+                    f"start a new conversation to run {model!r} again",
+                    param="messages",
+                )
             else:
                 value = ext["input"] if "input" in ext else text
                 if check_value(value) is not None:
@@ -355,7 +365,10 @@ class ChatReply(EventStream):
         last = chunk(self.cid, self.created, self.model, finish="stop", extra=self._extra())
         out = sse(last)
         if self.usage:
-            out += sse({**chunk(self.cid, self.created, self.model, ""), "choices": [], "usage": USAGE})
+            # the extension rides on the usage chunk too: a client that reads the last
+            # chunk before [DONE] (docs/openai.md) finds the state there either way
+            usage = chunk(self.cid, self.created, self.model, "", extra=self._extra())
+            out += sse({**usage, "choices": [], "usage": USAGE})
         await self._write(send, out + sse("[DONE]"))
 
     async def _close(self, send: Send, failure: StoreUnavailable | None) -> None:

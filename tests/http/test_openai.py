@@ -22,6 +22,7 @@ from gateway import Gateway, MemoryStore
 from gateway.chat import find_session
 from gateway.client import Client
 from gateway.config import App
+from gateway.http_api import snapshot_of
 from gateway.integrations.demo import app as demo
 from protocol import Grant
 
@@ -138,17 +139,24 @@ async def test_an_answer_given_elsewhere_and_a_non_streaming_request() -> None:
         )
         assert wp(done)["state"] == "done"
         assert "The human said 'no'." in (done.choices[0].message.content or "")
-        # The run ended: the next message in the conversation starts a new run of the sid.
-        again = await oa.chat.completions.with_raw_response.create(
-            model="demo",
-            messages=[{"role": "user", "content": "x"}],
-            extra_headers={"X-Wirepipe-Session": sid},
-            extra_body={"wirepipe": {"input": {**QUICK, "ask": False}}},
+        # The run ended: a late or repeated message in the conversation starts no run of its own
+        # (one conversation, one run), with or without the same Idempotency-Key.
+        for key in ("k-late", "k-late"):
+            r = await http_post(gw, sid, "yes", key)
+            assert r.status_code == 409, r.text
+            err = r.json()["error"]
+            assert err["code"] == "ended" and "start a new conversation" in err["message"], err
+        got = await snapshot_of(gw, sid)
+        assert got is not None and got[0].epoch == wp(first)["epoch"]  # still the first run
+
+
+async def http_post(gw: Gateway, sid: str, text: str, key: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=gw.http_url, timeout=TIMEOUT) as http:
+        return await http.post(
+            "v1/chat/completions",
+            json={"model": "demo", "messages": [{"role": "user", "content": text}]},
+            headers={"X-Wirepipe-Session": sid, "Idempotency-Key": key},
         )
-        assert again.headers["x-wirepipe-session"] == sid
-        body = again.parse()
-        assert wp(body)["state"] == "done"
-        assert wp(body)["epoch"] != wp(first)["epoch"]
 
 
 async def test_bad_requests_get_the_openai_error_shape() -> None:
@@ -242,3 +250,22 @@ async def test_a_cut_stream_leaves_the_run_going() -> None:
         )
         assert wp(done)["state"] == "done"
         await asyncio.wait_for(s.drained(), TIMEOUT)
+
+
+async def test_with_usage_the_last_chunk_before_done_still_says_the_state() -> None:
+    """``stream_options.include_usage`` adds a usage chunk last: it carries ``wirepipe`` too (docs/openai.md)."""
+    async with gateway() as gw:
+        oa = sdk(gw)
+        chunks = [
+            c
+            async for c in await oa.chat.completions.create(
+                model="demo",
+                messages=[{"role": "user", "content": "go"}],
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"wirepipe": {"input": {**QUICK, "ask": False}}},
+            )
+        ]
+        last = chunks[-1]
+        assert last.usage is not None and last.choices == []
+        assert wp(last)["state"] == "done"
