@@ -383,7 +383,11 @@ class ChatReply(EventStream):
         if failure is not None:
             self._notes.append("\n\n*(the session store is unreachable: send a message again to continue)*\n")
         elif self.api.gw.runs.closing:
-            self._notes.append("\n\n*(the gateway is shutting down: send a message again to continue)*\n")
+            if self.sid in self.api.gw.runs.sessions:  # its run is this gateway's: it stops with it
+                self._notes.append("\n\n*(the gateway is shutting down: this run is cancelled with it)*\n")
+                self.state = "cancelled"
+            else:  # a worker's (or another node's) run goes on
+                self._notes.append("\n\n*(the gateway is shutting down: send a message again to continue)*\n")
         else:
             self._notes.append("\n\n*(this session's log is gone)*\n")
         await self._finish(send)
