@@ -145,6 +145,14 @@ class OpenAiApi:
         ext = body.get("wirepipe") or {}
         if not isinstance(ext, dict):
             raise ApiError(ErrorCode.BAD_FRAME, "wirepipe is an object", param="wirepipe")
+        if not text.strip() and "input" not in ext:
+            raise ApiError(
+                ErrorCode.BAD_FRAME, "the last user message has no text (a string, or text parts)", param="messages"
+            )
+        if body.get("n", 1) != 1:
+            raise ApiError(ErrorCode.BAD_FRAME, "n must be 1: a run has one reply", param="n")
+        if not isinstance(body.get("stream", False), bool):
+            raise ApiError(ErrorCode.BAD_FRAME, "stream is true or false", param="stream")
         try:
             level = level_of(ext.get("log_level"))
         except ValueError as exc:

@@ -195,6 +195,18 @@ async def test_bad_requests_get_the_openai_error_shape() -> None:
             assert r.json()["error"]["code"] == "forbidden" and r.json()["error"]["type"] == "permission_error"
             r = await http.post("v1/chat/completions", content=b"not json", headers={"Authorization": "Bearer op"})
             assert r.status_code == 400 and r.json()["error"]["code"] == "bad_frame"
+            # A message with no text, more than one choice, a stream flag that is not a boolean: 400, no run.
+            for body, param in (
+                ({"messages": [{"role": "user", "content": None}]}, "messages"),
+                ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
+                ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
+                ({"messages": [{"role": "user", "content": "hi"}], "stream": "true"}, "stream"),
+            ):
+                r = await http.post(
+                    "v1/chat/completions", json={"model": "demo", **body}, headers={"Authorization": "Bearer op"}
+                )
+                assert r.status_code == 400, (body, r.text)
+                assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("bad_frame", param)
         assert not gw.runs.sessions  # no request above started a run
 
 
