@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 from support import TIMEOUT
 
-from gateway.cli import EXIT_CANNOT_BIND, main
+from gateway.cli import EXIT_CANNOT_BIND, PER_REQUEST_LOGGERS, main
 
 ROOT = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).parent / "wirepipe"
@@ -63,9 +64,20 @@ async def run(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[Any, str, str]:
-    """``gateway.cli.main(argv)`` in-process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
+    """``gateway.cli.main(argv)`` in-process; returns (exit code, stdout, stderr).
+
+    ``main`` sets the levels of loggers (``_setup_logging``: websockets' and
+    uvicorn's per-request ones quieted above DEBUG), as a command does for its
+    process; they are put back, so that later tests in this process hear them.
+    """
+    touched = [logging.getLogger(name) for name in (*PER_REQUEST_LOGGERS, "traitlets")]
+    levels = [lg.level for lg in touched]
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+    finally:
+        for lg, level in zip(touched, levels, strict=True):
+            lg.setLevel(level)
     cap = capsys.readouterr()
     return exc.value.code, cap.out, cap.err
 

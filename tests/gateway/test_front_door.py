@@ -82,10 +82,8 @@ class Records:
 
 @pytest.fixture
 def records(caplog: pytest.LogCaptureFixture) -> Records:
-    """Records at every level, DEBUG included (websockets' own logger too, which ``wirepipe serve``
-    quiets above DEBUG: a test that ran the CLI in this process may have)."""
+    """Records at every level, DEBUG included."""
     caplog.set_level(logging.DEBUG)
-    caplog.set_level(logging.DEBUG, logger="wirepipe.ws")
     return Records(caplog)
 
 
