@@ -149,7 +149,6 @@ class Gateway:
         self._server: Server | None = None
         #: uvicorn, with the ``uvicorn`` front (``gateway/uvicorn_front.py``).
         self._uvicorn: UvicornFront | None = None
-        self._started = False
         self._closing = False
         self._closed = asyncio.Event()
         self._janitor: asyncio.Task[None] | None = None
@@ -172,8 +171,7 @@ class Gateway:
         Raises:
             OSError: the address cannot be bound.
         """
-        self.runs.loop = asyncio.get_running_loop()
-        self._started = True
+        self.runs.loop = asyncio.get_running_loop()  # also: the gateway is started
         share_attribute_names()
         cfg = self.config
         if self.auth is None and cfg.default_grant is None and not is_loopback(self.host):
@@ -287,7 +285,7 @@ class Gateway:
 
     async def serve_forever(self) -> None:
         """Run until cancelled (or until ``close``)."""
-        if not self._started:
+        if self.runs.loop is None:  # not started
             await self.start()
         await self._closed.wait()
 
