@@ -12,7 +12,9 @@ Workloads (each also runs on its own, without valgrind, as ``run ...``):
 
 pipe     ``set_message`` from a thread, ``--n`` events of ``--kind`` (text,
          log, plan: the events of ``bench.pipe_cost``), no client: what
-         ``pipe_cost`` times, until the events are stored.
+         ``pipe_cost`` times, until the events are stored.  With ``--loop``
+         the agent writes on the event loop instead (an async agent): each
+         event is stored inside its ``set_message``.
 many     ``--sessions`` sessions x ``--watchers`` clients (Node,
          ``bench/watchers.mjs --fast``, in processes of their own), ``--n``
          events written round robin on the event loop, ``--tick`` of them
@@ -25,6 +27,7 @@ many     ``--sessions`` sessions x ``--watchers`` clients (Node,
 
 Usage:
     python -m bench.instr pipe --kind text --n 20000          # Ir per set_message
+    python -m bench.instr pipe --kind text --n 20000 --loop   # the same, on the event loop
     python -m bench.instr many --server gateway --n 5000      # Ir per delivery
     python -m bench.instr many --server bare --n 5000
     python -m bench.instr run many --server gateway --n 5000  # the workload once, no valgrind
@@ -52,7 +55,7 @@ KINDS: dict[str, Any] = {
 }
 
 
-async def run_pipe(kind: str, n: int) -> None:
+async def run_pipe(kind: str, n: int, on_loop: bool = False) -> None:
     from gateway import Gateway, MemoryStore
 
     async with Gateway(port=0, store=MemoryStore(), heartbeat=0, stall_timeout=3600.0) as gw:
@@ -68,9 +71,12 @@ async def run_pipe(kind: str, n: int) -> None:
                     pipe.set_message(msg)
 
         await pipe.drained()
-        th = threading.Thread(target=agent)
-        th.start()
-        await asyncio.to_thread(th.join)
+        if on_loop:  # an agent on the gateway's loop: each event is stored (and pushed) inside its call
+            agent()
+        else:
+            th = threading.Thread(target=agent)
+            th.start()
+            await asyncio.to_thread(th.join)
         await pipe.drained()
         assert pipe.head == n, (pipe.head, n)
         pipe.close()
@@ -198,7 +204,7 @@ def main() -> None:
     if top.workload == "run":
         a = _args(top.rest)
         if a.workload == "pipe":
-            asyncio.run(run_pipe(a.kind, a.n))
+            asyncio.run(run_pipe(a.kind, a.n, a.loop))
         else:
             asyncio.run(run_many(a.server, a.sessions, a.watchers, a.n, a.tick))
         return
@@ -225,6 +231,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("workload", choices=["pipe", "many"])
     p.add_argument("--kind", default="text", choices=["text", "log", "plan"])
+    p.add_argument("--loop", action="store_true", help="pipe: the agent writes on the event loop, not from a thread")
     p.add_argument("--n", type=int, default=20_000)
     p.add_argument("--server", default="gateway", choices=["gateway", "bare"])
     p.add_argument("--sessions", type=int, default=100)

@@ -109,6 +109,13 @@ MAX_REMEMBERED_RIDS: Final = 10_000
 #: Events handed to the store in one append, at most (a long backlog is
 #: written in slices, so that no single store call blocks for long).
 MAX_FLUSH_BATCH: Final = 1000
+#: A batch of at least this many events means an agent thread writes faster
+#: than the writer stores: the writer then lets events gather for
+#: ``GATHER_SECONDS`` before it looks again, instead of waking for every few
+#: (each wake is a hand-over of the GIL between the agent's thread and the
+#: loop's, which cost more than the events themselves: ``bench.pipe_cost``).
+GATHER_EVENTS: Final = 16
+GATHER_SECONDS: Final = 0.001
 #: Kinds whose payload the snapshot reducer keeps: emit hands on a copy, as
 #: a client decodes it, so that an agent mutating its dict later changes nothing.
 _KEPT_KINDS: Final = frozenset(k.value for k in (Kind.PLAN, Kind.TASK, Kind.ASK, Kind.STATUS))
@@ -119,10 +126,11 @@ RETRY_CAP: Final = 2.0
 MAX_ODD_FAILURES: Final = 5
 #: What a Python encoder may raise for a value it cannot write.
 _ENCODE_ERRORS: Final = (ValueError, TypeError, OverflowError, RecursionError)
-# Once per event, so bound once: the clock, and what makes an ``Appended``
+# Once per event, so bound once: the clock, the thread's id, and what makes an ``Appended``
 # without the named tuple's Python-level ``__new__`` (``_tuple_new(Appended, fields)``).
 _now: Final = time.time
 _tuple_new: Final = tuple.__new__
+_get_ident: Final = threading.get_ident
 # An ``Appended``'s fields, in C and by index (cheaper than by name): (k, d) for the reducer, raw for its size.
 _K_D: Final = itemgetter(Appended._fields.index("k"), Appended._fields.index("d"))
 _RAW: Final = itemgetter(Appended._fields.index("raw"))
@@ -185,6 +193,9 @@ class Session:
         #: A store in this process: events emitted on the loop while the
         #: writer waits are stored at once (``_store_now``).
         self._direct = direct_of(store) if self._leases is None else None
+        #: With a ``_direct`` store: the id of the loop's thread, once the writer
+        #: runs there (``emit`` on that thread stores at once); else None.
+        self._direct_tid: int | None = None
         self._server: asyncio.Task[None] | None = None
         self._lease_lost = False
         self._renewer: asyncio.Task[None] | None = None
@@ -343,7 +354,7 @@ class Session:
             # loop, and the store is Direct: the event is stored below, at
             # once (``_store_now``), not queued for the writer, which waits on.
             kick = self._idle
-            now = kick and self._direct is not None and not self.ended and not self._verify and on_loop(self.loop)
+            now = kick and self._direct_tid == _get_ident() and not self.ended and not self._verify
             if not now:
                 self._pending.append(ev)
                 self._waiting += 1
@@ -354,7 +365,7 @@ class Session:
         if now:
             self._store_now(ev, size)
         elif kick:
-            if on_loop(self.loop):
+            if self._direct_tid == _get_ident() or on_loop(self.loop):
                 self._more.set()
             else:
                 try:
@@ -428,6 +439,8 @@ class Session:
                     raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {self.sid!r} already has a run (on another node)")
                 self._renewer = self.loop.create_task(self._renew(), name=f"wirepipe-lease-{self.sid}")
             await self._retry(lambda: self._create())
+            if self._direct is not None:
+                self._direct_tid = threading.get_ident()
             self.ready.set_result(None)
             if self._requests is not None:
                 self._server = self.loop.create_task(
@@ -446,6 +459,8 @@ class Session:
                         self._idle = True  # under the lock: the next emit kicks us
                 if batch:
                     await self._store(batch)
+                    if len(batch) >= GATHER_EVENTS and len(self._pending) < MAX_FLUSH_BATCH and not self.ended:
+                        await asyncio.sleep(GATHER_SECONDS)  # a pace (see GATHER_EVENTS), not a synchronisation
                     continue
                 if self.ended and not self._end_stored:
                     # After the final status nothing more can be emitted: end the log.
@@ -575,7 +590,7 @@ class Session:
         direct = self._direct
         assert direct is not None
         try:
-            direct.append_now(self.sid, (ev,), epoch=self.epoch)
+            direct.append_one(self.sid, ev, self.epoch)
         except Exception:
             lock = self._lock
             with lock:

@@ -397,6 +397,9 @@ class Direct(Protocol):
     def append_now(self, sid: str, events: Sequence[Appended], *, epoch: str | None = None) -> None:
         """``Store.append``, done before it returns (same errors)."""
 
+    def append_one(self, sid: str, ev: Appended, epoch: str) -> None:
+        """``append_now(sid, (ev,), epoch=epoch)``: one event, the writer's append on the loop."""
+
     def listen(self, sid: str, fn: Listener) -> None:
         """Call ``fn`` after every change of the log of ``sid`` (see ``Listener``), until ``unlisten``.
 

@@ -208,6 +208,42 @@ class MemoryStore:
             if fns:
                 self._tell(sid, log, new, fns)
 
+    def append_one(self, sid: str, ev: Appended, epoch: str) -> None:
+        """``append_now(sid, (ev,), epoch=epoch)``: the one event a writer appends on the loop.
+
+        The common case (the log of ``epoch`` exists and ``ev`` is the seq
+        after its head) taken in one step; anything else goes the long way,
+        with the same errors.
+        """
+        log = self._logs.get(sid)
+        if log is None or log.epoch != epoch:
+            return self.append_now(sid, (ev,), epoch=epoch)
+        raws = log.events
+        seq, k, d, raw = ev
+        if seq != log.first + len(raws) - log.skip:
+            return self.append_now(sid, (ev,), epoch=epoch)
+        # Snapshot.apply, with the fold of an open stream's delta inlined (Snapshot.fold)
+        if k == "text" and type(d) is dict and len(d) == 2:
+            parts = log.snap.texts.get(d.get("id"))  # type: ignore[arg-type]
+            delta = d.get("delta")
+            if parts is not None and type(delta) is str:
+                parts.append(delta)
+            else:
+                log.snap.apply(k, d, owned=True)
+        else:
+            log.snap.apply(k, d, owned=True)
+        raws.append(raw)
+        log.nbytes = nbytes = log.nbytes + len(raw)
+        retention = self.retention
+        if len(raws) - log.skip > retention.max_events or nbytes > retention.max_bytes:
+            log.trim(retention)  # keeps the newest event: ``raw`` is still held
+        if log.changed is not None:
+            log.wake()
+        fns = self._listeners.get(sid)
+        if fns:
+            self._tell(sid, log, [raw], fns)
+        return None
+
     async def read(
         self, sid: str, after: int, *, limit: int = 1000, max_bytes: int = 1 << 20, epoch: str | None = None
     ) -> list[bytes]:

@@ -182,6 +182,42 @@ class _Deferred(MemoryStore):
         await super().append(sid, events, epoch=epoch)
 
 
+class _Counting(_Deferred):
+    """Counts the appends (the writer's batches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appends = 0
+
+    async def append(self, sid: str, events: Sequence[Appended], *, epoch: str | None = None) -> None:
+        self.appends += 1
+        await super().append(sid, events, epoch=epoch)
+
+
+async def test_a_thread_that_writes_fast_is_stored_in_large_batches(make_gw: MakeGateway) -> None:
+    """The writer lets a fast agent thread's events gather (``GATHER_EVENTS``), all in order.
+
+    Without that it woke for every few events (about eight), each wake a
+    hand-over of the GIL between the two threads; with it a batch holds what
+    the thread wrote in a millisecond or more, hundreds of events.
+    """
+    store = _Counting()
+    gw = await make_gw(store=store)
+    pipe = gw.pipe("fast")
+    await asyncio.wait_for(pipe.drained(), TIMEOUT)
+    n = 20_000
+
+    def agent() -> None:
+        for i in range(n):
+            pipe.set_message(f"{i} ")
+
+    await asyncio.to_thread(agent)
+    evs = await logged(gw, pipe)
+    assert [e.d["delta"] for e in evs] == [f"{i} " for i in range(n)]
+    assert store.appends <= n // 32, store.appends
+    pipe.close()
+
+
 async def test_the_snapshot_keeps_a_plan_as_written_not_as_the_agent_changes_it_later(make_gw: MakeGateway) -> None:
     gw = await make_gw(store=_Deferred())
     pipe = gw.pipe("mutated")
