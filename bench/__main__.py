@@ -154,8 +154,8 @@ def steady(
         return {
             "events_written": done["written"],
             "deliveries": report["events"],
-            "latency_p50_ms": round(report["p50_ms"], 2),
-            "latency_p99_ms": round(report["p99_ms"], 2),
+            "latency_p50_ms": round(report["p50_ms"], 3),
+            "latency_p99_ms": round(report["p99_ms"], 3),
             "latency_max_ms": round(report["max_ms"], 2),
             "server_cpu_us_per_delivery": round(cpu / max(report["events"], 1) * 1e6, 2),
             "server_cpu_percent": round(cpu / wall * 100),
