@@ -9,9 +9,15 @@ the time, a tenth of what an idle client costs.  The gateway turns it off
 same promise (docs/protocol.md section 6): a ping every ``Config.heartbeat``
 seconds, and a client that has not answered within that time is dropped.
 
-The interval is cut into ``SLICES`` ticks.  Each client belongs to one slice
-(``Connection.beat``, given in turn as clients arrive: ``slot``), so a tick
-visits a quarter of them and each is visited once an interval.  A visit
+The interval is cut into ``slices`` ticks of about ``TICK`` seconds (at
+least ``MIN_SLICES``, at most ``MAX_SLICES``: 200 ticks of 0.1 s for the
+default 20 s).  Each client belongs to one slice (``Connection.beat``, given
+in turn as clients arrive: ``slot``; the heartbeat keeps each slice's
+clients, ``add`` and ``discard``), so a tick visits only its own and each
+client is visited once an interval.  Small slices keep every tick short: a
+thousand clients cost five pings a tick, not a burst of 250 pings every
+5 s that held every event sent meanwhile (the latency tail of ``python -m
+bench``'s many-sessions workload).  A visit
 
 - drops the client if the ping of its previous visit, a heartbeat ago, is
   still unanswered: close 1011 "keepalive ping timeout" (websockets' own
@@ -40,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
 from typing import Final, Protocol
 
 from websockets.asyncio.server import ServerConnection as WebSocket
@@ -51,10 +56,13 @@ from .metrics import FrontMetrics
 
 log = logging.getLogger("wirepipe.heartbeat")
 
-__all__ = ["PING", "SLICES", "Beating", "Heartbeat"]
+__all__ = ["MAX_SLICES", "MIN_SLICES", "PING", "TICK", "Beating", "Heartbeat"]
 
-#: Ticks per heartbeat interval; each visits the clients of one slice.
-SLICES: Final = 4
+#: The length of a tick the heartbeat aims at (seconds); each visits the clients of one slice.
+TICK: Final = 0.1
+#: Ticks per heartbeat interval: ``interval / TICK``, within these bounds.
+MIN_SLICES: Final = 4
+MAX_SLICES: Final = 200
 #: The payload of every heartbeat ping (one ping per client is ever unanswered).
 PING: Final = b"wirepipe"
 
@@ -72,10 +80,13 @@ class Beating(Protocol):
 class Heartbeat:
     """Pings the clients of ``conns`` every ``interval`` seconds, and drops those that do not answer."""
 
-    def __init__(self, interval: float, conns: Iterable[Beating], metrics: FrontMetrics) -> None:
+    def __init__(self, interval: float, metrics: FrontMetrics) -> None:
         self.interval = interval
-        self.conns = conns
         self.metrics = metrics
+        #: Ticks per interval (see the module docstring).
+        self.slices = max(MIN_SLICES, min(MAX_SLICES, int(interval / TICK)))
+        #: The clients of each slice (dicts as ordered sets).
+        self._slots: list[dict[Beating, None]] = [{} for _ in range(self.slices)]
         #: Ticks done (``wait_ticks``).
         self.ticks = 0
         self._next_slot = 0
@@ -83,26 +94,34 @@ class Heartbeat:
 
     def slot(self) -> int:
         """The slice of the next client: each in turn, so that the slices stay even."""
-        slot, self._next_slot = self._next_slot, (self._next_slot + 1) % SLICES
+        slot, self._next_slot = self._next_slot, (self._next_slot + 1) % self.slices
         return slot
 
+    def add(self, conn: Beating) -> None:
+        """Ping ``conn`` from now on, in its slice (``conn.beat``, from ``slot``)."""
+        self._slots[conn.beat][conn] = None
+
+    def discard(self, conn: Beating) -> None:
+        """``conn`` is gone; nothing if it was not added."""
+        self._slots[conn.beat].pop(conn, None)
+
     async def run(self) -> None:
-        """Tick every ``interval / SLICES`` seconds, for ever (an interval of 0 or less: no heartbeat)."""
+        """Tick every ``interval / slices`` seconds, for ever (an interval of 0 or less: no heartbeat)."""
         if self.interval <= 0:
             return
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.interval / SLICES)
-            self.tick(self.ticks % SLICES, loop.time())
+            await asyncio.sleep(self.interval / self.slices)
+            self.tick(self.ticks % self.slices, loop.time())
             self.ticks += 1
             async with self._ticked:
                 self._ticked.notify_all()
 
     def tick(self, slot: int, now: float) -> None:
         """Visit every client of ``slot``."""
-        for conn in list(self.conns):
+        for conn in list(self._slots[slot]):
             ws = conn.ws
-            if conn.beat != slot or not isinstance(ws, WebSocket):  # the ASGI server pings its own
+            if not isinstance(ws, WebSocket):  # the ASGI server pings its own
                 continue
             try:
                 self.visit(ws, now)

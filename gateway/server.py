@@ -145,7 +145,7 @@ class Gateway:
         #: Set (and dropped) when ``_conns`` changes; made when ``wait_connections`` waits.
         self._conns_changed: asyncio.Event | None = None
         #: Pings every client (websockets' per-connection keepalive is off).
-        self.heartbeat = Heartbeat(self.config.heartbeat, self._conns, self.metrics.ws)
+        self.heartbeat = Heartbeat(self.config.heartbeat, self.metrics.ws)
         self._server: Server | None = None
         #: uvicorn, with the ``uvicorn`` front (``gateway/uvicorn_front.py``).
         self._uvicorn: UvicornFront | None = None
@@ -410,6 +410,7 @@ class Gateway:
         """
         conn = kind(self._services, ws, beat=self.heartbeat.slot())
         self._conns.add(conn)
+        self.heartbeat.add(conn)
         self.metrics.ws.connections_total += 1
         self.metrics.ws.connections_open += 1
         self._changed_conns()
@@ -417,6 +418,7 @@ class Gateway:
 
     def _gone(self, conn: Connection) -> None:
         self._conns.discard(conn)
+        self.heartbeat.discard(conn)
         self.http.release(conn.ws)
         self.metrics.ws.connections_open -= 1
         self._changed_conns()

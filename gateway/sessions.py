@@ -109,11 +109,12 @@ MAX_REMEMBERED_RIDS: Final = 10_000
 #: Events handed to the store in one append, at most (a long backlog is
 #: written in slices, so that no single store call blocks for long).
 MAX_FLUSH_BATCH: Final = 1000
-#: A batch of at least this many events means an agent thread writes faster
-#: than the writer stores: the writer then lets events gather for
-#: ``GATHER_SECONDS`` before it looks again, instead of waking for every few
-#: (each wake is a hand-over of the GIL between the agent's thread and the
-#: loop's, which cost more than the events themselves: ``bench.pipe_cost``).
+#: A batch of at least this many events, when an agent thread woke the writer
+#: last, means that thread writes faster than the writer stores: the writer
+#: then lets events gather for ``GATHER_SECONDS`` before it looks again,
+#: instead of waking for every few (each wake is a hand-over of the GIL
+#: between the agent's thread and the loop's, which cost more than the events
+#: themselves: ``bench.pipe_cost``).  Events written on the loop never wait so.
 GATHER_EVENTS: Final = 16
 GATHER_SECONDS: Final = 0.001
 #: Kinds whose payload the snapshot reducer keeps: emit hands on a copy, as
@@ -193,9 +194,8 @@ class Session:
         #: A store in this process: events emitted on the loop while the
         #: writer waits are stored at once (``_store_now``).
         self._direct = direct_of(store) if self._leases is None else None
-        #: With a ``_direct`` store: the id of the loop's thread, once the writer
-        #: runs there (``emit`` on that thread stores at once); else None.
-        self._direct_tid: int | None = None
+        #: The writer was last woken by an agent thread (not on the loop): see ``GATHER_EVENTS``.
+        self._by_thread = False
         self._server: asyncio.Task[None] | None = None
         self._lease_lost = False
         self._renewer: asyncio.Task[None] | None = None
@@ -354,7 +354,16 @@ class Session:
             # loop, and the store is Direct: the event is stored below, at
             # once (``_store_now``), not queued for the writer, which waits on.
             kick = self._idle
-            now = kick and self._direct_tid == _get_ident() and not self.ended and not self._verify
+            # ``on_loop``, inlined: asyncio's loop notes its thread while it
+            # runs (None once stopped); another loop (uvloop) is asked.
+            tid = getattr(self.loop, "_thread_id", None)
+            now = (
+                kick
+                and self._direct is not None
+                and not self.ended
+                and not self._verify
+                and (tid == _get_ident() if tid is not None else on_loop(self.loop))
+            )
             if not now:
                 self._pending.append(ev)
                 self._waiting += 1
@@ -365,9 +374,11 @@ class Session:
         if now:
             self._store_now(ev, size)
         elif kick:
-            if self._direct_tid == _get_ident() or on_loop(self.loop):
+            if on_loop(self.loop):
+                self._by_thread = False
                 self._more.set()
             else:
+                self._by_thread = True
                 try:
                     self.loop.call_soon_threadsafe(self._more.set)
                 except RuntimeError:  # loop closed: the gateway is gone
@@ -439,8 +450,6 @@ class Session:
                     raise ProtocolError(ErrorCode.SID_TAKEN, f"sid {self.sid!r} already has a run (on another node)")
                 self._renewer = self.loop.create_task(self._renew(), name=f"wirepipe-lease-{self.sid}")
             await self._retry(lambda: self._create())
-            if self._direct is not None:
-                self._direct_tid = threading.get_ident()
             self.ready.set_result(None)
             if self._requests is not None:
                 self._server = self.loop.create_task(
@@ -459,7 +468,12 @@ class Session:
                         self._idle = True  # under the lock: the next emit kicks us
                 if batch:
                     await self._store(batch)
-                    if len(batch) >= GATHER_EVENTS and len(self._pending) < MAX_FLUSH_BATCH and not self.ended:
+                    if (
+                        self._by_thread
+                        and len(batch) >= GATHER_EVENTS
+                        and len(self._pending) < MAX_FLUSH_BATCH
+                        and not self.ended
+                    ):
                         await asyncio.sleep(GATHER_SECONDS)  # a pace (see GATHER_EVENTS), not a synchronisation
                     continue
                 if self.ended and not self._end_stored:

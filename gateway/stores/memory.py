@@ -102,7 +102,8 @@ class MemoryStore:
     @property
     def direct(self) -> bool:
         cls = type(self)
-        return all(getattr(cls, m) is getattr(MemoryStore, m) for m in ("append", "fetch", "read", "wait", "info"))
+        methods = ("append", "append_now", "append_one", "fetch", "read", "wait", "info")
+        return all(getattr(cls, m) is getattr(MemoryStore, m) for m in methods)
 
     def listen(self, sid: str, fn: Listener) -> None:
         self._listeners.setdefault(sid, []).append(fn)
@@ -224,8 +225,8 @@ class MemoryStore:
             return self.append_now(sid, (ev,), epoch=epoch)
         # Snapshot.apply, with the fold of an open stream's delta inlined (Snapshot.fold)
         if k == "text" and type(d) is dict and len(d) == 2:
-            parts = log.snap.texts.get(d.get("id"))  # type: ignore[arg-type]
-            delta = d.get("delta")
+            tid, delta = d.get("id"), d.get("delta")
+            parts = log.snap.texts.get(tid) if type(tid) is str else None
             if parts is not None and type(delta) is str:
                 parts.append(delta)
             else:

@@ -32,7 +32,7 @@ from websockets.typing import ExtensionParameter, Subprotocol
 from gateway import Gateway, MemoryStore
 from gateway.compression import COMPRESS_MIN_BYTES, LeanDeflate
 from gateway.connection import Connection
-from gateway.heartbeat import PING, SLICES
+from gateway.heartbeat import MAX_SLICES, PING, TICK
 from protocol import SUBPROTOCOL, StoreUnavailable, packb
 
 
@@ -257,7 +257,7 @@ async def test_a_client_that_does_not_answer_pings_is_dropped_and_one_that_does_
             assert gw.metrics.ws.heartbeat_timeouts == 1
             assert b'wirepipe_heartbeat_timeouts_total{front="ws"} 1.0' in generate_latest(gw.registry)
             # two more rounds: the client that answers was pinged and judged again, and stays
-            await asyncio.wait_for(gw.heartbeat.wait_ticks(2 * SLICES), TIMEOUT)
+            await asyncio.wait_for(gw.heartbeat.wait_ticks(2 * gw.heartbeat.slices), TIMEOUT)
             (served,) = conns(gw)
             assert native(served).latency > 0  # its pongs came back
             assert gw.metrics.ws.heartbeat_timeouts == 1
@@ -266,13 +266,28 @@ async def test_a_client_that_does_not_answer_pings_is_dropped_and_one_that_does_
 
 
 async def test_the_heartbeat_spreads_clients_over_its_slices(raw: Any) -> None:
-    async with Gateway(port=0, store=MemoryStore()) as gw:
+    async with Gateway(port=0, store=MemoryStore(), heartbeat=0.4) as gw:
+        assert gw.heartbeat.slices == 4  # 0.1 s ticks
         gw.pipe("spread")
         async with raw(gw.url) as a, raw(gw.url) as b, raw(gw.url) as c, raw(gw.url) as d, raw(gw.url) as e:
             for r in (a, b, c, d, e):
                 assert (await r.hello("spread")).t == "welcome"
             beats = sorted(x.beat for x in conns(gw))
-        assert beats == [0, 0, 1, 2, 3]
+            assert beats == [0, 0, 1, 2, 3]
+            assert sorted(len(s) for s in gw.heartbeat._slots) == [1, 1, 1, 2]
+        await gw.wait_connections(lambda n: n == 0)
+        assert not any(gw.heartbeat._slots)  # the clients that left are no longer pinged
+
+
+def test_the_default_heartbeat_ticks_often_and_visits_few() -> None:
+    """20 s in 200 ticks of 0.1 s: a thousand clients are five pings a tick, not 250 every 5 s."""
+    from gateway.heartbeat import Heartbeat
+    from gateway.metrics import FrontMetrics
+
+    hb = Heartbeat(20.0, FrontMetrics("ws"))
+    assert hb.slices == MAX_SLICES and hb.interval / hb.slices == TICK
+    beats = [hb.slot() for _ in range(1000)]
+    assert max(beats.count(s) for s in range(hb.slices)) == 5
 
 
 BURST = """

@@ -8,6 +8,7 @@ by backend id), ``store`` (a fresh one with the default retention) and ``sid``
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from support import MS, TIMEOUT, ev, seqs, started
 
-from gateway.stores import Appended, Fetched, Fetches, LogInfo, Retention, Store, fetch
+from gateway.stores import Appended, Fetched, Fetches, LogInfo, Retention, Store, direct_of, fetch
 
 # --- helpers --------------------------------------------------------------------
 
@@ -556,3 +557,44 @@ async def test_fetch_after_a_replacement_shows_the_new_epoch_only(store: Store, 
     await store.append(sid, evs(41, 2))
     got = await fetch_of(sid, 0)
     assert got.info == LogInfo("e3", 41, 42, False) and seqs(got.raws) == [41, 42]
+
+
+def _heard(into: list[list[bytes]], info: LogInfo | None, raws: list[bytes]) -> None:
+    into.append(raws)
+
+
+async def test_a_direct_stores_one_event_append_is_append_now_of_one(make_store: Any, sid: str) -> None:
+    """``Direct.append_one`` (the writer's append on the loop) stores, folds and refuses as ``append_now``."""
+    async with make_store(Retention(max_events=4)) as store:
+        direct = direct_of(store)
+        if direct is None:
+            pytest.skip("not a Direct store")
+        script: list[tuple[str, Any]] = [
+            ("text", {"id": "t1", "delta": "a"}),  # opens the stream
+            ("text", {"id": "t1", "delta": "b"}),  # the inlined fold: an open stream's delta
+            ("text", {"id": ["u"], "delta": "x"}),  # an unhashable id: ignored by the snapshot, stored
+            ("text", {"id": "t1", "delta": 5}),  # not a str: ignored by the snapshot
+            ("text", {"id": "t2", "delta": "c"}),
+            ("text", {"id": "t2", "delta": "", "end": True}),
+            ("plan", {"goal": "g", "tasks": []}),
+        ]
+        one, many = f"{sid}-one", f"{sid}-now"
+        for s in (one, many):
+            await store.create(s, "e1")
+        heard: dict[str, list[list[bytes]]] = {one: [], many: []}
+        for s in (one, many):
+            direct.listen(s, functools.partial(_heard, heard[s]))
+        for seq, (k, d) in enumerate(script, 1):
+            direct.append_one(one, ev(seq, k, d), "e1")
+            direct.append_now(many, [ev(seq, k, d)], epoch="e1")
+        assert await store.snapshot(one) == await store.snapshot(many)
+        assert await store.read(one, 0) == await store.read(many, 0)  # the newest 4 (retention)
+        assert heard[one] == heard[many] and len(heard[one]) == len(script)
+        # the same refusals: another epoch, a gap, a missing log
+        for bad in ((one, ev(len(script) + 1), "e2"), (one, ev(len(script) + 5), "e1"), ("nope", ev(1), "e1")):
+            with pytest.raises(Exception) as by_one:
+                direct.append_one(*bad)
+            with pytest.raises(Exception) as by_now:
+                direct.append_now(bad[0], [bad[1]], epoch=bad[2])
+            assert type(by_one.value) is type(by_now.value)
+        await store.append(one, [ev(len(script) + 1)])  # still appendable after them all
