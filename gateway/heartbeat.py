@@ -78,7 +78,7 @@ class Beating(Protocol):
 
 
 class Heartbeat:
-    """Pings the clients of ``conns`` every ``interval`` seconds, and drops those that do not answer."""
+    """Pings the clients added to it every ``interval`` seconds, and drops those that do not answer."""
 
     def __init__(self, interval: float, metrics: FrontMetrics) -> None:
         self.interval = interval
