@@ -51,7 +51,7 @@ from .connection import BATCH_BYTES, Connection, Services, Socket
 from .exporter import Exporter
 from .feed import Feeds
 from .front import FrontDoor, is_loopback, redacting_logger
-from .heartbeat import Heartbeat
+from .heartbeat import TICK, Heartbeat
 from .http_front import HttpFront
 from .metrics import Metrics
 from .middleware import Middleware
@@ -458,10 +458,23 @@ class Gateway:
         if limit is None:
             return
         loop = asyncio.get_running_loop()
+        # Every client is looked at once a round of ``limit / 4`` seconds, a
+        # slice of them every ``TICK`` (as the heartbeat pings): no look at
+        # thousands of clients at once, which would hold every event meanwhile.
+        period = limit / 4
+        ticks = max(1, int(period / TICK))
+        round_: list[Connection] = []
+        at = step = 0
         while True:
-            await asyncio.sleep(limit / 4)
+            await asyncio.sleep(period / ticks)
+            if at >= len(round_):
+                round_, at = list(self._conns), 0
+                step = -(-len(round_) // ticks)  # ceil: the round ends within its ticks
             now = loop.time()
-            for c in list(self._conns):
+            conns = self._conns
+            for c in round_[at : at + step]:
+                if c not in conns:  # gone since the round began
+                    continue
                 since = c.sending_since
                 # Bytes wait in the socket with no send waiting on them when
                 # frames were pushed (Connection.push) and nothing followed.
@@ -477,6 +490,7 @@ class Gateway:
                     log.info("dropping a client of %r that took no byte for %.1fs", c.sid, now - mark[1])
                     self.metrics.ws.stalled += 1
                     c.ws.transport.abort()
+            at += step
 
 
 #: ``tune_gc``'s collection thresholds (Python's defaults: 700, 10, 10).

@@ -76,6 +76,22 @@ async def test_a_client_that_reads_nothing_is_dropped(frozen_client: Any) -> Non
         assert b'wirepipe_stalled_clients_total{front="ws"} 1.0' in generate_latest(gw.registry)
 
 
+async def test_the_watchdog_looks_at_a_slice_of_the_clients_a_tick_and_at_every_one_a_round(
+    frozen_client: Any,
+) -> None:
+    """With a stall limit of 1.6 s, a round of 0.4 s in four ticks of 0.1 s: each looks at two of
+    the five clients (``TICK``), and every one of them is dropped."""
+    async with Gateway(port=0, store=MemoryStore(), stall_timeout=1.6) as gw:
+        pipe = gw.pipe("frozen-many")
+        for _ in range(3000):
+            pipe.set_message({"k": "log", "d": {"level": "INFO", "msg": "x" * 2000}})
+        for _ in range(5):
+            frozen_client(gw.port, "frozen-many")
+        await asyncio.wait_for(gw.wait_connections(lambda n: n == 5), TIMEOUT)
+        await asyncio.wait_for(gw.wait_connections(lambda n: n == 0), TIMEOUT)
+        assert gw.metrics.ws.stalled == 5
+
+
 async def test_shutdown_is_not_held_by_a_client_that_reads_nothing(frozen_client: Any) -> None:
     gw = Gateway(port=0, store=MemoryStore(), close_timeout=0.5)  # stall_timeout: 20 s heartbeat
     await gw.start()
