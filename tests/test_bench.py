@@ -126,6 +126,7 @@ def test_quick_bench_measures_another_front_beside_the_gateway_and_bare(tmp_path
         ["many", "--server", "gateway", "--sessions", "5", "--n", "300"],
         ["many", "--server", "bare", "--sessions", "5", "--n", "300"],
         ["pipe", "--kind", "plan", "--n", "300"],
+        ["pipe", "--kind", "text", "--n", "300", "--loop"],
     ],
 )
 def test_the_counted_workloads_run_and_deliver_everything(args: list[str]) -> None:

@@ -177,22 +177,19 @@ class MemoryStore:
                     raise SeqGap(f"seq {events[0].seq} does not follow seq {head}", head)
         # Check the whole batch before touching the log: a gap inside it would
         # put raws at positions that no longer match their seqs.
-        # The payloads are handed over (``Appended``): the reducer keeps them with no second copy.
         n = len(events)
-        if n == 1:  # most appends on the loop (``Session._store_now``)
-            ev = events[0]
-            if ev.seq != head + 1:
-                raise ValueError(f"seq {ev.seq} does not follow seq {head}")
-            new = [ev.raw]
-            nbytes = log.nbytes + len(ev.raw)
-            log.snap.apply(ev.k, ev.d, owned=True)
-        else:
-            if list(map(_SEQ, events)) != list(range(head + 1, head + 1 + n)):
-                i = next(i for i, ev in enumerate(events) if ev.seq != head + 1 + i)
-                raise ValueError(f"seq {events[i].seq} does not follow seq {head + i}")
-            new = list(map(_RAW, events))
-            nbytes = log.nbytes + sum(map(len, new))
-            log.snap.fold(map(_K_D, events), owned=True)
+        if n == 1:  # checked: ``append_one`` stores it, the step the loop takes
+            if events[0].seq != head + 1:
+                raise ValueError(f"seq {events[0].seq} does not follow seq {head}")
+            self.append_one(sid, events[0], log.epoch)
+            return
+        if list(map(_SEQ, events)) != list(range(head + 1, head + 1 + n)):
+            i = next(i for i, ev in enumerate(events) if ev.seq != head + 1 + i)
+            raise ValueError(f"seq {events[i].seq} does not follow seq {head + i}")
+        # The payloads are handed over (``Appended``): the reducer keeps them with no second copy.
+        new = list(map(_RAW, events))
+        nbytes = log.nbytes + sum(map(len, new))
+        log.snap.fold(map(_K_D, events), owned=True)
         raws += new
         log.nbytes = nbytes
         retention = self.retention
